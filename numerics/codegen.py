@@ -1,0 +1,113 @@
+"""The one code generator: sympy expressions -> Numba kernels, cached in memory and on disk.
+
+Expressions are printed with sympy's Python code printer after common-subexpression
+elimination, written to a module under the cache directory (``$LIMITLAB_CACHE`` or
+``~/.cache/limitlab``) named by the hash of the generated source, and compiled with
+``@njit(cache=True)`` so a new Python process loads machine code from disk instead of
+recompiling (the compile cost a Jupyter user feels on a second session).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+__all__ = ["cache_dir", "scalar_function_source", "compile_module", "stable_angles"]
+
+_MODULES: dict = {}
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("LIMITLAB_CACHE", Path.home() / ".cache" / "limitlab")) / "codegen"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+class _Printer(PythonCodePrinter):
+    def _print_Function(self, expr):  # unknown functions are a bug upstream, not silent text
+        return super()._print_Function(expr)
+
+
+def stable_angles(expr: sp.Expr) -> sp.Expr:
+    """acos(c/sqrt(q1 q2)) -> atan2(sqrt(q1 q2 - c^2), c), and asin alike: no NaN at |rho| = 1 + eps."""
+    def _acos(arg):
+        num, den = arg.as_numer_denom()
+        return sp.atan2(sp.sqrt(sp.Max(den ** 2 - num ** 2, 0)), num) if den != 1 else sp.acos(arg)
+
+    def _asin(arg):
+        num, den = arg.as_numer_denom()
+        return sp.atan2(num, sp.sqrt(sp.Max(den ** 2 - num ** 2, 0))) if den != 1 else sp.asin(arg)
+
+    return expr.replace(sp.acos, _acos).replace(sp.asin, _asin)
+
+
+def scalar_function_source(name: str, args: Sequence[sp.Symbol], exprs: Sequence[sp.Expr],
+                           decorator: str = "@nb.njit(cache=True, inline='always')") -> str:
+    """Source of a scalar Numba function returning ``exprs`` (a tuple if several), with CSE."""
+    printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
+    exprs = [stable_angles(sp.sympify(e)) for e in exprs]
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
+    lines = [f"{decorator}", f"def {name}({', '.join(map(str, args))}):"]
+    for sym, e in repl:
+        lines.append(f"    {sym} = {printer.doprint(e)}")
+    outs = [printer.doprint(e) for e in reduced]
+    lines.append(f"    return {', '.join(outs)}" if len(outs) > 1 else f"    return {outs[0]}")
+    src = "\n".join(lines)
+    return src.replace("math.Max(", "max(").replace("math.Min(", "min(")
+
+
+def _import(path: Path, modname: str):
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_cached(alias: str):
+    """The module stored earlier under ``alias`` (see :func:`compile_module`), or None."""
+    if alias in _MODULES:
+        return _MODULES[alias]
+    link = cache_dir() / f"{alias}.alias"
+    if not link.exists():
+        return None
+    path = cache_dir() / link.read_text().strip()
+    if not path.exists():
+        return None
+    mod = _import(path, f"limitlab_codegen_{path.stem}")
+    _MODULES[alias] = mod
+    return mod
+
+
+def _atomic_write(path: Path, text: str):
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
+
+
+def compile_module(source: str, tag: str = "kernel", alias: str = None):
+    """Import generated ``source`` as a module (memory cache by hash; Numba disk cache beside it).
+
+    ``alias`` records the module under a caller's key so :func:`load_cached` finds it later.
+    """
+    header = "import math\nimport numba as nb\nimport numpy as np\n\n"
+    full = header + textwrap.dedent(source)
+    key = hashlib.sha256(full.encode()).hexdigest()[:20]
+    if key in _MODULES:
+        return _MODULES[key]
+    path = cache_dir() / f"{tag}_{key}.py"
+    if not path.exists():
+        _atomic_write(path, full)
+    mod = _import(path, f"limitlab_codegen_{path.stem}")
+    _MODULES[key] = mod
+    if alias is not None:
+        _atomic_write(cache_dir() / f"{alias}.alias", path.name)
+        _MODULES[alias] = mod
+    return mod

@@ -1,0 +1,253 @@
+"""Limiting NNGP and NTK of fully connected networks, in neural-tangents' conventions.
+
+``MLP(depth=L)`` is ``stax.serial(*[Dense(n, W_std, b_std), act] * L, Dense(1, W_std, b_std))``
+with ``weight_var = W_std**2`` and ``bias_var = b_std**2``. The recursion (Lee et al. 2018,
+eq. 4; Jacot et al. 2018, Thm. 1; Novak et al. 2020, Neural Tangents, App. C):
+
+    K^1 = w_0 x.x'/d + b_0,                      Theta^1 = K^1
+    K^{l+1} = w_l E[phi(u) phi(v)] + b_l,         Kdot^{l+1} = w_l E[phi'(u) phi'(v)]
+    Theta^{l+1} = K^{l+1} + Kdot^{l+1} Theta^l,   (u, v) ~ N(0, K^l restricted to {x, x'})
+
+In the standard parametrization (Sohl-Dickstein et al. 2020; neural-tangents ``Dense(...,
+parameterization="standard")``) the NNGP is the same and the NTK is
+
+    Theta^1 = x.x' + beta,   Theta^{l+1} = n_l E[phi phi] + beta + w_l E[phi' phi'] Theta^l,
+
+with n_l the hidden width and beta = 1 when the layer has a bias (``bias_var`` not None,
+even 0.0: a bias initialised at zero is still trained), 0 without one.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import sympy as sp
+
+from limitlab.numerics import gaussian, recursion
+from limitlab.theory import activations as _act
+from limitlab.theory.kernels.dual import Dual
+
+__all__ = ["MLP", "Kernels"]
+
+Number = Union[int, float]
+_COMPILED: dict = {}
+
+
+class Kernels(NamedTuple):
+    nngp: Optional[np.ndarray]
+    ntk: Optional[np.ndarray]
+
+
+def _per_layer(value, name: str, n: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    vals = np.atleast_1d(np.asarray(value, dtype=float)) if not isinstance(value, str) else None
+    if vals is None or vals.ndim != 1 or vals.size not in (1, n):
+        raise ValueError(f"{name}: expected a number or a sequence of {n} numbers (one per Dense layer), got {value!r}")
+    if not np.all(np.isfinite(vals)) or np.any(vals < 0):
+        raise ValueError(f"{name}: variances must be finite and >= 0, got {value!r}")
+    return np.ascontiguousarray(np.broadcast_to(vals, (n,)), dtype=float)
+
+
+def _check_inputs(X, name: str) -> np.ndarray:
+    try:
+        X = np.asarray(X)
+    except Exception as exc:  # pragma: no cover - exotic array types
+        raise TypeError(f"{name}: expected an array of shape (N, d), got {type(X).__name__}") from exc
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise TypeError(f"{name}: expected a numeric array of shape (N, d), got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected shape (N, d), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty (N, d) array, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
+    return X
+
+
+@dataclass(frozen=True, eq=False)
+class MLP:
+    """A fully connected network of ``depth`` hidden layers and a scalar readout.
+
+    Args:
+        depth: number of hidden Dense->activation layers (>= 1).
+        activation: a name (``limitlab.theory.activations.available()``), a sympy expression
+            in one symbol, or an Activation.
+        weight_var, bias_var: W_std**2 and b_std**2, a number or one per Dense layer
+            (depth + 1 values). ``bias_var=None`` means no bias.
+        parametrization: ``"ntk"`` (default) or ``"standard"``.
+        width: hidden width n_l (a number or one per hidden layer); only the standard
+            parametrization's NTK depends on it.
+    """
+
+    depth: int
+    activation: object = "relu"
+    weight_var: object = 1.0
+    bias_var: object = 0.0
+    parametrization: str = "ntk"
+    width: object = None
+
+    def __post_init__(self):
+        if isinstance(self.depth, bool) or not isinstance(self.depth, (int, np.integer)) or self.depth < 1:
+            raise ValueError(f"depth: must be an integer >= 1, got {self.depth!r}")
+        object.__setattr__(self, "activation", _act.get(self.activation))
+        if self.parametrization not in ("ntk", "standard"):
+            raise ValueError(f"parametrization: must be 'ntk' or 'standard', got {self.parametrization!r}")
+        n = self.depth + 1
+        object.__setattr__(self, "_w", _per_layer(self.weight_var, "weight_var", n))
+        b = _per_layer(self.bias_var, "bias_var", n, allow_none=True)
+        object.__setattr__(self, "_b", np.zeros(n) if b is None else b)
+        object.__setattr__(self, "_beta", np.zeros(n) if b is None else np.ones(n))
+        if self.width is not None:
+            wd = _per_layer(self.width, "width", self.depth)
+            if np.any(wd < 1):
+                raise ValueError(f"width: hidden widths must be >= 1, got {self.width!r}")
+            object.__setattr__(self, "_widths", wd)
+        else:
+            object.__setattr__(self, "_widths", None)
+
+    # ------------------------------------------------------------------ numerics
+    @property
+    def dual(self) -> Dual:
+        return Dual(self.activation)
+
+    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), dtype=np.float64) -> Kernels:
+        """NNGP and NTK between the rows of X1 and X2 (X2=None: X1 with itself, symmetric)."""
+        if isinstance(get, str):
+            get = (get,)
+        bad = set(get) - {"nngp", "ntk"}
+        if bad or not get:
+            raise ValueError(f"get: allowed values are 'nngp' and 'ntk', got {tuple(get)!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float64, np.float32):
+            raise ValueError(f"dtype: must be float64 or float32, got {dtype}")
+        X1 = _check_inputs(X1, "X1")
+        symmetric = X2 is None
+        X2 = X1 if symmetric else _check_inputs(X2, "X2")
+        if X1.shape[1] != X2.shape[1]:
+            raise ValueError(f"X2: feature dimension {X2.shape[1]} does not match X1's {X1.shape[1]}")
+        want_k, want_th = "nngp" in get, "ntk" in get
+        if want_th and self.parametrization == "standard" and self._widths is None:
+            raise ValueError("width: the standard parametrization's NTK depends on the hidden width; pass width=n")
+        widths = self._widths if self._widths is not None else np.ones(self.depth)
+        X1 = np.ascontiguousarray(X1, dtype=dtype)
+        X2 = X1 if symmetric else np.ascontiguousarray(X2, dtype=dtype)
+        d = X1.shape[1]
+        g1 = np.einsum("ij,ij->i", X1, X1, dtype=np.float64)
+        g2 = g1 if symmetric else np.einsum("ij,ij->i", X2, X2, dtype=np.float64)
+        G = _gram(X1, X2, dtype)
+        if self.activation.has_closed_form:
+            return self._closed_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
+        return self._numerical_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
+
+    def nngp(self, X1, X2=None, dtype=np.float64) -> np.ndarray:
+        return self.kernels(X1, X2, get=("nngp",), dtype=dtype).nngp
+
+    def ntk(self, X1, X2=None, dtype=np.float64) -> np.ndarray:
+        return self.kernels(X1, X2, get=("ntk",), dtype=dtype).ntk
+
+    def _compiled(self):
+        act = self.activation
+        key = (act.name, act.params, sp.srepr(act.expr))
+        if key not in _COMPILED:
+            A, Adot = act.closed_dual()
+            _COMPILED[key] = recursion.compile_dual_recursion(
+                A, Adot, cache_key=hashlib.sha256(repr(key).encode()).hexdigest()[:20])
+        return _COMPILED[key]
+
+    def _closed_kernels(self, G, g1, g2, inv_dim, widths, symmetric, want_k, want_th, dtype):
+        mod = self._compiled()
+        L = self.depth
+        q1 = mod.diagonal(g1, inv_dim, self._w, self._b, L)
+        q2 = q1 if symmetric else mod.diagonal(g2, inv_dim, self._w, self._b, L)
+        # the Gram buffer becomes the first requested output: its entry is read before written
+        out_th = G if want_th else None
+        out_k = (G if not want_th else np.empty_like(G)) if want_k else None
+        dummy = np.empty((0, 0), dtype=G.dtype)
+        mod.recursion(G, q1, q2, inv_dim, self._w, self._b, self._beta, widths, self.parametrization == "standard",
+                      out_k if want_k else dummy, out_th if want_th else dummy, want_k, want_th, symmetric)
+        return Kernels(out_k, out_th)
+
+    def _numerical_kernels(self, G, g1, g2, inv_dim, widths, symmetric, want_k, want_th, dtype):
+        act = self.activation
+        phi, dphi = (lambda t: act(t)), (lambda t: act.derivative(t))
+        w, b, beta = self._w, self._b, self._beta
+        standard = self.parametrization == "standard"
+
+        def diag(g):
+            q = [w[0] * g * inv_dim + b[0]]
+            for l in range(1, self.depth):
+                uq, inv = np.unique(q[-1], return_inverse=True)
+                q.append(w[l] * gaussian.expect(lambda t: phi(t) ** 2, uq, act.kinks)[inv] + b[l])
+            return q
+
+        qs1 = diag(g1)
+        qs2 = qs1 if symmetric else diag(g2)
+        G = G.astype(np.float64, copy=False)
+        k = w[0] * G * inv_dim + b[0]
+        th = (G + beta[0]) if standard else k.copy()
+        for l in range(self.depth):
+            A, Adot = gaussian.mehler_dual(phi, dphi, qs1[l], qs2[l], k, act.kinks, symmetric=symmetric)
+            knew = w[l + 1] * A + b[l + 1]
+            th = (widths[l] * A + beta[l + 1] if standard else knew) + w[l + 1] * Adot * th
+            k = knew
+        return Kernels(k.astype(dtype, copy=False) if want_k else None,
+                       th.astype(dtype, copy=False) if want_th else None)
+
+    # ------------------------------------------------------------------ symbolic
+    @cached_property
+    def symbols(self):
+        """Input Gram symbols: g11 = x.x/d, g22 = x'.x'/d, g12 = x.x'/d."""
+        return sp.symbols("g11 g22 g12", positive=True)
+
+    def recursion(self) -> list:
+        """The layer recursion as sympy equations (indexed symbols K, Kdot, Theta)."""
+        l = sp.Symbol("l", integer=True, positive=True)
+        K, Kd, Th = sp.IndexedBase("K"), sp.IndexedBase("Kdot"), sp.IndexedBase("Theta")
+        w, b = sp.symbols("sigma_w^2 sigma_b^2", nonnegative=True)
+        x, xp = sp.symbols("x x'")
+        d = sp.Symbol("d", positive=True)
+        E = sp.Function("E")
+        dual = self.dual
+        return [
+            sp.Eq(K[1], w * sp.Symbol("x\\cdot x'") / d + b),
+            sp.Eq(K[l + 1], w * dual.nngp + b),
+            sp.Eq(Kd[l + 1], w * dual.ntk),
+            sp.Eq(Th[1], K[1]),
+            sp.Eq(Th[l + 1], K[l + 1] + Kd[l + 1] * Th[l]),
+        ]
+
+    def symbolic(self, depth: Optional[int] = None):
+        """(NNGP, NTK) as explicit sympy expressions of (g11, g22, g12) for small depth."""
+        depth = self.depth if depth is None else depth
+        if not self.activation.has_closed_form:
+            raise ValueError(f"activation: {self.activation.name} has no closed-form kernel map; "
+                             "use MLP.recursion() and Dual.integral / Dual.series for its symbolic form")
+        A, Adot = self.activation.closed_dual()
+        w = [sp.nsimplify(v) for v in self._w]
+        b = [sp.nsimplify(v) for v in self._b]
+        g11, g22, g12 = self.symbols
+        if self.parametrization == "standard":
+            raise NotImplementedError("parametrization: symbolic() covers the 'ntk' parametrization")
+        k11, k22, k12 = (w[0] * g + b[0] for g in (g11, g22, g12))
+        th = k12
+        sub = lambda e, a, bb, cc: e.subs({_act.q1: a, _act.q2: bb, _act.c: cc}, simultaneous=True)  # noqa: E731
+        for l in range(depth):
+            a12, ad12 = sub(A, k11, k22, k12), sub(Adot, k11, k22, k12)
+            k11n = w[l + 1] * sp.simplify(sub(A, k11, k11, k11)) + b[l + 1]
+            k22n = w[l + 1] * sp.simplify(sub(A, k22, k22, k22)) + b[l + 1]
+            k12 = w[l + 1] * a12 + b[l + 1]
+            th = k12 + w[l + 1] * ad12 * th
+            k11, k22 = k11n, k22n
+        return k12, th
+
+
+def _gram(X1, X2, dtype, block: int = 4096):
+    """X1 X2^T by BLAS in row blocks written straight into the output (no temporaries)."""
+    G = np.empty((X1.shape[0], X2.shape[0]), dtype=dtype)
+    for s in range(0, X1.shape[0], block):
+        np.matmul(X1[s:s + block], X2.T, out=G[s:s + block])
+    return G
