@@ -1,0 +1,423 @@
+"""Neural-collapse metrics NC1-NC4 and CDNV, streamed over chunks of features.
+
+Definitions (Papyan, Han, Donoho 2020, "Prevalence of neural collapse during the terminal
+phase of deep learning training", PNAS 117(40), Sec. 3 and Figs. 3-7), with rows as class
+vectors: class means ``mu_c``, global mean ``mu_G``, centred means ``M = mu - mu_G``
+(C x d), classifier ``W`` (C x d), bias ``b`` (C,):
+
+* NC1 = tr(Sigma_W Sigma_B^+) / C, Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T,
+  Sigma_B = (1/C) M^T M;
+* NC2 equinorm = std_c ||M_c|| / mean_c ||M_c|| (same for ||w_c||); equiangularity =
+  std_{c<c'} cos(M_c, M_c'); maximal angle = mean_{c<c'} |cos(M_c, M_c') + 1/(C-1)|;
+  ETF distance (Zhu et al. 2021, "A Geometric Analysis of Neural Collapse with
+  Unconstrained Features", eq. (13)) = || G/||G||_F - (I - 11^T/C)/sqrt(C-1) ||_F, G = M M^T;
+* NC3 = || W/||W||_F - M/||M||_F ||_F^2;
+* NC4 = fraction of samples whose prediction argmax_c (W h + b)_c differs from the
+  nearest class mean argmin_c ||h - mu_c||;
+* CDNV (Galanti, Gyorgy, Hutter 2022, "On the Role of Neural Collapse in Transfer
+  Learning", Def. 1) = mean_{c<c'} (Var_c + Var_c') / (2 ||mu_c - mu_c'||^2),
+  Var_c = E_{i in c} ||h_i - mu_c||^2 (population variance).
+
+Conventions on which public implementations differ are explicit parameters of
+:meth:`CollapseAccumulator.metrics` (see there). The accumulator merges chunks with the
+pairwise update of Chan, Golub, LeVeque 1979 ("Updating formulae and a pairwise algorithm
+for computing sample variances"), so one pass suffices and memory is O(C d + d^2) for any
+number of samples. NC4 needs the final class means and hence a second pass
+(:class:`NCCAgreement`).
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from limitlab.numerics import arrays
+
+__all__ = ["CollapseAccumulator", "NCCAgreement", "CollapseMetrics", "metrics"]
+
+_NC1_FORMS = ("pinv", "truncated", "trace")
+_GLOBAL_MEANS = ("weighted", "unweighted")
+_AVERAGES = ("samples", "classes")
+
+
+def _host(a, name):
+    """A host NumPy view of any array-API array; rejects non-arrays and non-finite values later."""
+    try:
+        out = arrays.to_numpy(a)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise TypeError(f"{name}: expected an array, got {type(a).__name__}") from exc
+    return np.asarray(out)
+
+
+def _check_features(features, dim=None):
+    X = _host(features, "features")
+    if X.ndim != 2:
+        raise ValueError(f"features: expected shape (N, d), got shape {X.shape}")
+    if dim is not None and X.shape[1] != dim:
+        raise ValueError(f"features: expected {dim} columns (dim), got shape {X.shape}")
+    if X.dtype.kind not in "fiu":
+        raise TypeError(f"features: expected a real numeric array, got dtype {X.dtype}")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    if not np.isfinite(X).all():
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(f"features: non-finite value {X[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}")
+    return X
+
+
+def _check_labels(labels, n, num_classes):
+    y = _host(labels, "labels")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"labels: expected shape ({n},) to match features, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise TypeError(f"labels: expected integer class indices, got dtype {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        bad = y[(y < 0) | (y >= num_classes)][0]
+        raise ValueError(f"labels: value {int(bad)} out of range; allowed 0 <= label < num_classes={num_classes}")
+    return y.astype(np.intp, copy=False)
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: allowed values are {allowed}")
+    return value
+
+
+def _std(values, ddof):
+    # a single value has no spread; with Bessel's correction its std is undefined, report 0
+    if values.size <= ddof:
+        return 0.0
+    return float(np.std(values, ddof=ddof))
+
+
+@dataclass
+class CollapseMetrics:
+    """NC1-NC4 and CDNV. Classifier metrics are None when no classifier was given; NC4 is
+    None when no second pass was possible. ``conventions`` records the choices made."""
+
+    nc1: float
+    nc2_equinorm_means: float
+    nc2_equiangular_means: float
+    nc2_maxangle_means: float
+    nc2_etf_means: float
+    cdnv: float
+    nc2_equinorm_classifier: Optional[float] = None
+    nc2_equiangular_classifier: Optional[float] = None
+    nc2_maxangle_classifier: Optional[float] = None
+    nc2_etf_classifier: Optional[float] = None
+    nc3: Optional[float] = None
+    nc4: Optional[float] = None
+    conventions: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _angles(V, ddof):
+    """Equinorm, equiangularity, maximal-angle and ETF distance of the rows of V (Papyan et al. 2020)."""
+    C = V.shape[0]
+    norms = np.linalg.norm(V, axis=1)
+    if np.any(norms == 0):
+        raise ValueError("a centred class mean or classifier row is exactly zero: its angles are undefined")
+    U = V / norms[:, None]
+    cos = (U @ U.T)[np.triu_indices(C, 1)]
+    G = V @ V.T
+    etf = (np.eye(C) - np.full((C, C), 1.0 / C)) / np.sqrt(C - 1)
+    return (_std(norms, ddof) / float(norms.mean()), _std(cos, ddof), float(np.mean(np.abs(cos + 1.0 / (C - 1)))),
+            float(np.linalg.norm(G / np.linalg.norm(G) - etf)))
+
+
+class CollapseAccumulator:
+    """Streaming sufficient statistics of labelled features: per-class counts and means, the
+    pooled within-class scatter (d x d) and per-class scatter traces.
+
+    Memory O(C d + d^2) whatever the number of samples. ``update`` takes any array-API
+    array (NumPy, torch, cupy, ...; copied to the host) and processes it in blocks of
+    ``chunk_size`` rows: each block is centred on its own class means in the input's
+    floating dtype (float32 stays float32 for the block Gram matrix, the expensive step)
+    and merged into float64 totals with Chan et al.'s pairwise formula, which avoids the
+    cancellation of the raw-moment formula E[hh^T] - mu mu^T.
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, chunk_size: int = 16384):
+        self.num_classes = _check_int("num_classes", num_classes, 2)
+        self.dim = _check_int("dim", dim, 1)
+        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
+        self.counts = np.zeros(self.num_classes, dtype=np.int64)
+        self.means = np.zeros((self.num_classes, self.dim))
+        self.within_scatter = np.zeros((self.dim, self.dim))
+        self.class_scatter = np.zeros(self.num_classes)  # traces: sum_i ||h_i - mu_c||^2 per class
+
+    # -- accumulation ------------------------------------------------------------------
+    def update(self, features, labels) -> "CollapseAccumulator":
+        X = _check_features(features, self.dim)
+        y = _check_labels(labels, X.shape[0], self.num_classes)
+        for start in range(0, X.shape[0], self.chunk_size):
+            self._update_block(X[start:start + self.chunk_size], y[start:start + self.chunk_size])
+        return self
+
+    def _update_block(self, X, y):
+        C = self.num_classes
+        nb = np.bincount(y, minlength=C)
+        order = np.argsort(y, kind="stable")
+        present = np.flatnonzero(nb)
+        starts = np.concatenate(([0], np.cumsum(nb)[:-1]))[present]
+        Xs = X[order]
+        sums = np.add.reduceat(Xs, starts, axis=0, dtype=np.float64)  # float64 sums of the block
+        block_means = np.zeros((C, self.dim))
+        block_means[present] = sums / nb[present, None]
+        ys = y[order]
+        Xs -= block_means.astype(X.dtype)[ys]  # centred in the input dtype (Xs is a copy)
+        gram = Xs.T @ Xs
+        ss = np.bincount(ys, weights=np.einsum("ij,ij->i", Xs, Xs, dtype=np.float64), minlength=C)
+        # Chan-Golub-LeVeque merge of (counts, means, scatter) with the block's
+        na = self.counts[present].astype(np.float64)
+        nbp = nb[present].astype(np.float64)
+        delta = block_means[present] - self.means[present]
+        w = na * nbp / (na + nbp)
+        self.within_scatter += gram.astype(np.float64) + (delta * w[:, None]).T @ delta
+        self.class_scatter[present] += ss[present] + w * np.einsum("ij,ij->i", delta, delta)
+        self.means[present] += delta * (nbp / (na + nbp))[:, None]
+        self.counts += nb
+
+    def merge(self, other: "CollapseAccumulator") -> "CollapseAccumulator":
+        """Add another accumulator's samples (e.g. from another worker) into this one."""
+        if not isinstance(other, CollapseAccumulator) or (other.num_classes, other.dim) != (self.num_classes, self.dim):
+            raise ValueError("other: expected a CollapseAccumulator with the same num_classes and dim")
+        present = np.flatnonzero(other.counts)
+        na = self.counts[present].astype(np.float64)
+        nb = other.counts[present].astype(np.float64)
+        delta = other.means[present] - self.means[present]
+        w = na * nb / (na + nb)
+        self.within_scatter += other.within_scatter + (delta * w[:, None]).T @ delta
+        self.class_scatter[present] += other.class_scatter[present] + w * np.einsum("ij,ij->i", delta, delta)
+        self.means[present] += delta * (nb / (na + nb))[:, None]
+        self.counts += other.counts
+        return self
+
+    # -- derived statistics ------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return int(self.counts.sum())
+
+    def _require_all_classes(self):
+        empty = np.flatnonzero(self.counts == 0)
+        if empty.size:
+            raise ValueError(f"labels: class(es) {empty.tolist()} have no samples; every class of "
+                             f"num_classes={self.num_classes} needs at least one")
+
+    def global_mean(self, weighting: str = "weighted") -> np.ndarray:
+        """``weighted``: mean of all samples (Papyan et al.'s code); ``unweighted``: mean of the class means."""
+        _check_choice("global_mean", weighting, _GLOBAL_MEANS)
+        self._require_all_classes()
+        if weighting == "weighted":
+            return self.counts @ self.means / self.num_samples
+        return self.means.mean(axis=0)
+
+    def within_covariance(self) -> np.ndarray:
+        """Sigma_W pooled over samples: (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T."""
+        self._require_all_classes()
+        return self.within_scatter / self.num_samples
+
+    def between_covariance(self, global_mean: str = "weighted") -> np.ndarray:
+        """Sigma_B = (1/C) sum_c (mu_c - mu_G)(mu_c - mu_G)^T."""
+        M = self.means - self.global_mean(global_mean)
+        return M.T @ M / self.num_classes
+
+    def nc1(self, form: str = "pinv", *, global_mean: str = "weighted", divide_by_classes: Optional[bool] = None,
+            rtol: Optional[float] = None) -> float:
+        """NC1 in one of three forms, never negative.
+
+        ``pinv``: tr(Sigma_W Sigma_B^+) with the pseudo-inverse of the symmetric PSD
+        Sigma_B, singular values below ``rtol * max`` dropped (``rtol`` defaults to
+        NumPy's pinv cut-off ``max(d, d) * eps``); computed from the SVD of the C x d
+        centred means, so rounding-negative eigenvalues are never inverted.
+        ``truncated``: the same with only the top C-1 components (Papyan et al.'s code,
+        scipy ``svds(Sigma_B, k=C-1)``); differs from ``pinv`` when the weighted global
+        mean of imbalanced classes leaves Sigma_B of rank C.
+        ``trace``: tr(Sigma_W) / tr(Sigma_B) (e.g. Tirer, Huang, Niles-Weed 2023).
+        ``divide_by_classes`` (default: True for pinv/truncated, Papyan's 1/C; False
+        for trace) divides the result by C. Quadratic forms rounding below 0 are clipped.
+        """
+        _check_choice("nc1 form", form, _NC1_FORMS)
+        C = self.num_classes
+        if divide_by_classes is None:
+            divide_by_classes = form != "trace"
+        Sw = self.within_covariance()
+        M = self.means - self.global_mean(global_mean)
+        if form == "trace":
+            tb = float(np.einsum("ij,ij->", M, M)) / C
+            if tb == 0:
+                raise ValueError("features: all class means coincide, Sigma_B = 0 and NC1 is undefined")
+            value = max(float(np.trace(Sw)), 0.0) / tb
+        else:
+            _, s, Vt = np.linalg.svd(M, full_matrices=False)
+            lam = s ** 2 / C  # nonzero eigenvalues of Sigma_B = M^T M / C
+            if lam[0] == 0:
+                raise ValueError("features: all class means coincide, Sigma_B = 0 and NC1 is undefined")
+            if form == "pinv":
+                cut = (self.dim * np.finfo(float).eps if rtol is None else rtol) * lam[0]
+                keep = lam > cut
+            else:
+                keep = np.arange(lam.size) < C - 1
+            V = Vt[keep]
+            quad = np.clip(np.einsum("ij,jk,ik->i", V, Sw, V), 0.0, None)
+            value = float(np.sum(quad / lam[keep]))
+        return value / C if divide_by_classes else value
+
+    def metrics(self, classifier=None, bias=None, *, nc1: str = "pinv", global_mean: str = "weighted",
+                divide_by_classes: Optional[bool] = None, ddof: int = 1, nc4: Optional[float] = None) -> CollapseMetrics:
+        """All metrics from the accumulated statistics.
+
+        Conventions: ``nc1`` form (see :meth:`nc1`); ``global_mean`` ``weighted`` (all
+        samples, Papyan et al.'s code) or ``unweighted`` (mean of class means; equal for
+        balanced classes); ``divide_by_classes`` (Papyan's 1/C in NC1); ``ddof`` of the
+        standard deviations in NC2 (1: Bessel-corrected, as torch.std in Papyan et al.'s
+        code; 0: numpy's default). ``nc4``: a value from :class:`NCCAgreement` (second pass).
+        """
+        _check_choice("global_mean", global_mean, _GLOBAL_MEANS)
+        if ddof not in (0, 1):
+            raise ValueError(f"ddof={ddof!r}: allowed values are 0 and 1")
+        C = self.num_classes
+        M = self.means - self.global_mean(global_mean)
+        out = dict(nc1=self.nc1(nc1, global_mean=global_mean, divide_by_classes=divide_by_classes))
+        (out["nc2_equinorm_means"], out["nc2_equiangular_means"], out["nc2_maxangle_means"],
+         out["nc2_etf_means"]) = _angles(M, ddof)
+        var = self.class_scatter / self.counts
+        iu = np.triu_indices(C, 1)
+        dist2 = np.sum((self.means[:, None, :] - self.means[None, :, :]) ** 2, axis=-1)[iu]
+        if np.any(dist2 == 0):
+            raise ValueError("features: two class means coincide, CDNV is undefined")
+        out["cdnv"] = float(np.mean((var[:, None] + var[None, :])[iu] / (2 * dist2)))
+        if classifier is not None:
+            W = _check_classifier(classifier, C, self.dim)
+            (out["nc2_equinorm_classifier"], out["nc2_equiangular_classifier"], out["nc2_maxangle_classifier"],
+             out["nc2_etf_classifier"]) = _angles(W, ddof)
+            out["nc3"] = float(np.sum((W / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2))
+        out["nc4"] = nc4
+        conv = dict(nc1=nc1, global_mean=global_mean, ddof=ddof,
+                    divide_by_classes=(nc1 != "trace") if divide_by_classes is None else bool(divide_by_classes),
+                    within="pooled over samples")
+        return CollapseMetrics(**out, conventions=conv)
+
+
+def _check_classifier(classifier, C, d):
+    W = _host(classifier, "classifier")
+    if W.shape != (C, d):
+        raise ValueError(f"classifier: expected shape (num_classes, dim) = ({C}, {d}), got {W.shape}")
+    W = W.astype(np.float64)
+    if not np.isfinite(W).all():
+        raise ValueError("classifier: contains non-finite values")
+    return W
+
+
+class NCCAgreement:
+    """Second pass for NC4: counts disagreements between the classifier's prediction
+    argmax(W h + b) and the nearest-class-centre rule argmin ||h - mu_c||
+    (Papyan et al. 2020, Fig. 7). ``average``: ``samples`` (Papyan) or ``classes``
+    (mean of per-class rates, as rhubarbwu/neural-collapse)."""
+
+    def __init__(self, class_means, classifier, bias=None, *, chunk_size: int = 16384):
+        mu = _check_features(class_means)
+        self.num_classes, self.dim = mu.shape
+        self.means = mu.astype(np.float64)
+        self.W = _check_classifier(classifier, self.num_classes, self.dim)
+        if bias is None:
+            self.b = np.zeros(self.num_classes)
+        else:
+            self.b = _host(bias, "bias").astype(np.float64).reshape(-1)
+            if self.b.shape != (self.num_classes,) or not np.isfinite(self.b).all():
+                raise ValueError(f"bias: expected {self.num_classes} finite values, got shape {self.b.shape}")
+        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
+        self.mismatch = np.zeros(self.num_classes, dtype=np.int64)
+        self.counts = np.zeros(self.num_classes, dtype=np.int64)
+
+    def update(self, features, labels) -> "NCCAgreement":
+        X = _check_features(features, self.dim)
+        y = _check_labels(labels, X.shape[0], self.num_classes)
+        half_sq = 0.5 * np.einsum("ij,ij->i", self.means, self.means)
+        for s in range(0, X.shape[0], self.chunk_size):
+            Xb = X[s:s + self.chunk_size].astype(np.float64)
+            yb = y[s:s + self.chunk_size]
+            pred = np.argmax(Xb @ self.W.T + self.b, axis=1)
+            ncc = np.argmax(Xb @ self.means.T - half_sq, axis=1)  # argmin ||h - mu||^2
+            self.mismatch += np.bincount(yb, weights=(pred != ncc), minlength=self.num_classes).astype(np.int64)
+            self.counts += np.bincount(yb, minlength=self.num_classes)
+        return self
+
+    def value(self, average: str = "samples") -> float:
+        _check_choice("nc4 average", average, _AVERAGES)
+        if self.counts.sum() == 0:
+            raise ValueError("features: no samples were passed to NCCAgreement.update")
+        if average == "samples":
+            return float(self.mismatch.sum() / self.counts.sum())
+        seen = self.counts > 0
+        return float(np.mean(self.mismatch[seen] / self.counts[seen]))
+
+
+def metrics(features, labels=None, classifier=None, bias=None, *, num_classes: Optional[int] = None,
+            nc1: str = "pinv", global_mean: str = "weighted", divide_by_classes: Optional[bool] = None,
+            ddof: int = 1, nc4_average: str = "samples", chunk_size: int = 16384) -> CollapseMetrics:
+    """NC1-NC4 and CDNV of labelled features (Papyan, Han, Donoho 2020; Galanti et al. 2022).
+
+    ``features``: an (N, d) array (any array-API backend) with ``labels`` (N,) integers in
+    [0, num_classes); or a callable returning a fresh iterable of ``(features, labels)``
+    chunks (called twice when a classifier is given: NC4 needs the final class means), so
+    that millions of samples stream in O(C d + d^2) memory. ``classifier`` (C, d) and
+    ``bias`` (C,) enable the classifier NC2 metrics, NC3 and NC4. ``num_classes`` defaults
+    to max(label) + 1 for arrays and is required for streams. Conventions: see
+    :meth:`CollapseAccumulator.metrics`; ``nc4_average``: see :class:`NCCAgreement`.
+    """
+    _check_choice("nc4_average", nc4_average, _AVERAGES)
+    if callable(features):
+        if labels is not None:
+            raise ValueError("labels: must be None when features is a callable yielding (features, labels) chunks")
+        if num_classes is None:
+            raise ValueError("num_classes: required when features is a stream of chunks")
+        stream: Callable = features
+    else:
+        X = _check_features(features)
+        if labels is None:
+            raise ValueError("labels: required with an array of features")
+        if num_classes is None:
+            y0 = _host(labels, "labels")
+            if y0.size == 0:
+                raise ValueError("features: no samples")
+            num_classes = int(np.max(y0)) + 1 if y0.dtype.kind in "iu" else None
+            if num_classes is None:
+                raise TypeError(f"labels: expected integer class indices, got dtype {y0.dtype}")
+        y = _check_labels(labels, X.shape[0], num_classes)
+
+        def stream():
+            yield X, y
+
+    acc = None
+    for Xc, yc in stream():
+        Xc = _check_features(Xc)
+        if acc is None:
+            acc = CollapseAccumulator(num_classes, Xc.shape[1], chunk_size=chunk_size)
+        acc.update(Xc, yc)
+    if acc is None or acc.num_samples == 0:
+        raise ValueError("features: no samples")
+    acc._require_all_classes()
+    nc4 = None
+    if classifier is not None:
+        agree = NCCAgreement(acc.means, classifier, bias, chunk_size=chunk_size)
+        for Xc, yc in stream():
+            agree.update(Xc, yc)
+        nc4 = agree.value(nc4_average)
+    result = acc.metrics(classifier, bias, nc1=nc1, global_mean=global_mean, divide_by_classes=divide_by_classes,
+                         ddof=ddof, nc4=nc4)
+    result.conventions["nc4_average"] = nc4_average
+    return result
