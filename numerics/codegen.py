@@ -48,11 +48,18 @@ def stable_angles(expr: sp.Expr) -> sp.Expr:
     return expr.replace(sp.acos, _acos).replace(sp.asin, _asin)
 
 
+def _machine_numbers(expr: sp.Expr) -> sp.Expr:
+    """Rationals too large for int64 arithmetic in Numba become float64 constants."""
+    big = {r: sp.Float(r, 17) for r in expr.atoms(sp.Rational)
+           if not r.is_Integer and (abs(r.p) > 2 ** 31 or r.q > 2 ** 31) or r.is_Integer and abs(r) > 2 ** 31}
+    return expr.xreplace(big) if big else expr
+
+
 def scalar_function_source(name: str, args: Sequence[sp.Symbol], exprs: Sequence[sp.Expr],
                            decorator: str = "@nb.njit(cache=True, inline='always')") -> str:
     """Source of a scalar Numba function returning ``exprs`` (a tuple if several), with CSE."""
     printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
-    exprs = [stable_angles(sp.sympify(e)) for e in exprs]
+    exprs = [_machine_numbers(stable_angles(sp.sympify(e))) for e in exprs]
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
     lines = [f"{decorator}", f"def {name}({', '.join(map(str, args))}):"]
     for sym, e in repl:

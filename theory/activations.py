@@ -36,6 +36,15 @@ q1, q2, c = sp.symbols("q1 q2 c", real=True)
 __all__ = ["Activation", "get", "available", "x", "q1", "q2", "c"]
 
 
+def _num(v):
+    """A parameter as an exact rational when it is a simple one (0.1 -> 1/10), else a Float."""
+    r = sp.nsimplify(v)
+    if isinstance(r, sp.Rational) and max(abs(r.p), r.q) < 10 ** 6 or not isinstance(r, sp.Rational) and r.is_number \
+            and len(str(r)) < 20:
+        return r
+    return sp.Float(v, 17)
+
+
 def _theta(q1_, q2_, c_):
     return sp.acos(c_ / sp.sqrt(q1_ * q2_))
 
@@ -155,7 +164,7 @@ def _piecewise_to_where(expr):
 
 def abrelu(a: float = 0.0, b: float = 1.0, name: Optional[str] = None) -> Activation:
     """phi(x) = a min(x, 0) + b max(x, 0) (neural-tangents ABRelu; Cho & Saul 2009 degree 1)."""
-    a_, b_ = sp.nsimplify(a), sp.nsimplify(b)
+    a_, b_ = _num(a), _num(b)
 
     def dual(q1_, q2_, c_):
         th = _theta(q1_, q2_, c_)
@@ -208,7 +217,7 @@ def sign() -> Activation:
 
 def erf(a: float = 1.0, b: float = 1.0, c0: float = 0.0, name: Optional[str] = None) -> Activation:
     """phi(x) = a erf(b x) + c0 (Williams 1997; neural-tangents Erf)."""
-    a_, b_, c_0 = sp.nsimplify(a), sp.nsimplify(b), sp.nsimplify(c0)
+    a_, b_, c_0 = _num(a), _num(b), _num(c0)
 
     def dual(q1_, q2_, c_):
         d1, d2 = 1 + 2 * b_ ** 2 * q1_, 1 + 2 * b_ ** 2 * q2_
@@ -226,7 +235,7 @@ def erf(a: float = 1.0, b: float = 1.0, c0: float = 0.0, name: Optional[str] = N
 
 def sin(a: float = 1.0, b: float = 1.0, c0: float = 0.0, name: Optional[str] = None) -> Activation:
     """phi(x) = a sin(b x + c0) (neural-tangents Sin)."""
-    a_, b_, c_0 = sp.nsimplify(a), sp.nsimplify(b), sp.nsimplify(c0)
+    a_, b_, c_0 = _num(a), _num(b), _num(c0)
 
     def dual(q1_, q2_, c_):
         minus = sp.exp(-b_ ** 2 * (q1_ + q2_ - 2 * c_) / 2)
@@ -244,7 +253,7 @@ def sin(a: float = 1.0, b: float = 1.0, c0: float = 0.0, name: Optional[str] = N
 def cos(a: float = 1.0, b: float = 1.0, c0: float = 0.0) -> Activation:
     """phi(x) = a cos(b x + c0) = a sin(b x + c0 + pi/2) (neural-tangents Cos)."""
     s = sin(a, b, c0 + math.pi / 2)
-    a_, b_, c_0 = sp.nsimplify(a), sp.nsimplify(b), sp.nsimplify(c0)
+    a_, b_, c_0 = _num(a), _num(b), _num(c0)
     return Activation(
         f"cos({a},{b},{c0})", a_ * sp.cos(b_ * x + c_0), (a, b, c0), (),
         lambda z, xp: a * xp.cos(b * z + c0), lambda z, xp: -a * b * xp.sin(b * z + c0),
@@ -260,7 +269,7 @@ def _cos_dual(a_, b_, c_0, q1_, q2_, c_):
 
 def exp(a: float = 1.0, b: float = 1.0) -> Activation:
     """phi(x) = a exp(b x) (neural-tangents Exp)."""
-    a_, b_ = sp.nsimplify(a), sp.nsimplify(b)
+    a_, b_ = _num(a), _num(b)
 
     def dual(q1_, q2_, c_):
         e = sp.exp(b_ ** 2 * (q1_ + q2_ + 2 * c_) / 2)
@@ -274,7 +283,7 @@ def exp(a: float = 1.0, b: float = 1.0) -> Activation:
 
 def gaussian(a: float = 1.0, b: float = -1.0) -> Activation:
     """phi(x) = a exp(b x^2) (neural-tangents Gaussian); needs 1 - 2 b q > 0."""
-    a_, b_ = sp.nsimplify(a), sp.nsimplify(b)
+    a_, b_ = _num(a), _num(b)
 
     def dual(q1_, q2_, c_):
         det = (1 - 2 * b_ * q1_) * (1 - 2 * b_ * q2_) - 4 * b_ ** 2 * c_ ** 2
@@ -312,7 +321,7 @@ def gelu() -> Activation:
 
 def polynomial(coefficients: Sequence[float], name: Optional[str] = None) -> Activation:
     """phi(x) = sum_k coefficients[k] x^k; kernel map by Isserlis' theorem."""
-    coefficients = [sp.nsimplify(a) for a in coefficients]
+    coefficients = [_num(a) for a in coefficients]
     if not coefficients:
         raise ValueError("coefficients: need at least one coefficient, got an empty sequence")
     expr = sum((a * x ** k for k, a in enumerate(coefficients)), sp.Integer(0))
@@ -432,17 +441,17 @@ _CLOSED = {
     "abs": lambda: abrelu(-1.0, 1.0, name="abs"),
     "step": lambda: rectified_monomial(0),
     "sign": sign,
-    "erf": lambda: erf(name="erf"),
     "sigmoid_like": lambda: erf(0.5, 1 / 2.4020563531719796, 0.5, name="sigmoid_like"),
     "identity": identity,
     "linear": identity,
-    "sin": lambda: sin(name="sin"),
-    "cos": cos,
-    "exp": exp,
-    "gaussian": gaussian,
     "gelu": gelu,
 }
 _FAMILIES = {
+    "erf": lambda a=1.0, b=1.0, c0=0.0: erf(a, b, c0, name="erf" if (a, b, c0) == (1.0, 1.0, 0.0) else None),
+    "sin": lambda a=1.0, b=1.0, c0=0.0: sin(a, b, c0, name="sin" if (a, b, c0) == (1.0, 1.0, 0.0) else None),
+    "cos": cos,
+    "exp": exp,
+    "gaussian": gaussian,
     "leaky_relu": lambda alpha=0.01: abrelu(alpha, 1.0, name=f"leaky_relu({alpha})"),
     "abrelu": abrelu,
     "rectified_monomial": rectified_monomial,

@@ -1,0 +1,5 @@
+"""Limiting kernels: activation duals, the MLP NNGP/NTK recursion, signal propagation."""
+from limitlab.theory.kernels.dual import Dual, dual
+from limitlab.theory.kernels.mlp import MLP, Kernels
+
+__all__ = ["Dual", "dual", "MLP", "Kernels"]

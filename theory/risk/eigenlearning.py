@@ -45,7 +45,7 @@ __all__ = ["KernelRidgeRisk", "RandomFeatureRidgeRisk", "kernel_ridge", "random_
 # validation
 # ----------------------------------------------------------------------------------
 
-def _spectrum(eigenvalues, target):
+def _spectrum(eigenvalues, target, multiplicities=None):
     lam = np.asarray(eigenvalues, dtype=float)
     if lam.ndim != 1 or lam.size == 0:
         raise ValueError(f"eigenvalues: must be a non-empty 1-D array, got shape {lam.shape}")
@@ -57,7 +57,12 @@ def _spectrum(eigenvalues, target):
         raise ValueError(f"target: must have the shape of eigenvalues {lam.shape}, got {v.shape}")
     if not np.all(np.isfinite(v)):
         raise ValueError("target: must be finite")
-    return lam, v
+    if multiplicities is None:
+        return lam, v, None
+    w = np.asarray(multiplicities, dtype=float)
+    if w.shape != lam.shape or np.any(~np.isfinite(w)) or np.any(w < 1):
+        raise ValueError(f"multiplicities: must be finite, >= 1 and shaped like eigenvalues {lam.shape}")
+    return lam, v, w
 
 
 def _count(name, value):
@@ -112,34 +117,40 @@ def eigenlearning_equations():
 # kernel ridge
 # ----------------------------------------------------------------------------------
 
-def _dof(lam, kappa):
-    """sum_i l_i/(l_i + kappa) over the last axis, kappa of any shape."""
-    return np.sum(lam / (lam + kappa[..., None]), axis=-1)
+def _dof(lam, kappa, w=None):
+    """sum_i w_i l_i/(l_i + kappa) over the last axis (w: multiplicities), kappa of any shape."""
+    L = lam / (lam + kappa[..., None])
+    return np.sum(L if w is None else L * w, axis=-1)
 
 
-def _solve_kappa(lam, n, delta):
+def _total(w, lam):
+    return float(lam.size if w is None else w.sum())
+
+
+def _solve_kappa(lam, n, delta, w=None):
     """kappa(n, delta) on the grid of broadcast (n, delta); ridgeless with n >= M gives 0."""
     n, delta = np.broadcast_arrays(n, delta)
     kappa = np.zeros(n.shape)
-    M = lam.size
+    M = _total(w, lam)
+    trace = float(np.sum(lam if w is None else lam * w))
     pos = delta > 0
     need = pos | (n < M)
     if need.any():
         nn, dd = n[need], delta[need]
         lo = np.where(dd > 0, dd / nn, lam.min() * (M - nn) / nn)
-        hi = (lam.sum() + dd) / nn
+        hi = (trace + dd) / nn
         lo = np.minimum(lo, hi)
         # decreasing in kappa; solved in t = log kappa for uniform relative precision
-        f = lambda t: np.log(_dof(lam, np.exp(t)) + dd * np.exp(-t)) - np.log(nn)  # noqa: E731
+        f = lambda t: np.log(_dof(lam, np.exp(t), w) + dd * np.exp(-t)) - np.log(nn)  # noqa: E731
         res = find_root(f, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=1e-16, strict=True)
         kappa[need] = np.exp(res.value)
     return kappa
 
 
-def effective_regularization(eigenvalues, n, ridge=0.0):
+def effective_regularization(eigenvalues, n, ridge=0.0, multiplicities=None):
     """kappa solving sum_i l_i/(l_i + kappa) + ridge/kappa = n (Simon et al. 2021, eq. (4))."""
-    lam, _ = _spectrum(eigenvalues, np.zeros(np.shape(eigenvalues)))
-    return _out(_solve_kappa(lam, _count("n", n), _nonneg("ridge", ridge)))
+    lam, _, w = _spectrum(eigenvalues, np.zeros(np.shape(eigenvalues)), multiplicities)
+    return _out(_solve_kappa(lam, _count("n", n), _nonneg("ridge", ridge), w))
 
 
 @dataclass
@@ -162,25 +173,27 @@ class KernelRidgeRisk:
         return self.eigenvalues / (self.eigenvalues + k[..., None])
 
 
-def kernel_ridge(eigenvalues, target, n, ridge, noise=0.0) -> KernelRidgeRisk:
+def kernel_ridge(eigenvalues, target, n, ridge, noise=0.0, multiplicities=None) -> KernelRidgeRisk:
     """Test/train risk of kernel ridge regression from the eigenframework (see module doc).
 
     ``n`` and ``ridge`` (and ``noise``) broadcast: a learning curve is one call.
     Ridgeless (``ridge = 0``) with n >= len(eigenvalues) gives kappa = 0, E0 = n/(n - M).
+    ``multiplicities`` (e.g. of spherical-harmonic degrees): eigenvalue i is repeated
+    multiplicities[i] times and target[i] is the norm of the target's projection on that
+    whole eigenspace (the risk depends on nothing else).
     """
-    lam, v = _spectrum(eigenvalues, target)
+    lam, v, w = _spectrum(eigenvalues, target, multiplicities)
     n = _count("n", n)
     delta = _nonneg("ridge", ridge)
     s2 = _nonneg("noise", noise)
     n, delta, s2 = np.broadcast_arrays(n, delta, s2)
-    kappa = _solve_kappa(lam, n, delta)
+    kappa = _solve_kappa(lam, n, delta, w)
     L = lam / (lam + kappa[..., None])
-    q = np.sum(L * L, axis=-1)
+    q = np.sum(L * L if w is None else L * L * w, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         E0 = np.where(n > q, n / (n - q), np.inf)
         bias = E0 * np.sum((1 - L) ** 2 * v * v, axis=-1)
         bias = np.where(np.isnan(bias), np.inf, bias)
-        var = np.where(s2 > 0, (E0 - 1.0) * s2, 0.0)  # E0 - 1 = q/(n - q)
         var = np.where(s2 > 0, np.where(n > q, q / (n - q), np.inf) * s2, 0.0)
         test = bias + var + s2
         train = np.where(delta > 0, (delta / (n * np.where(kappa > 0, kappa, 1.0))) ** 2 * test, 0.0)
@@ -224,22 +237,22 @@ class RandomFeatureRidgeRisk:
         return self.eigenvalues / (self.eigenvalues + g[..., None])
 
 
-def _solve_gamma_level(lam, level):
+def _solve_gamma_level(lam, level, w=None):
     """gamma with sum l/(l + gamma) = level (0 when level >= M)."""
-    M = lam.size
+    M = _total(w, lam)
     g = np.zeros(level.shape)
     need = level < M
     if need.any():
         lv = level[need]
         lo = lam.min() * (M - lv) / lv
-        hi = lam.sum() / lv
+        hi = float(np.sum(lam if w is None else lam * w)) / lv
         lo = np.minimum(lo, hi)
-        f = lambda t: np.log(_dof(lam, np.exp(t))) - np.log(lv)  # noqa: E731
+        f = lambda t: np.log(_dof(lam, np.exp(t), w)) - np.log(lv)  # noqa: E731
         g[need] = np.exp(find_root(f, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=1e-16, strict=True).value)
     return g
 
 
-def _solve_rf(lam, n, k, delta):
+def _solve_rf(lam, n, k, delta, w=None):
     gamma = np.zeros(n.shape)
     kappa = np.zeros(n.shape)
     pos = delta > 0
@@ -249,42 +262,43 @@ def _solve_rf(lam, n, k, delta):
 
         def G(t):
             g = np.exp(t)
-            z = _dof(lam, g)
+            z = _dof(lam, g, w)
             # divided by k n (positive) to keep the scale O(gamma)
             return g * np.maximum(1 - z / kk, 0.0) * np.maximum(1 - z / nn, 0.0) - dd / nn
 
         lo = 0.5 * dd / nn
-        hi = 1.01 * np.maximum(2 * lam.sum() / mn, 4 * dd / nn)
+        hi = 1.01 * np.maximum(2 * float(np.sum(lam if w is None else lam * w)) / mn, 4 * dd / nn)
         t = find_root(G, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=1e-16, strict=True).value
         g = np.exp(t)
         gamma[pos] = g
-        kappa[pos] = g * (kk - _dof(lam, g)) / kk
+        kappa[pos] = g * (kk - _dof(lam, g, w)) / kk
     zero = ~pos
     if zero.any():
         nn, kk = n[zero], k[zero]
-        g = _solve_gamma_level(lam, np.minimum(nn, kk))
+        g = _solve_gamma_level(lam, np.minimum(nn, kk), w)
         gamma[zero] = g
-        # kappa = gamma (k - n)/k when k > n (z = n); 0 when k <= n (the delta -> 0 limit)
-        kappa[zero] = np.where(kk > nn, g * (kk - np.minimum(nn, lam.size)) / kk, 0.0)
+        # kappa = gamma (k - z)/k with z = min(n, M) when k > n; 0 when k <= n (the delta -> 0 limit)
+        kappa[zero] = np.where(kk > nn, g * (kk - np.minimum(nn, _total(w, lam))) / kk, 0.0)
     return gamma, kappa
 
 
-def random_feature_ridge(eigenvalues, target, n, features, ridge, noise=0.0) -> RandomFeatureRidgeRisk:
+def random_feature_ridge(eigenvalues, target, n, features, ridge, noise=0.0,
+                         multiplicities=None) -> RandomFeatureRidgeRisk:
     """Test risk of random-feature ridge regression (Simon et al. 2023, "More is Better", Sec. 4).
 
     ``features`` = k random features whose average kernel has the given eigenvalues; ridge
     delta in (K_rf + delta I_n); ``n``, ``features``, ``ridge``, ``noise`` broadcast.
     """
-    lam, v = _spectrum(eigenvalues, target)
+    lam, v, w = _spectrum(eigenvalues, target, multiplicities)
     n = _count("n", n)
     k = _count("features", features)
     delta = _nonneg("ridge", ridge)
     s2 = _nonneg("noise", noise)
     n, k, delta, s2 = np.broadcast_arrays(n, k, delta, s2)
-    gamma, kappa = _solve_rf(lam, n, k, delta)
+    gamma, kappa = _solve_rf(lam, n, k, delta, w)
     L = lam / (lam + gamma[..., None])
-    z = np.sum(L, axis=-1)
-    q = np.sum(L * L, axis=-1)
+    z = np.sum(L if w is None else L * w, axis=-1)
+    q = np.sum(L * L if w is None else L * L * w, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         x = (q * (k - 2 * z) + z * z) / (n * (k - q))
         E = np.where(x < 1, 1.0 / (1.0 - x), np.inf)
@@ -300,7 +314,8 @@ def random_feature_ridge(eigenvalues, target, n, features, ridge, noise=0.0) -> 
 # tuned ridge
 # ----------------------------------------------------------------------------------
 
-def tuned_ridge(eigenvalues, target, n, noise=0.0, features=None, bounds=(1e-10, 1e4), grid=61):
+def tuned_ridge(eigenvalues, target, n, noise=0.0, features=None, bounds=(1e-10, 1e4), grid=61,
+                multiplicities=None):
     """The ridge minimizing the predicted test risk (kernel ridge, or RF ridge with ``features``).
 
     A log-spaced scan over ``bounds`` (ridge 0 included), then a bounded Brent refinement in
@@ -310,10 +325,10 @@ def tuned_ridge(eigenvalues, target, n, noise=0.0, features=None, bounds=(1e-10,
 
     def risk(delta):
         if features is None:
-            return kernel_ridge(eigenvalues, target, n, delta, noise)
-        return random_feature_ridge(eigenvalues, target, n, features, delta, noise)
+            return kernel_ridge(eigenvalues, target, n, delta, noise, multiplicities)
+        return random_feature_ridge(eigenvalues, target, n, features, delta, noise, multiplicities)
 
-    scale = float(np.sum(eigenvalues))
+    scale = float(np.sum(np.asarray(eigenvalues) * (1 if multiplicities is None else np.asarray(multiplicities))))
     ts = np.linspace(np.log(bounds[0] * scale), np.log(bounds[1] * scale), grid)
     vals = np.asarray(risk(np.exp(ts)).test_risk)
     r0 = risk(0.0).test_risk

@@ -1,0 +1,195 @@
+"""Infinite-width gradient descent on the MSE loss: the linear (kernel) dynamics.
+
+At infinite width in the NTK parametrization the network trained by gradient flow on
+``L = ||f(X) - y||^2 / (2 n)`` evolves as a linear model (Jacot et al. 2018; Lee et al. 2019,
+"Wide neural networks of any depth evolve as linear models", eqs. (9)-(16))::
+
+    f_t(X) = f_0(X) + (I - exp(-eta Theta t / n)) (y - f_0(X))
+    f_t(x) = f_0(x) - Theta(x, X) Theta^{-1} (I - exp(-eta Theta t / n)) (f_0(X) - y)
+
+with ``f_0`` a centred Gaussian process of covariance the NNGP ``K``. Averaging over
+initialisations gives a Gaussian (Lee et al. 2019, eq. (16), their S23 for the NNGP)::
+
+    mean_t(x) = Theta(x, X) Theta^{-1} (I - e^{-eta Theta t/n}) y
+    cov_t(x, x') = K(x, x') + A K(X, X) A^T - A K(X, x') - K(x, X) A^T,
+    A = Theta(x, X) Theta^{-1} (I - e^{-eta Theta t/n}).
+
+This is the counterpart of neural-tangents' ``predict.gradient_descent_mse_ensemble``:
+the same normalisation (``n = y_train.size``), learning rate, ``diag_reg`` (scaled by
+``trace(Theta)/n`` unless ``diag_reg_absolute_scale``). ``normalization=1`` gives the
+sum loss ``||f - y||^2 / 2`` used by the DMFT papers. ``steps=True`` replaces the flow by
+discrete gradient descent of step ``learning_rate``: ``exp(-eta Theta t/n)`` becomes
+``(I - eta Theta / n)^t`` for integer ``t``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["Gaussian", "gradient_descent_mse_ensemble", "predict_mlp", "check_psd"]
+
+
+@dataclass
+class Gaussian:
+    """Ensemble prediction: ``mean`` (time axis first when several times) and ``covariance`` (or None)."""
+
+    mean: np.ndarray
+    covariance: Optional[np.ndarray] = None
+
+
+def _as_matrix(a, name, shape0=None, square=False):
+    try:
+        a = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a numeric array, got {type(a).__name__}") from None
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D kernel matrix, got shape {a.shape}")
+    if square and a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name}: expected a square matrix, got shape {a.shape}")
+    if shape0 is not None and a.shape[1] != shape0:
+        raise ValueError(f"{name}: expected {shape0} columns (training points), got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: contains non-finite values")
+    return a
+
+
+def check_psd(k, name, tol=1e-10):
+    """Symmetric eigendecomposition of a kernel; ValueError naming ``name`` if not PSD."""
+    if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(k).max())):
+        raise ValueError(f"{name}: must be symmetric (a kernel matrix)")
+    evals, evecs = np.linalg.eigh(0.5 * (k + k.T))
+    scale = max(np.abs(evals).max(), np.finfo(float).tiny)
+    if evals.min() < -tol * scale * k.shape[0]:
+        raise ValueError(f"{name}: must be positive semi-definite, smallest eigenvalue {evals.min():.3g} "
+                         f"(largest {evals.max():.3g})")
+    return np.maximum(evals, 0.0), evecs, scale
+
+
+def _times(t, steps):
+    if t is None:
+        return np.array([np.inf]), True
+    arr = np.asarray(t, dtype=np.float64)
+    scalar = arr.ndim == 0
+    arr = np.atleast_1d(arr)
+    if arr.ndim != 1 or np.any(np.isnan(arr)) or np.any(arr < 0):
+        raise ValueError(f"t: times must be >= 0 (or None for t = infinity), got {t!r}")
+    if steps and np.any((arr != np.round(arr)) & np.isfinite(arr)):
+        raise ValueError(f"t: with steps=True times are integer step counts, got {t!r}")
+    return arr, scalar
+
+
+def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=None, learning_rate=1.0,
+                                  diag_reg=0.0, diag_reg_absolute_scale=False, normalization=None,
+                                  steps=False):
+    """Infinite-width MSE training of an ensemble: returns ``predict(t=None, ...)`` (Lee et al. 2019, eq. (16)).
+
+    ``predict(t=None, ntk_test_train=None, nngp_test_train=None, nngp_test_test=None,
+    compute_cov=False)``: without test kernels, the training-set prediction; ``t=None`` is
+    t = infinity; an array of times gives a leading time axis. ``compute_cov`` needs the
+    NNGP kernels (``nngp_train_train`` here, the test ones in the call).
+    """
+    theta = _as_matrix(ntk_train_train, "ntk_train_train", square=True)
+    n = theta.shape[0]
+    y = np.asarray(y_train, dtype=np.float64)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y_train: contains non-finite values")
+    for name, v in (("learning_rate", learning_rate), ("diag_reg", diag_reg)):
+        if not np.isscalar(v) or not np.isfinite(v) or v < 0 or (name == "learning_rate" and v == 0):
+            raise ValueError(f"{name}: must be a finite number {'> 0' if name == 'learning_rate' else '>= 0'}, got {v!r}")
+    norm = float(y.size if normalization is None else normalization)
+    if not np.isfinite(norm) or norm <= 0:
+        raise ValueError(f"normalization: must be > 0, got {normalization!r}")
+    evals, evecs, _ = check_psd(theta, "ntk_train_train")
+    if diag_reg:
+        reg = diag_reg if diag_reg_absolute_scale else diag_reg * np.trace(theta) / n
+        theta = theta + reg * np.eye(n)
+        evals = evals + reg
+    K = None
+    if nngp_train_train is not None:
+        K = _as_matrix(nngp_train_train, "nngp_train_train", square=True)
+        if K.shape != theta.shape:
+            raise ValueError(f"nngp_train_train: expected shape {theta.shape}, got {K.shape}")
+        check_psd(K, "nngp_train_train")
+    rate = learning_rate / norm
+    if steps and evals.max() * rate >= 2.0:
+        raise ValueError(f"learning_rate: {learning_rate} diverges for discrete steps "
+                         f"(needs learning_rate * max eig / normalization < 2, got {evals.max() * rate:.3g})")
+    pos = evals > 1e-12 * max(evals.max(), np.finfo(float).tiny)
+    y2 = y.reshape(n, -1)
+    uty = evecs.T @ y2
+
+    def decay(t):
+        """Eigenvalues of e^{-rate Theta t} (or (1 - rate Theta)^t) and of Theta^+ (I - that)."""
+        if np.isinf(t):
+            e = np.where(pos, 0.0, 1.0)
+            g = np.where(pos, 1.0 / np.where(pos, evals, 1.0), 0.0)
+            return e, g
+        if steps:
+            e = (1.0 - rate * evals) ** t
+            # (1 - e)/lambda without cancellation: sum of the geometric series
+            g = np.where(pos, -np.expm1(t * np.log1p(-rate * evals)) / np.where(pos, evals, 1.0), rate * t)
+        else:
+            e = np.exp(-rate * evals * t)
+            g = np.where(pos, -np.expm1(-rate * evals * t) / np.where(pos, evals, 1.0), rate * t)
+        return e, g
+
+    def predict(t=None, ntk_test_train=None, nngp_test_train=None, nngp_test_test=None, compute_cov=False):
+        ts, scalar = _times(t, steps)
+        test = ntk_test_train is not None
+        if test:
+            k_tx = _as_matrix(ntk_test_train, "ntk_test_train", shape0=n)
+        if compute_cov:
+            if K is None:
+                raise ValueError("compute_cov: needs nngp_train_train (the NNGP covariance of f_0)")
+            if test:
+                if nngp_test_train is None or nngp_test_test is None:
+                    raise ValueError("compute_cov: needs nngp_test_train and nngp_test_test for test points")
+                g_tx = _as_matrix(nngp_test_train, "nngp_test_train", shape0=n)
+                g_tt = _as_matrix(nngp_test_test, "nngp_test_test", square=True)
+                if g_tx.shape[0] != k_tx.shape[0] or g_tt.shape[0] != k_tx.shape[0]:
+                    raise ValueError("nngp_test_train, nngp_test_test: must have as many rows as ntk_test_train")
+        means, covs = [], []
+        for tt in ts:
+            e, g = decay(tt)
+            if test:
+                a_eig = k_tx @ evecs  # Theta(x,X) U
+                mean = a_eig @ (g[:, None] * uty)
+            else:
+                mean = evecs @ ((1.0 - e)[:, None] * uty)
+            means.append(mean.reshape((-1,) + y.shape[1:]))
+            if compute_cov:
+                if test:
+                    A = (a_eig * g) @ evecs.T
+                    cross = A @ g_tx.T
+                    cov = g_tt + A @ K @ A.T - cross - cross.T
+                else:
+                    E = (evecs * e) @ evecs.T
+                    cov = E @ K @ E.T
+                covs.append(0.5 * (cov + cov.T))
+        mean = means[0] if scalar else np.stack(means)
+        cov = None
+        if compute_cov:
+            cov = covs[0] if scalar else np.stack(covs)
+        return Gaussian(mean, cov)
+
+    return predict
+
+
+def predict_mlp(mlp, x_train, y_train, x_test=None, t=None, compute_cov=False, **kwargs):
+    """The ensemble prediction of ``limitlab.theory.kernels.MLP`` trained on (x_train, y_train).
+
+    Computes the NNGP/NTK with ``mlp.kernels`` and calls :func:`gradient_descent_mse_ensemble`
+    (keyword arguments pass through: learning_rate, diag_reg, normalization, steps).
+    """
+    k_train = mlp.kernels(x_train)
+    nngp, ntk = k_train[0], k_train[1]
+    predict = gradient_descent_mse_ensemble(ntk, y_train, nngp_train_train=nngp if compute_cov else None, **kwargs)
+    if x_test is None:
+        return predict(t, compute_cov=compute_cov)
+    k_tx = mlp.kernels(x_test, x_train)
+    k_tt = mlp.nngp(x_test) if compute_cov else None
+    return predict(t, ntk_test_train=k_tx[1], nngp_test_train=k_tx[0], nngp_test_test=k_tt, compute_cov=compute_cov)
