@@ -32,8 +32,11 @@ __all__ = ["MinorityCollapse", "minority_collapse", "lpm_loss"]
 
 @dataclass
 class MinorityCollapse:
-    """Symmetric optimum of the LPM. Cosines are between distinct classifiers (or features)
-    of the same group; ``minority_angle`` = arccos(minority_cosine) in radians."""
+    """Symmetric optimum of the LPM. Cosines are between distinct classifiers of the same
+    group; ``minority_angle`` = arccos(minority_cosine) in radians. When the minority
+    classifiers vanish (norm below 1e-10 E_W, as happens at large ratios) they coincide:
+    the cosine is reported as 1 and ``minority_distance_sq`` = ||w_k - w_k'||^2 = 0 is the
+    well-defined quantity (Fang et al.'s Theorem 5 is stated for w_k - w_k')."""
 
     ratio: float
     k_A: int
@@ -44,6 +47,7 @@ class MinorityCollapse:
     cross_cosine: float
     majority_norm_sq: float
     minority_norm_sq: float
+    minority_distance_sq: float
     gram: np.ndarray  # (2C, 2C) Gram of [W; H_bar] rows, majority classes first
 
     @property
@@ -163,6 +167,8 @@ def minority_collapse(ratio: float, k_A: int = 5, k_B: int = 5, *, E_W: float = 
     return MinorityCollapse(
         ratio=R, k_A=kA, k_B=kB, loss=float(best.fun),
         majority_cosine=float(e["p2"] / e["p1"]) if kA > 1 else float("nan"),
-        minority_cosine=float(e["p4"] / e["p3"]) if kB > 1 else float("nan"),
+        minority_cosine=(float(min(e["p4"] / e["p3"], 1.0)) if e["p3"] > 1e-10 * EW else 1.0) if kB > 1
+        else float("nan"),
         cross_cosine=float(e["p5"] / np.sqrt(e["p1"] * e["p3"])),
-        majority_norm_sq=float(e["p1"]), minority_norm_sq=float(e["p3"]), gram=_gram(e, kA, kB))
+        majority_norm_sq=float(e["p1"]), minority_norm_sq=float(e["p3"]),
+        minority_distance_sq=float(max(2 * (e["p3"] - e["p4"]), 0.0)) if kB > 1 else float("nan"), gram=_gram(e, kA, kB))
