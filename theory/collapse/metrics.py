@@ -244,8 +244,9 @@ class CollapseAccumulator:
         NumPy's pinv cut-off ``max(d, d) * eps``); computed from the SVD of the C x d
         centred means, so rounding-negative eigenvalues are never inverted.
         ``truncated``: the same with only the top C-1 components (Papyan et al.'s code,
-        scipy ``svds(Sigma_B, k=C-1)``); differs from ``pinv`` when the weighted global
-        mean of imbalanced classes leaves Sigma_B of rank C.
+        scipy ``svds(Sigma_B, k=C-1)``); equal to ``pinv`` when the centred means span C-1
+        dimensions (both global means leave rank <= C-1), but it inverts a rounding-level
+        eigenvalue, and explodes, when they span fewer.
         ``trace``: tr(Sigma_W) / tr(Sigma_B) (e.g. Tirer, Huang, Niles-Weed 2023).
         ``divide_by_classes`` (default: True for pinv/truncated, Papyan's 1/C; False
         for trace) divides the result by C. Quadratic forms rounding below 0 are clipped.
