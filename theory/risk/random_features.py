@@ -262,7 +262,7 @@ def _check_array(name, value, positive, allow_inf=False):
         raise TypeError(f"{name}: must be real, got {value!r}")
     bad = np.isnan(a) | (~np.isfinite(a) if not allow_inf else False) | ((a <= 0) if positive else (a < 0))
     if np.any(bad):
-        v = a[bad].ravel()[0] if a.ndim else float(a)
+        v = float(a[bad].ravel()[0]) if a.ndim else float(a)
         rule = "> 0" if positive else ">= 0"
         raise ValueError(f"{name}: must be finite and {rule}, got {v!r}")
     return a
