@@ -215,17 +215,18 @@ def solve_chi(psi1, psi2, lambda_bar, zeta, tol=1e-15, maxiter=200):
 
 
 def _residual(p1, p2, s, z2, P, y1, y2):
-    """Relative residual of the reduced equation in P (scaled by its terms)."""
+    """Relative error of P implied by the reduced equation: |h(P) / (P h'(P))| (a Newton step over P)."""
     u = 1.0 + z2 * P
     g = P * (1.0 + z2 / u)
+    dg = 1.0 + z2 / (u * u)
     a1, a2 = p1 - g, p2 - g
     h = s * s * P - a1 * a2
-    scale = s * s * P + np.abs(a1 * a2) + np.finfo(float).tiny
-    r = np.abs(h) / scale
+    dh = s * s + dg * (a1 + a2)
+    r = np.abs(h) / (np.abs(dh) * P + np.finfo(float).tiny)
     # ridgeless: P must solve g(P) = min(psi1, psi2)
     m = np.minimum(p1, p2)
     r0 = np.abs(g - m) / m
-    return np.where(s > 0, np.maximum(r, 0.0), r0)
+    return np.where(s > 0, r, r0)
 
 
 # ----------------------------------------------------------------------------------
@@ -300,6 +301,10 @@ def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_
     with np.errstate(divide="ignore", invalid="ignore"):
         B = np.where(E0 != 0, E1 / E0, np.inf)
         V = np.where(E0 != 0, E2 / E0, np.inf)
+    # ridgeless at N = n: the interpolation pole (E0 = 0 exactly; rounding leaves ~1e-16)
+    pole = (lam == 0) & (p1b == p2b)
+    B = np.where(pole, np.inf, B)
+    V = np.where(pole, np.inf, V)
     bias = F1 * B
     variance = (tau + Fs) * V
     risk = bias + variance + Fs
