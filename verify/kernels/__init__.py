@@ -1,0 +1,1 @@
+"""Built-in verify checks of the limiting kernels (registered by .checks on import)."""

@@ -1,0 +1,612 @@
+"""The Monte Carlo engine: ensembles of finite MLPs, their empirical kernels, and training.
+
+Networks are those of :class:`limitlab.theory.kernels.MLP` (neural-tangents' conventions,
+Novak et al. 2020): ``depth`` hidden Dense->activation layers, then a Dense readout;
+layer l computes ``h = sqrt(w_l/fan_in) a W + sqrt(b_l) beta`` with ``W, beta ~ N(0, 1)``.
+Both parametrizations have the same function at initialization; they differ in what is
+trained, hence in the NTK and in gradient descent. The engine stores *effective* weights
+``sqrt(w_l/fan_in) W`` and a per-layer NTK coefficient:
+
+* NTK parametrization: ``c_W = w_l/fan_in``, ``c_b = b_l``;
+* standard parametrization: ``c_W = 1``, ``c_b = 1`` when the layer has a bias.
+
+The empirical NTK of one network is exact (Jacot et al. 2018, eq. 2, written per layer;
+no autodiff): ``Theta(x, x') = sum_l [c_W (a^{l-1}(x).a^{l-1}(x')) + c_b] (g^l(x).g^l(x'))``
+with a^{l-1} the layer's input and g^l = df/dh^l the backpropagated signal (g = 1 at the
+readout). The empirical NNGP of one network is the readout-integrated covariance
+``w_{L+1} a^L(x).a^L(x')/n_L + b_{L+1}``: the output covariance over the readout weights
+given the last hidden layer, exactly, with O(1/n) variance per network.
+
+Two samplers give the same distribution of these per-network kernels:
+
+* ``method="weights"`` materializes every weight matrix: O(N n^2) per layer; needed to
+  evaluate a network on new inputs or to train it (:class:`Networks`).
+* ``method="conditional"`` never materializes hidden-to-hidden weights. Given a layer's
+  input ``a`` (N x m), ``W`` splits into ``Q U + (I - Q Q^T) W'`` with ``a^T = Q R`` (thin QR),
+  ``U = Q^T W`` iid Gaussian and ``W'`` independent; the forward pass needs only ``U``
+  (``a W = R^T U``) and the backward pass ``g W^T = (g U^T) Q^T + V (I - Q Q^T)`` with
+  ``V = g W'^T`` sampled as ``R_g^T Z`` from the thin QR ``g^T = Q_g R_g``. Exact in
+  distribution (Gaussian conditioning, as in Yang 2019, "Tensor Programs I", Lemma on
+  conditioning), at O(N^2 n) per layer: far cheaper when the inputs are few.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from limitlab.theory import activations as _act
+from limitlab.verify.backend import Backend, get_backend
+
+__all__ = ["NetworkSpec", "as_spec", "network_seeds", "Networks", "KernelSamples", "sample_kernels",
+           "TrainResult", "train"]
+
+SeedLike = Union[int, np.integer, np.random.Generator, np.random.SeedSequence, None]
+
+
+# --------------------------------------------------------------------------------------
+# The network description
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Finite-width MLP description: what the engine needs from an ``MLP`` plus its widths."""
+
+    depth: int
+    activation: object
+    weight_var: tuple  # depth + 1 values
+    bias_var: Optional[tuple]  # depth + 1 values, or None (no biases)
+    parametrization: str
+    widths: tuple  # depth hidden widths
+    n_outputs: int = 1
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias_var is not None
+
+    def fan_ins(self, d: int) -> list:
+        return [d] + list(self.widths)
+
+    def coefficients(self, d: int):
+        """Per Dense layer (c_W, c_b): the NTK weight of its weight and bias gradients."""
+        out = []
+        for l, fan in enumerate(self.fan_ins(d)):
+            w = self.weight_var[l]
+            b = 0.0 if self.bias_var is None else self.bias_var[l]
+            if self.parametrization == "ntk":
+                out.append((w / fan, b))
+            else:
+                out.append((1.0, 1.0 if self.has_bias else 0.0))
+        return out
+
+
+def _layer_values(value, name, n, allow_none=False):
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name}: must be given, got None")
+    vals = np.atleast_1d(np.asarray(value, dtype=float))
+    if vals.ndim != 1 or vals.size not in (1, n):
+        raise ValueError(f"{name}: expected a number or {n} numbers (one per Dense layer), got {value!r}")
+    if not np.all(np.isfinite(vals)) or np.any(vals < 0):
+        raise ValueError(f"{name}: variances must be finite and >= 0, got {value!r}")
+    return tuple(float(v) for v in np.broadcast_to(vals, (n,)))
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def as_spec(mlp=None, width=None, *, depth=None, activation=None, weight_var=1.0, bias_var=0.0,
+            parametrization="ntk", n_outputs: int = 1) -> NetworkSpec:
+    """A :class:`NetworkSpec` from an ``MLP`` (theory object) and a width, or from keywords.
+
+    ``width`` overrides the MLP's own ``width``; it is a positive integer or one per hidden layer.
+    """
+    if isinstance(mlp, NetworkSpec):
+        spec = mlp
+        if width is None:
+            return spec
+        depth, activation, weight_var = spec.depth, spec.activation, spec.weight_var
+        bias_var, parametrization, n_outputs = spec.bias_var, spec.parametrization, spec.n_outputs
+    elif mlp is not None:
+        for attr in ("depth", "activation", "weight_var", "bias_var", "parametrization"):
+            if not hasattr(mlp, attr):
+                raise TypeError(f"mlp: expected an MLP-like object with .{attr}, got {type(mlp).__name__}")
+        depth, activation, weight_var = mlp.depth, mlp.activation, mlp.weight_var
+        bias_var, parametrization = mlp.bias_var, mlp.parametrization
+        if width is None:
+            width = getattr(mlp, "width", None)
+    depth = _positive_int(depth, "depth")
+    if parametrization not in ("ntk", "standard"):
+        raise ValueError(f"parametrization: must be 'ntk' or 'standard', got {parametrization!r}")
+    if width is None:
+        raise ValueError("width: a finite network needs a hidden width (a positive integer), got None")
+    widths = np.atleast_1d(np.asarray(width))
+    if widths.ndim != 1 or widths.size not in (1, depth) or widths.dtype.kind not in "iu" and not np.all(
+            widths == np.round(widths)):
+        raise ValueError(f"width: expected a positive integer or {depth} of them, got {width!r}")
+    widths = tuple(_positive_int(int(v), "width") for v in np.broadcast_to(widths, (depth,)))
+    return NetworkSpec(depth, _act.get(activation), _layer_values(weight_var, "weight_var", depth + 1),
+                       _layer_values(bias_var, "bias_var", depth + 1, allow_none=True), parametrization, widths,
+                       _positive_int(n_outputs, "n_outputs"))
+
+
+def network_seeds(seed: SeedLike, n: int) -> np.ndarray:
+    """One 63-bit seed per network: network i's weights never depend on the batching."""
+    if isinstance(seed, np.random.Generator):
+        return seed.integers(0, 2 ** 63 - 1, size=n, dtype=np.int64)
+    if seed is None or isinstance(seed, (int, np.integer, np.random.SeedSequence)):
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        return (ss.generate_state(n, dtype=np.uint64) >> np.uint64(1)).astype(np.int64)
+    raise TypeError(f"seed: expected an int, a numpy Generator or SeedSequence, got {type(seed).__name__}")
+
+
+def _check_X(X, name, d=None) -> np.ndarray:
+    try:
+        X = np.asarray(X, dtype=float)
+    except Exception as exc:
+        raise TypeError(f"{name}: expected a numeric array of shape (N, d), got {type(X).__name__}") from exc
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty array of shape (N, d), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
+    if d is not None and X.shape[1] != d:
+        raise ValueError(f"{name}: feature dimension {X.shape[1]} does not match the networks' input dimension {d}")
+    return X
+
+
+def _T(xp, a):
+    return xp.matrix_transpose(a)
+
+
+def _gram(xp, a):
+    return xp.matmul(a, _T(xp, a))
+
+
+def _split(xp, normals, shapes):
+    """Views of consecutive segments of (B, count) normals reshaped to (B, *shape)."""
+    out, off = [], 0
+    B = normals.shape[0]
+    for shape in shapes:
+        k = int(np.prod(shape))
+        out.append(xp.reshape(normals[:, off:off + k], (B, *shape)))
+        off += k
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Materialized networks (method="weights"; training)
+# --------------------------------------------------------------------------------------
+
+class Networks:
+    """A batch of B finite MLPs with materialized effective weights, on one backend.
+
+    ``weights[l]`` has shape (B, fan_in, fan_out) and ``biases[l]`` (B, fan_out) (None
+    without biases); layer ``depth`` is the readout.
+    """
+
+    def __init__(self, spec: NetworkSpec, d_in: int, weights: list, biases: list, backend: Backend, seeds):
+        self.spec, self.d_in, self.weights, self.biases, self.backend = spec, d_in, weights, biases, backend
+        self.seeds = np.asarray(seeds)
+        self.coef = spec.coefficients(d_in)
+
+    @classmethod
+    def sample(cls, mlp, d_in: int, n_networks: int = 1, seed: SeedLike = 0, backend="auto", width=None,
+               n_outputs: Optional[int] = None, seeds=None) -> "Networks":
+        """Sample ``n_networks`` networks at initialization for inputs of dimension ``d_in``."""
+        spec = as_spec(mlp, width, n_outputs=n_outputs or 1) if not isinstance(mlp, NetworkSpec) else mlp
+        if n_outputs is not None and n_outputs != spec.n_outputs:
+            spec = NetworkSpec(spec.depth, spec.activation, spec.weight_var, spec.bias_var, spec.parametrization,
+                               spec.widths, _positive_int(n_outputs, "n_outputs"))
+        d_in = _positive_int(d_in, "d_in")
+        bk = get_backend(backend)
+        xp = bk.xp
+        seeds = network_seeds(seed, _positive_int(n_networks, "n_networks")) if seeds is None else seeds
+        fans = spec.fan_ins(d_in)
+        outs = list(spec.widths) + [spec.n_outputs]
+        shapes = []
+        for fi, fo in zip(fans, outs):
+            shapes.append((fi, fo))
+            if spec.has_bias:
+                shapes.append((fo,))
+        z = _split(xp, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
+        weights, biases, k = [], [], 0
+        for l, fi in enumerate(fans):
+            weights.append(math.sqrt(spec.weight_var[l] / fi) * z[k])
+            k += 1
+            if spec.has_bias:
+                biases.append(math.sqrt(spec.bias_var[l]) * z[k])
+                k += 1
+            else:
+                biases.append(None)
+        return cls(spec, d_in, weights, biases, bk, seeds)
+
+    @property
+    def n_networks(self) -> int:
+        return int(self.weights[0].shape[0])
+
+    def _input(self, X):
+        if isinstance(X, np.ndarray) or isinstance(X, (list, tuple)):
+            return self.backend.asarray(_check_X(X, "X", self.d_in))
+        return X
+
+    def forward(self, X, cache: bool = False):
+        """Outputs (B, N, n_outputs) on inputs X (N, d); with ``cache``, also (acts, derivs)."""
+        xp, act = self.backend.xp, self.spec.activation
+        a = self._input(X)
+        acts, ders = [a], []
+        for l in range(self.spec.depth):
+            h = xp.matmul(a, self.weights[l])
+            if self.biases[l] is not None:
+                h = h + self.biases[l][:, None, :]
+            a = act(h, xp)
+            if cache:
+                ders.append(act.derivative(h, xp))
+                acts.append(a)
+        f = xp.matmul(a, self.weights[-1])
+        if self.biases[-1] is not None:
+            f = f + self.biases[-1][:, None, :]
+        return (f, acts, ders) if cache else f
+
+    def __call__(self, X):
+        return self.forward(X)
+
+    def features(self, X):
+        """Last-hidden-layer activations (B, N, n_L)."""
+        return self.forward(X, cache=True)[1][-1]
+
+    def _signals(self, acts, ders, delta_out):
+        """Backpropagated signals g^l = dF/dh^l for l = 1..depth, given dF/df = delta_out (B, N, k)."""
+        xp = self.backend.xp
+        g = xp.matmul(delta_out, _T(xp, self.weights[-1])) * ders[-1]
+        gs = [g]
+        for l in range(self.spec.depth - 1, 0, -1):
+            g = xp.matmul(g, _T(xp, self.weights[l])) * ders[l - 1]
+            gs.append(g)
+        return gs[::-1]
+
+    def kernels(self, X1, X2=None):
+        """Per-network (NNGP, NTK), each (B, N1, N2): readout-integrated NNGP and exact NTK."""
+        if self.spec.n_outputs != 1:
+            raise ValueError(f"n_outputs: kernels are defined for a scalar readout, got {self.spec.n_outputs}")
+        xp = self.backend.xp
+        Xa = _check_X(X1, "X1", self.d_in)
+        N1 = Xa.shape[0]
+        if X2 is not None:
+            Xa = np.concatenate([Xa, _check_X(X2, "X2", self.d_in)])
+        _, acts, ders = self.forward(Xa, cache=True)
+        B, N = self.n_networks, Xa.shape[0]
+        ones = xp.ones((B, N, 1), dtype=self.backend.dtype, device=self.backend.device)
+        gs = self._signals(acts, ders, ones)
+        nngp, ntk = _assemble(xp, self.spec, self.coef, acts, gs, self.d_in)
+        return _slice_cross(nngp, ntk, N1, X2 is not None)
+
+    # -- training ----------------------------------------------------------------------
+    def loss_and_step(self, X, y, lr: float, loss_scale: str = "mean", loss_grad=None):
+        """One full-batch gradient-descent step on 1/(2N) sum ||f - y||^2 (``loss_scale="mean"``,
+        neural-tangents' ``gradient_descent_mse``) or 1/2 sum (``"sum"``); returns the outputs and
+        the loss before the step. ``loss_grad(f, y) -> dloss/df`` replaces the MSE gradient."""
+        xp = self.backend.xp
+        f, acts, ders = self.forward(X, cache=True)
+        N = f.shape[1]
+        if loss_grad is not None:
+            delta = loss_grad(f, y)
+            loss = None
+        else:
+            r = f - y
+            scale = 1.0 / N if loss_scale == "mean" else 1.0
+            delta = scale * r
+            loss = 0.5 * scale * xp.sum(xp.reshape(r * r, (r.shape[0], -1)), axis=1)
+        gs = self._signals(acts, ders, delta) + [delta]
+        for l in range(self.spec.depth + 1):
+            cW, cb = self.coef[l]
+            gW = xp.matmul(_T(xp, acts[l]), gs[l])
+            self.weights[l] = self.weights[l] - (lr * cW) * gW
+            if self.biases[l] is not None and cb != 0.0:
+                self.biases[l] = self.biases[l] - (lr * cb) * xp.sum(gs[l], axis=1)
+        return f, loss
+
+
+def _assemble(xp, spec, coef, acts, gs, d_in):
+    """NNGP and NTK (B, N, N) from the layer inputs acts[0..L] and signals gs[0..L-1]."""
+    L = spec.depth
+    A = [_gram(xp, a) for a in acts]  # A[l]: Gram of the input of Dense layer l
+    w_out = spec.weight_var[L]
+    b_out = 0.0 if spec.bias_var is None else spec.bias_var[L]
+    nngp = (w_out / acts[L].shape[-1]) * A[L] + b_out
+    cW, cb = coef[L]
+    ntk = cW * A[L] + cb
+    for l in range(L):
+        G = _gram(xp, gs[l])
+        cW, cb = coef[l]
+        ntk = ntk + (cW * A[l] + cb) * G
+    return nngp, ntk
+
+
+def _slice_cross(nngp, ntk, N1, cross):
+    if not cross:
+        return nngp, ntk
+    return nngp[:, :N1, N1:], ntk[:, :N1, N1:]
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian-conditioning sampler (method="conditional")
+# --------------------------------------------------------------------------------------
+
+def _conditional_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
+    """Per-network (NNGP, NTK, outputs) by Gaussian conditioning; see the module docstring."""
+    xp, act = bk.xp, spec.activation
+    N, d = X.shape
+    L, n = spec.depth, spec.widths
+    B = len(seeds)
+    bias = spec.has_bias
+    fans = spec.fan_ins(d)
+    # shapes of all draws, in a fixed order: layer-1 weights, per hidden layer U and Z, readout
+    shapes = [(d + bias, n[0])]
+    for l in range(1, L):
+        m = fans[l] + bias
+        shapes += [(min(m, N), n[l]), (min(n[l], N), m)]
+    shapes.append((fans[L] + bias,))
+    z = _split(xp, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
+    Xb = bk.asarray(X)
+    W1 = z[0]
+    h = math.sqrt(spec.weight_var[0] / d) * xp.matmul(Xb, W1[:, :d, :])
+    if bias:
+        h = h + math.sqrt(spec.bias_var[0]) * W1[:, d:, :]
+    acts, ders, Qs = [xp.broadcast_to(Xb, (B, N, d))], [], []
+    for l in range(1, L + 1):
+        a = act(h, xp)
+        acts.append(a)
+        ders.append(act.derivative(h, xp))
+        if l == L:
+            break
+        sigma = math.sqrt(spec.weight_var[l] / fans[l])
+        at = a
+        if bias:  # the bias as one more input column, scaled to the weights' variance
+            c = math.sqrt(spec.bias_var[l]) / sigma if sigma > 0 else 0.0
+            at = xp.concat([a, c * xp.ones((B, N, 1), dtype=bk.dtype, device=bk.device)], axis=-1)
+        Q, R = xp.linalg.qr(_T(xp, at))  # at^T = Q R, Q (B, m, r)
+        Qs.append(Q)
+        U = z[1 + 2 * (l - 1)]
+        h = sigma * xp.matmul(_T(xp, R), U)
+    v = z[-1]
+    fL = fans[L]
+    f = math.sqrt(spec.weight_var[L] / fL) * xp.matmul(acts[L], v[:, :fL, None])[..., 0]
+    if bias:
+        f = f + math.sqrt(spec.bias_var[L]) * v[:, fL:]
+    # backward: g^L = sqrt(w/n) v * phi'(h^L), then through the conditioned hidden layers
+    g = math.sqrt(spec.weight_var[L] / fL) * v[:, None, :fL] * ders[L - 1]
+    gs = [g]
+    for l in range(L - 1, 0, -1):
+        sigma = math.sqrt(spec.weight_var[l] / fans[l])
+        Q = Qs[l - 1]
+        U, Z = z[1 + 2 * (l - 1)], z[2 + 2 * (l - 1)]
+        t = xp.matmul(xp.matmul(g, _T(xp, U)), _T(xp, Q))
+        _, Rg = xp.linalg.qr(_T(xp, g))  # g^T = Q_g R_g: V = g W'^T ~ R_g^T Z
+        V = xp.matmul(_T(xp, Rg), Z)
+        V = V - xp.matmul(xp.matmul(V, Q), _T(xp, Q))
+        g = (sigma * (t + V))[..., :fans[l]] * ders[l - 1]
+        gs.append(g)
+    gs = gs[::-1]
+    nngp, ntk = _assemble(xp, spec, spec.coefficients(d), acts, gs, d)
+    return nngp, ntk, f
+
+
+# --------------------------------------------------------------------------------------
+# Ensembles of kernels
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class KernelSamples:
+    """Per-network empirical kernels of an ensemble (host NumPy arrays)."""
+
+    nngp: np.ndarray  # (S, N1, N2) readout-integrated NNGP of each network
+    ntk: np.ndarray  # (S, N1, N2) exact empirical NTK of each network
+    outputs: np.ndarray  # (S, N1 + N2) outputs f(x) at initialization (X2's rows after X1's)
+    width: tuple
+    seed: object
+    backend: str
+    method: str
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_networks(self) -> int:
+        return int(self.ntk.shape[0])
+
+    @staticmethod
+    def _mean_se(a):
+        S = a.shape[0]
+        return a.mean(axis=0), a.std(axis=0, ddof=1) / math.sqrt(S) if S > 1 else np.full(a.shape[1:], np.inf)
+
+    def nngp_mean(self):
+        """(mean, standard error) of the NNGP over networks."""
+        return self._mean_se(self.nngp)
+
+    def ntk_mean(self):
+        """(mean, standard error) of the NTK over networks."""
+        return self._mean_se(self.ntk)
+
+    def output_cov(self):
+        """(covariance, standard error) of the raw outputs across the ensemble: f(x) f(x')
+        averaged over networks (the outputs have mean zero exactly)."""
+        f = self.outputs
+        return self._mean_se(f[:, :, None] * f[:, None, :])
+
+
+def _auto_method(N: int, widths) -> str:
+    # conditional costs ~ 8 N^2 n per layer plus QRs, weights ~ 4 N n^2 and n^2 normals
+    return "conditional" if 2 * N <= min(widths) else "weights"
+
+
+def _auto_batch(bk: Backend, spec: NetworkSpec, N: int, d: int, method: str, n_networks: int) -> int:
+    n = max(spec.widths)
+    L = spec.depth
+    per = (3 * L + 4) * N * n + N * N * (L + 4)
+    per += (d + 1) * n + (L * 2 * (n + 1) * min(N, n) if method == "conditional" else L * (n + 1) * n)
+    per *= 8 if "64" in str(bk.dtype) else 4
+    budget = 256 * 2 ** 20
+    if bk.name == "torch" and str(bk.device).startswith("cuda"):
+        import torch
+
+        budget = int(0.3 * torch.cuda.mem_get_info(bk.device)[0])
+    elif bk.name == "cupy":
+        budget = int(0.3 * bk._mod.cuda.runtime.memGetInfo()[0])
+    return max(1, min(n_networks, budget // max(per, 1)))
+
+
+def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: SeedLike = 0, backend="auto",
+                   method: str = "auto", batch_size: Optional[int] = None, progress: bool = False,
+                   keep_device: bool = False) -> KernelSamples:
+    """Empirical NNGP and NTK of ``n_networks`` independent finite MLPs on X1 (and X2).
+
+    ``mlp`` is a ``limitlab.theory.kernels.MLP`` (or a :class:`NetworkSpec`); ``width`` is
+    the hidden width (defaults to the MLP's). Network i's weights depend only on
+    ``(seed, i)``, never on ``batch_size`` or ``method``'s batching.
+    """
+    import time
+
+    spec = as_spec(mlp, width)
+    if method not in ("auto", "weights", "conditional"):
+        raise ValueError(f"method: expected 'auto', 'weights' or 'conditional', got {method!r}")
+    X1 = _check_X(X1, "X1")
+    N1 = X1.shape[0]
+    X = X1 if X2 is None else np.concatenate([X1, _check_X(X2, "X2", X1.shape[1])])
+    N, d = X.shape
+    bk = get_backend(backend)
+    n_networks = _positive_int(n_networks, "n_networks")
+    method = _auto_method(N, spec.widths) if method == "auto" else method
+    seeds = network_seeds(seed, n_networks)
+    bs = _positive_int(batch_size, "batch_size") if batch_size else _auto_batch(bk, spec, N, d, method, n_networks)
+    nngps, ntks, fs = [], [], []
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        import sys
+
+        bar = tqdm(total=n_networks, desc="networks", file=sys.stderr, disable=not sys.stderr.isatty())
+    for s in range(0, n_networks, bs):
+        sd = seeds[s:s + bs]
+        if method == "weights":
+            nets = Networks.sample(spec, d, len(sd), backend=bk, seeds=sd)
+            xp = bk.xp
+            f, acts, ders = nets.forward(bk.asarray(X), cache=True)
+            f = f[..., 0]
+            ones = xp.ones((len(sd), N, 1), dtype=bk.dtype, device=bk.device)
+            gs = nets._signals(acts, ders, ones)
+            nngp, ntk = _assemble(xp, spec, nets.coef, acts, gs, d)
+            del nets, acts, ders, gs
+        else:
+            nngp, ntk, f = _conditional_kernels(spec, X, bk, sd)
+        nngp, ntk = _slice_cross(nngp, ntk, N1, X2 is not None)
+        if keep_device:
+            nngps.append(nngp), ntks.append(ntk), fs.append(f)
+        else:
+            nngps.append(bk.to_numpy(nngp)), ntks.append(bk.to_numpy(ntk)), fs.append(bk.to_numpy(f))
+        if bar is not None:
+            bar.update(len(sd))
+    if bar is not None:
+        bar.close()
+    cat = (lambda parts: bk.xp.concat(parts, axis=0)) if keep_device else (lambda parts: np.concatenate(parts))
+    bk.synchronize()
+    return KernelSamples(cat(nngps), cat(ntks), cat(fs), spec.widths, seed if isinstance(seed, (int, np.integer))
+                         else None, bk.name, method, time.perf_counter() - t0, {"batch_size": bs})
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """Outputs along full-batch gradient descent, one row per network (host NumPy arrays)."""
+
+    steps: np.ndarray  # (T,) recorded step indices (0 = initialization)
+    f_train: np.ndarray  # (S, T, N, k)
+    loss: np.ndarray  # (S, T)
+    f_test: Optional[np.ndarray] = None  # (S, T, M, k)
+    ntk_train: Optional[np.ndarray] = None  # (S, T, N, N) when record_ntk
+    lr: float = 0.0
+    seed: object = None
+    backend: str = "numpy"
+
+
+def train(mlp, X, y, *, lr: float, steps: int, width=None, n_networks: int = 1, X_test=None,
+          record_every: Optional[int] = None, record_steps: Optional[Sequence[int]] = None, seed: SeedLike = 0,
+          backend="auto", batch_size: Optional[int] = None, loss_scale: str = "mean",
+          record_ntk: bool = False, n_outputs: Optional[int] = None) -> TrainResult:
+    """Full-batch gradient descent of an ensemble of finite MLPs on the MSE loss.
+
+    The loss is 1/(2N) sum_i ||f(x_i) - y_i||^2 (``loss_scale="mean"``, as neural-tangents'
+    ``gradient_descent_mse``: the infinite-width limit is df/dt = -lr Theta (f - y) / N) or
+    1/2 sum (``"sum"``). Each parameter moves by ``-lr * dloss/dparam`` in its own
+    parametrization (see the module docstring), so the NTK parametrization trains lazily
+    at large width and the standard one needs lr ~ 1/width.
+    """
+    if not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: must be a positive finite number, got {lr!r}")
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps: must be >= 0, got {steps}")
+    if loss_scale not in ("mean", "sum"):
+        raise ValueError(f"loss_scale: expected 'mean' or 'sum', got {loss_scale!r}")
+    X = _check_X(X, "X")
+    y = np.asarray(y, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y: expected shape ({X.shape[0]},) or ({X.shape[0]}, k), got {np.shape(y)}")
+    k = y.shape[1] if n_outputs is None else _positive_int(n_outputs, "n_outputs")
+    if y.shape[1] != k:
+        raise ValueError(f"y: has {y.shape[1]} columns but n_outputs={k}")
+    Xt = None if X_test is None else _check_X(X_test, "X_test", X.shape[1])
+    if record_steps is None:
+        every = max(1, steps // 100) if record_every is None else _positive_int(record_every, "record_every")
+        record_steps = sorted(set(range(0, steps + 1, every)) | {steps})
+    record_steps = sorted(set(int(s) for s in record_steps))
+    if record_steps and (record_steps[0] < 0 or record_steps[-1] > steps):
+        raise ValueError(f"record_steps: must lie in [0, {steps}], got {record_steps}")
+    spec = as_spec(mlp, width, n_outputs=k)
+    bk = get_backend(backend)
+    n_networks = _positive_int(n_networks, "n_networks")
+    seeds = network_seeds(seed, n_networks)
+    N, d = X.shape
+    bs = batch_size or _auto_batch(bk, spec, N + (0 if Xt is None else Xt.shape[0]), d, "weights", n_networks)
+    Xb, yb = bk.asarray(X), bk.asarray(y)
+    Xtb = None if Xt is None else bk.asarray(Xt)
+    recs = {"f": [], "loss": [], "ft": [], "ntk": []}
+    rec = set(record_steps)
+    for s in range(0, n_networks, bs):
+        nets = Networks.sample(spec, d, len(seeds[s:s + bs]), backend=bk, seeds=seeds[s:s + bs])
+        fr, lr_, ftr, kr = [], [], [], []
+        for t in range(steps + 1):
+            if t in rec:
+                if Xtb is not None:
+                    ftr.append(bk.to_numpy(nets.forward(Xtb)))
+                if record_ntk:
+                    kr.append(bk.to_numpy(nets.kernels(X)[1]))
+            if t < steps:
+                f, loss = nets.loss_and_step(Xb, yb, lr, loss_scale)
+            else:
+                f = nets.forward(Xb)
+                r = f - yb
+                scale = 1.0 / N if loss_scale == "mean" else 1.0
+                loss = 0.5 * scale * bk.xp.sum(bk.xp.reshape(r * r, (r.shape[0], -1)), axis=1)
+            if t in rec:
+                fr.append(bk.to_numpy(f))
+                lr_.append(bk.to_numpy(loss))
+        recs["f"].append(np.stack(fr, axis=1))
+        recs["loss"].append(np.stack(lr_, axis=1))
+        if ftr:
+            recs["ft"].append(np.stack(ftr, axis=1))
+        if kr:
+            recs["ntk"].append(np.stack(kr, axis=1))
+    cat = lambda key: np.concatenate(recs[key]) if recs[key] else None  # noqa: E731
+    return TrainResult(np.asarray(record_steps), cat("f"), cat("loss"), cat("ft"), cat("ntk"), float(lr),
+                       seed if isinstance(seed, (int, np.integer)) else None, bk.name)

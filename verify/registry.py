@@ -1,0 +1,152 @@
+"""The registry of verify checks: every pillar adds its checks here.
+
+A check compares a theory number with a simulated estimate at several sizes (widths for
+networks, dimensions for high-dimensional regressions). It is a plain function decorated
+with :func:`check`::
+
+    @check("kernels.nngp-relu-d1", sizes=(64, 256, 1024), quick_sizes=(64, 256), rate=-0.5,
+           samples=64, description="NNGP of a depth-1 ReLU MLP")
+    def _(ctx: Context) -> list[Measurement]:
+        ...
+
+``ctx`` carries size, samples, seed (a numpy Generator is ``ctx.rng``), and the array
+namespace / device (``ctx.xp``, ``ctx.device``). The function returns one
+:class:`Measurement` per quantity: the theory value and the per-sample estimates (one
+per independent network / regression / random start). ``limitlab.verify.stats`` turns
+these into a verdict (see docs/verify.md for the rule).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Check", "Context", "Measurement", "check", "registry", "get_check", "all_checks", "select"]
+
+
+@dataclass
+class Measurement:
+    """One quantity at one size: a theory value and independent sample estimates of it."""
+
+    quantity: str
+    theory: float
+    samples: np.ndarray  # shape (S,): independent estimates (networks, seeds, regressions)
+    # a floor on the tolerated relative error, for deterministic estimates (optimizers, solvers)
+    rtol_floor: float = 0.0
+
+    def __post_init__(self):
+        self.samples = np.asarray(self.samples, dtype=float).ravel()
+        self.theory = float(self.theory)
+
+
+@dataclass
+class Context:
+    size: int
+    samples: int
+    seed: int
+    backend: str = "numpy"
+    xp: object = None
+    device: object = None
+    _rng: Optional[np.random.Generator] = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        # one independent stream per (seed, size) so sizes can be resumed in any order; created
+        # once per context, so successive uses continue the stream (never repeat it)
+        if self._rng is None:
+            self._rng = np.random.default_rng([self.seed, self.size])
+        return self._rng
+
+
+@dataclass
+class Check:
+    name: str
+    fn: Callable[[Context], Sequence[Measurement]]
+    sizes: tuple
+    quick_sizes: tuple
+    samples: int
+    quick_samples: int
+    # expected log-log slope of the RMS error of one sample against size (None: no slope test)
+    rate: Optional[float]
+    description: str = ""
+    size_name: str = "width"
+    default: bool = False  # part of the quick default set of `limitlab verify`
+    tags: tuple = field(default_factory=tuple)
+    # the ensemble-mean bias decays as size^-bias_rate (allowance of the verdict, stats.py)
+    bias_rate: float = 1.0
+
+    def run(self, ctx: Context) -> list:
+        return list(self.fn(ctx))
+
+
+registry: dict = {}
+
+
+def check(name: str, *, sizes: Sequence[int], quick_sizes: Optional[Sequence[int]] = None, samples: int = 64,
+          quick_samples: Optional[int] = None, rate: Optional[float] = -0.5, description: str = "",
+          size_name: str = "width", default: bool = False, tags: Sequence[str] = (), bias_rate: float = 1.0):
+    """Register a check function under ``name`` (``pillar.what``)."""
+
+    def deco(fn):
+        if name in registry:
+            raise ValueError(f"check {name!r} registered twice")
+        registry[name] = Check(name, fn, tuple(sizes), tuple(quick_sizes or sizes), int(samples),
+                               int(quick_samples or samples), rate, description or (fn.__doc__ or "").strip(),
+                               size_name, default, tuple(tags), float(bias_rate))
+        return fn
+
+    return deco
+
+
+def get_check(name: str) -> Check:
+    _load_all()
+    if name not in registry:
+        raise KeyError(name)
+    return registry[name]
+
+
+def _load_all():
+    """Import every pillar's checks module (each registers itself on import)."""
+    import importlib
+    import pkgutil
+
+    import limitlab.verify as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.ispkg:
+            try:
+                importlib.import_module(f"limitlab.verify.{mod.name}.checks")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"limitlab.verify.{mod.name}.checks":
+                    raise
+
+
+def all_checks() -> dict:
+    """Every registered check (all pillars loaded), by name."""
+    _load_all()
+    return dict(sorted(registry.items()))
+
+
+def select(patterns=None) -> list:
+    """Checks matching names or shell-style patterns (``kernels.*``); None: the default set; "all": every check.
+
+    Raises KeyError naming the first pattern that matches nothing.
+    """
+    import fnmatch
+
+    checks = all_checks()
+    if patterns is None or len(patterns) == 0:
+        return [c for c in checks.values() if c.default]
+    out = []
+    for pat in patterns:
+        if pat == "all":
+            hits = list(checks)
+        elif pat in checks:
+            hits = [pat]
+        else:
+            hits = [n for n in checks if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(n, pat + ".*")]
+        if not hits:
+            raise KeyError(pat)
+        out += [checks[n] for n in hits if checks[n] not in out]
+    return out
