@@ -1,0 +1,104 @@
+"""Power of the built-in kernel checks at their default sizes: right theory accepted, wrong ones rejected."""
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from limitlab.verify import stats
+from limitlab.verify.kernels import checks as kc
+from limitlab.verify.registry import Context, Measurement, all_checks
+
+
+@lru_cache(maxsize=None)
+def _simulated(activation, depth, parametrization, seed):
+    return tuple(tuple(kc.measure(Context(n, kc.SAMPLES, seed, "numpy"), activation, depth, parametrization))
+                 for n in kc.SIZES)
+
+
+def _with_theory(ms_by_size, theory):
+    """The same samples judged against theory(width) -> (nngp, ntk) (quantities: nngp pairs, then ntk pairs)."""
+    out = []
+    for n, ms in zip(kc.SIZES, ms_by_size):
+        K, T = theory(n)
+        vals = [K[i, j] for i, j in kc.PAIRS] + [T[i, j] for i, j in kc.PAIRS]
+        out.append([Measurement(m.quantity, v, m.samples) for m, v in zip(ms, vals)])
+    return out
+
+
+def _verdict(ms):
+    return stats.verdict(kc.SIZES, ms, rate=-0.5, bias_rate=1.0, n_boot=60)
+
+
+def _wrong_theories(activation, depth, parametrization):
+    right = lambda n: kc.theory_values(activation, depth, parametrization, n)  # noqa: E731
+    other = "standard" if parametrization == "ntk" else "ntk"
+
+    def wrong_param(n):
+        K, T = kc._theory_cached(activation, depth, other, n)
+        return K, (T / n if other == "standard" else T)
+
+    def wrong_depth(n, dd):
+        return kc.theory_values(activation, depth + dd, parametrization, n)
+
+    return {
+        "x1.02": lambda n: tuple(1.02 * a for a in right(n)),
+        "x0.98": lambda n: tuple(0.98 * a for a in right(n)),
+        "depth+1": lambda n: wrong_depth(n, 1),
+        **({"depth-1": lambda n: wrong_depth(n, -1)} if depth > 1 else {}),
+        "other parametrization": wrong_param,
+    }, right
+
+
+def _assert_power(activation, depth, parametrization, seed):
+    ms = _simulated(activation, depth, parametrization, seed)
+    wrong, right = _wrong_theories(activation, depth, parametrization)
+    v = _verdict(_with_theory(ms, right))
+    assert v.passed, v.reason
+    for label, th in wrong.items():
+        vw = _verdict(_with_theory(ms, th))
+        assert not vw.passed, f"{label} accepted"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relu_depth3_ntk_check_accepts_right_and_rejects_wrong_theories(seed):
+    _assert_power("relu", 3, "ntk", seed)
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_gelu_depth1_standard_check_accepts_right_and_rejects_wrong_theories(seed):
+    _assert_power("gelu", 1, "standard", seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", kc.ACTIVATIONS)
+@pytest.mark.parametrize("depth", kc.DEPTHS)
+@pytest.mark.parametrize("parametrization", kc.PARAMETRIZATIONS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_kernel_check_has_power(activation, depth, parametrization, seed):
+    _assert_power(activation, depth, parametrization, seed)
+
+
+def test_registry_has_every_kernel_check_with_a_default_subset():
+    names = [n for n in all_checks() if n.startswith("kernels.")]
+    assert len(names) == len(kc.ACTIVATIONS) * len(kc.DEPTHS) * len(kc.PARAMETRIZATIONS)
+    defaults = [n for n in names if all_checks()[n].default]
+    assert 3 <= len(defaults) <= 8
+    c = all_checks()["kernels.tanh.d3.standard"]
+    assert c.rate == -0.5 and c.bias_rate == 1.0 and c.sizes == kc.SIZES
+
+
+def test_inputs_have_the_documented_geometry():
+    X = kc.INPUTS
+    d = X.shape[1]
+    np.testing.assert_allclose(np.sum(X * X, 1) / d, [1.0, 1.0, 1.5])
+    G = X @ X.T
+    cos = G / np.sqrt(np.outer(np.diag(G), np.diag(G)))
+    np.testing.assert_allclose([cos[0, 1], cos[0, 2]], [0.6, -0.4], atol=1e-12)
+
+
+def test_quick_run_of_one_check_passes_on_numpy_and_array_api_strict():
+    pytest.importorskip("array_api_strict")
+    for backend in ("numpy", "array-api-strict"):
+        ms = [kc.measure(Context(n, 64, 0, backend), "erf", 1, "ntk") for n in (64, 256)]
+        v = stats.verdict((64, 256), ms, rate=-0.5, n_boot=20)
+        assert v.passed, (backend, v.reason)
