@@ -90,7 +90,8 @@ class Backend:
 
     def describe(self) -> dict:
         """What the report records about this backend."""
-        info = {"backend": self.name, "device": self.device_name, "dtype": str(self.dtype).replace("torch.", ""),
+        dt = getattr(self.dtype, "__name__", None) or str(self.dtype).rsplit(".", 1)[-1]
+        info = {"backend": self.name, "device": self.device_name, "dtype": dt,
                 "cpu": platform.processor() or platform.machine()}
         mod = self._mod
         if mod is not None and hasattr(mod, "__version__"):

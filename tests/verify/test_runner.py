@@ -1,0 +1,157 @@
+"""run(), the report file, --resume, plots and the `limitlab` command, on small self-test checks."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from limitlab import verify
+from limitlab.verify import cli
+from limitlab.verify.registry import Measurement, check, registry
+from limitlab.verify.report import Report
+
+CALLS = []
+
+
+def _gaussian_measure(ctx, offset=0.0, interrupt_at=None):
+    CALLS.append(ctx.size)
+    if interrupt_at is not None and ctx.size == interrupt_at and os.environ.get("SELFTEST_INTERRUPT"):
+        raise KeyboardInterrupt
+    rng = ctx.rng
+    out = []
+    for i, t in enumerate((1.0, 0.5)):
+        s = t + 2.0 * ctx.size ** -0.5 * rng.standard_normal(ctx.samples) + 1.0 / ctx.size
+        out.append(Measurement(f"q{i}", t + offset, s))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def selftest_checks():
+    names = {"selftest.pass": 0.0, "selftest.fail": 0.3}
+    for name, off in names.items():
+        check(name, sizes=(100, 400, 1600), quick_sizes=(100, 400), samples=200, quick_samples=100, rate=-0.5,
+              description=f"synthetic, theory offset {off}")(lambda ctx, off=off: _gaussian_measure(ctx, off, 1600))
+
+    def broken(ctx):
+        raise RuntimeError("boom")
+
+    check("selftest.broken", sizes=(10, 20), samples=4)(broken)
+    CALLS.clear()
+    yield
+    for name in list(names) + ["selftest.broken"]:
+        registry.pop(name, None)
+
+
+def test_run_returns_a_report_with_verdicts_and_numbers():
+    r = verify.run("selftest.pass", progress=False)
+    assert isinstance(r, verify.Report) and r.passed and r.exit_code == 0
+    c = r["selftest.pass"]
+    assert c.status == "pass" and c.sizes == [100, 400, 1600] and c.samples == 200
+    assert abs(c.verdict.slope + 0.5) < 0.15
+    assert "selftest.pass" in r.table() and "pass" in r.table()
+    r2 = verify.run(["selftest.*"], progress=False, quick=True)
+    assert not r2.passed and r2.exit_code == 1
+    assert r2["selftest.fail"].status == "fail" and r2["selftest.broken"].status == "error"
+    assert "boom" in r2["selftest.broken"].error
+    assert r2["selftest.pass"].sizes == [100, 400]
+
+
+def test_same_seed_same_numbers_and_overrides_apply():
+    a = verify.run("selftest.pass", widths=[50, 200], samples=10, seed=3, progress=False)
+    b = verify.run("selftest.pass", widths="50,200", samples=10, seed=3, progress=False)
+    sa, sb = a["selftest.pass"].measurements, b["selftest.pass"].measurements
+    assert list(sa) == [50, 200] and sa[50][0].samples.size == 10
+    np.testing.assert_array_equal(sa[200][1].samples, sb[200][1].samples)
+    c = verify.run("selftest.pass", widths=[50, 200], samples=10, seed=4, progress=False)
+    assert not np.array_equal(c["selftest.pass"].measurements[200][1].samples, sa[200][1].samples)
+
+
+def test_report_file_is_complete_and_roundtrips(tmp_path):
+    r = verify.run("selftest.pass", out=str(tmp_path), progress=False, quick=True, seed=1)
+    d = json.loads((tmp_path / "report.json").read_text())
+    assert d["passed"] is True and d["meta"]["seed"] == 1 and d["meta"]["backend"]["backend"] == "numpy"
+    assert "numpy" in d["meta"]["versions"] and d["meta"]["seconds"] > 0
+    res = d["checks"]["selftest.pass"]["results"]["400"]
+    assert len(res[0]["samples"]) == 100 and res[0]["theory"] == 1.0
+    assert os.path.exists(tmp_path / "plots" / "selftest.pass.png")
+    back = Report.load(str(tmp_path))
+    assert back.passed and back["selftest.pass"].verdict.slope == pytest.approx(r["selftest.pass"].verdict.slope)
+    np.testing.assert_array_equal(back["selftest.pass"].measurements[400][0].samples,
+                                  r["selftest.pass"].measurements[400][0].samples)
+
+
+def test_interrupted_run_loses_nothing_and_resume_continues(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFTEST_INTERRUPT", "1")
+    with pytest.raises(KeyboardInterrupt):
+        verify.run("selftest.pass", out=str(tmp_path), progress=False)
+    saved = Report.load(str(tmp_path))
+    assert sorted(saved["selftest.pass"].measurements) == [100, 400]  # finished sizes were written
+    monkeypatch.delenv("SELFTEST_INTERRUPT")
+    CALLS.clear()
+    r = verify.run("selftest.pass", out=str(tmp_path), progress=False, resume=True)
+    assert CALLS == [1600] and r.passed
+    full = verify.run("selftest.pass", progress=False)
+    for n in (100, 400, 1600):  # resumed numbers equal an uninterrupted run's
+        np.testing.assert_array_equal(r["selftest.pass"].measurements[n][0].samples,
+                                      full["selftest.pass"].measurements[n][0].samples)
+    CALLS.clear()
+    verify.run("selftest.pass", out=str(tmp_path), progress=False, resume=True, seed=1)
+    assert CALLS == [100, 400, 1600]  # another seed: nothing reused
+
+
+def test_bad_arguments_raise_value_errors():
+    for kwargs, word in [({"checks": "nope.*"}, "checks"), ({"widths": [0, 10]}, "widths"),
+                         ({"widths": "a,b"}, "widths"), ({"samples": 1}, "samples"), ({"seed": -1}, "seed"),
+                         ({"backend": "tpu"}, "backend"), ({"resume": True}, "resume")]:
+        with pytest.raises(ValueError, match=word):
+            verify.run(**{"checks": "selftest.pass", "progress": False, **kwargs})
+
+
+def test_cli_exit_codes_and_output(tmp_path, capsys):
+    assert cli.main(["verify", "selftest.pass", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "selftest.pass" in out and "simulation ± SE" in out and "report.json" in out
+    assert cli.main(["verify", "selftest.fail", "--quick", "--no-progress", "-v"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert cli.main(["verify", "nonexistent.check", "--no-progress"]) == 2
+    assert "no check matches" in capsys.readouterr().err
+    assert cli.main(["verify", "selftest.pass", "--widths", "x,y"]) == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify", "--backend", "tpu"])
+    assert e.value.code == 2
+    assert cli.main(["verify", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "selftest.pass" in listing and "kernels.relu.d3.ntk" in listing
+    assert cli.main([]) == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and "limitlab" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "limitlab")
+    if not os.path.exists(exe):
+        pytest.skip("console script not installed in this environment")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "verify" in out.stdout
+
+
+def test_a_real_kernel_check_runs_end_to_end_from_the_cli(tmp_path, capsys):
+    code = cli.main(["verify", "kernels.relu.d1.standard", "--widths", "64,256", "--samples", "64",
+                     "--no-progress", "--no-plots", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().out
+    d = json.loads((tmp_path / "report.json").read_text())
+    q = d["checks"]["kernels.relu.d1.standard"]["results"]["256"]
+    assert [m["quantity"] for m in q][:2] == ["nngp[0,0]", "nngp[0,1]"] and len(q) == 12
+
+
+@pytest.mark.slow
+def test_default_command_runs_in_under_a_minute():
+    import time
+
+    t = time.perf_counter()
+    r = verify.run(quick=True, progress=False)
+    assert time.perf_counter() - t < 60
+    assert all(c.status == "pass" for c in r if c.name.startswith("kernels."))
