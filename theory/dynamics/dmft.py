@@ -1,0 +1,595 @@
+"""Dynamical mean field theory of feature learning (Bordelon & Pehlevan 2022).
+
+Network (muP / mean-field scaling, their eq. (1)): ``h^1 = W^0 x / sqrt(D)``,
+``h^{l+1} = W^l phi(h^l) / sqrt(N)``, ``f = w^L . phi(h^L) / (gamma0 N)``, all weights
+N(0, 1), trained by gradient descent of step ``dt`` on the sum loss
+``sum_mu (f_mu - y_mu)^2 / 2`` with the rate multiplied by gamma^2 = gamma0^2 N. Then
+``df/dt = K(t) Delta(t)``, ``Delta = y - f``, with the evolving NTK (their eq. (5))
+``K(t, s) = sum_{l=0}^{L} G^{l+1}(t, s) * Phi^l(t, s)``, ``Phi^0 = K^x = X X^T / D``,
+``G^{L+1} = 1``, feature kernels ``Phi^l = <phi(h^l) phi(h^l)>`` and gradient kernels
+``G^l = <g^l g^l>``. At gamma0 = 0 the NTK stays at ``MLP(depth, weight_var=1,
+bias_var=0).ntk`` (the lazy limit); gamma0 > 0 learns features.
+
+Time is discrete: every solver here is the exact infinite-width limit of *gradient
+descent with step dt* (fields at steps k = 0..T), so a finite network trained with the same
+step converges to it as width grows, and gamma0 -> 0 gives discrete NTK gradient descent,
+``f_k = (I - (I - dt Theta)^k) y`` (:mod:`gradient_flow` with ``steps=True``,
+``learning_rate=dt``, ``normalization=1``). dt -> 0 gives the gradient flow.
+
+Three solvers:
+
+* :func:`two_layer` — any activation; Monte Carlo over the single-site process of
+  B&P sec. 3 (``dh = gamma0 w K^x (Delta * phi'(h)) dt``, ``dw = gamma0 (phi(h) . Delta) dt``;
+  sites couple only through Delta), compiled with Numba, parallel over samples. The
+  output increment is the exact discrete one, ``<w_{k+1} phi(h_{k+1}) - w_k phi(h_k)> / gamma0``,
+  with a control variate: the Monte Carlo NTK at step 0 is replaced by the exact one.
+* :func:`deep_linear` — linear networks of any depth: the closed equations of B&P
+  sec. 5 / app. (fields linear in their Gaussian sources) with response functions A, B,
+  solved by damped Picard iteration over all order parameters.
+* :func:`deep` — nonlinear MLPs: the full single-site process with response functions
+  ``A^l = gamma0^-1 <d phi(h^l) / d r^l>`` and ``B^l = gamma0^-1 <d g^{l+1} / d u^{l+1}>``
+  estimated by Gaussian integration by parts (B&P app. "Monte Carlo"), damped fixed-point
+  iteration (``limitlab.numerics.solvers.fixed_point``), convergence reported.
+
+:func:`two_layer_linear_whitened` is the closed form for a two-layer linear network on
+one whitened direction (REFERENCES.md sec. 2): ``df/dt = 2 sqrt(1 + gamma0^2 f^2) (y - f)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import sympy as sp
+from scipy import linalg as sla
+
+from limitlab.numerics import codegen, solvers
+from limitlab.theory import activations as _act
+
+__all__ = ["TwoLayerResult", "DeepResult", "two_layer", "deep_linear", "deep", "two_layer_linear_whitened",
+           "input_kernel", "kernel_alignment", "lazy_prediction"]
+
+
+# ---------------------------------------------------------------------------------- checks
+def input_kernel(X) -> np.ndarray:
+    """K^x = X X^T / D, the input Gram matrix the DMFT depends on (B&P eq. (2))."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or not np.all(np.isfinite(X)):
+        raise ValueError(f"X: expected a finite (P, D) array, got shape {X.shape}")
+    return X @ X.T / X.shape[1]
+
+
+def _psd_sqrt(k, name):
+    k = np.asarray(k, dtype=float)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or not np.all(np.isfinite(k)):
+        raise ValueError(f"{name}: expected a finite square (P, P) matrix, got shape {k.shape}")
+    if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(k).max())):
+        raise ValueError(f"{name}: must be symmetric")
+    ev, U = np.linalg.eigh(0.5 * (k + k.T))
+    if ev.min() < -1e-10 * max(ev.max(), 1e-300) * k.shape[0]:
+        raise ValueError(f"{name}: must be positive semi-definite (a Gram matrix X X^T / D), "
+                         f"smallest eigenvalue {ev.min():.3g}")
+    return U * np.sqrt(np.maximum(ev, 0.0))
+
+
+def _check_common(kx, y, gamma0, T, dt):
+    root = _psd_sqrt(kx, "kx")
+    kx = np.asarray(kx, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if y.shape != (kx.shape[0],) or not np.all(np.isfinite(y)):
+        raise ValueError(f"y: expected finite targets of shape ({kx.shape[0]},), got {y.shape}")
+    if not np.isscalar(gamma0) or not np.isfinite(gamma0) or gamma0 < 0:
+        raise ValueError(f"gamma0: richness must be a finite number >= 0, got {gamma0!r}")
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T: number of time steps must be an integer >= 1, got {T!r}")
+    if not np.isscalar(dt) or not np.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt: time step must be a positive number, got {dt!r}")
+    return root, kx, y, float(gamma0), int(T), float(dt)
+
+
+def kernel_alignment(K, y) -> float:
+    """Centred-free kernel-target alignment y^T K y / (||K||_F ||y||^2) (Cristianini et al. 2002)."""
+    K = np.asarray(K, dtype=float)
+    y = np.asarray(y, dtype=float)
+    return float(y @ K @ y / (np.linalg.norm(K) * (y @ y)))
+
+
+def lazy_prediction(ntk, y, T, dt):
+    """f_k = (I - (I - dt Theta)^k) y, k = 0..T: discrete NTK gradient descent from f_0 = 0."""
+    ntk = np.asarray(ntk, dtype=float)
+    f = np.zeros((T + 1, y.size))
+    for k in range(T):
+        f[k + 1] = f[k] + dt * ntk @ (y - f[k])
+    return f
+
+
+# ----------------------------------------------------------------------- two-layer (Numba)
+_TEMPLATE = '''
+@nb.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def run(h, w, Kx, y, Mcv, dt, gamma0, T, snap_steps, snap_h, snap_w, f_out, n_chunks):
+    S, P = h.shape
+    ph = np.empty((S, P))
+    dph = np.empty((S, P))
+    for i in nb.prange(S):
+        for m in range(P):
+            p, d = _phi(h[i, m])
+            ph[i, m] = p
+            dph[i, m] = d
+    part = np.zeros((n_chunks, P))
+    chunk = (S + n_chunks - 1) // n_chunks
+    KxT = np.ascontiguousarray(Kx.T)
+    f = np.zeros(P)
+    delta = np.empty(P)
+    js = 0
+    if snap_steps.shape[0] > 0 and snap_steps[0] == 0:
+        for i in nb.prange(S):
+            for m in range(P):
+                snap_h[0, i, m] = h[i, m]
+            snap_w[0, i] = w[i]
+        js = 1
+    for k in range(T):
+        for m in range(P):
+            delta[m] = y[m] - f[m]
+        store = js < snap_steps.shape[0] and snap_steps[js] == k + 1
+        inv_g = 1.0 / gamma0 if gamma0 > 0.0 else 0.0
+        for c in nb.prange(n_chunks):
+            lo = c * chunk
+            hi = min(S, lo + chunk)
+            acc = np.zeros(P)
+            v = np.empty(P)
+            for i in range(lo, hi):
+                a = 0.0
+                for m in range(P):
+                    v[m] = delta[m] * dph[i, m]
+                    a += ph[i, m] * delta[m]
+                wi = w[i]
+                step = dt * gamma0 * wi
+                for n in range(P):
+                    # b_n = sum_m Kx[n, m] Delta_m phi'(h_m)
+                    b = 0.0
+                    for m in range(P):
+                        b += KxT[n, m] * v[m]
+                    if gamma0 > 0.0:
+                        hn = h[i, n] + step * b
+                        p, d = _phi(hn)
+                        # exact discrete increment of <w phi(h)> / gamma0 (no division of O(1) terms)
+                        acc[n] += dt * a * p + wi * (p - ph[i, n]) * inv_g
+                        h[i, n] = hn
+                        ph[i, n] = p
+                        dph[i, n] = d
+                    else:
+                        acc[n] += dt * (a * ph[i, n] + wi * wi * dph[i, n] * b)
+                w[i] = wi + dt * gamma0 * a
+                if store:
+                    for m in range(P):
+                        snap_h[js, i, m] = h[i, m]
+                    snap_w[js, i] = w[i]
+            for m in range(P):
+                part[c, m] = acc[m]
+        for m in range(P):
+            s = 0.0
+            for c in range(n_chunks):
+                s += part[c, m]
+            corr = 0.0
+            for n in range(P):
+                corr += Mcv[m, n] * delta[n]
+            f[m] += s / S + dt * corr
+            f_out[k + 1, m] = f[m]
+        if store:
+            js += 1
+    return f_out
+'''
+
+_TWO_LAYER = {}
+
+
+def _two_layer_kernel(act):
+    key = act.name + repr(act.params)
+    if key not in _TWO_LAYER:
+        # tanh(a) = 1 - 2 / (e^{2a} + 1): exact to rounding in absolute terms and ~3x faster than libm tanh
+        fast = [sp.sympify(e).replace(sp.tanh, lambda a: 1 - 2 / (sp.exp(2 * a) + 1)) for e in act.scalar_exprs]
+        src = codegen.scalar_function_source("_phi_raw", [_act.x], fast)
+        src += ("\n@nb.njit(cache=True, inline='always')\ndef _phi(x):\n"
+                "    p, d = _phi_raw(x)\n    return float(p), float(d)\n")
+        _TWO_LAYER[key] = codegen.compile_module(src + _TEMPLATE, tag="dmft2")
+    return _TWO_LAYER[key]
+
+
+@dataclass
+class TwoLayerResult:
+    """Two-layer DMFT: f (T+1, P) at steps 0..T and two-time kernels on the snapshot steps.
+
+    ``Phi[i, j]``, ``G[i, j]``, ``K[i, j]`` are P x P matrices Phi(t_i, t_j) etc. for
+    ``snapshot_steps`` t_i; ``ntk0`` the exact initial NTK; ``times = dt * steps``.
+    """
+
+    times: np.ndarray
+    f: np.ndarray
+    snapshot_steps: np.ndarray
+    Phi: np.ndarray
+    G: np.ndarray
+    K: np.ndarray
+    ntk0: np.ndarray
+    gamma0: float
+    samples: int
+    seed: object = None
+
+    def equal_time(self, name: str = "K") -> np.ndarray:
+        """Phi(t, t), G(t, t) or K(t, t) at the snapshot steps, shape (n_snapshots, P, P)."""
+        arr = getattr(self, name)
+        idx = np.arange(arr.shape[0])
+        return arr[idx, idx]
+
+
+def _exact_init_kernels(act, kx):
+    """Phi^0 = E[phi(u) phi(v)] and E[phi'(u) phi'(v)], (u, v) ~ N(0, K^x): the compiled MLP kernels."""
+    from limitlab.theory.kernels.mlp import MLP
+    d = np.diag(kx)
+    if np.any(d <= 0):
+        raise ValueError("kx: every input needs a positive norm (diagonal of kx > 0)")
+    root = _psd_sqrt(kx, "kx")
+    X = root * math.sqrt(root.shape[1])  # any X with X X^T / D = K^x
+    nngp = MLP(1, act, weight_var=1.0, bias_var=0.0).nngp(X)
+    dact = _act.get(act.derivative_expr)
+    dphi0 = MLP(1, dact, weight_var=1.0, bias_var=0.0).nngp(X)
+    return nngp, dphi0
+
+
+def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: float = 0.05,
+              samples: int = 100_000, seed=0, snapshots=6, control_variate: bool = True) -> TwoLayerResult:
+    """Two-layer DMFT by Monte Carlo over the single-site process (Bordelon & Pehlevan 2022, sec. 3, eqs. (8)-(9)).
+
+    ``kx``: input Gram X X^T / D (P x P, PSD); ``y``: targets (P,); gradient descent of step
+    ``dt`` for ``T`` steps; ``samples`` single sites (h in R^P, w) drawn with ``seed``;
+    ``snapshots``: number of equally spaced steps (or an explicit increasing list of steps)
+    at which the two-time kernels Phi, G, K are recorded.
+    """
+    root, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    act = _act.get(activation)
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
+        raise ValueError(f"samples: must be an integer >= 2, got {samples!r}")
+    if isinstance(snapshots, (int, np.integer)) and not isinstance(snapshots, bool):
+        if snapshots < 1:
+            raise ValueError(f"snapshots: must be >= 1, got {snapshots}")
+        steps = np.unique(np.round(np.linspace(0, T, int(snapshots))).astype(np.int64))
+    else:
+        steps = np.asarray(snapshots, dtype=np.int64)
+        if steps.ndim != 1 or np.any(np.diff(steps) <= 0) or steps.min() < 0 or steps.max() > T:
+            raise ValueError(f"snapshots: steps must be increasing integers in [0, {T}], got {snapshots!r}")
+    rng = np.random.default_rng(seed)
+    P = y.size
+    S = int(samples)
+    h = rng.standard_normal((S, P)) @ root.T
+    w = rng.standard_normal(S)
+    phi0, dphi0 = _exact_init_kernels(act, kx)
+    ntk0 = phi0 + kx * dphi0
+    # Monte Carlo estimate of the initial kernels (the control variate's baseline)
+    ph = np.asarray(act(h), dtype=float)
+    dph = np.asarray(act.derivative(h), dtype=float) * np.ones_like(h)
+    phi_mc = ph.T @ ph / S
+    g_mc = (dph * (w ** 2)[:, None]).T @ dph / S
+    k_mc = phi_mc + kx * g_mc
+    mcv = (ntk0 - k_mc) if control_variate else np.zeros((P, P))
+    del ph, dph
+    mod = _two_layer_kernel(act)
+    snap_h = np.empty((steps.size, S, P))
+    snap_w = np.empty((steps.size, S))
+    f_out = np.zeros((T + 1, P))
+    mod.run(h, w, np.ascontiguousarray(kx), y, mcv, dt, gamma0, T, steps, snap_h, snap_w, f_out, 64)
+    # two-time kernels on the snapshot grid, Gram matrices over samples in blocks
+    n = steps.size
+    Phi = np.zeros((n * P, n * P))
+    Gm = np.zeros((n * P, n * P))
+    block = 20_000
+    for lo in range(0, S, block):
+        hb = snap_h[:, lo:lo + block]  # (n, b, P)
+        A = np.asarray(act(hb), dtype=float).transpose(1, 0, 2).reshape(-1, n * P)
+        B = (np.asarray(act.derivative(hb), dtype=float) * snap_w[:, lo:lo + block, None]).transpose(1, 0, 2)
+        B = B.reshape(-1, n * P)
+        Phi += A.T @ A
+        Gm += B.T @ B
+    Phi = (Phi / S).reshape(n, P, n, P).transpose(0, 2, 1, 3)
+    Gm = (Gm / S).reshape(n, P, n, P).transpose(0, 2, 1, 3)
+    if control_variate:
+        Phi = Phi + (phi0 - phi_mc)
+        Gm = Gm + (dphi0 - g_mc)
+    K = Phi + kx * Gm
+    return TwoLayerResult(dt * np.arange(T + 1), f_out, steps, Phi, Gm, K, ntk0, gamma0, S, seed)
+
+
+def two_layer_linear_whitened(t, y: float, gamma0: float):
+    """f(t) of a two-layer linear network on one whitened input (|x|^2 / D = 1), f(0) = 0.
+
+    Solves ``df/dt = 2 sqrt(1 + gamma0^2 f^2) (y - f)`` (B&P 2022, sec. 4 "two-layer linear";
+    REFERENCES.md sec. 2) in closed form: with f = sinh(theta)/gamma0, c = gamma0 y and
+    u = e^theta, ``(u+ - u)/(u - u-) = ((u+ - 1)/(1 - u-)) e^{-2 t sqrt(1 + c^2)}``,
+    ``u+- = c +- sqrt(1 + c^2)``. gamma0 = 0 gives the lazy ``y (1 - e^{-2t})``.
+    """
+    t = np.asarray(t, dtype=float)
+    if np.any(~np.isfinite(t)) or np.any(t < 0):
+        raise ValueError(f"t: times must be finite and >= 0, got {t!r}")
+    if not np.isscalar(gamma0) or not np.isfinite(gamma0) or gamma0 < 0:
+        raise ValueError(f"gamma0: must be a finite number >= 0, got {gamma0!r}")
+    if not np.isscalar(y) or not np.isfinite(y):
+        raise ValueError(f"y: must be a finite scalar target, got {y!r}")
+    if gamma0 == 0 or y == 0:
+        return y * -np.expm1(-2 * t)
+    sgn = math.copysign(1.0, y)
+    c = gamma0 * abs(y)
+    r = math.sqrt(1 + c * c)
+    up1 = c + c * c / (r + 1)  # u+ - 1 without cancellation
+    um1 = c - r - 1  # u- - 1
+    R = (up1 / -um1) * np.exp(-2 * t * r)
+    u_minus_1 = (up1 + R * um1) / (1 + R)
+    theta = np.log1p(u_minus_1)
+    return sgn * np.sinh(theta) / gamma0
+
+
+# ------------------------------------------------------------------------- deep linear
+@dataclass
+class DeepResult:
+    """Deep DMFT solution on steps 0..T.
+
+    ``f`` (T+1, P); ``Phi[l]``, ``G[l]`` for l = 1..L as ((T+1) P x (T+1) P) matrices in
+    time-major order (index t * P + mu), with ``Phi[0] = K^x`` and ``G[L+1] = 1`` added for
+    the NTK; ``A[l]``, ``B[l]`` the discrete response operators; ``ntk(t, s)`` gives
+    K(t, s) = sum_l G^{l+1}(t, s) * Phi^l(t, s); ``solver`` the fixed-point report.
+    """
+
+    times: np.ndarray
+    f: np.ndarray
+    Phi: dict
+    G: dict
+    A: dict
+    B: dict
+    depth: int
+    P: int
+    gamma0: float
+    converged: bool
+    iterations: int
+    residual: float
+    solver: object = None
+    extra: dict = field(default_factory=dict)
+
+    def block(self, M, t, s):
+        P = self.P
+        return M[t * P:(t + 1) * P, s * P:(s + 1) * P]
+
+    def ntk(self, t: int, s: Optional[int] = None) -> np.ndarray:
+        s = t if s is None else s
+        return sum(self.block(self.G[l + 1], t, s) * self.block(self.Phi[l], t, s) for l in range(self.depth + 1))
+
+    def equal_time(self, name: str, layer: int) -> np.ndarray:
+        M = getattr(self, name)[layer]
+        return np.stack([self.block(M, t, t) for t in range(self.times.size)])
+
+
+def _causal_mask(T1, P, dt):
+    t = np.arange(T1)
+    return np.kron((t[:, None] > t[None, :]).astype(float) * dt, np.ones((P, P)))
+
+
+def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: float = 0.05, damping: float = 0.0,
+                tol: float = 1e-10, maxiter: int = 500, strict: bool = False) -> DeepResult:
+    """Deep linear DMFT: the closed equations in Phi, G, A, B (Bordelon & Pehlevan 2022, sec. 5 / app. deep linear).
+
+    With C^{l-1} = A^{l-1} + Theta(t > s) dt Phi^{l-1}(t, s) Delta(s) and
+    D^l = B^l + Theta(t > s) dt G^{l+1}(t, s) Delta(s) (causal operators on (t, mu)):
+    ``h^l = H^l (u^l + gamma0 C^{l-1} r^l)``, ``H^l = (I - gamma0^2 C^{l-1} D^l)^{-1}``,
+    ``z^l = Z^l (r^l + gamma0 D^l u^l)``, ``Z^l = (I - gamma0^2 D^l C^{l-1})^{-1}``, so
+    Phi^l = H^l (Phi^{l-1} + gamma0^2 C^{l-1} G^{l+1} C^{l-1 T}) H^{l T},
+    G^l = Z^l (G^{l+1} + gamma0^2 D^l Phi^{l-1} D^{l T}) Z^{l T}, A^l = H^l C^{l-1},
+    B^{l-1} = Z^l D^l, and f(t) = <h^L(t) z^L(t)> / gamma0 with gamma0 cancelled analytically.
+    Damped Picard sweeps (forward in l for Phi, A; backward for G, B) until the largest
+    change of f, Phi, G is below ``tol``; the result reports convergence.
+    """
+    _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth: number of hidden layers must be an integer >= 1, got {depth!r}")
+    if not 0 <= damping < 1:
+        raise ValueError(f"damping: must be in [0, 1), got {damping!r}")
+    L, P, T1 = int(depth), y.size, T + 1
+    n = T1 * P
+    mask = _causal_mask(T1, P, dt)
+    Phi0 = np.kron(np.ones((T1, T1)), kx)
+    ones = np.ones((n, n))
+    f = lazy_prediction((L + 1) * kx, y, T, dt)
+    Phi = {0: Phi0, **{l: Phi0.copy() for l in range(1, L + 1)}}
+    G = {L + 1: ones, **{l: ones.copy() for l in range(1, L + 1)}}
+    A = {l: np.zeros((n, n)) for l in range(0, L)}
+    B = {l: np.zeros((n, n)) for l in range(1, L + 1)}
+    g2 = gamma0 * gamma0
+    eye = np.eye(n)
+    converged, it, change = False, 0, np.inf
+    for it in range(1, maxiter + 1):
+        delta = (y[None, :] - f).ravel()
+        md = mask * delta[None, :]
+        old_f = f
+        change = 0.0
+        C = {}
+        H = {}
+        # forward sweep: Phi^l, A^l from fresh lower layers
+        for l in range(1, L + 1):
+            C[l - 1] = A[l - 1] + Phi[l - 1] * md
+            D = B[l] + G[l + 1] * md
+            Lm = eye - g2 * (C[l - 1] @ D)
+            Q = Phi[l - 1] + g2 * (C[l - 1] @ G[l + 1] @ C[l - 1].T)
+            Y = sla.solve_triangular(Lm, Q, lower=True, unit_diagonal=True, check_finite=False)
+            new = sla.solve_triangular(Lm, Y.T, lower=True, unit_diagonal=True, check_finite=False).T
+            new = 0.5 * (new + new.T)
+            change = max(change, np.abs(new - Phi[l]).max())
+            Phi[l] = damping * Phi[l] + (1 - damping) * new
+            if l < L:
+                newA = sla.solve_triangular(Lm, C[l - 1], lower=True, unit_diagonal=True, check_finite=False)
+                A[l] = damping * A[l] + (1 - damping) * newA
+            H[l] = Lm
+        # backward sweep: G^l, B^{l-1} from fresh upper layers
+        for l in range(L, 0, -1):
+            C[l - 1] = A[l - 1] + Phi[l - 1] * md
+            D = B[l] + G[l + 1] * md
+            Lz = eye - g2 * (D @ C[l - 1])
+            Q = G[l + 1] + g2 * (D @ Phi[l - 1] @ D.T)
+            Y = sla.solve_triangular(Lz, Q, lower=True, unit_diagonal=True, check_finite=False)
+            new = sla.solve_triangular(Lz, Y.T, lower=True, unit_diagonal=True, check_finite=False).T
+            new = 0.5 * (new + new.T)
+            change = max(change, np.abs(new - G[l]).max())
+            G[l] = damping * G[l] + (1 - damping) * new
+            if l > 1:
+                newB = sla.solve_triangular(Lz, D, lower=True, unit_diagonal=True, check_finite=False)
+                B[l - 1] = damping * B[l - 1] + (1 - damping) * newB
+            if l == L:
+                # <h^L z^L^T> / gamma0 = H (Phi^{L-1} D^T + C^{L-1} G^{L+1}) Z^T
+                Lh = eye - g2 * (C[L - 1] @ D)
+                X = Phi[L - 1] @ D.T + C[L - 1] @ G[L + 1]
+                Xs = sla.solve_triangular(Lh, X, lower=True, unit_diagonal=True, check_finite=False)
+                Xs = sla.solve_triangular(Lz, Xs.T, lower=True, unit_diagonal=True, check_finite=False).T
+                fnew = np.diagonal(Xs).reshape(T1, P).copy()
+        change = max(change, np.abs(fnew - old_f).max())
+        f = damping * old_f + (1 - damping) * fnew
+        if not np.all(np.isfinite(f)):
+            break
+        if change <= tol * (1 + np.abs(f).max()):
+            converged = True
+            break
+    res = DeepResult(dt * np.arange(T1), f, Phi, G, A, B, L, P, gamma0, converged, it, float(change))
+    if strict and not converged:
+        raise solvers.ConvergenceError(f"deep_linear: no convergence after {it} sweeps (change {change:.3g})",
+                                       solvers.SolverResult(f, change, it, False))
+    return res
+
+
+# ---------------------------------------------------------------------- deep nonlinear
+def _sqrt_psd(M):
+    ev, U = np.linalg.eigh(0.5 * (M + M.T))
+    return U * np.sqrt(np.maximum(ev, 0.0))
+
+
+def _pinv_psd(M, rcond):
+    ev, U = np.linalg.eigh(0.5 * (M + M.T))
+    keep = ev > rcond * ev.max()
+    return (U[:, keep] / ev[keep]) @ U[:, keep].T
+
+
+def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int = 20, dt: float = 0.1,
+         samples: int = 20_000, seed=0, damping: float = 0.5, tol: float = 1e-8, maxiter: int = 200,
+         rcond: float = 1e-10, strict: bool = False) -> DeepResult:
+    """Deep nonlinear DMFT: single-site Monte Carlo with response functions (Bordelon & Pehlevan 2022, eqs. (10)-(12)).
+
+    Single-site fields, for l = 1..L on steps t (causal sums over s < t)::
+
+        h^l(t) = u^l(t) + gamma0 sum_s [A^{l-1} + dt Phi^{l-1}(t, s) Delta(s)] g^l(s),    u^l ~ N(0, Phi^{l-1})
+        z^l(t) = r^l(t) + gamma0 sum_s [B^l + dt G^{l+1}(t, s) Delta(s)] phi(h^l(s)),       r^l ~ N(0, G^{l+1})
+        g^l = phi'(h^l) z^l,  r^L = w(0),  A^0 = B^L = 0,
+
+    A^l = gamma0^-1 <phi(h^l) r^l^T> (G^{l+1})^+ and B^{l-1} = gamma0^-1 <g^l u^l^T> (Phi^{l-1})^+
+    (Stein's lemma), f_k = <w_k phi(h^L_k) - w_0 phi(h^L_0)> / gamma0. The same Gaussian
+    draws are reused at every iteration, so the damped map is deterministic and
+    ``solvers.fixed_point`` can converge on it; the returned result says whether it did.
+    """
+    _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    if gamma0 == 0:
+        raise ValueError("gamma0: the deep single-site solver needs gamma0 > 0; gamma0 = 0 is the static NTK "
+                         "(use gradient_flow with MLP(depth).ntk)")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth: number of hidden layers must be an integer >= 1, got {depth!r}")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
+        raise ValueError(f"samples: must be an integer >= 2, got {samples!r}")
+    act = _act.get(activation)
+    L, P, T1, S = int(depth), y.size, T + 1, int(samples)
+    n = T1 * P
+    rng = np.random.default_rng(seed)
+    zeta_u = {l: rng.standard_normal((S, n)) for l in range(2, L + 1)}
+    zeta_r = {l: rng.standard_normal((S, n)) for l in range(1, L)}
+    u1 = np.tile(rng.standard_normal((S, P)) @ _psd_sqrt(kx, "kx").T, (1, T1))
+    w0 = rng.standard_normal(S)
+    mask = _causal_mask(T1, P, dt)
+    causal = mask > 0
+    Phi0 = np.kron(np.ones((T1, T1)), kx)
+    ones = np.ones((n, n))
+
+    def phi(z):
+        return np.asarray(act(z), dtype=float) * np.ones_like(z)
+
+    def dphi(z):
+        return np.asarray(act.derivative(z), dtype=float) * np.ones_like(z)
+
+    # state: Phi^1..L, G^1..L, A^1..L-1, B^1..L-1, f  (packed into one vector)
+    shapes = [("Phi", l, (n, n)) for l in range(1, L + 1)] + [("G", l, (n, n)) for l in range(1, L + 1)] \
+        + [("A", l, (n, n)) for l in range(1, L)] + [("B", l, (n, n)) for l in range(1, L)] + [("f", 0, (T1, P))]
+
+    def unpack(x):
+        out, i = {}, 0
+        for name, l, shp in shapes:
+            size = int(np.prod(shp))
+            out[(name, l)] = x[i:i + size].reshape(shp)
+            i += size
+        return out
+
+    def pack(d):
+        return np.concatenate([d[(name, l)].ravel() for name, l, _ in shapes])
+
+    def sweep(x):
+        st = unpack(x)
+        Phi = {0: Phi0, **{l: st[("Phi", l)] for l in range(1, L + 1)}}
+        G = {L + 1: ones, **{l: st[("G", l)] for l in range(1, L + 1)}}
+        A = {0: np.zeros((n, n)), **{l: st[("A", l)] for l in range(1, L)}}
+        B = {L: np.zeros((n, n)), **{l: st[("B", l)] for l in range(1, L)}}
+        delta = (y[None, :] - st[("f", 0)]).ravel()
+        md = mask * delta[None, :]
+        new = {}
+        for l in range(1, L + 1):
+            C = (A[l - 1] + Phi[l - 1] * md) * gamma0
+            D = (B[l] + G[l + 1] * md) * gamma0
+            u = u1 if l == 1 else zeta_u[l] @ _sqrt_psd(Phi[l - 1]).T
+            r = np.repeat(w0[:, None], n, axis=1) if l == L else zeta_r[l] @ _sqrt_psd(G[l + 1]).T
+            h = u.copy()
+            z = r.copy()
+            ph = np.empty((S, n))
+            g = np.empty((S, n))
+            for t in range(T1):
+                sl = slice(t * P, (t + 1) * P)
+                if t > 0:
+                    past = slice(0, t * P)
+                    h[:, sl] += g[:, past] @ C[sl, past].T
+                    z[:, sl] += ph[:, past] @ D[sl, past].T
+                ph[:, sl] = phi(h[:, sl])
+                g[:, sl] = dphi(h[:, sl]) * z[:, sl]
+            new[("Phi", l)] = ph.T @ ph / S
+            new[("G", l)] = g.T @ g / S
+            if l < L:
+                Ahat = (ph.T @ r / S) @ _pinv_psd(G[l + 1], rcond) / gamma0
+                new[("A", l)] = np.where(causal, Ahat, 0.0)
+            if l > 1:
+                Bhat = (g.T @ u / S) @ _pinv_psd(Phi[l - 1], rcond) / gamma0
+                new[("B", l - 1)] = np.where(causal, Bhat, 0.0)
+            if l == L:
+                wphi = z * ph  # z^L = w(t)
+                m = wphi.mean(axis=0).reshape(T1, P)
+                new[("f", 0)] = (m - m[0]) / gamma0
+        return pack(new)
+
+    init = {("f", 0): lazy_prediction(_lazy_ntk(act, kx, L), y, T, dt)}
+    for l in range(1, L + 1):
+        init[("Phi", l)] = Phi0.copy()
+        init[("G", l)] = ones.copy()
+    for l in range(1, L):
+        init[("A", l)] = np.zeros((n, n))
+        init[("B", l)] = np.zeros((n, n))
+    res = solvers.fixed_point(sweep, pack(init), damping=damping, tol=tol, maxiter=maxiter, strict=strict)
+    st = unpack(res.value)
+    Phi = {0: Phi0, **{l: st[("Phi", l)] for l in range(1, L + 1)}}
+    G = {L + 1: ones, **{l: st[("G", l)] for l in range(1, L + 1)}}
+    A = {l: st[("A", l)] for l in range(1, L)}
+    B = {l: st[("B", l)] for l in range(1, L)}
+    resid = float(np.max(res.residual))
+    return DeepResult(dt * np.arange(T1), st[("f", 0)], Phi, G, A, B, L, P, gamma0, bool(res.converged),
+                      res.iterations, resid, solver=res)
+
+
+def _lazy_ntk(act, kx, depth):
+    from limitlab.theory.kernels.mlp import MLP
+    # MLP.ntk needs inputs; the DMFT needs only K^x: use a square root of it as inputs (X X^T / P = K^x)
+    root = _psd_sqrt(kx, "kx")
+    X = root * math.sqrt(root.shape[1])
+    return MLP(depth, act, weight_var=1.0, bias_var=0.0).ntk(X)
