@@ -59,6 +59,10 @@ class Dual:
     def _closed(self):
         return self.activation.closed_dual(q1, q2, c)
 
+    @cached_property
+    def _numpy_closed(self):
+        return sp.lambdify((q1, q2, c), [self.nngp, self.ntk], modules=["numpy", "scipy"])
+
     @property
     def nngp(self) -> sp.Expr:
         """E[phi(u) phi(v)]: closed form if known, else the unevaluated integral."""
@@ -74,7 +78,7 @@ class Dual:
         a, b, cc = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (q1_, q2_, c_)))
         _check_cov(a, b, cc)
         if self.closed_form:
-            f = sp.lambdify((q1, q2, c), [self.nngp, self.ntk], modules=["numpy", "scipy"])
+            f = self._numpy_closed
             s = np.sqrt(a * b)
             out = f(a, b, np.clip(cc, -s, s))
             return tuple(np.broadcast_to(np.asarray(o, dtype=float), a.shape).copy() for o in out)

@@ -1,0 +1,143 @@
+"""Signal propagation in deep random networks (mean-field theory of the NNGP recursion).
+
+Poole et al. 2016, "Exponential expressivity in deep neural networks through transient
+chaos", eqs. (3)-(5); Schoenholz et al. 2017, "Deep Information Propagation", eqs. (4)-(9);
+Klambauer et al. 2017, "Self-Normalizing Neural Networks", Thm. 1 (SELU).
+
+    length map     q_{l+1} = w E[phi(sqrt(q_l) z)^2] + b,       fixed point q*
+    chi_1          = w E[phi'(sqrt(q*) z)^2]                     (order < 1 < chaos)
+    chi_q          = dq_{l+1}/dq_l at q*  = w E[z phi phi'(sqrt q* z)] / sqrt(q*)   (Stein)
+    correlation    c_{l+1} = (w E[phi(u) phi(v)] + b) / q*,  u, v ~ N(0, q* [[1, c], [c, 1]])
+    chi_c          = w E[phi'(u) phi'(v)] at the fixed point c*
+    depth scales   xi_q = -1/log chi_q,  xi_c = -1/log chi_c
+    edge of chaos  the curve chi_1(w, b) = 1 in the (weight_var, bias_var) plane.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from limitlab.numerics import gaussian
+from limitlab.numerics.solvers import find_root, fixed_point
+from limitlab.theory import activations as _act
+from limitlab.theory.kernels.dual import Dual
+
+__all__ = ["SignalPropagation", "signal_propagation", "length_map", "correlation_map", "edge_of_chaos"]
+
+
+@dataclass
+class SignalPropagation:
+    """Mean-field quantities at the length-map fixed point (see the module docstring)."""
+
+    q_star: float
+    chi_1: float
+    chi_q: float
+    c_star: float
+    chi_c: float
+    xi_q: float
+    xi_c: float
+    converged: bool
+    iterations: int
+    residual: float
+    phase: str  # "ordered" (chi_1 < 1), "chaotic" (chi_1 > 1) or "critical"
+
+
+def _check_var(value, name):
+    v = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise ValueError(f"{name}: must be finite and >= 0, got {value!r}")
+    return v
+
+
+def length_map(activation, q, weight_var=1.0, bias_var=0.0):
+    """q -> w E[phi(sqrt(q) z)^2] + b, elementwise over arrays (broadcast)."""
+    act = _act.get(activation)
+    q, w, b = np.broadcast_arrays(_check_var(q, "q"), _check_var(weight_var, "weight_var"),
+                                  _check_var(bias_var, "bias_var"))
+    return w * gaussian.expect(lambda t: act(t) ** 2, q, act.kinks) + b
+
+
+def _q_star(act, w, b, q0=1.0, tol=1e-14, maxiter=20_000):
+    w, b = np.broadcast_arrays(np.asarray(w, float), np.asarray(b, float))
+    res = fixed_point(lambda q: w * gaussian.expect(lambda t: act(t) ** 2, np.maximum(q, 0.0), act.kinks) + b,
+                      np.full(w.shape, float(q0)), tol=tol, maxiter=maxiter)
+    return res
+
+
+def correlation_map(activation, c, q_star, weight_var=1.0, bias_var=0.0):
+    """c -> (w E[phi(u) phi(v)] + b) / q* for u, v with variance q* and correlation c."""
+    d = Dual(_act.get(activation))
+    c = np.asarray(c, dtype=float)
+    if np.any(np.abs(c) > 1):
+        raise ValueError(f"c: correlations must lie in [-1, 1], got {c!r}")
+    A, _ = d.evaluate(q_star, q_star, c * q_star)
+    return (weight_var * A + bias_var) / q_star
+
+
+def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e-13,
+                       maxiter: int = 20_000) -> SignalPropagation:
+    """q*, chi_1, chi_q, c*, chi_c and the depth scales for one (weight_var, bias_var)."""
+    act = _act.get(activation)
+    w = float(_check_var(weight_var, "weight_var"))
+    b = float(_check_var(bias_var, "bias_var"))
+    res = _q_star(act, w, b, tol=tol, maxiter=maxiter)
+    q = float(res.value)
+    if not res.converged or not math.isfinite(q) or q <= 0:
+        nan = float("nan")
+        return SignalPropagation(q if math.isfinite(q) else math.inf, nan, nan, nan, nan, nan, nan, False,
+                                 res.iterations, float(res.residual), "unbounded" if q > 1 else "collapsed")
+    s = math.sqrt(q)
+    chi_1 = w * gaussian.expect(lambda t: act.derivative(t) ** 2, q, act.kinks)
+    chi_q = w * gaussian.expect(lambda t: (t / s) * act(t) * act.derivative(t), q, act.kinks) / s
+    d = Dual(act)
+    # c = 1 is always fixed; it is the attractor iff chi_1 <= 1 (Poole et al. 2016, sec. 3).
+    # Otherwise the stable c* < 1 is the root of map(c) - c on [-1, 1 - delta], a sign change
+    # since map(-1) >= -1 and the slope at 1 is chi_1 > 1.
+    converged_c = True
+    if chi_1 <= 1 + 1e-12:
+        c_star = 1.0
+    else:
+        g = lambda cc: correlation_map(act, cc, q, w, b) - cc  # noqa: E731
+        hi = 1 - 1e-6
+        if g(-1.0) == 0:
+            c_star = -1.0
+        else:
+            cres = find_root(g, (-1.0, hi), tol=tol)
+            c_star, converged_c = float(cres.value), cres.converged
+    _, Adot = d.evaluate(q, q, c_star * q)
+    chi_c = w * float(Adot)
+    xi = lambda chi: math.inf if chi >= 1 or chi <= 0 else -1.0 / math.log(chi)  # noqa: E731
+    phase = "critical" if abs(chi_1 - 1) < 1e-9 else ("ordered" if chi_1 < 1 else "chaotic")
+    return SignalPropagation(q, chi_1, chi_q, c_star, chi_c, xi(chi_q), xi(chi_c),
+                             bool(res.converged and converged_c), res.iterations,
+                             float(res.residual), phase)
+
+
+def edge_of_chaos(activation, bias_var, weight_var_bracket=(0.5, 10.0), tol: float = 1e-12):
+    """(weight_var, converged): the critical line chi_1 = 1 at each bias_var, by bracketed root finding."""
+    act = _act.get(activation)
+    b = np.atleast_1d(_check_var(bias_var, "bias_var"))
+
+    # bias_var = 0 with phi(0) = 0: q* = 0 on the ordered side and chi_1 = w phi'(0)^2 there,
+    # a limit that iteration only reaches algebraically (q_l ~ 1/l at criticality)
+    zero = np.zeros(1)
+    phi0, dphi0 = float(act(zero)[0]), float(act.derivative(zero)[0])
+    closed = (b == 0) & (phi0 == 0.0) & (dphi0 != 0.0)
+
+    def chi_minus_one(w):
+        res = _q_star(act, w, b[~closed], maxiter=5000)
+        q = np.where(res.converged_mask, res.value, 1e300)
+        return w * gaussian.expect(lambda t: act.derivative(t) ** 2, q, act.kinks) - 1
+
+    lo, hi = weight_var_bracket
+    out = np.full(b.shape, np.nan)
+    out[closed] = 1.0 / dphi0 ** 2
+    ok = True
+    if np.any(~closed):
+        n = int(np.count_nonzero(~closed))
+        res = find_root(chi_minus_one, (np.full(n, lo), np.full(n, hi)), tol=tol)
+        out[~closed] = res.value
+        ok = res.converged
+    return out if np.ndim(bias_var) else float(out[0]), ok
