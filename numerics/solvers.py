@@ -177,7 +177,7 @@ def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.fi
     active = (fa != 0) & (fb != 0)
     x = np.where(fa == 0, a, np.where(fb == 0, b, x))
     fx = np.where(~active, 0.0, fx)
-    width_old = np.abs(b - a)
+    width_old = 2.0 * np.abs(b - a)  # no forced bisection on the first step
     side = np.zeros(a.shape, dtype=np.int8)  # which end was kept last time (Illinois)
     it = 0
     for it in range(1, maxiter + 1):
@@ -185,14 +185,17 @@ def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.fi
             it -= 1
             break
         width = np.abs(b - a)
-        small = width <= tol + rtol * np.maximum(np.abs(a), np.abs(b))
+        mid = 0.5 * (a + b)
+        # converged, or the bracket is down to adjacent floats (it cannot shrink further)
+        small = (width <= tol + rtol * np.maximum(np.abs(a), np.abs(b))) | (mid == a) | (mid == b)
         active &= ~small
         if not active.any():
             break
         denom = fb - fa
         with np.errstate(divide="ignore", invalid="ignore"):
             c = b - fb * (b - a) / denom
-        # bisection safeguard: when the secant point is off, or the bracket shrinks too slowly
+        # bisection safeguard: when the secant point is off, or the last step did not halve the
+        # bracket (so the bracket at least halves every two iterations)
         slow = width > 0.5 * width_old
         lo, hi = np.minimum(a, b), np.maximum(a, b)
         use_bis = slow | ~np.isfinite(c) | (c <= lo) | (c >= hi)
@@ -201,7 +204,7 @@ def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.fi
         fc = np.where(active, call(np.where(active, c, a)), fx)
         if np.any(active & ~np.isfinite(fc)):
             raise ValueError("fn: returned a non-finite value inside the bracket")
-        width_old = np.where(use_bis | (it % 2 == 0), width, width_old)
+        width_old = width
         # update the bracket: replace the end with the same sign as fc
         same_a = np.sign(fc) == np.sign(fa)
         new_a = np.where(active & same_a, c, a)
@@ -219,10 +222,16 @@ def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.fi
         fx = np.where(active, fc, fx)
         active &= fc != 0
     width = np.abs(b - a)
-    mask = (fx == 0) | (width <= tol + rtol * np.maximum(np.abs(a), np.abs(b))) | ~active
+    mid = 0.5 * (a + b)
+    mask = (fx == 0) | (width <= tol + rtol * np.maximum(np.abs(a), np.abs(b))) | (mid == a) | (mid == b) | ~active
     mask &= np.isfinite(x)
-    # report the true residual at the returned point (Illinois halving alters stored values)
-    residual = np.abs(call(x))
+    # return the best of the last point and the bracket ends, by the true |fn| (Illinois halving
+    # alters the stored end values)
+    cands = np.stack([x, a, b])
+    vals = np.abs(np.stack([call(x), call(a), call(b)]))
+    best = np.argmin(np.where(np.isfinite(vals), vals, np.inf), axis=0)
+    x = np.take_along_axis(cands, best[None], 0)[0]
+    residual = np.take_along_axis(vals, best[None], 0)[0]
     result = _pack(x, residual, it, mask, scalar, f"bracket wider than tol after {it} iterations")
     if strict and not result.converged:
         raise ConvergenceError(f"find_root: {result.message}", result)

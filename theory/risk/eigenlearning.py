@@ -142,7 +142,7 @@ def _solve_kappa(lam, n, delta, w=None):
         lo = np.minimum(lo, hi)
         # decreasing in kappa; solved in t = log kappa for uniform relative precision
         f = lambda t: np.log(_dof(lam, np.exp(t), w) + dd * np.exp(-t)) - np.log(nn)  # noqa: E731
-        res = find_root(f, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=1e-16, strict=True)
+        res = find_root(f, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=4e-16, strict=True)
         kappa[need] = np.exp(res.value)
     return kappa
 
@@ -189,10 +189,11 @@ def kernel_ridge(eigenvalues, target, n, ridge, noise=0.0, multiplicities=None) 
     n, delta, s2 = np.broadcast_arrays(n, delta, s2)
     kappa = _solve_kappa(lam, n, delta, w)
     L = lam / (lam + kappa[..., None])
+    one_minus_L = kappa[..., None] / (lam + kappa[..., None])  # not 1 - L: no cancellation for l >> kappa
     q = np.sum(L * L if w is None else L * L * w, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         E0 = np.where(n > q, n / (n - q), np.inf)
-        bias = E0 * np.sum((1 - L) ** 2 * v * v, axis=-1)
+        bias = E0 * np.sum(one_minus_L ** 2 * v * v, axis=-1)
         bias = np.where(np.isnan(bias), np.inf, bias)
         var = np.where(s2 > 0, np.where(n > q, q / (n - q), np.inf) * s2, 0.0)
         test = bias + var + s2
@@ -248,7 +249,7 @@ def _solve_gamma_level(lam, level, w=None):
         hi = float(np.sum(lam if w is None else lam * w)) / lv
         lo = np.minimum(lo, hi)
         f = lambda t: np.log(_dof(lam, np.exp(t), w)) - np.log(lv)  # noqa: E731
-        g[need] = np.exp(find_root(f, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=1e-16, strict=True).value)
+        g[need] = np.exp(find_root(f, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=4e-16, strict=True).value)
     return g
 
 
@@ -268,7 +269,7 @@ def _solve_rf(lam, n, k, delta, w=None):
 
         lo = 0.5 * dd / nn
         hi = 1.01 * np.maximum(2 * float(np.sum(lam if w is None else lam * w)) / mn, 4 * dd / nn)
-        t = find_root(G, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=1e-16, strict=True).value
+        t = find_root(G, bracket=(np.log(lo), np.log(hi)), tol=1e-15, rtol=4e-16, strict=True).value
         g = np.exp(t)
         gamma[pos] = g
         kappa[pos] = g * (kk - _dof(lam, g, w)) / kk
@@ -302,7 +303,7 @@ def random_feature_ridge(eigenvalues, target, n, features, ridge, noise=0.0,
     with np.errstate(divide="ignore", invalid="ignore"):
         x = (q * (k - 2 * z) + z * z) / (n * (k - q))
         E = np.where(x < 1, 1.0 / (1.0 - x), np.inf)
-        coef = (1 - L) - kappa[..., None] * L / (lam + gamma[..., None]) * (k / (k - q))[..., None]
+        coef = gamma[..., None] / (lam + gamma[..., None]) - kappa[..., None] * L / (lam + gamma[..., None]) * (k / (k - q))[..., None]
         bias = E * np.sum(coef * v * v, axis=-1)
         bias = np.where(np.isfinite(E), bias, np.inf)
         var = np.where(s2 > 0, np.where(x < 1, x / (1.0 - x), np.inf) * s2, 0.0)  # (E - 1) sigma^2
