@@ -51,7 +51,7 @@ def _host(a, name):
     return np.asarray(out)
 
 
-def _check_features(features, dim=None):
+def _check_features(features, dim=None, finite=True):
     X = _host(features, "features")
     if X.ndim != 2:
         raise ValueError(f"features: expected shape (N, d), got shape {X.shape}")
@@ -61,7 +61,7 @@ def _check_features(features, dim=None):
         raise TypeError(f"features: expected a real numeric array, got dtype {X.dtype}")
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
-    if not np.isfinite(X).all():
+    if finite and not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))[0]
         raise ValueError(f"features: non-finite value {X[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}")
     return X
@@ -161,7 +161,7 @@ class CollapseAccumulator:
 
     # -- accumulation ------------------------------------------------------------------
     def update(self, features, labels) -> "CollapseAccumulator":
-        X = _check_features(features, self.dim)
+        X = _check_features(features, self.dim, finite=False)  # finiteness is checked per block, cheaply
         y = _check_labels(labels, X.shape[0], self.num_classes)
         for start in range(0, X.shape[0], self.chunk_size):
             self._update_block(X[start:start + self.chunk_size], y[start:start + self.chunk_size])
@@ -170,17 +170,23 @@ class CollapseAccumulator:
     def _update_block(self, X, y):
         C = self.num_classes
         nb = np.bincount(y, minlength=C)
-        order = np.argsort(y, kind="stable")
         present = np.flatnonzero(nb)
-        starts = np.concatenate(([0], np.cumsum(nb)[:-1]))[present]
-        Xs = X[order]
-        sums = np.add.reduceat(Xs, starts, axis=0, dtype=np.float64)  # float64 sums of the block
-        block_means = np.zeros((C, self.dim))
-        block_means[present] = sums / nb[present, None]
+        bounds = np.concatenate(([0], np.cumsum(nb)))
+        order = np.argsort(y, kind="stable")
         ys = y[order]
-        Xs -= block_means.astype(X.dtype)[ys]  # centred in the input dtype (Xs is a copy)
-        gram = Xs.T @ Xs
-        ss = np.bincount(ys, weights=np.einsum("ij,ij->i", Xs, Xs, dtype=np.float64), minlength=C)
+        Xs = X[order]  # a copy, grouped by class, in the input dtype
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite input is reported below
+            sums = np.add.reduceat(Xs, bounds[present], axis=0).astype(np.float64)
+            block_means = np.zeros((C, self.dim))
+            block_means[present] = sums / nb[present, None]
+            bm = block_means.astype(X.dtype)
+            for c in present:  # centre each class's contiguous rows on the block's class mean
+                Xs[bounds[c]:bounds[c + 1]] -= bm[c]
+            gram = Xs.T @ Xs  # the expensive step (BLAS, input dtype)
+            ss = np.bincount(ys, weights=np.einsum("ij,ij->i", Xs, Xs), minlength=C)
+        if not (np.isfinite(sums).all() and np.isfinite(gram.diagonal()).all()):
+            _check_features(X)  # locate the non-finite entry for the message
+            raise ValueError("features: values overflow the squared-norm accumulation")
         # Chan-Golub-LeVeque merge of (counts, means, scatter) with the block's
         na = self.counts[present].astype(np.float64)
         nbp = nb[present].astype(np.float64)
@@ -345,15 +351,21 @@ class NCCAgreement:
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
 
     def update(self, features, labels) -> "NCCAgreement":
-        X = _check_features(features, self.dim)
+        X = _check_features(features, self.dim, finite=False)
         y = _check_labels(labels, X.shape[0], self.num_classes)
-        half_sq = 0.5 * np.einsum("ij,ij->i", self.means, self.means)
+        W, mu, b = (a.astype(X.dtype) for a in (self.W, self.means, self.b))
+        half_sq = 0.5 * np.einsum("ij,ij->i", mu, mu)
         for s in range(0, X.shape[0], self.chunk_size):
-            Xb = X[s:s + self.chunk_size].astype(np.float64)
+            Xb = X[s:s + self.chunk_size]
             yb = y[s:s + self.chunk_size]
-            pred = np.argmax(Xb @ self.W.T + self.b, axis=1)
-            ncc = np.argmax(Xb @ self.means.T - half_sq, axis=1)  # argmin ||h - mu||^2
-            self.mismatch += np.bincount(yb, weights=(pred != ncc), minlength=self.num_classes).astype(np.int64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                logits = Xb @ W.T + b
+                ncc = Xb @ mu.T - half_sq  # argmax of this = argmin ||h - mu||^2
+            if not (np.isfinite(logits).all() and np.isfinite(ncc).all()):
+                _check_features(Xb)
+                raise ValueError("features: values overflow the classifier scores")
+            mism = np.argmax(logits, axis=1) != np.argmax(ncc, axis=1)
+            self.mismatch += np.bincount(yb, weights=mism, minlength=self.num_classes).astype(np.int64)
             self.counts += np.bincount(yb, minlength=self.num_classes)
         return self
 
@@ -388,7 +400,7 @@ def metrics(features, labels=None, classifier=None, bias=None, *, num_classes: O
             raise ValueError("num_classes: required when features is a stream of chunks")
         stream: Callable = features
     else:
-        X = _check_features(features)
+        X = _check_features(features, finite=False)
         if labels is None:
             raise ValueError("labels: required with an array of features")
         if num_classes is None:
@@ -405,7 +417,7 @@ def metrics(features, labels=None, classifier=None, bias=None, *, num_classes: O
 
     acc = None
     for Xc, yc in stream():
-        Xc = _check_features(Xc)
+        Xc = _check_features(Xc, finite=False)
         if acc is None:
             acc = CollapseAccumulator(num_classes, Xc.shape[1], chunk_size=chunk_size)
         acc.update(Xc, yc)
