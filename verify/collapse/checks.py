@@ -143,10 +143,12 @@ def gaussian_mixture(rng, classes, dim, per_class, separation=1.0, noise=1.0):
     return X, y
 
 
-def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="numpy", depth=2):
+def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="numpy", depth=2,
+              record_steps=(), callback=None):
     """``networks`` bias-free ReLU MLPs (He init, unit-variance readout) trained as a batch by
     full-batch GD on (1/2N) ||f - Y||^2 + (weight_decay/2) sum ||W||^2. Returns host arrays:
-    last-hidden features (S, N, width), readout W (S, C, width), final loss (S,)."""
+    last-hidden features (S, N, width), readout W (S, C, width), final loss (S,).
+    ``callback(step, features, classifier)`` (host arrays) runs at each of ``record_steps``."""
     from limitlab.verify.backend import get_backend
 
     bk = get_backend(backend)
@@ -172,8 +174,11 @@ def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="
             acts.append(xp.maximum(z, xp.zeros_like(z)))
         return acts, pres, xp.matmul(acts[-1], T(Ws[-1]))
 
-    for _ in range(steps):
+    record = set(int(t) for t in record_steps)
+    for t in range(steps):
         acts, pres, f = forward(Ws)
+        if t in record and callback is not None:
+            callback(t, bk.to_numpy(acts[-1]), bk.to_numpy(Ws[-1]))
         g = (f - Yb) / N
         grads = [None] * len(Ws)
         grads[-1] = xp.matmul(T(g), acts[-1])
@@ -185,6 +190,8 @@ def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="
                 back = xp.matmul(back, Ws[i])
         Ws = [W - lr * (gr + weight_decay * W) for W, gr in zip(Ws, grads)]
     acts, _, f = forward(Ws)
+    if steps in record and callback is not None:
+        callback(steps, bk.to_numpy(acts[-1]), bk.to_numpy(Ws[-1]))
     R = f - Yb
     loss = 0.5 / N * xp.sum(xp.reshape(R * R, (networks, -1)), axis=1)
     return bk.to_numpy(acts[-1]), bk.to_numpy(Ws[-1]), bk.to_numpy(loss)
