@@ -45,6 +45,7 @@ def _linear_measurements(factor, sizes=(100, 200, 400), S=24):
     return sizes, out
 
 
+@pytest.mark.slow
 def test_verdict_passes_the_right_theory_and_fails_a_10_percent_error():
     sizes, ms = _linear_measurements(1.0)
     assert stats.verdict(sizes, ms, rate=-0.5).passed
