@@ -84,3 +84,21 @@ def test_quick_checks_pass_and_nc_metrics_fall_with_training():
         res[name] = ms
     nc1 = [m[0].samples.mean() for m in res["collapse.train"]]
     assert nc1[1] < nc1[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "cupy"])
+def test_gpu_backends_give_the_numpy_numbers(backend):
+    from limitlab.verify.backend import available_backends
+
+    if backend not in available_backends():
+        pytest.skip(f"{backend} with a CUDA device is not available")
+    a = checks.ufm_gradient_descent((3, 2), 0.05, 0.02, 2, 3, starts=2, lr=0.3, steps=50, seed=2)
+    b = checks.ufm_gradient_descent((3, 2), 0.05, 0.02, 2, 3, starts=2, lr=0.3, steps=50, seed=2, backend=backend)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-10)
+    X, y = checks.gaussian_mixture(np.random.default_rng(0), 3, 5, 4)
+    r1 = checks.train_mlp(X, y, networks=2, width=8, steps=50, lr=0.1, weight_decay=1e-2, seed=0)
+    r2 = checks.train_mlp(X, y, networks=2, width=8, steps=50, lr=0.1, weight_decay=1e-2, seed=0, backend=backend)
+    for u, v in zip(r1, r2):
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
