@@ -154,3 +154,15 @@ def test_simulation_at_d400_approaches_the_formula():
     sims = [random_features_regression(400, 2.0, 1.5, 1e-2, signal=1.0, nonlinear_signal=0.2, noise=0.1, seed=s)
             for s in range(6)]
     assert abs(np.mean(sims) - th) <= 4 * np.std(sims) / math.sqrt(6) + 0.03 * th
+
+
+@settings(max_examples=8, deadline=None)
+@given(psi1=st.floats(0.01, 100), psi2=st.floats(0.01, 100), lb=st.floats(1e-8, 1e4), zeta=st.floats(0.02, 10))
+def test_chi_agrees_with_mpmath_over_a_wide_parameter_range(psi1, psi2, lb, zeta):
+    chi, nu1, nu2, _, res = solve_chi(psi1, psi2, lb, zeta)
+    try:
+        m1, m2 = mp_solve_nu(psi1, psi2, lb, zeta, dps=30)
+    except (ArithmeticError, ZeroDivisionError, ValueError):
+        pytest.skip("mpmath reference iteration did not settle on the Im > 0 branch")
+    assert abs(chi - float((m1 * m2).real)) <= 1e-10 * abs(float((m1 * m2).real))
+    assert res <= 1e-12
