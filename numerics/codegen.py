@@ -45,7 +45,12 @@ def stable_angles(expr: sp.Expr) -> sp.Expr:
         num, den = arg.as_numer_denom()
         return sp.atan2(num, sp.sqrt(sp.Max(den ** 2 - num ** 2, 0))) if den != 1 else sp.asin(arg)
 
-    return expr.replace(sp.acos, _acos).replace(sp.asin, _asin)
+    expr = expr.replace(sp.acos, _acos).replace(sp.asin, _asin)
+    # half-integer powers of sums (1 - rho^2, q1 q2 - c^2, ...) vanish at |rho| = 1 and can
+    # round to -1e-17 there: clamp at 0 rather than return NaN
+    return expr.replace(
+        lambda e: e.is_Pow and e.base.is_Add and e.exp.is_Rational and e.exp.q == 2,
+        lambda e: sp.Pow(sp.Max(e.base, 0), e.exp, evaluate=False))
 
 
 def _machine_numbers(expr: sp.Expr) -> sp.Expr:

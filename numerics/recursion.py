@@ -20,7 +20,7 @@ import sympy as sp
 
 from limitlab.numerics import codegen
 
-_VERSION = "1"  # bump when the template changes: cached modules are keyed by it
+_VERSION = "2"  # bump when the template changes: cached modules are keyed by it
 _q1, _q2, _c = sp.symbols("q1 q2 c", real=True)
 
 _TEMPLATE = '''

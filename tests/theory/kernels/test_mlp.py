@@ -1,0 +1,144 @@
+"""MLP kernels: properties (hypothesis), the numerical path against closed forms, bad input."""
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from limitlab.theory import activations as A
+from limitlab.theory.kernels import MLP
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+finite = st.floats(-3, 3, allow_nan=False, allow_infinity=False)
+inputs = arrays(np.float64, st.tuples(st.integers(2, 6), st.integers(1, 4)), elements=finite).filter(
+    lambda X: np.all(np.sum(X * X, axis=1) > 1e-3))
+CLOSED = ["relu", "erf", "gelu", "abs", "sin"]
+params = st.fixed_dictionaries({"depth": st.integers(1, 4), "activation": st.sampled_from(CLOSED),
+                                "weight_var": st.floats(0.5, 2.5), "bias_var": st.floats(0.0, 0.5)})
+
+
+@SETTINGS
+@given(inputs, params)
+def test_kernels_are_symmetric_psd_and_cauchy_schwarz(X, p):
+    k = MLP(**p).kernels(X)
+    for K in k:
+        np.testing.assert_array_equal(K, K.T)
+        ev = np.linalg.eigvalsh(K)
+        assert ev.min() >= -1e-10 * max(ev.max(), 1.0)
+        d = np.diag(K)
+        assert np.all(K ** 2 <= np.outer(d, d) * (1 + 1e-12) + 1e-300)
+
+
+@SETTINGS
+@given(inputs, inputs, params)
+def test_cross_kernel_is_the_transpose_of_the_swapped_one(X1, X2, p):
+    if X1.shape[1] != X2.shape[1]:
+        X2 = np.resize(X2, (X2.shape[0], X1.shape[1])) + 0.5
+    m = MLP(**p)
+    a, b = m.kernels(X1, X2), m.kernels(X2, X1)
+    np.testing.assert_allclose(a.nngp, b.nngp.T, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(a.ntk, b.ntk.T, rtol=1e-13, atol=1e-14)
+    # the symmetric path (X2=None) and the general path agree on the same inputs
+    np.testing.assert_allclose(m.kernels(X1, X1.copy()).ntk, m.kernels(X1).ntk, rtol=1e-13, atol=1e-14)
+
+
+@SETTINGS
+@given(inputs, st.floats(0.1, 10), st.floats(0.1, 10), st.integers(1, 4))
+def test_relu_without_bias_is_positively_homogeneous(X, a, b, depth):
+    m = MLP(depth, "relu", weight_var=2.0, bias_var=0.0)
+    x1, x2 = X[:1], X[1:2]
+    cos = (x1 @ x2.T).item() / np.sqrt((x1 @ x1.T).item() * (x2 @ x2.T).item())
+    if abs(cos) > 0.999:
+        # near-parallel inputs: the angle is ill-conditioned (1e-16 in c is ~1e-8 in theta),
+        # so the identity holds to ~1e-9, not 1e-12
+        return
+    for K, Ks in zip(m.kernels(x1, x2), m.kernels(a * x1, b * x2)):
+        np.testing.assert_allclose(Ks, a * b * K, rtol=1e-12)
+
+
+@SETTINGS
+@given(params)
+def test_ntk_dominates_nngp_on_the_diagonal(p):
+    X = np.random.default_rng(0).standard_normal((5, 3))
+    k = MLP(**p).kernels(X)
+    assert np.all(np.diag(k.ntk) >= np.diag(k.nngp) * (1 - 1e-14))
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "gelu", "tanh", "sin"])
+def test_strictly_positive_definite_on_the_sphere_for_non_polynomial_activations(activation):
+    """Jacot et al. 2018, Prop. 2: distinct points on the sphere give a positive definite NTK."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((12, 3))
+    X /= np.linalg.norm(X, axis=1, keepdims=True) / np.sqrt(3)
+    K = MLP(2, activation, bias_var=0.1).ntk(X)
+    assert np.linalg.eigvalsh(K).min() > 1e-8 * np.trace(K)
+
+
+def test_polynomial_activation_kernel_is_singular_beyond_its_rank():
+    """Contrast: identity activation gives a rank <= d kernel (no bias), so the sphere test has power."""
+    X = np.random.default_rng(1).standard_normal((12, 3))
+    K = MLP(2, "identity", bias_var=0.0).ntk(X)
+    assert np.linalg.eigvalsh(K).min() < 1e-10 * np.trace(K)
+
+
+@pytest.mark.parametrize("name,expr", [("erf", sp.erf(A.x)), ("gelu", A.x * (1 + sp.erf(A.x / sp.sqrt(2))) / 2),
+                                       ("relu", sp.Piecewise((A.x, A.x > 0), (0, True)))])
+def test_quadrature_path_matches_closed_form(name, expr):
+    """The compiled quadrature path (Mehler series + nested quadrature), forced on an activation with a
+    closed form by giving it as an expression, reproduces the closed form to 1e-10."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((15, 4)) * np.array([0.1, 1, 3, 10])
+    X = np.vstack([X, X[:2] * 1.000001])  # near-parallel pairs: |rho| -> 1
+    closed = MLP(3, name, weight_var=1.7, bias_var=0.1).kernels(X)
+    numeric = MLP(3, expr, weight_var=1.7, bias_var=0.1).kernels(X)
+    assert not MLP(3, expr).activation.has_closed_form
+    for a, b in zip(numeric, closed):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+
+
+def test_float32_on_request():
+    X = np.random.default_rng(0).standard_normal((7, 3))
+    k64 = MLP(3, "relu").kernels(X)
+    k32 = MLP(3, "relu").kernels(X, dtype=np.float32)
+    assert k32.nngp.dtype == np.float32 and k32.ntk.dtype == np.float32
+    np.testing.assert_allclose(k32.ntk, k64.ntk, rtol=1e-5)
+
+
+def test_symbolic_closed_form_matches_numbers():
+    m = MLP(2, "relu", weight_var=2, bias_var=sp.Rational(1, 10))
+    nngp, ntk = m.symbolic()
+    g11, g22, g12 = m.symbols
+    X = np.array([[1.0, 0.5], [-0.3, 2.0]])
+    G = X @ X.T / 2
+    subs = {g11: G[0, 0], g22: G[1, 1], g12: G[0, 1]}
+    k = m.kernels(X)
+    assert abs(float(nngp.subs(subs)) - k.nngp[0, 1]) < 1e-12
+    assert abs(float(ntk.subs(subs)) - k.ntk[0, 1]) < 1e-12
+    assert sp.latex(nngp) and len(m.recursion()) == 5
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    ({"depth": 0}, "depth"), ({"depth": 2.5}, "depth"), ({"depth": 2, "weight_var": -1.0}, "weight_var"),
+    ({"depth": 2, "bias_var": [0.1, 0.2]}, "bias_var"), ({"depth": 2, "activation": "nope"}, "activation"),
+    ({"depth": 2, "activation": sp.Symbol("a") * sp.Symbol("b")}, "activation"),
+    ({"depth": 2, "parametrization": "mup"}, "parametrization"), ({"depth": 2, "width": 0}, "width"),
+])
+def test_bad_arguments_name_the_argument(kwargs, arg):
+    with pytest.raises((ValueError, TypeError), match=arg):
+        MLP(**kwargs)
+
+
+@pytest.mark.parametrize("X1,X2,arg", [
+    (np.array([1.0, 2.0]), None, "X1"), (np.array([[1.0, np.nan]]), None, "X1"),
+    (np.ones((2, 3)), np.ones((2, 4)), "X2"), (np.ones((2, 3)), np.array([[np.inf, 0, 0]]), "X2"),
+    (np.array([["a", "b"]]), None, "X1"), (np.ones((0, 3)), None, "X1"),
+])
+def test_bad_inputs_name_the_argument(X1, X2, arg):
+    with pytest.raises((ValueError, TypeError), match=arg):
+        MLP(2, "relu").kernels(X1, X2)
+
+
+def test_standard_parametrization_ntk_needs_a_width():
+    with pytest.raises(ValueError, match="width"):
+        MLP(2, "relu", parametrization="standard").ntk(np.ones((2, 3)))
