@@ -7,8 +7,9 @@
   (``limitlab.theory.kernels.MLP(...).ntk``) on sphere data against the eigenframework
   prediction from the kernel's exact Funk–Hecke spectrum.
 
-The test risk of one regression fluctuates by O(size^-1/2) around its limit (and the
-test-set average adds O(size^-1/2) noise): rate -0.5.
+The test risk of one random-features or linear regression fluctuates by O(size^-1/2) around
+its limit (and the test-set average adds O(size^-1/2) noise): rate -0.5. The kernel-ridge
+check has no rate test (see there).
 """
 from __future__ import annotations
 
@@ -123,8 +124,11 @@ def kernel_ridge_sample(n, rng, n_test=None):
     return test
 
 
+# No rate test here: the test MSE mixes the excess risk, whose fluctuations fall faster than
+# n^-1/2 as it decays (measured slope -1.1 over n = 100..800), with test-set noise ~ n^-1/2, so
+# the RMS error follows no single power law over these sizes; the level test (a) decides.
 @check("risk.kernel-ridge", sizes=(100, 200, 400, 800), quick_sizes=(100, 200, 400), samples=16, quick_samples=8,
-       rate=-0.5, size_name="n", default=True,
+       rate=None, size_name="n", default=True,
        description="KRR with the limiting NTK of a ReLU MLP on the sphere vs the eigenframework")
 def _kernel_ridge(ctx: Context):
     theory = kernel_ridge_theory(ctx.size)
