@@ -365,6 +365,29 @@ class DeepResult:
         return np.stack([self.block(M, t, t) for t in range(self.times.size)])
 
 
+def _precondition_f(f, f_tilde, K_eq, dt):
+    """f + (I + J)^{-1} (f_tilde - f), J the lazy Jacobian (J d)_k = dt sum_{s<k} K(s, s) d_s.
+
+    f_tilde(Delta) is the sweep's output for Delta = y - f; plain Picard on f oscillates
+    (|J| ~ |K| t is large), this quasi-Newton step has the same fixed point.
+    """
+    r = f_tilde - f
+    d = np.empty_like(r)
+    acc = np.zeros(r.shape[1])
+    for k in range(r.shape[0]):
+        d[k] = r[k] - acc
+        acc = acc + dt * K_eq[k] @ d[k]
+    return f + d
+
+
+def _equal_time_ntk(Phi, G, L, T1, P):
+    out = np.zeros((T1, P, P))
+    for t in range(T1):
+        sl = slice(t * P, (t + 1) * P)
+        out[t] = sum(G[l + 1][sl, sl] * Phi[l][sl, sl] for l in range(L + 1))
+    return out
+
+
 def _causal_mask(T1, P, dt):
     t = np.arange(T1)
     return np.kron((t[:, None] > t[None, :]).astype(float) * dt, np.ones((P, P)))
@@ -446,6 +469,7 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
                 Xs = sla.solve_triangular(Lz, Xs.T, lower=True, unit_diagonal=True, check_finite=False).T
                 fnew = np.diagonal(Xs).reshape(T1, P).copy()
         change = max(change, np.abs(fnew - old_f).max())
+        fnew = _precondition_f(old_f, fnew, _equal_time_ntk(Phi, G, L, T1, P), dt)
         f = damping * old_f + (1 - damping) * fnew
         if not np.all(np.isfinite(f)):
             break
@@ -566,7 +590,10 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
             if l == L:
                 wphi = z * ph  # z^L = w(t)
                 m = wphi.mean(axis=0).reshape(T1, P)
-                new[("f", 0)] = (m - m[0]) / gamma0
+                f_tilde = (m - m[0]) / gamma0
+                Gd = {L + 1: ones, **{k: new.get(("G", k), G[k]) for k in range(1, L + 1)}}
+                Pd = {0: Phi0, **{k: new[("Phi", k)] for k in range(1, L + 1)}}
+                new[("f", 0)] = _precondition_f(st[("f", 0)], f_tilde, _equal_time_ntk(Pd, Gd, L, T1, P), dt)
         return pack(new)
 
     init = {("f", 0): lazy_prediction(_lazy_ntk(act, kx, L), y, T, dt)}

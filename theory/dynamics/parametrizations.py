@@ -20,6 +20,7 @@ Theta(1) (SGD: an update sums over fan-in coordinates; Adam normalises each entr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
@@ -31,7 +32,8 @@ __all__ = ["ABC", "Classification", "classify", "preset", "PRESETS", "symmetry",
 
 
 def _frac(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float, Fraction, np.integer, np.floating)) or not np.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, Fraction, np.integer, np.floating)) \
+            or not math.isfinite(float(v)):
         raise ValueError(f"{name}: must be a finite number, got {v!r}")
     return Fraction(v).limit_denominator(10_000) if not isinstance(v, Fraction) else v
 

@@ -1,0 +1,1 @@
+"""Verify checks of the training-dynamics pillar (registered by :mod:`.checks`)."""
