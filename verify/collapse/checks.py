@@ -148,13 +148,16 @@ def gaussian_mixture(rng, classes, dim, per_class, separation=1.0, noise=1.0):
 
 
 def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="numpy", depth=2,
-              record_steps=(), callback=None):
-    """``networks`` bias-free ReLU MLPs (He init, unit-variance readout) trained as a batch by
+              record_steps=(), callback=None, activation="relu"):
+    """``networks`` bias-free MLPs (He init, unit-variance readout) trained as a batch by
     full-batch GD on (1/2N) ||f - Y||^2 + (weight_decay/2) sum ||W||^2. Returns host arrays:
     last-hidden features (S, N, width), readout W (S, C, width), final loss (S,).
-    ``callback(step, features, classifier)`` (host arrays) runs at each of ``record_steps``."""
+    ``callback(step, features, classifier)`` (host arrays) runs at each of ``record_steps``.
+    ``activation``: a name for :func:`limitlab.theory.activations.get` (ReLU by default)."""
+    from limitlab.theory import activations
     from limitlab.verify.backend import get_backend
 
+    act = activations.get(activation)
     bk = get_backend(backend)
     xp = bk.xp
     rng = np.random.default_rng(seed)
@@ -175,7 +178,7 @@ def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="
         for W in Ws[:-1]:
             z = xp.matmul(acts[-1], T(W))
             pres.append(z)
-            acts.append(xp.maximum(z, xp.zeros_like(z)))
+            acts.append(act(z, xp))
         return acts, pres, xp.matmul(acts[-1], T(Ws[-1]))
 
     record = set(int(t) for t in record_steps)
@@ -188,7 +191,7 @@ def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="
         grads[-1] = xp.matmul(T(g), acts[-1])
         back = xp.matmul(g, Ws[-1])
         for i in range(depth - 1, -1, -1):
-            back = xp.where(pres[i] > 0, back, xp.zeros_like(back))
+            back = back * act.derivative(pres[i], xp)
             grads[i] = xp.matmul(T(back), acts[i])
             if i:
                 back = xp.matmul(back, Ws[i])
