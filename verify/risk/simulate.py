@@ -29,15 +29,14 @@ def sphere(n, d, rng, radius=None):
 def _ridge_solve(Z, y, reg):
     """argmin (1/n)||y - Z a||^2 + reg ||a||^2, primal or dual form, whichever is smaller."""
     n, N = Z.shape
-    if N <= n:
+    if N <= n:  # (reg = 0: ordinary least squares via the normal equations; SVD-based lstsq is far slower)
         A = Z.T @ Z / n
         A[np.diag_indices_from(A)] += reg
-        return np.linalg.solve(A, Z.T @ y / n) if reg > 0 else np.linalg.lstsq(Z.T @ Z, Z.T @ y, rcond=None)[0]
+        return np.linalg.solve(A, Z.T @ y / n)
+    # dual form; reg = 0 gives the minimum-norm interpolator Z^T (Z Z^T)^-1 y
     G = Z @ Z.T / n
     G[np.diag_indices_from(G)] += reg
-    if reg > 0:
-        return Z.T @ np.linalg.solve(G, y) / n
-    return np.linalg.pinv(Z) @ y  # minimum-norm interpolator
+    return Z.T @ np.linalg.solve(G, y) / n
 
 
 def random_features_regression(d, psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_signal=0.0,
