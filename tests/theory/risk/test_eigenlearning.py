@@ -149,3 +149,36 @@ def test_krr_eigenframework_matches_simulation():
 def test_bad_input_raises(call, arg):
     with pytest.raises(ValueError, match=arg):
         call()
+
+
+def _mp_rf(lam, n, k, delta, dps=30):
+    """(gamma, kappa) of the RF eigenframework by 30-digit mpmath: bisection in log gamma on
+    kappa(gamma) = gamma (k - z)/k against delta/(n - z), then Newton polishing."""
+    import mpmath as mp
+
+    with mp.workdps(dps + 10):
+        L = [mp.mpf(float(x)) for x in lam]
+        n, k, d = mp.mpf(n), mp.mpf(k), mp.mpf(delta)
+        z = lambda g: sum(x / (x + g) for x in L)  # noqa: E731
+
+        def F(g):
+            zz = z(g)
+            if zz >= min(n, k):
+                return mp.mpf(-1)
+            return g * (k - zz) * (n - zz) - k * d
+
+        lo, hi = d / (2 * n), 10 * (sum(L) + d)
+        for _ in range(120):
+            mid = mp.sqrt(lo * hi)
+            lo, hi = (mid, hi) if F(mid) < 0 else (lo, mid)
+        g = mp.findroot(F, mp.sqrt(lo * hi))
+        return g, g * (k - z(g)) / k
+
+
+@pytest.mark.parametrize("n, k, delta", [(50, 20, 1e-3), (50, 200, 1e-2), (100, 100, 1e-4), (30, 1000, 1.0)])
+def test_rf_gamma_kappa_match_30_digit_mpmath(n, k, delta):
+    lam, v = LAM[:200], V[:200]
+    r = random_feature_ridge(lam, v, n, k, delta)
+    g, kap = _mp_rf(lam, n, k, delta)
+    assert abs(r.gamma - float(g)) <= 1e-10 * float(g)
+    assert abs(r.kappa - float(kap)) <= 1e-10 * float(kap)
