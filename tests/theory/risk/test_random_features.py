@@ -166,3 +166,15 @@ def test_chi_agrees_with_mpmath_over_a_wide_parameter_range(psi1, psi2, lb, zeta
         pytest.skip("mpmath reference iteration did not settle on the Im > 0 branch")
     assert abs(chi - float((m1 * m2).real)) <= 1e-10 * abs(float((m1 * m2).real))
     assert res <= 1e-12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["tanh", "abs"])
+def test_other_activations_agree_with_simulation(activation):
+    # tanh: odd, mu0 = 0; abs: even, mu1 = 0 (zeta = 0, the linear part is unlearnable)
+    from limitlab.verify.risk.simulate import random_features_regression
+
+    kw = dict(signal=1.0, nonlinear_signal=0.1, noise=0.1)
+    th = random_features(2.0, 1.5, 1e-2, activation, **kw).risk
+    sims = [random_features_regression(300, 2.0, 1.5, 1e-2, activation, **kw, seed=s) for s in range(6)]
+    assert abs(np.mean(sims) - th) <= 4 * np.std(sims) / math.sqrt(6) + 0.03 * th
