@@ -427,8 +427,19 @@ def _named_numerical():
                                   xp_deriv=lambda z, xp: float(lam_selu) * xp.where(
                                       z > 0, 1.0 + 0.0 * z, float(alpha_selu) * xp.exp(xp.minimum(z, 0.0)))),
         "mish": lambda: numerical(x * sp.tanh(sp.log(1 + sp.exp(x))), "mish", kinks=(),
-                                  stable_expr=x * sp.tanh(_softplus_stable(x))),
+                                  stable_expr=x * sp.tanh(_softplus_stable(x)),
+                                  xp_fn=lambda z, xp: z * xp.tanh(_xp_softplus(z, xp)),
+                                  xp_deriv=_mish_deriv),
     }
+
+
+def _xp_softplus(z, xp):
+    return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+def _mish_deriv(z, xp):
+    t = xp.tanh(_xp_softplus(z, xp))
+    return t + z * (1.0 - t * t) * 0.5 * (1.0 + xp.tanh(0.5 * z))
 
 
 def _silu_deriv(z, xp):
