@@ -67,7 +67,10 @@ def time_limitlab(X, width, depth, networks, backend, method, repeats=2):
         ks = sample_kernels(m, X, width=width, n_networks=networks, backend=bk, method=method)
         bk.synchronize()
         best = min(best, time.perf_counter() - t)
-    theory = m.ntk(X[:1])[0, 0]
+    try:
+        theory = m.ntk(X[:1])[0, 0]
+    except Exception:  # the theory's compiled kernels are not needed for the timing
+        theory = float("nan")
     return best, ks, theory
 
 
@@ -86,11 +89,12 @@ def time_nt(X, width, depth, networks, python, implementations):
     raise RuntimeError(f"neural-tangents run failed:\n{p.stderr[-3000:]}")
 
 
-def matmul_peak(backend, n=8192, dtype="float64"):
+def matmul_peak(backend, n=None, dtype="float64"):
     """Measured FLOP/s of one large square matmul on the backend's device (the reference)."""
     from limitlab.verify.backend import get_backend
 
     bk = get_backend(backend, dtype=dtype)
+    n = n or (8192 if bk.device_name != "cpu" else 2048)
     xp = bk.xp
     a = bk.asarray(np.random.default_rng(0).standard_normal((n, n)))
     xp.matmul(a, a)
@@ -151,7 +155,7 @@ def main(argv=None):
         fl = flops_weights(N, a.dim, width, a.depth) * S
         frac = fl / ours["weights"] / peak
         results.update(matmul_peak_flops=peak, weights_flops=fl, weights_fraction_of_peak=frac)
-        print(f"  device matmul throughput (float64, 8192^3): {peak / 1e12:.2f} TFLOP/s; weights method achieves "
+        print(f"  device matmul throughput (float64, measured): {peak / 1e12:.2f} TFLOP/s; weights method achieves "
               f"{fl / ours['weights'] / 1e12:.2f} TFLOP/s = {100 * frac:.0f}% of it")
     if not a.no_nt:
         if not os.path.exists(a.nt_python):

@@ -199,7 +199,10 @@ class Networks:
     def sample(cls, mlp, d_in: int, n_networks: int = 1, seed: SeedLike = 0, backend="auto", width=None,
                n_outputs: Optional[int] = None, seeds=None) -> "Networks":
         """Sample ``n_networks`` networks at initialization for inputs of dimension ``d_in``."""
-        spec = as_spec(mlp, width, n_outputs=n_outputs or 1) if not isinstance(mlp, NetworkSpec) else mlp
+        if isinstance(mlp, NetworkSpec):
+            spec = as_spec(mlp, width) if width is not None else mlp
+        else:
+            spec = as_spec(mlp, width, n_outputs=n_outputs or 1)
         if n_outputs is not None and n_outputs != spec.n_outputs:
             spec = NetworkSpec(spec.depth, spec.activation, spec.weight_var, spec.bias_var, spec.parametrization,
                                spec.widths, _positive_int(n_outputs, "n_outputs"))
