@@ -227,6 +227,11 @@ class Report:
             if v.rate is not None and v.pooled_rms:
                 ref = v.pooled_rms[0] * (sizes / sizes[0]) ** v.rate
                 ax1.loglog(sizes, ref, "k-", lw=0.8, label=f"theory slope {v.rate:g}")
+            from matplotlib.ticker import NullFormatter
+
+            ax1.xaxis.set_minor_formatter(NullFormatter())
+            ax1.set_xticks(sizes)
+            ax1.set_xticklabels([str(int(n)) for n in sizes])
             ax1.set_xlabel(c.size_name)
             ax1.set_ylabel("error")
             ax1.set_title(f"{c.name}: {c.status}", fontsize=9)
