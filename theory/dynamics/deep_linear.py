@@ -59,7 +59,11 @@ def learning_time(s, u0, uf, depth: int = 2, tau: float = 1.0):
     out = np.empty(s.shape)
     for i in np.ndindex(s.shape):
         f = lambda v: 1.0 / mode_rate(v, s[i], depth, tau)  # noqa: E731
-        out[i] = integrate.quad(f, u0[i], uf[i], epsabs=0, epsrel=1e-12, limit=200)[0]
+        # substitution v = s - (s - u0) e^{-x} removes the log singularity at v -> s
+        si, ui = s[i], u0[i]
+        g = lambda x: f(si - (si - ui) * np.exp(-x)) * (si - ui) * np.exp(-x)  # noqa: E731
+        xf = np.log((si - ui) / (si - uf[i]))
+        out[i] = integrate.quad(g, 0.0, xf, epsabs=0, epsrel=1e-12, limit=200)[0]
     return out if out.ndim else float(out)
 
 

@@ -228,6 +228,11 @@ def _exact_init_kernels(act, kx):
     d = np.diag(kx)
     if np.any(d <= 0):
         raise ValueError("kx: every input needs a positive norm (diagonal of kx > 0)")
+    from limitlab.theory.kernels.dual import Dual
+    dual = Dual(act)
+    if dual.closed_form:  # the activation's own closed kernel pair (Cho & Saul, Williams, ...)
+        q1, q2 = np.broadcast_arrays(d[:, None], d[None, :])
+        return dual.evaluate(q1, q2, kx)
     root = _psd_sqrt(kx, "kx")
     X = root * math.sqrt(root.shape[1])  # any X with X X^T / D = K^x
     nngp = MLP(1, act, weight_var=1.0, bias_var=0.0).nngp(X)

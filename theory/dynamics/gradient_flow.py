@@ -129,9 +129,12 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
             g = np.where(pos, 1.0 / np.where(pos, evals, 1.0), 0.0)
             return e, g
         if steps:
-            e = (1.0 - rate * evals) ** t
-            # (1 - e)/lambda without cancellation: sum of the geometric series
-            g = np.where(pos, -np.expm1(t * np.log1p(-rate * evals)) / np.where(pos, evals, 1.0), rate * t)
+            x = rate * evals
+            e = (1.0 - x) ** t
+            # (1 - e)/lambda: expm1/log1p avoids cancellation for small steps; direct where 1 - x < 1/2
+            small = np.where(x < 0.5, x, 0.0)
+            num = np.where(x < 0.5, -np.expm1(t * np.log1p(-small)), 1.0 - e)
+            g = np.where(pos, num / np.where(pos, evals, 1.0), rate * t)
         else:
             e = np.exp(-rate * evals * t)
             g = np.where(pos, -np.expm1(-rate * evals * t) / np.where(pos, evals, 1.0), rate * t)

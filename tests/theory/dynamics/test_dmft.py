@@ -1,0 +1,132 @@
+"""DMFT (Bordelon & Pehlevan 2022): lazy limit, closed forms, and agreement between independent solvers."""
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from limitlab.numerics.solvers import ConvergenceError
+from limitlab.theory.dynamics import dmft
+from limitlab.theory.dynamics.gradient_flow import gradient_descent_mse_ensemble
+from limitlab.theory.kernels.mlp import MLP
+
+
+def _data(P=4, D=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, D))
+    X *= np.sqrt(D) / np.linalg.norm(X, axis=1, keepdims=True)
+    return X, dmft.input_kernel(X), np.tanh(X[:, 0])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_two_layer_at_gamma0_zero_is_ntk_gradient_descent(activation):
+    X, kx, y = _data()
+    T, dt = 40, 0.1
+    r = dmft.two_layer(kx, y, activation, 0.0, T, dt, samples=2000, seed=1)
+    if activation == "relu":  # arc-cosine kernels of degree 1 and 0 (Cho & Saul 2009), written out here
+        q = np.sqrt(np.outer(np.diag(kx), np.diag(kx)))
+        th = np.arccos(np.clip(kx / q, -1, 1))
+        ntk = q * (np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi) + kx * (np.pi - th) / (2 * np.pi)
+    else:
+        ntk = MLP(1, activation, weight_var=1.0, bias_var=0.0).ntk(X)
+    lazy = gradient_descent_mse_ensemble(ntk, y, learning_rate=dt, normalization=1, steps=True)(np.arange(T + 1))
+    np.testing.assert_allclose(r.f, lazy.mean, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(r.K[-1, -1], ntk, rtol=1e-11, atol=1e-12)
+
+
+def test_two_layer_kernel_change_is_order_gamma0_squared():
+    X, kx, y = _data()
+    changes = []
+    for g in (0.05, 0.1):
+        r = dmft.two_layer(kx, y, "tanh", g, 30, 0.1, samples=50_000, seed=3)
+        changes.append(np.linalg.norm(r.K[-1, -1] - r.K[0, 0]))
+    # same seed: the Monte Carlo noise is common; O(gamma0^2) means the ratio is 4
+    assert changes[1] / changes[0] == pytest.approx(4.0, rel=0.05)
+
+
+def test_two_layer_linear_closed_form_agrees_with_ode_integration():
+    t = np.linspace(0, 3, 7)
+    for g, yv in ((0.0, 1.0), (0.7, 1.0), (2.0, -1.5), (1e-9, 0.8)):
+        sol = solve_ivp(lambda _, f: 2 * np.sqrt(1 + g * g * f * f) * (yv - f), (0, 3), [0.0], t_eval=t, rtol=1e-12,
+                        atol=1e-14)
+        np.testing.assert_allclose(dmft.two_layer_linear_whitened(t, yv, g), sol.y[0], rtol=1e-8, atol=1e-12)
+
+
+def test_two_layer_monte_carlo_converges_to_the_linear_closed_form_as_dt_shrinks():
+    g = 1.5
+    errs = []
+    for T in (100, 200):
+        r = dmft.two_layer(np.ones((1, 1)), np.array([1.0]), "identity", g, T, 2.0 / T, samples=50_000, seed=5)
+        errs.append(abs(r.f[-1, 0] - dmft.two_layer_linear_whitened(2.0, 1.0, g)))
+    # Euler steps of the network: O(dt) error, halving with dt (Monte Carlo error ~1e-4 here)
+    assert errs[1] < 0.6 * errs[0] and errs[1] < 5e-3
+
+
+def test_deep_linear_ntk_at_initialisation_is_depth_plus_one_input_kernels():
+    _, kx, y = _data()
+    for L in (1, 3):
+        r = dmft.deep_linear(kx, y, L, 1.0, 10, 0.05)
+        assert r.converged
+        np.testing.assert_allclose(r.ntk(0), (L + 1) * kx, rtol=1e-12)
+
+
+def test_deep_linear_lazy_limit_and_order_gamma0_squared_kernel_change():
+    _, kx, y = _data()
+    L, T, dt = 3, 20, 0.05
+    lazy = dmft.lazy_prediction((L + 1) * kx, y, T, dt)
+    r0 = dmft.deep_linear(kx, y, L, 1e-6, T, dt)
+    np.testing.assert_allclose(r0.f, lazy, atol=1e-10)
+    ch = [np.linalg.norm(dmft.deep_linear(kx, y, L, g, T, dt).ntk(T) - (L + 1) * kx) for g in (0.01, 0.02)]
+    assert ch[1] / ch[0] == pytest.approx(4.0, rel=1e-2)
+
+
+def test_deep_linear_one_layer_agrees_with_two_layer_monte_carlo():
+    _, kx, y = _data(P=3)
+    T, dt = 20, 0.05
+    closed = dmft.deep_linear(kx, y, 1, 1.0, T, dt)
+    mc = dmft.two_layer(kx, y, "identity", 1.0, T, dt, samples=200_000, seed=2)
+    np.testing.assert_allclose(mc.f, closed.f, atol=2e-3)
+    np.testing.assert_allclose(mc.K[-1, -1], closed.ntk(T), atol=1e-2)
+
+
+def test_deep_single_site_linear_agrees_with_closed_equations():
+    _, kx, y = _data(P=2)
+    T, dt = 8, 0.1
+    closed = dmft.deep_linear(kx, y, 2, 1.0, T, dt)
+    mc = dmft.deep(kx, y, 2, "identity", 1.0, T, dt, samples=40_000, seed=4, damping=0.3)
+    assert mc.converged
+    np.testing.assert_allclose(mc.f, closed.f, atol=1e-2)
+    np.testing.assert_allclose(mc.equal_time("Phi", 2)[-1], closed.equal_time("Phi", 2)[-1], atol=3e-2)
+
+
+def test_deep_single_site_one_layer_agrees_with_two_layer_solver():
+    _, kx, y = _data(P=2)
+    T, dt = 10, 0.1
+    a = dmft.deep(kx, y, 1, "tanh", 0.8, T, dt, samples=40_000, seed=6)
+    b = dmft.two_layer(kx, y, "tanh", 0.8, T, dt, samples=200_000, seed=7)
+    assert a.converged
+    np.testing.assert_allclose(a.f, b.f, atol=1e-2)
+
+
+def test_convergence_is_reported_and_strict_mode_raises():
+    _, kx, y = _data()
+    r = dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1)
+    assert not r.converged and r.iterations == 1
+    with pytest.raises(ConvergenceError):
+        dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, strict=True)
+
+
+def test_bad_inputs_raise_clear_errors():
+    _, kx, y = _data()
+    with pytest.raises(ValueError, match="gamma0"):
+        dmft.two_layer(kx, y, "tanh", -0.1, 10, 0.1, samples=100)
+    bad = kx.copy()
+    bad[0, 1] = bad[1, 0] = 10.0
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        dmft.deep_linear(bad, y, 2, 1.0, 10, 0.1)
+    with pytest.raises(ValueError, match="T"):
+        dmft.two_layer(kx, y, "tanh", 1.0, 0, 0.1, samples=100)
+    with pytest.raises(ValueError, match="t"):
+        dmft.two_layer_linear_whitened(-1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="gamma0"):
+        dmft.deep(kx, y, 2, "tanh", 0.0, 5, 0.1, samples=100)
+    with pytest.raises(ValueError, match="dt"):
+        dmft.deep_linear(kx, y, 2, 1.0, 10, -0.1)
