@@ -80,14 +80,21 @@ def expect(f: Callable, var=1.0, kinks: Sequence[float] = (0.0,)):
     v = np.asarray(var, dtype=float)
     if np.any(~np.isfinite(v)) or np.any(v < 0):
         raise ValueError(f"var: must be finite and >= 0, got {var!r}")
-    out = np.empty(v.shape)
-    for idx, q in np.ndenumerate(v):
-        if q == 0.0:
-            out[idx] = float(f(np.zeros(1))[0])
-            continue
-        z, w = nodes(_breaks_for(kinks, q))
-        out[idx] = np.dot(w, f(math.sqrt(q) * z))
+    flat = v.ravel()
+    out = np.empty(flat.size)
+    for breaks, idx in _group_by_nodes(flat, kinks).items():
+        z, w = nodes(breaks)
+        out[idx] = f(np.sqrt(flat[idx])[:, None] * z[None, :]) @ w  # one array call per node set
+    out = out.reshape(v.shape)
     return out if out.shape else float(out)
+
+
+def _group_by_nodes(q, kinks):
+    """Indices of q sharing one quadrature node set (all of them when the only kink is 0)."""
+    groups = {}
+    for i, qi in enumerate(q):
+        groups.setdefault(_breaks_for(kinks, qi) if qi > 0 else (0.0,), []).append(i)
+    return {k: np.array(v) for k, v in groups.items()}
 
 
 def _hermite_matrix(z: np.ndarray, K: int) -> np.ndarray:
@@ -101,19 +108,25 @@ def _hermite_matrix(z: np.ndarray, K: int) -> np.ndarray:
     return H
 
 
-def hermite_coefficients(f: Callable, q: np.ndarray, K: int, kinks: Sequence[float] = (0.0,)) -> np.ndarray:
-    """alpha_k(q) = E[f(sqrt(q) z) h_k(z)] for each q (rows) and k < K (columns)."""
+def hermite_coefficients(f: Callable, q: np.ndarray, K: int, kinks: Sequence[float] = (0.0,), df: Callable = None):
+    """alpha_k(q) = E[f(sqrt(q) z) h_k(z)] for each q (rows) and k < K (columns).
+
+    With ``df``, also returns E[f(sqrt q z)^2] and E[df(sqrt q z)^2] from the same nodes.
+    """
     q = np.asarray(q, dtype=float).ravel()
     out = np.empty((q.size, K))
-    groups = {}
-    for i, qi in enumerate(q):
-        groups.setdefault(_breaks_for(kinks, qi) if qi > 0 else (0.0,), []).append(i)
-    for breaks, idx in groups.items():
+    m2, dm2 = np.empty(q.size), np.empty(q.size)
+    for breaks, idx in _group_by_nodes(q, kinks).items():
         z, w = nodes(breaks)
         H = _hermite_matrix(z, K)
-        F = f(np.sqrt(q[idx])[:, None] * z[None, :])
+        arg = np.sqrt(q[idx])[:, None] * z[None, :]
+        F = f(arg)
         out[idx] = (F * w[None, :]) @ H
-    return out
+        if df is not None:
+            m2[idx] = (F * F) @ w
+            D = df(arg)
+            dm2[idx] = (D * D) @ w
+    return (out, m2, dm2) if df is not None else out
 
 
 def mehler_tables(phi: Callable, dphi: Callable, q: np.ndarray, K: int, kinks: Sequence[float] = (0.0,)):
@@ -125,9 +138,7 @@ def mehler_tables(phi: Callable, dphi: Callable, q: np.ndarray, K: int, kinks: S
     values E[phi(sqrt q z)^2] and E[phi'(sqrt q z)^2].
     """
     q = np.asarray(q, dtype=float).ravel()
-    alpha = hermite_coefficients(phi, q, K, kinks)
-    m2 = np.array([expect(lambda t: phi(t) ** 2, qi, kinks) for qi in q])
-    dm2 = np.array([expect(lambda t: dphi(t) ** 2, qi, kinks) for qi in q])
+    alpha, m2, dm2 = hermite_coefficients(phi, q, K, kinks, df=dphi)
     a2 = alpha ** 2
     k = np.arange(K)
     # tail_k = total - partial_{<k}; clipped at 0 against rounding, plus a rounding allowance
