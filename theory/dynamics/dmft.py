@@ -502,7 +502,7 @@ def _pinv_psd(M, rcond):
 
 def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int = 20, dt: float = 0.1,
          samples: int = 20_000, seed=0, damping: float = 0.5, tol: float = 1e-8, maxiter: int = 200,
-         rcond: float = 1e-10, strict: bool = False) -> DeepResult:
+         rcond: float = 1e-4, strict: bool = False) -> DeepResult:
     """Deep nonlinear DMFT: single-site Monte Carlo with response functions (Bordelon & Pehlevan 2022, eqs. (10)-(12)).
 
     Single-site fields, for l = 1..L on steps t (causal sums over s < t)::
