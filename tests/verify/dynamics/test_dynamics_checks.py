@@ -1,0 +1,51 @@
+"""The dynamics verify checks: registered, runnable at small sizes, and able to reject wrong theories."""
+import numpy as np
+import pytest
+
+from limitlab.verify import stats
+from limitlab.verify.dynamics import checks, training
+from limitlab.verify.registry import Context, Measurement, get_check
+
+
+@pytest.mark.parametrize("name", ["dynamics.ntk-flow", "dynamics.dmft", "dynamics.deep-linear", "dynamics.mup-coord"])
+def test_checks_are_registered(name):
+    c = get_check(name)
+    assert len(c.quick_sizes) >= 2 and c.quick_samples >= 2
+
+
+def test_deep_linear_check_passes_and_rejects_a_wrong_depth():
+    c = get_check("dynamics.deep-linear")
+    sizes = (40, 80)
+    ms = [c.run(Context(size=n, samples=2, seed=0)) for n in sizes]
+    assert stats.verdict(sizes, ms, rate=None).passed
+    from limitlab.theory.dynamics import deep_linear as dl
+    # the same simulations against the three-matrix theory: a wrong depth fails the level test
+    wrong = dl.mode_trajectory(np.array(checks.SAXE_TIMES), checks.SAXE_S, checks.SAXE_U0, 3)
+    bad = [[Measurement(m.quantity, wrong[k // 3, k % 3], m.samples) for k, m in enumerate(row)] for row in ms]
+    assert not stats.verdict(sizes, bad, rate=None).passed
+
+
+def test_mup_trainer_converges_to_dmft_as_width_grows():
+    from limitlab.theory.dynamics import dmft
+
+    X, y = checks.DMFT_X, checks.DMFT_Y
+    r = dmft.two_layer(dmft.input_kernel(X), y, "tanh", 1.0, 10, 0.1, samples=50_000, seed=0)
+    errs = []
+    for n in (100, 1600):
+        fs = np.array([training.train_mup_mlp(X, y, 1, "tanh", 1.0, n, 10, 0.1, seed=s)[0][-1] for s in range(6)])
+        errs.append(np.sqrt(np.mean((fs - r.f[-1]) ** 2)))
+    # O(N^-1/2): 16x the width, ~4x smaller error
+    assert errs[1] < 0.5 * errs[0]
+
+
+def test_mup_coordinate_growth_is_flat_under_mup_and_grows_under_sp():
+    ms = get_check("dynamics.mup-coord").run(Context(size=512, samples=2, seed=0))
+    mup, sp = ms
+    assert abs(mup.samples.mean()) < 0.25 and sp.samples.mean() > 0.25
+
+
+def test_abc_trainer_matches_parametrization_classes():
+    X, y = checks._inputs(4, 8, 11)
+    # muP with base rate 0.5: after one step every hidden layer moved by Theta(1)
+    m = training.train_abc(X, y, [-0.5, 0, 0.5], [0.5, 0.5, 0.5], 0, 0.5, 256, 1, seed=0)
+    assert 0.05 < m[0] < 5 and 0.05 < m[1] < 5
