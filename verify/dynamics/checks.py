@@ -85,7 +85,7 @@ def ntk_flow(ctx: Context) -> list:
 def _dmft_theory(gamma0):
     from limitlab.theory.dynamics import dmft
 
-    r = dmft.two_layer(dmft.input_kernel(DMFT_X), DMFT_Y, "tanh", gamma0, DMFT_STEPS, DMFT_DT, samples=200_000,
+    r = dmft.two_layer(dmft.input_kernel(DMFT_X), DMFT_Y, "tanh", gamma0, DMFT_STEPS, DMFT_DT, samples=50_000,
                        seed=7, snapshots=[0, DMFT_STEPS])
     return r.f[-1], r.Phi[-1, -1]
 
