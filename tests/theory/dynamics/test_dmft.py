@@ -35,11 +35,12 @@ def test_two_layer_at_gamma0_zero_is_ntk_gradient_descent(activation):
 def test_two_layer_kernel_change_is_order_gamma0_squared():
     X, kx, y = _data()
     changes = []
-    for g in (0.05, 0.1):
-        r = dmft.two_layer(kx, y, "tanh", g, 30, 0.1, samples=20_000, seed=3)
+    for g in (0.1, 0.2):
+        r = dmft.two_layer(kx, y, "tanh", g, 30, 0.1, samples=50_000, seed=3)
         changes.append(np.linalg.norm(r.K[-1, -1] - r.K[0, 0]))
-    # same seed: the Monte Carlo noise is common; O(gamma0^2) means the ratio is 4
-    assert changes[1] / changes[0] == pytest.approx(4.0, rel=0.05)
+    # O(gamma0^2) means the ratio is 4, up to the O(gamma0^2) ~ 4% next order and the
+    # mean-zero O(gamma0 / sqrt(samples)) Monte Carlo term (~2% of the change here)
+    assert changes[1] / changes[0] == pytest.approx(4.0, rel=0.08)
 
 
 def test_two_layer_linear_closed_form_agrees_with_ode_integration():
