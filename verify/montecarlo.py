@@ -27,7 +27,8 @@ Two samplers give the same distribution of these per-network kernels:
   (``a W = R^T U``) and the backward pass ``g W^T = (g U^T) Q^T + V (I - Q Q^T)`` with
   ``V = g W'^T`` sampled as ``R_g^T Z`` from the thin QR ``g^T = Q_g R_g``. Exact in
   distribution (Gaussian conditioning, as in Yang 2019, "Tensor Programs I", Lemma on
-  conditioning), at O(N^2 n) per layer: far cheaper when the inputs are few.
+  conditioning), at O(N^2 n) per layer: far cheaper when the inputs are few (``method="auto"``
+  uses it for N <= 64 inputs and widths >= 2N).
 """
 from __future__ import annotations
 
@@ -443,8 +444,9 @@ class KernelSamples:
 
 
 def _auto_method(N: int, widths) -> str:
-    # conditional costs ~ 8 N^2 n per layer plus QRs, weights ~ 4 N n^2 and n^2 normals
-    return "conditional" if 2 * N <= min(widths) else "weights"
+    # conditional costs ~ 8 N^2 n per layer plus two thin QRs of (n x N) matrices, weights ~ 4 N n^2 and
+    # n^2 normals; LAPACK's batched QR is slow (numpy: seconds at N = 256), so keep it to few inputs
+    return "conditional" if N <= 64 and 2 * N <= min(widths) else "weights"
 
 
 def _auto_batch(bk: Backend, spec: NetworkSpec, N: int, d: int, method: str, n_networks: int) -> int:
