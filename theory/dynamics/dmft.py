@@ -502,7 +502,7 @@ def _pinv_psd(M, rcond):
 
 def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int = 20, dt: float = 0.1,
          samples: int = 20_000, seed=0, damping: float = 0.5, tol: float = 1e-8, maxiter: int = 200,
-         rcond: float = 1e-4, strict: bool = False) -> DeepResult:
+         resp_samples: int = 5_000, strict: bool = False) -> DeepResult:
     """Deep nonlinear DMFT: single-site Monte Carlo with response functions (Bordelon & Pehlevan 2022, eqs. (10)-(12)).
 
     Single-site fields, for l = 1..L on steps t (causal sums over s < t)::
@@ -511,8 +511,10 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
         z^l(t) = r^l(t) + gamma0 sum_s [B^l + dt G^{l+1}(t, s) Delta(s)] phi(h^l(s)),       r^l ~ N(0, G^{l+1})
         g^l = phi'(h^l) z^l,  r^L = w(0),  A^0 = B^L = 0,
 
-    A^l = gamma0^-1 <phi(h^l) r^l^T> (G^{l+1})^+ and B^{l-1} = gamma0^-1 <g^l u^l^T> (Phi^{l-1})^+
-    (Stein's lemma), f_k = <w_k phi(h^L_k) - w_0 phi(h^L_0)> / gamma0. The same Gaussian
+    A^l = gamma0^-1 <d phi(h^l) / d r^l> and B^{l-1} = gamma0^-1 <d g^l / d u^l> by central
+    differences of the simulated fields on common Gaussian draws (``resp_samples`` sites; Stein's
+    lemma with a pseudo-inverse of G, Phi amplified the noise and did not converge),
+    f_k = <w_k phi(h^L_k) - w_0 phi(h^L_0)> / gamma0. The same Gaussian
     draws are reused at every iteration, so the damped map is deterministic and
     ``solvers.fixed_point`` can converge on it; the returned result says whether it did.
     """
@@ -558,6 +560,43 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     def pack(d):
         return np.concatenate([d[(name, l)].ravel() for name, l, _ in shapes])
 
+    def simulate(u, r, C, D):
+        """March the single-site fields of one layer in time (leading batch axes allowed)."""
+        h = np.array(u, copy=True)
+        z = np.array(r, copy=True)
+        ph = np.empty_like(h)
+        g = np.empty_like(h)
+        for t in range(T1):
+            sl = slice(t * P, (t + 1) * P)
+            if t > 0:
+                past = slice(0, t * P)
+                h[..., sl] += g[..., past] @ C[sl, past].T
+                z[..., sl] += ph[..., past] @ D[sl, past].T
+            ph[..., sl] = phi(h[..., sl])
+            g[..., sl] = dphi(h[..., sl]) * z[..., sl]
+        return h, z, ph, g
+
+    def response(u, r, C, D, which, out):
+        """<d field / d source_j> for every source coordinate j, by central differences (exact for
+        linear fields; O(eps^2) otherwise). The derivative sample needs fewer sites than the kernels."""
+        Sd = min(S, resp_samples)
+        uu, rr = u[:Sd], r[:Sd]
+        eps = 1e-4
+        J = np.empty((n, n))
+        for j0 in range(0, n, 8):
+            js = np.arange(j0, min(n, j0 + 8))
+            E = np.zeros((js.size, 1, n))
+            E[np.arange(js.size), 0, js] = eps
+            res = []
+            for sign in (1.0, -1.0):
+                if which == "u":
+                    o = simulate(uu[None] + sign * E, np.broadcast_to(rr, (js.size,) + rr.shape), C, D)
+                else:
+                    o = simulate(np.broadcast_to(uu, (js.size,) + uu.shape), rr[None] + sign * E, C, D)
+                res.append(o[out])
+            J[:, js] = ((res[0] - res[1]) / (2 * eps)).mean(axis=1).T
+        return J
+
     def sweep(x):
         st = unpack(x)
         Phi = {0: Phi0, **{l: st[("Phi", l)] for l in range(1, L + 1)}}
@@ -572,26 +611,13 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
             D = (B[l] + G[l + 1] * md) * gamma0
             u = u1 if l == 1 else zeta_u[l] @ _sqrt_psd(Phi[l - 1]).T
             r = np.repeat(w0[:, None], n, axis=1) if l == L else zeta_r[l] @ _sqrt_psd(G[l + 1]).T
-            h = u.copy()
-            z = r.copy()
-            ph = np.empty((S, n))
-            g = np.empty((S, n))
-            for t in range(T1):
-                sl = slice(t * P, (t + 1) * P)
-                if t > 0:
-                    past = slice(0, t * P)
-                    h[:, sl] += g[:, past] @ C[sl, past].T
-                    z[:, sl] += ph[:, past] @ D[sl, past].T
-                ph[:, sl] = phi(h[:, sl])
-                g[:, sl] = dphi(h[:, sl]) * z[:, sl]
+            h, z, ph, g = simulate(u, r, C, D)
             new[("Phi", l)] = ph.T @ ph / S
             new[("G", l)] = g.T @ g / S
-            if l < L:
-                Ahat = (ph.T @ r / S) @ _pinv_psd(G[l + 1], rcond) / gamma0
-                new[("A", l)] = np.where(causal, Ahat, 0.0)
-            if l > 1:
-                Bhat = (g.T @ u / S) @ _pinv_psd(Phi[l - 1], rcond) / gamma0
-                new[("B", l - 1)] = np.where(causal, Bhat, 0.0)
+            if l < L:  # A^l = gamma0^-1 <d phi(h^l) / d r^l>: central differences on common draws
+                new[("A", l)] = np.where(causal, response(u, r, C, D, "r", 2) / gamma0, 0.0)
+            if l > 1:  # B^{l-1} = gamma0^-1 <d g^l / d u^l>
+                new[("B", l - 1)] = np.where(causal, response(u, r, C, D, "u", 3) / gamma0, 0.0)
             if l == L:
                 wphi = z * ph  # z^L = w(t)
                 m = wphi.mean(axis=0).reshape(T1, P)

@@ -91,14 +91,14 @@ def test_deep_linear_one_layer_agrees_with_two_layer_monte_carlo():
 
 @pytest.mark.slow
 def test_deep_single_site_linear_agrees_with_closed_equations():
-    # response functions by Stein's lemma are noisy: a loose tolerance and a convergence floor of 1e-5
+    # Monte Carlo with 2e4 sites: f to ~5e-3, response A to ~1e-3 (of 0.09)
     _, kx, y = _data(P=2)
     T, dt = 8, 0.1
     closed = dmft.deep_linear(kx, y, 2, 1.0, T, dt)
-    mc = dmft.deep(kx, y, 2, "identity", 1.0, T, dt, samples=20_000, seed=4, damping=0.3, rcond=1e-4, tol=1e-5,
-                   maxiter=40)
-    assert mc.residual < 1e-3
-    np.testing.assert_allclose(mc.f, closed.f, atol=3e-2)
+    mc = dmft.deep(kx, y, 2, "identity", 1.0, T, dt, samples=20_000, seed=4, damping=0.3, tol=1e-6, maxiter=60)
+    assert mc.converged
+    np.testing.assert_allclose(mc.f, closed.f, atol=1.5e-2)
+    np.testing.assert_allclose(mc.A[1], closed.A[1], atol=5e-3)
 
 
 @pytest.mark.slow
