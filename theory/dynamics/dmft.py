@@ -137,19 +137,21 @@ def run(h, w, Kx, y, Mcv, dt, gamma0, T, snap_steps, snap_h, snap_w, f_out, n_ch
             lo = c * chunk
             hi = min(S, lo + chunk)
             acc = np.zeros(P)
-            v = np.empty(P)
+            bv = np.empty(P)
             for i in range(lo, hi):
                 a = 0.0
+                for n in range(P):
+                    bv[n] = 0.0
+                # b_n = sum_m Kx[n, m] Delta_m phi'(h_m): axpy form (inner loop over n vectorizes)
                 for m in range(P):
-                    v[m] = delta[m] * dph[i, m]
+                    vm = delta[m] * dph[i, m]
                     a += ph[i, m] * delta[m]
+                    for n in range(P):
+                        bv[n] += Kx[m, n] * vm
                 wi = w[i]
                 step = dt * gamma0 * wi
                 for n in range(P):
-                    # b_n = sum_m Kx[n, m] Delta_m phi'(h_m)
-                    b = 0.0
-                    for m in range(P):
-                        b += KxT[n, m] * v[m]
+                    b = bv[n]
                     if gamma0 > 0.0:
                         hn = h[i, n] + step * b
                         p, d = _phi(hn)
