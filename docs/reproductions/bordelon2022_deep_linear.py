@@ -21,7 +21,7 @@ y = X[:, 0] / np.sqrt(D) * 2
 kx = dmft.input_kernel(X)
 T, dt = 40, 0.05
 fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-gammas = [0.25, 0.5, 1.0, 1.5]
+gammas = [0.25, 0.5, 0.75, 1.0]
 for L in (1, 2, 3):
     changes = []
     for g in gammas:

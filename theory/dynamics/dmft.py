@@ -401,7 +401,8 @@ def _causal_mask(T1, P, dt):
 
 
 def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: float = 0.05, damping: float = 0.0,
-                tol: float = 1e-10, maxiter: int = 500, strict: bool = False) -> DeepResult:
+                tol: float = 1e-10, maxiter: int = 500, strict: bool = False, continuation: float = 0.5,
+                _start=None) -> DeepResult:
     """Deep linear DMFT: the closed equations in Phi, G, A, B (Bordelon & Pehlevan 2022, sec. 5 / app. deep linear).
 
     With C^{l-1} = A^{l-1} + Theta(t > s) dt Phi^{l-1}(t, s) Delta(s) and
@@ -412,7 +413,9 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
     G^l = Z^l (G^{l+1} + gamma0^2 D^l Phi^{l-1} D^{l T}) Z^{l T}, A^l = H^l C^{l-1},
     B^{l-1} = Z^l D^l, and f(t) = <h^L(t) z^L(t)> / gamma0 with gamma0 cancelled analytically.
     Damped Picard sweeps (forward in l for Phi, A; backward for G, B) until the largest
-    change of f, Phi, G is below ``tol``; the result reports convergence.
+    change of f, Phi, G is below ``tol``; the result reports convergence. Strong coupling
+    (gamma0^2 L large) makes sweeps from the lazy start blow up, so for gamma0 > ``continuation``
+    the solver first solves at gamma0 / 2 (recursively) and starts from that solution.
     """
     _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
@@ -429,6 +432,16 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
     G = {L + 1: ones, **{l: ones.copy() for l in range(1, L + 1)}}
     A = {l: np.zeros((n, n)) for l in range(0, L)}
     B = {l: np.zeros((n, n)) for l in range(1, L + 1)}
+    if _start is None and continuation and gamma0 > continuation:
+        _start = deep_linear(kx, y, depth, gamma0 / 2, T, dt, damping, tol, maxiter, False, continuation)
+        if not _start.converged:
+            _start = None
+    if _start is not None:  # warm start from a solution at smaller gamma0
+        f = _start.f.copy()
+        for l in range(1, L + 1):
+            Phi[l], G[l] = _start.Phi[l].copy(), _start.G[l].copy()
+        for l in range(1, L):
+            A[l], B[l] = _start.A[l].copy(), _start.B[l].copy()
     g2 = gamma0 * gamma0
     eye = np.eye(n)
     converged, it, change = False, 0, np.inf
@@ -478,9 +491,10 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
         change = max(change, np.abs(fnew - old_f).max())
         fnew = _precondition_f(old_f, fnew, _equal_time_ntk(Phi, G, L, T1, P), dt)
         f = damping * old_f + (1 - damping) * fnew
-        if not np.all(np.isfinite(f)):
+        if not np.all(np.isfinite(f)) or not np.isfinite(change):
+            converged = False
             break
-        if change <= tol * (1 + np.abs(f).max()):
+        if change <= tol * (1 + np.abs(y).max()):
             converged = True
             break
     res = DeepResult(dt * np.arange(T1), f, Phi, G, A, B, L, P, gamma0, converged, it, float(change))
