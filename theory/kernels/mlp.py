@@ -136,9 +136,11 @@ class MLP:
         X1 = np.ascontiguousarray(X1, dtype=dtype)
         X2 = X1 if symmetric else np.ascontiguousarray(X2, dtype=dtype)
         d = X1.shape[1]
-        g1 = np.einsum("ij,ij->i", X1, X1, dtype=np.float64)
-        g2 = g1 if symmetric else np.einsum("ij,ij->i", X2, X2, dtype=np.float64)
         G = _gram(X1, X2, dtype)
+        # the diagonal variances come from the very Gram entries the recursion reads, so
+        # that c == q holds exactly there (an ulp apart, arccos would turn it into 1e-8)
+        g1 = np.diagonal(G).astype(np.float64) if symmetric else np.einsum("ij,ij->i", X1, X1, dtype=np.float64)
+        g2 = g1 if symmetric else np.einsum("ij,ij->i", X2, X2, dtype=np.float64)
         if self.activation.has_closed_form:
             return self._closed_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
         return self._numerical_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
