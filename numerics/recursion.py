@@ -14,13 +14,13 @@ first by the same compiled map, so diagonal entries are bit-identical to them.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import sympy as sp
 
 from limitlab.numerics import codegen
 
-_VERSION = "2"  # bump when the template changes: cached modules are keyed by it
 _q1, _q2, _c = sp.symbols("q1 q2 c", real=True)
 
 _TEMPLATE = '''
@@ -63,13 +63,46 @@ def recursion(G, q1, q2, inv_dim, w, b, beta, widths, standard, out_k, out_th, w
                 k = knew
             if want_k:
                 out_k[i, j] = k
-                if symmetric:
-                    out_k[j, i] = k
             if want_th:
                 out_th[i, j] = th
-                if symmetric:
-                    out_th[j, i] = th
+    # strided writes of the lower triangle inside the loop would miss cache on every entry:
+    # mirror it afterwards in cache-sized tiles instead
+    if symmetric:
+        if want_k:
+            mirror_upper(out_k)
+        if want_th:
+            mirror_upper(out_th)
+
+
+@nb.njit(parallel=True, cache=True)
+def mirror_upper(A):
+    n = A.shape[0]
+    B = 64
+    nb_ = (n + B - 1) // B
+    for bi in nb.prange(nb_):
+        i0 = bi * B
+        i1 = min(n, i0 + B)
+        for bj in range(bi, nb_):
+            j0 = bj * B
+            j1 = min(n, j0 + B)
+            for i in range(i0, i1):
+                for j in range(max(j0, i + 1), j1):
+                    A[j, i] = A[i, j]
 '''
+
+
+_CLIP = '''
+@nb.njit(cache=True, inline='always')
+def dualmap(q1, q2, c):
+    s = math.sqrt(q1 * q2)
+    # |c| within rounding of sqrt(q1 q2) means parallel inputs: snap, since arccos would turn
+    # an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
+    if q1 * q2 - c * c <= 16 * 2.220446049250313e-16 * q1 * q2:
+        c = s if c > 0 else -s
+    return _dualmap_raw(q1, q2, c)
+'''
+# cached modules are keyed by the templates' text, so editing them invalidates the cache
+_VERSION = hashlib.sha256((_CLIP + _TEMPLATE).encode()).hexdigest()[:8]
 
 
 def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequence[sp.Symbol] = (_q1, _q2, _c),
@@ -88,15 +121,6 @@ def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequenc
     cc = sp.Symbol("cc", real=True)
     src = codegen.scalar_function_source("_dualmap_raw", [q1, q2, cc],
                                          [nngp_map.subs(c, cc), ntk_map.subs(c, cc)])
-    clip = '''
-@nb.njit(cache=True, inline='always')
-def dualmap(q1, q2, c):
-    s = math.sqrt(q1 * q2)
-    if c > s:
-        c = s
-    elif c < -s:
-        c = -s
-    return _dualmap_raw(q1, q2, c)
-'''
-    return codegen.compile_module(src + "\n" + clip + _TEMPLATE, tag="dual",
+
+    return codegen.compile_module(src + "\n" + _CLIP + _TEMPLATE, tag="dual",
                                   alias=None if cache_key is None else f"dual_{_VERSION}_{cache_key}")
