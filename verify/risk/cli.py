@@ -186,11 +186,16 @@ def _random_features(args):
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test risk")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(stem + ".png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        _save_figure(plt, fig, stem, paths)
     return paths
+
+
+def _save_figure(plt, fig, stem, paths):
+    """Write the figure beside the CSV and record its path."""
+    fig.tight_layout()
+    paths.append(stem + ".png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
 
 
 def _linear_ridge(args):
@@ -211,10 +216,7 @@ def _linear_ridge(args):
         ax.set_ylabel("risk")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(stem + ".png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        _save_figure(plt, fig, stem, paths)
     return paths
 
 
@@ -261,10 +263,7 @@ def _kernel_ridge(args):
         ax.set_ylabel("excess test risk")
         ax.set_title(f"{args.kernel.upper()} of depth-{args.depth} {args.activation} MLP on S^{args.d - 1}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(stem + ".png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        _save_figure(plt, fig, stem, paths)
     return paths
 
 
