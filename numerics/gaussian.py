@@ -261,6 +261,8 @@ def mehler_dual(phi, dphi, q1, q2, C, kinks=(0.0,), K: int = 256, tol: float = 1
     q1 = np.ascontiguousarray(q1, dtype=float)
     q2 = np.ascontiguousarray(q2, dtype=float)
     C = np.ascontiguousarray(C, dtype=float)
+    if tables is None:
+        K = _terms_needed(C, q1, q2, K, tol, symmetric)
     tab1 = tables[0] if tables else _unique_tables(phi, dphi, q1, K, kinks)
     tab2 = tab1 if symmetric else (tables[1] if tables else _unique_tables(phi, dphi, q2, K, kinks))
     out0 = np.empty(C.shape)
@@ -276,6 +278,24 @@ def mehler_dual(phi, dphi, q1, q2, C, kinks=(0.0,), K: int = 256, tol: float = 1
         if symmetric:
             out0[j, i], out1[j, i] = v0, v1
     return out0, out1
+
+
+def _terms_needed(C, q1, q2, K, tol, symmetric):
+    """Fewest Mehler terms with |rho_max|^K <= tol over the off-diagonal entries (at most K).
+
+    The tail bound is still checked per entry; entries it fails go to nested quadrature, so
+    this only trims table work when correlations are small (e.g. random high-dimensional data).
+    """
+    rho = np.abs(C) / np.sqrt(np.outer(q1, q2))
+    if symmetric:
+        np.fill_diagonal(rho, 0.0)
+    r = float(np.max(rho, initial=0.0))
+    if r >= 1.0 or not np.isfinite(r):
+        return K
+    if r == 0.0:
+        return min(K, 16)
+    # the Cauchy-Schwarz tail is |rho|^K times at most the full scale: a few spare terms
+    return int(min(K, max(16, math.ceil(math.log(tol) / math.log(r)) + 4)))
 
 
 def _unique_tables(phi, dphi, q, K, kinks):
