@@ -30,11 +30,6 @@ def cache_dir() -> Path:
     return d
 
 
-class _Printer(PythonCodePrinter):
-    def _print_Function(self, expr):  # unknown functions are a bug upstream, not silent text
-        return super()._print_Function(expr)
-
-
 def stable_angles(expr: sp.Expr) -> sp.Expr:
     """acos(c/sqrt(q1 q2)) -> atan2(sqrt(q1 q2 - c^2), c), and asin alike: no NaN at |rho| = 1 + eps."""
     def _acos(arg):
@@ -63,7 +58,7 @@ def _machine_numbers(expr: sp.Expr) -> sp.Expr:
 def scalar_function_source(name: str, args: Sequence[sp.Symbol], exprs: Sequence[sp.Expr],
                            decorator: str = "@nb.njit(cache=True, inline='always')") -> str:
     """Source of a scalar Numba function returning ``exprs`` (a tuple if several), with CSE."""
-    printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
+    printer = PythonCodePrinter({"fully_qualified_modules": True, "standard": "python3"})
     exprs = [_machine_numbers(stable_angles(sp.sympify(e))) for e in exprs]
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
     lines = [f"{decorator}", f"def {name}({', '.join(map(str, args))}):"]

@@ -133,7 +133,6 @@ class Activation:
         }
         mapping["erf"] = lambda t: arrays.erf(t, xp)
         mapping["Abs"] = xp.abs
-        mapping["select"] = None
         f = sp.lambdify(x, _piecewise_to_where(expr), modules=[mapping, {"where": xp.where, "pi": math.pi}])
         return lambda z: f(z) + xp.zeros_like(z)  # constants broadcast to z's shape
 
@@ -193,9 +192,7 @@ def rectified_monomial(degree: int) -> Activation:
         ntk = n ** 2 * (q1_ * q2_) ** sp.Rational(n - 1, 2) * _arccos_J(n - 1, th) / (2 * sp.pi)
         return nngp, ntk
 
-    expr = sp.Piecewise((x ** n, x > 0), (0, True)) if n else sp.Heaviside(x, 0)
-    if n == 0:
-        expr = sp.Piecewise((1, x > 0), (0, True))
+    expr = sp.Piecewise((x ** n if n else 1, x > 0), (0, True))
     return Activation(
         "step" if n == 0 else f"rectified_monomial({n})", expr, (n,), (0.0,),
         lambda z, xp: xp.where(z > 0, z ** n if n else 1.0 + 0.0 * z, 0.0 * z),

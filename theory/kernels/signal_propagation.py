@@ -61,9 +61,8 @@ def length_map(activation, q, weight_var=1.0, bias_var=0.0):
 
 def _q_star(act, w, b, q0=1.0, tol=1e-14, maxiter=20_000):
     w, b = np.broadcast_arrays(np.asarray(w, float), np.asarray(b, float))
-    res = fixed_point(lambda q: w * gaussian.expect(lambda t: act(t) ** 2, np.maximum(q, 0.0), act.kinks) + b,
-                      np.full(w.shape, float(q0)), tol=tol, maxiter=maxiter)
-    return res
+    return fixed_point(lambda q: length_map(act, np.maximum(q, 0.0), w, b), np.full(w.shape, float(q0)),
+                       tol=tol, maxiter=maxiter)
 
 
 def correlation_map(activation, c, q_star, weight_var=1.0, bias_var=0.0):
