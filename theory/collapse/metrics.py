@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
+from scipy import sparse as _sparse
 
 from limitlab.numerics import arrays
 
@@ -142,13 +143,22 @@ class CollapseAccumulator:
     """Streaming sufficient statistics of labelled features: per-class counts and means, the
     pooled within-class scatter (d x d) and per-class scatter traces.
 
-    Memory O(C d + d^2) whatever the number of samples. ``update`` takes any array-API
-    array (NumPy, torch, cupy, ...; copied to the host) and processes it in blocks of
-    ``chunk_size`` rows: each block is centred on its own class means in the input's
-    floating dtype (float32 stays float32 for the block Gram matrix, the expensive step)
-    and merged into float64 totals with Chan et al.'s pairwise formula, which avoids the
-    cancellation of the raw-moment formula E[hh^T] - mu mu^T.
+    Memory O(C d + d^2) whatever the number of samples (plus one ``chunk_size`` x d work
+    buffer in the input dtype, kept between calls). ``update`` takes any array-API array
+    (NumPy, torch, cupy, ...; copied to the host) and processes it in blocks of
+    ``chunk_size`` rows. Each block is centred on a per-class reference ``r_c`` in the
+    input's floating dtype (float32 stays float32 for the block Gram matrix, the expensive
+    step): the running class mean, or for a class not seen before its mean in the block.
+    With ``Z = X - r[y]``, the Gram matrix ``Z^T Z`` (one BLAS syrk), the class sums ``T``
+    (a sparse one-hot product, no sort) and the row norms give the block's class means
+    ``r + T/n_b`` and scatter ``Z^T Z - T^T diag(1/n_b) T`` (the shifted-data formula:
+    ``T/n_b`` is the small offset of the block mean from the reference, so nothing
+    cancels), merged into float64 totals with Chan et al.'s pairwise formula. The raw-moment
+    formula E[hh^T] - mu mu^T would cancel catastrophically near collapse, where the class
+    means dwarf the within-class spread.
     """
+
+    _ROWS_PER_TILE_BYTES = 1 << 20  # centring works through the block in cache-sized row tiles
 
     def __init__(self, num_classes: int, dim: int, *, chunk_size: int = 16384):
         self.num_classes = _check_int("num_classes", num_classes, 2)
@@ -158,6 +168,12 @@ class CollapseAccumulator:
         self.means = np.zeros((self.num_classes, self.dim))
         self.within_scatter = np.zeros((self.dim, self.dim))
         self.class_scatter = np.zeros(self.num_classes)  # traces: sum_i ||h_i - mu_c||^2 per class
+        self._work = None  # chunk_size x dim buffer for the centred block (input dtype)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_work"] = None
+        return state
 
     # -- accumulation ------------------------------------------------------------------
     def update(self, features, labels) -> "CollapseAccumulator":
@@ -167,33 +183,52 @@ class CollapseAccumulator:
             self._update_block(X[start:start + self.chunk_size], y[start:start + self.chunk_size])
         return self
 
+    def _buffer(self, rows, dtype):
+        w = self._work
+        if w is None or w.dtype != dtype or w.shape[0] < rows:
+            w = self._work = np.empty((rows, self.dim), dtype=dtype)
+        return w[:rows]
+
     def _update_block(self, X, y):
-        C = self.num_classes
+        C, d = self.num_classes, self.dim
+        n = X.shape[0]
+        if n == 0:
+            return
         nb = np.bincount(y, minlength=C)
         present = np.flatnonzero(nb)
-        bounds = np.concatenate(([0], np.cumsum(nb)))
-        order = np.argsort(y, kind="stable")
-        ys = y[order]
-        Xs = X[order]  # a copy, grouped by class, in the input dtype
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite input is reported below
-            sums = np.add.reduceat(Xs, bounds[present], axis=0).astype(np.float64)
-            block_means = np.zeros((C, self.dim))
-            block_means[present] = sums / nb[present, None]
-            bm = block_means.astype(X.dtype)
-            for c in present:  # centre each class's contiguous rows on the block's class mean
-                Xs[bounds[c]:bounds[c + 1]] -= bm[c]
-            gram = Xs.T @ Xs  # the expensive step (BLAS, input dtype)
-            ss = np.bincount(ys, weights=np.einsum("ij,ij->i", Xs, Xs), minlength=C)
-        if not (np.isfinite(sums).all() and np.isfinite(gram.diagonal()).all()):
+        onehot = _sparse.csr_array((np.ones(n, dtype=X.dtype), (y, np.arange(n))), shape=(C, n))
+        Z = self._buffer(n, X.dtype)
+        tile = max(1, self._ROWS_PER_TILE_BYTES // (d * X.itemsize))
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite input is reported below
+            # per-class reference: the running mean (float64 -> input dtype), or for a class
+            # not seen before its mean in this block, computed in the input dtype (any
+            # rounding there is corrected exactly by the class sums of Z below)
+            ref = self.means.astype(X.dtype)
+            new = present[self.counts[present] == 0]
+            if new.size:
+                ref[new] = (onehot[new] @ X) / nb[new, None].astype(X.dtype)
+            for s in range(0, n, tile):  # Z = X - ref[y], a tile at a time (the gather stays in cache)
+                np.subtract(X[s:s + tile], ref[y[s:s + tile]], out=Z[s:s + tile])
+            gram = Z.T @ Z  # the expensive step: BLAS syrk in the input dtype
+            T = np.asarray(onehot @ Z, dtype=np.float64)  # class sums of Z: O(n d), no sort
+            ss = np.bincount(y, weights=np.einsum("ij,ij->i", Z, Z), minlength=C)
+        if not (np.isfinite(T).all() and np.isfinite(gram.diagonal()).all()):
             _check_features(X)  # locate the non-finite entry for the message
             raise ValueError("features: values overflow the squared-norm accumulation")
+        # block statistics relative to the reference, in float64
+        Tp = T[present]
+        nbp = nb[present].astype(np.float64)
+        offset = Tp / nbp[:, None]  # block mean - reference
         # Chan-Golub-LeVeque merge of (counts, means, scatter) with the block's
         na = self.counts[present].astype(np.float64)
-        nbp = nb[present].astype(np.float64)
-        delta = block_means[present] - self.means[present]
+        delta = (ref[present].astype(np.float64) - self.means[present]) + offset  # block mean - running mean
         w = na * nbp / (na + nbp)
-        self.within_scatter += gram.astype(np.float64) + (delta * w[:, None]).T @ delta
-        self.class_scatter[present] += ss[present] + w * np.einsum("ij,ij->i", delta, delta)
+        # block scatter about its means = Z^T Z - sum_c n_c offset_c offset_c^T; plus the merge term
+        A = np.concatenate((Tp / np.sqrt(nbp)[:, None], delta * np.sqrt(w)[:, None]))
+        B = np.concatenate((-A[:present.size], A[present.size:]))
+        self.within_scatter += gram.astype(np.float64) + B.T @ A
+        self.class_scatter[present] += (ss[present] - nbp * np.einsum("ij,ij->i", offset, offset)
+                                        + w * np.einsum("ij,ij->i", delta, delta))
         self.means[present] += delta * (nbp / (na + nbp))[:, None]
         self.counts += nb
 
@@ -333,7 +368,11 @@ class NCCAgreement:
     """Second pass for NC4: counts disagreements between the classifier's prediction
     argmax(W h + b) and the nearest-class-centre rule argmin ||h - mu_c||
     (Papyan et al. 2020, Fig. 7). ``average``: ``samples`` (Papyan) or ``classes``
-    (mean of per-class rates, as rhubarbwu/neural-collapse)."""
+    (mean of per-class rates, as rhubarbwu/neural-collapse).
+
+    Both rules come from one matrix product per block with the stacked (d x 2C) matrix
+    ``[W^T | (mu - g)^T]`` in the input dtype (nearest centre as argmax of
+    ``h.(mu_c - g) - g.(mu_c - g) - |mu_c - g|^2/2``, ``g`` the mean of the class means)."""
 
     def __init__(self, class_means, classifier, bias=None, *, chunk_size: int = 16384):
         mu = _check_features(class_means)
@@ -349,25 +388,41 @@ class NCCAgreement:
         self.chunk_size = _check_int("chunk_size", chunk_size, 1)
         self.mismatch = np.zeros(self.num_classes, dtype=np.int64)
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
+        self._stack = None
 
     def update(self, features, labels) -> "NCCAgreement":
         X = _check_features(features, self.dim, finite=False)
         y = _check_labels(labels, X.shape[0], self.num_classes)
-        W, mu, b = (a.astype(X.dtype) for a in (self.W, self.means, self.b))
-        half_sq = 0.5 * np.einsum("ij,ij->i", mu, mu)
+        C = self.num_classes
+        S, off = self._stacked(X.dtype)
         for s in range(0, X.shape[0], self.chunk_size):
             Xb = X[s:s + self.chunk_size]
             yb = y[s:s + self.chunk_size]
             with np.errstate(invalid="ignore", over="ignore"):
-                logits = Xb @ W.T + b
-                ncc = Xb @ mu.T - half_sq  # argmax of this = argmin ||h - mu||^2
-            if not (np.isfinite(logits).all() and np.isfinite(ncc).all()):
+                scores = Xb @ S  # one GEMM: [W h | M h] for the whole block
+                scores += off
+                total = scores.sum()  # one read; non-finite only if some score is (or the sum overflows)
+            if not np.isfinite(total) and not np.isfinite(scores).all():
                 _check_features(Xb)
                 raise ValueError("features: values overflow the classifier scores")
-            mism = np.argmax(logits, axis=1) != np.argmax(ncc, axis=1)
-            self.mismatch += np.bincount(yb, weights=mism, minlength=self.num_classes).astype(np.int64)
-            self.counts += np.bincount(yb, minlength=self.num_classes)
+            mism = np.argmax(scores[:, :C], axis=1) != np.argmax(scores[:, C:], axis=1)
+            self.mismatch += np.bincount(yb[mism], minlength=C)
+            self.counts += np.bincount(yb, minlength=C)
         return self
+
+    def _stacked(self, dtype):
+        """(d x 2C) matrix [W^T | M^T] and offsets [b | -g.M_c - |M_c|^2/2], M = mu - g, g the
+        mean of the class means: argmax_c (h.M_c - g.M_c - |M_c|^2/2) = argmin_c ||h - mu_c||^2
+        (the terms dropped do not depend on c). Centring the means on g keeps the products
+        small when the features share a large offset. Offsets are formed in float64."""
+        key = np.dtype(dtype)
+        if self._stack is None or self._stack[0] != key:
+            g = self.means.mean(axis=0)
+            M = self.means - g
+            off = np.concatenate((self.b, -(M @ g) - 0.5 * np.einsum("ij,ij->i", M, M)))
+            S = np.ascontiguousarray(np.concatenate((self.W, M)).T, dtype=key)
+            self._stack = (key, S, off.astype(key))
+        return self._stack[1], self._stack[2]
 
     def value(self, average: str = "samples") -> float:
         _check_choice("nc4 average", average, _AVERAGES)
