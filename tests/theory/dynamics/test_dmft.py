@@ -113,10 +113,91 @@ def test_deep_single_site_one_layer_agrees_with_two_layer_solver():
 
 def test_convergence_is_reported_and_strict_mode_raises():
     _, kx, y = _data()
-    r = dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1)
+    r = dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, method="picard")
     assert not r.converged and r.iterations == 1
     with pytest.raises(ConvergenceError):
-        dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, strict=True)
+        dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, strict=True, method="picard")
+    # the march has no iteration: it reports non-finite values (here gradient descent with dt far above
+    # 2 / lambda_max of the NTK diverges)
+    r = dmft.deep_linear(kx, y, 3, 1.0, 200, 2.0)
+    assert not r.converged and not np.all(np.isfinite(r.f))
+    with pytest.raises(ConvergenceError):
+        dmft.deep_linear(kx, y, 3, 1.0, 200, 2.0, strict=True)
+
+
+@pytest.mark.parametrize("depth,gamma0", [(2, 0.5), (2, 1.0), (3, 0.5), (3, 1.0), (3, 1.5)])
+def test_deep_linear_march_equals_the_picard_reference(depth, gamma0):
+    # Two solvers of the same closed equations: the reference iterates to a change below 1e-10 per sweep
+    # (contracting, so within ~1e-10 of its fixed point) and the march is exact up to rounding (~1e-13
+    # measured); 1e-8 leaves two decades for both. gamma0 = 1.5 at depth 3 is the strong-coupling case
+    # (the reference needs its continuation in gamma0 there).
+    _, kx, y = _data()
+    T, dt = 10, 0.05
+    ref = dmft.deep_linear(kx, y, depth, gamma0, T, dt, method="picard")
+    new = dmft.deep_linear(kx, y, depth, gamma0, T, dt)
+    assert ref.converged and new.converged and new.iterations == 1 and new.residual < 1e-12
+    np.testing.assert_allclose(new.f, ref.f, rtol=0, atol=1e-8)
+    for name in ("Phi", "G", "A", "B"):
+        a, b = getattr(new, name), getattr(ref, name)
+        assert sorted(a) == sorted(b)
+        for layer in b:
+            np.testing.assert_allclose(a[layer], b[layer], rtol=0, atol=1e-8, err_msg=f"{name}[{layer}]")
+    np.testing.assert_allclose(new.ntk(T), ref.ntk(T), rtol=0, atol=1e-8)
+
+
+def test_deep_linear_march_lazy_limit_is_exact_and_matrices_are_built_on_demand():
+    _, kx, y = _data()
+    L, T, dt = 2, 15, 0.1
+    r = dmft.deep_linear(kx, y, L, 0.0, T, dt)
+    np.testing.assert_allclose(r.f, dmft.lazy_prediction((L + 1) * kx, y, T, dt), rtol=0, atol=1e-13)
+    r = dmft.deep_linear(kx, y, L, 1.0, T, dt)
+    assert list(r.Phi) == [0, 1, 2] and list(r.G) == [1, 2, 3] and list(r.A) == [0, 1] and list(r.B) == [1, 2]
+    assert r.Phi[2] is r.Phi[2]  # built once, then kept
+    np.testing.assert_allclose(r.Phi[2], r.Phi[2].T, atol=1e-13)
+    # compact G is G^l(t, s) without the sample axes (gradients of a linear network do not depend on the sample)
+    np.testing.assert_allclose(r.G[1], np.kron(r.extra["compact"]["G"][1], np.ones((y.size, y.size))))
+
+
+def _train_mup_deep_linear(X, y, depth, gamma0, T, dt, N, seed, sign):
+    """Finite muP deep linear network of the module docstring, gradient descent of step dt (all layers updated
+    from the same pre-step weights); f at steps 0..T. ``sign`` flips the readout (antithetic pairs cancel f_0)."""
+    rng = np.random.default_rng(seed)
+    P, D = X.shape
+    W = [rng.standard_normal((N, D))] + [rng.standard_normal((N, N)) for _ in range(depth - 1)]
+    w = sign * rng.standard_normal(N)
+    f = np.zeros((T + 1, P))
+    for k in range(T + 1):
+        H = [W[0] @ X.T / np.sqrt(D)]
+        for l in range(1, depth):
+            H.append(W[l] @ H[-1] / np.sqrt(N))
+        f[k] = w @ H[-1] / (gamma0 * N)
+        if k == T:
+            return f
+        delta = y - f[k]
+        g = [w]
+        for l in range(depth - 1, 0, -1):  # g^l = W^l^T g^{l+1} / sqrt(N)
+            g.insert(0, W[l].T @ g[0] / np.sqrt(N))
+        w = w + dt * gamma0 * H[-1] @ delta
+        for l in range(1, depth):
+            W[l] += (dt * gamma0 / np.sqrt(N)) * np.outer(g[l], H[l - 1] @ delta)
+        W[0] += (dt * gamma0 / np.sqrt(D)) * np.outer(g[0], X.T @ delta)
+
+
+@pytest.mark.slow
+def test_deep_linear_strong_coupling_agrees_with_finite_width_networks():
+    # depth 3, gamma0 = 3: the reference Picard iteration overflows here (non-finite after two sweeps);
+    # the march is direct. 16 antithetic pairs of width-512 networks: standard error ~1e-3 at the last step
+    # (4e-3 at early steps, where f_0 = O(1 / (gamma0 sqrt N)) noise dominates); the rich solution is 0.49 from lazy.
+    X, kx, y = _data()
+    L, g, T, dt = 3, 3.0, 20, 0.05
+    r = dmft.deep_linear(kx, y, L, g, T, dt)
+    assert r.converged
+    runs = np.array([[_train_mup_deep_linear(X, y, L, g, T, dt, 512, s, sg) for sg in (1.0, -1.0)] for s in range(16)])
+    pairs = runs.mean(axis=1)
+    err = np.abs(pairs.mean(axis=0) - r.f)
+    se = pairs.std(axis=0, ddof=1) / np.sqrt(pairs.shape[0])
+    assert np.all(err <= 4 * se + 2e-3)
+    assert err[-1].max() < 5e-3 < 0.1 < np.abs(r.f - dmft.lazy_prediction((L + 1) * kx, y, T, dt)).max()
 
 
 def test_bad_inputs_raise_clear_errors():
