@@ -3,10 +3,12 @@
 Targets (issue 4): two-layer tanh, P = 16, T = 200, 1e5 single sites: < 5 s on 2 cores;
 deep linear, depth 5, P = 20, T = 100: < 5 s. The reference method (Bordelon & Pehlevan
 2022) costs O(P^3 T^3) per iteration. Ours: two-layer O(samples P^2 T) (no outer loop);
-deep linear O(L (P T)^3) per sweep, ~10 sweeps with the quasi-Newton output update.
-Prints CPU-seconds next to wall seconds (the machine may be shared). On a loaded machine set
-OPENBLAS_NUM_THREADS=1: oversubscribed BLAS threads made the deep-linear sweeps 15x slower.
-``--full`` also runs deep linear at T = 100 (minutes); by default it is extrapolated.
+deep linear: one causal pass over time in compact form, O(L P T^3) (``method="march"``);
+the reference damped Picard sweeps (``method="picard"``, O(L (P T)^3) per sweep) are timed at
+T = 10, 20 (``--full``: also 40) and extrapolated. Times are the minimum of repeats; CPU-seconds are
+printed next to wall seconds (the machine may be shared). On a loaded machine set
+OPENBLAS_NUM_THREADS=1: oversubscribed BLAS threads made the Picard sweeps 15x slower.
+``--deep-linear`` runs only the deep-linear part; ``--quick`` fewer sizes and repeats.
 """
 from __future__ import annotations
 
@@ -35,7 +37,13 @@ def slope(xs, ts):
     return float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
 
 
-def main(quick: bool = False, full: bool = False):
+def main(quick: bool = False, full: bool = False, deep_linear_only: bool = False):
+    if not deep_linear_only:
+        two_layer(quick)
+    deep_linear(quick, full)
+
+
+def two_layer(quick):
     kx, y = _data(16)
     dmft.two_layer(kx, y, "tanh", 1.0, 2, 0.05, samples=1000, seed=0)  # compile (cached on disk afterwards)
     S = 20_000 if quick else 100_000
@@ -46,25 +54,43 @@ def main(quick: bool = False, full: bool = False):
     tt = [timed(lambda: dmft.two_layer(kx, y, "tanh", 1.0, T, 0.05, samples=20_000, snapshots=2))[1] for T in Ts]
     print(f"  growth: time ~ P^{slope(Ps, tp):.2f} (reference P^3), T^{slope(Ts, tt):.2f} (reference T^3)")
 
-    kx, y = _data(20)
+
+def deep_linear(quick, full):
     L = 5
-    Ts = (10, 20) if quick else (10, 20, 40)
-    tt = []
-    for T in Ts:
-        r, wall, cpu = timed(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02))
-        tt.append(cpu)
-        print(f"deep linear L={L} P=20 T={T}: wall {wall:.2f} s, cpu {cpu:.2f} s, {r.iterations} sweeps, "
-              f"converged={r.converged}")
-    e = slope(Ts, tt)
-    print(f"  growth: cpu ~ T^{e:.2f} (reference T^3); extrapolated T=100: {tt[-1] * (100 / Ts[-1]) ** e:.0f} s "
-          f"cpu (target < 5 s)")
-    if full:
-        r, wall, cpu = timed(lambda: dmft.deep_linear(kx, y, L, 0.5, 100, 0.02))
-        print(f"deep linear L=5 P=20 T=100: wall {wall:.2f} s, cpu {cpu:.2f} s, {r.iterations} sweeps")
-    Ps = (5, 10, 20)
-    tp = [timed(lambda: dmft.deep_linear(kx[:P, :P], y[:P], L, 0.5, 10, 0.02))[2] for P in Ps]
-    print(f"  growth: cpu ~ P^{slope(Ps, tp):.2f} at T=10 (reference P^3)")
+    kx, y = _data(20)
+    dmft.deep_linear(kx, y, L, 0.5, 5, 0.02)  # warm-up (imports, BLAS start-up)
+    reps = 2 if quick else 5
+    runs = [timed(lambda: dmft.deep_linear(kx, y, L, 0.5, 100, 0.02)) for _ in range(reps)]
+    r = runs[-1][0]
+    wall, cpu = min(x[1] for x in runs), min(x[2] for x in runs)
+    print(f"deep linear (march) L={L} P=20 T=100 gamma0=0.5: wall {wall:.3f} s, cpu {cpu:.3f} s (min of {reps}; "
+          f"target < 5 s), finite={r.converged}, residual {r.residual:.1e}")
+    _, wall_m, cpu_m = timed(lambda: [r.Phi[L], r.A[L - 1], r.B[1], r.G[1]])
+    print(f"  + building every full ((T+1)P)^2 matrix Phi, G, A, B on first access: wall {wall_m:.2f} s, "
+          f"cpu {cpu_m:.2f} s")
+
+    def best(fn, k=3):
+        return min(timed(fn)[1] for _ in range(k))
+
+    Ts = (25, 50, 100) if quick else (25, 50, 100, 200, 400)
+    tt = [best(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02)) for T in Ts]
+    Ps = (5, 10, 20, 40) if not quick else (5, 10, 20)
+    tp = [best(lambda: dmft.deep_linear(*_data(P), L, 0.5, 100, 0.02)) for P in Ps]
+    print("  march wall s by T (P=20): " + ", ".join(f"T={T}: {t:.3f}" for T, t in zip(Ts, tt)))
+    print("  march wall s by P (T=100): " + ", ".join(f"P={P}: {t:.3f}" for P, t in zip(Ps, tp)))
+    print(f"  growth: time ~ T^{slope(Ts[-3:], tt[-3:]):.2f} (largest three T), P^{slope(Ps, tp):.2f}; "
+          f"algorithm O(L P T^3), reference O(P^3 T^3) per sweep")
+    # the reference solver (method="picard") on the same problem at small T
+    Tr = (10, 20) if quick or not full else (10, 20, 40)
+    tr = []
+    for T in Tr:
+        rr, wall, cpu = timed(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02, method="picard"))
+        tr.append(wall)
+        tm = best(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02))
+        print(f"  reference picard T={T}: wall {wall:.2f} s, {rr.iterations} sweeps (march {tm:.4f} s)")
+    e = slope(Tr, tr)
+    print(f"  reference growth T^{e:.2f}; extrapolated to T=100: {tr[-1] * (100 / Tr[-1]) ** e:.0f} s")
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv, full="--full" in sys.argv)
+    main(quick="--quick" in sys.argv, full="--full" in sys.argv, deep_linear_only="--deep-linear" in sys.argv)

@@ -343,7 +343,9 @@ class DeepResult:
     ``f`` (T+1, P); ``Phi[l]``, ``G[l]`` for l = 1..L as ((T+1) P x (T+1) P) matrices in
     time-major order (index t * P + mu), with ``Phi[0] = K^x`` and ``G[L+1] = 1`` added for
     the NTK; ``A[l]``, ``B[l]`` the discrete response operators; ``ntk(t, s)`` gives
-    K(t, s) = sum_l G^{l+1}(t, s) * Phi^l(t, s); ``solver`` the fixed-point report.
+    K(t, s) = sum_l G^{l+1}(t, s) * Phi^l(t, s); ``solver`` the fixed-point report. From the
+    marching deep-linear solver ``Phi``, ``G``, ``A``, ``B`` are read-only mappings {layer: matrix}
+    that build each matrix on first access; ``extra`` says which method made the result.
     """
 
     times: np.ndarray
