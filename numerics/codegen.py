@@ -19,9 +19,14 @@ from typing import Sequence
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from limitlab.numerics import vecmath
+
 __all__ = ["cache_dir", "scalar_function_source", "compile_module", "stable_angles"]
 
 _MODULES: dict = {}
+# generated modules inline vecmath's functions into their cached machine code: its source
+# hash is part of their text, so a change there recompiles them
+_VECMATH = hashlib.sha256(Path(vecmath.__file__).read_bytes()).hexdigest()[:12]
 
 
 def cache_dir() -> Path:
@@ -55,10 +60,24 @@ def _machine_numbers(expr: sp.Expr) -> sp.Expr:
     return expr.xreplace(big) if big else expr
 
 
+class _Printer(PythonCodePrinter):
+    """Arctangents go to :mod:`limitlab.numerics.vecmath` (libm calls would block SIMD)."""
+
+    def _print_atan2(self, e):
+        return f"_atan2({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_atan(self, e):
+        return f"_atan({self._print(e.args[0])})"
+
+
 def scalar_function_source(name: str, args: Sequence[sp.Symbol], exprs: Sequence[sp.Expr],
-                           decorator: str = "@nb.njit(cache=True, inline='always')") -> str:
-    """Source of a scalar Numba function returning ``exprs`` (a tuple if several), with CSE."""
-    printer = PythonCodePrinter({"fully_qualified_modules": True, "standard": "python3"})
+                           decorator: str = "@nb.njit(cache=True, inline='always', error_model='numpy')") -> str:
+    """Source of a scalar Numba function returning ``exprs`` (a tuple if several), with CSE.
+
+    ``error_model='numpy'``: a division must not carry a ZeroDivisionError branch, which
+    would keep the loops it is inlined into from vectorizing; callers check finiteness.
+    """
+    printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
     exprs = [_machine_numbers(stable_angles(sp.sympify(e))) for e in exprs]
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
     lines = [f"{decorator}", f"def {name}({', '.join(map(str, args))}):"]
@@ -99,13 +118,19 @@ def _atomic_write(path: Path, text: str):
     os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
 
 
+def header() -> str:
+    """The imports every generated module starts with (part of its cache key)."""
+    return ("import math\nimport numba as nb\nimport numpy as np\n"
+            "from limitlab.numerics.vecmath import atan as _atan, atan2 as _atan2\n"
+            f"# vecmath {_VECMATH}\n\n")
+
+
 def compile_module(source: str, tag: str = "kernel", alias: str = None):
     """Import generated ``source`` as a module (memory cache by hash; Numba disk cache beside it).
 
     ``alias`` records the module under a caller's key so :func:`load_cached` finds it later.
     """
-    header = "import math\nimport numba as nb\nimport numpy as np\n\n"
-    full = header + textwrap.dedent(source)
+    full = header() + textwrap.dedent(source)
     key = hashlib.sha256(full.encode()).hexdigest()[:20]
     if key in _MODULES:
         return _MODULES[key]

@@ -25,46 +25,86 @@ _q1, _q2, _c = sp.symbols("q1 q2 c", real=True)
 
 _TEMPLATE = '''
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model='numpy')
 def diagonal(g, inv_dim, w, b, L):
-    """q[l, i]: variance of the pre-activations of layer l+1 at input i."""
+    # q[l, i]: variance of the pre-activations of layer l+1 at input i
     n = g.shape[0]
     q = np.empty((L, n))
     for i in range(n):
         k = w[0] * g[i] * inv_dim + b[0]
         q[0, i] = k
         for l in range(1, L):
-            a, _ = dualmap(k, k, k)
+            s = math.sqrt(k)
+            # c = s*s, exactly what `layer` snaps a diagonal entry to: the same arithmetic
+            # makes diagonal entries bit-identical to q
+            a, _ = _dualmap_raw(s, s, s * s)
             k = w[l] * a + b[l]
             q[l, i] = k
     return q
 
 
+@nb.njit(cache=True, error_model='numpy')
+def layer(k, th, s1, s2, w, b, u, v):
+    # one layer along a row: k <- w A + b, th <- u A + v + w Adot th; branch-free, so LLVM
+    # vectorizes it (no float reduction in here either: that needs reassociation)
+    for j in range(k.shape[0]):
+        c = k[j]
+        t = s1 * s2[j]
+        tt = t * t
+        # |c| within rounding of sqrt(q1 q2) means parallel inputs: snap, since arccos
+        # would turn an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
+        near = tt - c * c <= 16 * 2.220446049250313e-16 * tt
+        c = (t if c > 0 else -t) if near else c
+        a, adot = _dualmap_raw(s1, s2[j], c)
+        kn = w * a + b
+        h = u * a + v + w * adot * th[j]
+        th[j] = h
+        k[j] = kn
+
+
+@nb.njit(cache=True, error_model='numpy')
+def row(G, i, j0, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th):
+    # the whole recursion for entries (i, j0:) of G; returns the non-finite sentinel
+    m = G.shape[1] - j0
+    k = np.empty(m)
+    th = np.empty(m)
+    for j in range(m):
+        g = G[i, j0 + j]
+        k[j] = w[0] * g * inv_dim + b[0]
+        th[j] = x0 * g + y0
+    for l in range(s1.shape[0]):
+        layer(k, th, s1[l, i], s2[l, j0:], w[l + 1], b[l + 1], u[l], v[l])
+    # NaN propagates through the layers, so checking the final values finds it (an integer
+    # OR reduction, which vectorizes)
+    bad = 0
+    if want_k:
+        for j in range(m):
+            out_k[i, j0 + j] = k[j]
+            bad |= not abs(k[j]) < np.inf
+    if want_th:
+        for j in range(m):
+            out_th[i, j0 + j] = th[j]
+            bad |= not abs(th[j]) < np.inf
+    return bad
+
+
 @nb.njit(parallel=True, cache=True)
-def recursion(G, q1, q2, inv_dim, w, b, beta, widths, standard, out_k, out_th, want_k, want_th, symmetric):
-    L = q1.shape[0]
-    n1, n2 = G.shape
-    for i in nb.prange(n1):
-        j0 = i if symmetric else 0
-        for j in range(j0, n2):
-            g = G[i, j]
-            k = w[0] * g * inv_dim + b[0]
-            if standard:
-                th = g + beta[0]
-            else:
-                th = k
-            for l in range(L):
-                a, adot = dualmap(q1[l, i], q2[l, j], k)
-                knew = w[l + 1] * a + b[l + 1]
-                if standard:
-                    th = widths[l] * a + beta[l + 1] + w[l + 1] * adot * th
-                else:
-                    th = knew + w[l + 1] * adot * th
-                k = knew
-            if want_k:
-                out_k[i, j] = k
-            if want_th:
-                out_th[i, j] = th
+def recursion(G, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th, symmetric):
+    # rows of G (upper triangle only when symmetric) -> outputs; returns the rows whose
+    # recursion produced a non-finite value (empty when none)
+    n1 = G.shape[0]
+    flags = np.zeros(n1, dtype=np.int64)
+    if symmetric:
+        # pair row p with row n-1-p so every task has n+1 entries (prange splits the range
+        # evenly, and the triangle's rows shrink)
+        for p in nb.prange((n1 + 1) // 2):
+            flags[p] = row(G, p, p, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
+            i = n1 - 1 - p
+            if i != p:
+                flags[i] = row(G, i, i, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
+    else:
+        for i in nb.prange(n1):
+            flags[i] = row(G, i, 0, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
     # strided writes of the lower triangle inside the loop would miss cache on every entry:
     # mirror it afterwards in cache-sized tiles instead
     if symmetric:
@@ -72,6 +112,7 @@ def recursion(G, q1, q2, inv_dim, w, b, beta, widths, standard, out_k, out_th, w
             mirror_upper(out_k)
         if want_th:
             mirror_upper(out_th)
+    return np.nonzero(flags != 0)[0]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -89,20 +130,17 @@ def mirror_upper(A):
                 for j in range(max(j0, i + 1), j1):
                     A[j, i] = A[i, j]
 '''
-
-
-_CLIP = '''
-@nb.njit(cache=True, inline='always')
-def dualmap(q1, q2, c):
-    s = math.sqrt(q1 * q2)
-    # |c| within rounding of sqrt(q1 q2) means parallel inputs: snap, since arccos would turn
-    # an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
-    if q1 * q2 - c * c <= 16 * 2.220446049250313e-16 * q1 * q2:
-        c = s if c > 0 else -s
-    return _dualmap_raw(q1, q2, c)
-'''
 # cached modules are keyed by the templates' text, so editing them invalidates the cache
-_VERSION = hashlib.sha256((_CLIP + _TEMPLATE).encode()).hexdigest()[:8]
+_VERSION = hashlib.sha256((_TEMPLATE + codegen.header()).encode()).hexdigest()[:8]
+
+
+def _split_roots(expr: sp.Expr) -> sp.Expr:
+    '''sqrt(1 - c^2/(s1^2 s2^2)) -> sqrt(s1^2 s2^2 - c^2)/(s1 s2): the same root as the
+    angle's, which common-subexpression elimination then computes once.'''
+    def split(p):
+        num, den = sp.together(p.base).as_numer_denom()
+        return p if den == 1 else sp.Pow(num, p.exp) / sp.Pow(den, p.exp)
+    return expr.replace(lambda p: p.is_Pow and p.base.is_Add and p.exp.is_Rational and p.exp.q == 2, split)
 
 
 def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequence[sp.Symbol] = (_q1, _q2, _c),
@@ -117,10 +155,12 @@ def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequenc
         if mod is not None:
             return mod
     q1, q2, c = symbols
-    # clip the covariance to the Cauchy-Schwarz range: rounding can push |c| past sqrt(q1 q2)
+    # the kernel takes standard deviations s = sqrt(q), computed once per input and layer,
+    # rather than a sqrt(q1 q2) per entry
+    s1, s2 = sp.symbols("s1 s2", positive=True)
     cc = sp.Symbol("cc", real=True)
-    src = codegen.scalar_function_source("_dualmap_raw", [q1, q2, cc],
-                                         [nngp_map.subs(c, cc), ntk_map.subs(c, cc)])
-
-    return codegen.compile_module(src + "\n" + _CLIP + _TEMPLATE, tag="dual",
+    sub = {q1: s1 ** 2, q2: s2 ** 2, c: cc}
+    src = codegen.scalar_function_source("_dualmap_raw", [s1, s2, cc],
+                                         [_split_roots(nngp_map.subs(sub)), _split_roots(ntk_map.subs(sub))])
+    return codegen.compile_module(src + "\n" + _TEMPLATE, tag="dual",
                                   alias=None if cache_key is None else f"dual_{_VERSION}_{cache_key}")

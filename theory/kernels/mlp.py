@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
+import scipy.linalg.blas
 import sympy as sp
 
 from limitlab.numerics import gaussian, recursion
@@ -136,12 +137,14 @@ class MLP:
         X1 = np.ascontiguousarray(X1, dtype=dtype)
         X2 = X1 if symmetric else np.ascontiguousarray(X2, dtype=dtype)
         d = X1.shape[1]
-        G = _gram(X1, X2, dtype)
+        closed = self.activation.has_closed_form
+        # the compiled recursion reads only the upper triangle of a symmetric Gram matrix
+        G = _gram(X1, X2, dtype, upper_only=closed)
         # the diagonal variances come from the very Gram entries the recursion reads, so
         # that c == q holds exactly there (an ulp apart, arccos would turn it into 1e-8)
         g1 = np.diagonal(G).astype(np.float64) if symmetric else np.einsum("ij,ij->i", X1, X1, dtype=np.float64)
         g2 = g1 if symmetric else np.einsum("ij,ij->i", X2, X2, dtype=np.float64)
-        if self.activation.has_closed_form:
+        if closed:
             return self._closed_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
         return self._numerical_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
 
@@ -163,14 +166,26 @@ class MLP:
     def _closed_kernels(self, G, g1, g2, inv_dim, widths, symmetric, want_k, want_th, dtype):
         mod = self._compiled()
         L = self.depth
-        q1 = mod.diagonal(g1, inv_dim, self._w, self._b, L)
-        q2 = q1 if symmetric else mod.diagonal(g2, inv_dim, self._w, self._b, L)
-        # the Gram buffer becomes the first requested output: its entry is read before written
+        w, b = self._w, self._b
+        s1 = np.sqrt(mod.diagonal(g1, inv_dim, w, b, L))
+        s2 = s1 if symmetric else np.sqrt(mod.diagonal(g2, inv_dim, w, b, L))
+        # Theta^1 = x0 g + y0 and Theta^{l+1} = u_l A + v_l + w_l Adot Theta^l in both parametrizations
+        if self.parametrization == "standard":
+            x0, y0, u, v = 1.0, self._beta[0], widths.astype(float), self._beta[1:]
+        else:
+            x0, y0, u, v = w[0] * inv_dim, b[0], w[1:], b[1:]
+        # the Gram buffer becomes the first requested output: its row is read before written
         out_th = G if want_th else None
         out_k = (G if not want_th else np.empty_like(G)) if want_k else None
         dummy = np.empty((0, 0), dtype=G.dtype)
-        mod.recursion(G, q1, q2, inv_dim, self._w, self._b, self._beta, widths, self.parametrization == "standard",
-                      out_k if want_k else dummy, out_th if want_th else dummy, want_k, want_th, symmetric)
+        bad = mod.recursion(G, s1, s2, inv_dim, w, b, x0, y0, np.ascontiguousarray(u), np.ascontiguousarray(v),
+                            out_k if want_k else dummy, out_th if want_th else dummy, want_k, want_th, symmetric)
+        if bad.size or not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
+            rows = bad[:5].tolist()
+            raise ValueError(
+                f"X1: the {self.activation.name} kernel map is not finite for rows {rows}"
+                f"{' ...' if bad.size > 5 else ''}; an input of zero variance at some layer (a zero "
+                "row without bias) has no defined kernel for this activation; use bias_var > 0")
         return Kernels(out_k, out_th)
 
     def _numerical_kernels(self, G, g1, g2, inv_dim, widths, symmetric, want_k, want_th, dtype):
@@ -247,8 +262,16 @@ class MLP:
         return k12, th
 
 
-def _gram(X1, X2, dtype, block: int = 4096):
-    """X1 X2^T by BLAS in row blocks written straight into the output (no temporaries)."""
+def _gram(X1, X2, dtype, block: int = 4096, upper_only: bool = False):
+    """X1 X2^T by BLAS in row blocks written straight into the output (no temporaries).
+
+    X2 is X1 and ``upper_only``: BLAS syrk, half the work; only the upper triangle is set.
+    """
+    if X2 is X1 and upper_only:
+        syrk = scipy.linalg.blas.dsyrk if dtype == np.float64 else scipy.linalg.blas.ssyrk
+        # X1 (C order) is X1^T in Fortran order: syrk(trans=1) gives X1 X1^T in Fortran order,
+        # its lower triangle set, i.e. the upper triangle of the C-ordered transpose
+        return syrk(1.0, X1.T, trans=1, lower=1).T
     G = np.empty((X1.shape[0], X2.shape[0]), dtype=dtype)
     for s in range(0, X1.shape[0], block):
         np.matmul(X1[s:s + block], X2.T, out=G[s:s + block])
