@@ -32,9 +32,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-from scipy import sparse as _sparse
 
 from limitlab.numerics import arrays
+
+from . import _kernels
 
 __all__ = ["CollapseAccumulator", "NCCAgreement", "CollapseMetrics", "metrics"]
 
@@ -150,15 +151,14 @@ class CollapseAccumulator:
     input's floating dtype (float32 stays float32 for the block Gram matrix, the expensive
     step): the running class mean, or for a class not seen before its mean in the block.
     With ``Z = X - r[y]``, the Gram matrix ``Z^T Z`` (one BLAS syrk), the class sums ``T``
-    (a sparse one-hot product, no sort) and the row norms give the block's class means
+    and the row norms (both float64, from the same compiled read that forms ``Z``; no
+    sort, no per-class loop) give the block's class means
     ``r + T/n_b`` and scatter ``Z^T Z - T^T diag(1/n_b) T`` (the shifted-data formula:
     ``T/n_b`` is the small offset of the block mean from the reference, so nothing
     cancels), merged into float64 totals with Chan et al.'s pairwise formula. The raw-moment
     formula E[hh^T] - mu mu^T would cancel catastrophically near collapse, where the class
     means dwarf the within-class spread.
     """
-
-    _ROWS_PER_TILE_BYTES = 1 << 20  # centring works through the block in cache-sized row tiles
 
     def __init__(self, num_classes: int, dim: int, *, chunk_size: int = 16384):
         self.num_classes = _check_int("num_classes", num_classes, 2)
@@ -196,23 +196,23 @@ class CollapseAccumulator:
             return
         nb = np.bincount(y, minlength=C)
         present = np.flatnonzero(nb)
-        onehot = _sparse.csr_array((np.ones(n, dtype=X.dtype), (y, np.arange(n))), shape=(C, n))
         Z = self._buffer(n, X.dtype)
-        tile = max(1, self._ROWS_PER_TILE_BYTES // (d * X.itemsize))
+        T = np.empty((C, d))
+        q_parts = np.empty((min(_kernels.nb.get_num_threads(), d), n))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite input is reported below
             # per-class reference: the running mean (float64 -> input dtype), or for a class
-            # not seen before its mean in this block, computed in the input dtype (any
-            # rounding there is corrected exactly by the class sums of Z below)
+            # not seen before its mean in this block (any rounding of the reference is
+            # corrected exactly by the class sums of Z below)
             ref = self.means.astype(X.dtype)
             new = present[self.counts[present] == 0]
-            if new.size:
-                ref[new] = (onehot[new] @ X) / nb[new, None].astype(X.dtype)
-            for s in range(0, n, tile):  # Z = X - ref[y], a tile at a time (the gather stays in cache)
-                np.subtract(X[s:s + tile], ref[y[s:s + tile]], out=Z[s:s + tile])
+            if new.size:  # a first read for the new classes' sums (float64), usually only the first block
+                _kernels.centre_block(X, y, np.zeros_like(ref), Z, T, q_parts)
+                ref[new] = T[new] / nb[new, None]
+            # one compiled read of the block: Z = X - ref[y], class sums of Z, row norms
+            _kernels.centre_block(X, y, ref, Z, T, q_parts)
             gram = Z.T @ Z  # the expensive step: BLAS syrk in the input dtype
-            T = np.asarray(onehot @ Z, dtype=np.float64)  # class sums of Z: O(n d), no sort
-            ss = np.bincount(y, weights=np.einsum("ij,ij->i", Z, Z), minlength=C)
-        if not (np.isfinite(T).all() and np.isfinite(gram.diagonal()).all()):
+            ss = np.bincount(y, weights=q_parts.sum(axis=0), minlength=C)
+        if not (np.isfinite(T).all() and np.isfinite(gram.diagonal()).all() and np.isfinite(ss).all()):
             _check_features(X)  # locate the non-finite entry for the message
             raise ValueError("features: values overflow the squared-norm accumulation")
         # block statistics relative to the reference, in float64
@@ -395,17 +395,19 @@ class NCCAgreement:
         y = _check_labels(labels, X.shape[0], self.num_classes)
         C = self.num_classes
         S, off = self._stacked(X.dtype)
+        rows = min(self.chunk_size, X.shape[0])
+        buf = np.empty((rows, 2 * C), dtype=X.dtype)
+        mism_buf = np.empty(rows, dtype=np.bool_)
         for s in range(0, X.shape[0], self.chunk_size):
             Xb = X[s:s + self.chunk_size]
             yb = y[s:s + self.chunk_size]
             with np.errstate(invalid="ignore", over="ignore"):
-                scores = Xb @ S  # one GEMM: [W h | M h] for the whole block
+                scores = np.matmul(Xb, S, out=buf[:Xb.shape[0]])  # one GEMM: [W h | M h] for the whole block
                 scores += off
-                total = scores.sum()  # one read; non-finite only if some score is (or the sum overflows)
-            if not np.isfinite(total) and not np.isfinite(scores).all():
+            mism = mism_buf[:Xb.shape[0]]
+            if _kernels.disagreements(scores, C, mism):  # row-wise argmax of both halves, compiled
                 _check_features(Xb)
                 raise ValueError("features: values overflow the classifier scores")
-            mism = np.argmax(scores[:, :C], axis=1) != np.argmax(scores[:, C:], axis=1)
             self.mismatch += np.bincount(yb[mism], minlength=C)
             self.counts += np.bincount(yb, minlength=C)
         return self
