@@ -26,7 +26,7 @@ _PI = 3.141592653589793
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
 def atan2(y, x):
-    """atan2(y, x) in (-pi, pi], branch-free (selects only), ~1 ulp."""
+    """atan2(y, x) in [-pi, pi], branch-free (selects only), ~1 ulp; -0.0 counts as +0.0."""
     ax = abs(x)
     ay = abs(y)
     mx = max(ax, ay)

@@ -145,3 +145,37 @@ def test_bad_inputs_name_the_argument(X1, X2, arg):
 def test_standard_parametrization_ntk_needs_a_width():
     with pytest.raises(ValueError, match="width"):
         MLP(2, "relu", parametrization="standard").ntk(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 131])
+@pytest.mark.parametrize("activation", ["relu", "erf", "gelu"])
+def test_symmetric_path_equals_the_cross_path(n, activation):
+    # the symmetric path (syrk upper triangle, rows paired p with n-1-p, mirrored) against
+    # the general X1 != X2 path, which computes every entry independently
+    X = np.random.default_rng(n).standard_normal((n, 5))
+    m = MLP(3, activation, weight_var=1.7, bias_var=0.2)
+    sym, cross = m.kernels(X), m.kernels(X, X.copy())
+    for a, b in zip(sym, cross):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+        assert np.array_equal(a, a.T)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "abs", "gelu"])
+def test_zero_input_without_bias_gets_its_exact_limit(activation):
+    # phi(0) = 0 and no bias: the network maps 0 to 0 for every parameter, so the output and
+    # its gradient vanish there, and both kernels' row of the zero input is exactly 0
+    X = np.random.default_rng(0).standard_normal((5, 3))
+    X[2] = 0.0
+    k = MLP(3, activation, bias_var=None).kernels(X)
+    for K in k:
+        assert np.all(K[2] == 0.0) and np.all(K[:, 2] == 0.0)
+        assert np.all(np.isfinite(K)) and np.all(np.diagonal(K)[[0, 1, 3, 4]] > 0)
+
+
+def test_undefined_kernel_at_zero_variance_is_a_clear_error():
+    # relu^3's map divides by the variance: at a zero input without bias it has no value
+    X = np.random.default_rng(0).standard_normal((4, 3))
+    X[1] = 0.0
+    with pytest.raises(ValueError, match="X1.*bias_var"):
+        MLP(2, A.rectified_monomial(3), bias_var=None).ntk(X)
+    assert np.all(np.isfinite(MLP(2, A.rectified_monomial(3), bias_var=0.1).ntk(X)))
