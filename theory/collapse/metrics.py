@@ -338,7 +338,7 @@ class CollapseAccumulator:
          out["nc2_etf_means"]) = _angles(M, ddof)
         var = self.class_scatter / self.counts
         iu = np.triu_indices(C, 1)
-        dist2 = np.sum((self.means[:, None, :] - self.means[None, :, :]) ** 2, axis=-1)[iu]
+        dist2 = _pair_sq_distances(self.means)
         if np.any(dist2 == 0):
             raise ValueError("features: two class means coincide, CDNV is undefined")
         out["cdnv"] = float(np.mean((var[:, None] + var[None, :])[iu] / (2 * dist2)))
@@ -352,6 +352,16 @@ class CollapseAccumulator:
                     divide_by_classes=(nc1 != "trace") if divide_by_classes is None else bool(divide_by_classes),
                     within="pooled over samples")
         return CollapseMetrics(**out, conventions=conv)
+
+
+def _pair_sq_distances(mu):
+    """||mu_i - mu_j||^2 for i < j in np.triu_indices order, from explicit differences (no
+    |a|^2 + |b|^2 - 2ab cancellation), one row at a time: memory O(C d), not O(C^2 d)."""
+    out = []
+    for i in range(mu.shape[0] - 1):
+        diff = mu[i + 1:] - mu[i]
+        out.append(np.einsum("ij,ij->i", diff, diff))
+    return np.concatenate(out)
 
 
 def _check_classifier(classifier, C, d):
