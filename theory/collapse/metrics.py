@@ -198,7 +198,7 @@ class CollapseAccumulator:
         present = np.flatnonzero(nb)
         Z = self._buffer(n, X.dtype)
         T = np.empty((C, d))
-        q_parts = np.empty((min(_kernels.nb.get_num_threads(), d), n))
+        q = np.empty(n)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # non-finite input is reported below
             # per-class reference: the running mean (float64 -> input dtype), or for a class
             # not seen before its mean in this block (any rounding of the reference is
@@ -206,12 +206,12 @@ class CollapseAccumulator:
             ref = self.means.astype(X.dtype)
             new = present[self.counts[present] == 0]
             if new.size:  # a first read for the new classes' sums (float64), usually only the first block
-                _kernels.centre_block(X, y, np.zeros_like(ref), Z, T, q_parts)
+                _kernels.centre_block(X, y, np.zeros_like(ref), Z, T, q)
                 ref[new] = T[new] / nb[new, None]
             # one compiled read of the block: Z = X - ref[y], class sums of Z, row norms
-            _kernels.centre_block(X, y, ref, Z, T, q_parts)
+            _kernels.centre_block(X, y, ref, Z, T, q)
             gram = Z.T @ Z  # the expensive step: BLAS syrk in the input dtype
-            ss = np.bincount(y, weights=q_parts.sum(axis=0), minlength=C)
+            ss = np.bincount(y, weights=q, minlength=C)
         if not (np.isfinite(T).all() and np.isfinite(gram.diagonal()).all() and np.isfinite(ss).all()):
             _check_features(X)  # locate the non-finite entry for the message
             raise ValueError("features: values overflow the squared-norm accumulation")

@@ -164,3 +164,16 @@ def test_accumulator_pickles_without_its_work_buffer():
     clone.update(X, y)
     acc.update(X, y)
     np.testing.assert_array_equal(clone.within_scatter, acc.within_scatter)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_and_fortran_ordered_features_give_the_same_statistics(dtype):
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((120, 10)).astype(dtype)
+    y = np.arange(120) % 4
+    X = np.ascontiguousarray(big[:, ::2])
+    ref = CollapseAccumulator(4, 5, chunk_size=50).update(X, y)
+    for other in (big[:, ::2], np.asfortranarray(X)):
+        acc = CollapseAccumulator(4, 5, chunk_size=50).update(other, y)
+        np.testing.assert_array_equal(acc.within_scatter, ref.within_scatter)
+        np.testing.assert_array_equal(acc.means, ref.means)
