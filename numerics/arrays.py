@@ -6,14 +6,30 @@ functions the standard lacks (``erf``), dispatched here.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numba as nb
 import numpy as np
 
 try:  # array-api-compat wraps numpy/cupy/torch into standard namespaces
     import array_api_compat as _compat
 except ImportError:  # pragma: no cover - declared dependency
     _compat = None
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def single_threaded_blas():
+    """Context: BLAS on one thread. Small products (tens of rows) lose more to waking and
+    synchronizing BLAS threads than they gain, badly so when the cores are shared with
+    Numba's worker threads or another process."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def namespace(*arrays):
@@ -65,3 +81,24 @@ def to_numpy(x) -> np.ndarray:
 
 
 SQRT2 = math.sqrt(2.0)
+
+
+@nb.njit(parallel=True, cache=True)
+def mirror_upper(A):
+    """Copy the upper triangle of square A onto its lower one, in place.
+
+    Writing the lower triangle while filling rows would miss cache on every entry (a
+    column-strided store); tiles of 64 x 64 keep both sides in cache.
+    """
+    n = A.shape[0]
+    B = 64
+    nb_ = (n + B - 1) // B
+    for bi in nb.prange(nb_):
+        i0 = bi * B
+        i1 = min(n, i0 + B)
+        for bj in range(bi, nb_):
+            j0 = bj * B
+            j1 = min(n, j0 + B)
+            for i in range(i0, i1):
+                for j in range(max(j0, i + 1), j1):
+                    A[j, i] = A[i, j]

@@ -25,12 +25,14 @@ from typing import Callable, Sequence
 import numba as nb
 import numpy as np
 
+from limitlab.numerics.arrays import mirror_upper, single_threaded_blas
+
 Z_MAX = 16.0
 _GL_ORDER = 16
 _GRADING_LEVELS = 34  # panels down to 2^-34 ~ 6e-11 around each breakpoint
 
 __all__ = ["nodes", "expect", "hermite_coefficients", "mehler_tables", "mehler_dual", "nested_dual",
-           "mp_expect", "mp_expect2"]
+           "interpolated", "mp_expect", "mp_expect2"]
 
 
 @lru_cache(maxsize=None)
@@ -108,6 +110,14 @@ def _hermite_matrix(z: np.ndarray, K: int) -> np.ndarray:
     return H
 
 
+@lru_cache(maxsize=32)
+def _hermite_table(breaks: tuple, K: int) -> np.ndarray:
+    """h_k at the quadrature nodes of ``breaks`` (read-only; shared by every call)."""
+    H = _hermite_matrix(nodes(breaks)[0], K)
+    H.flags.writeable = False
+    return H
+
+
 def hermite_coefficients(f: Callable, q: np.ndarray, K: int, kinks: Sequence[float] = (0.0,), df: Callable = None):
     """alpha_k(q) = E[f(sqrt(q) z) h_k(z)] for each q (rows) and k < K (columns).
 
@@ -118,7 +128,7 @@ def hermite_coefficients(f: Callable, q: np.ndarray, K: int, kinks: Sequence[flo
     m2, dm2 = np.empty(q.size), np.empty(q.size)
     for breaks, idx in _group_by_nodes(q, kinks).items():
         z, w = nodes(breaks)
-        H = _hermite_matrix(z, K)
+        H = _hermite_table(breaks, K)
         arg = np.sqrt(q[idx])[:, None] * z[None, :]
         F = f(arg)
         out[idx] = (F * w[None, :]) @ H
@@ -139,77 +149,94 @@ def mehler_tables(phi: Callable, dphi: Callable, q: np.ndarray, K: int, kinks: S
     """
     q = np.asarray(q, dtype=float).ravel()
     alpha, m2, dm2 = hermite_coefficients(phi, q, K, kinks, df=dphi)
+    return mehler_tables_from(alpha, m2, dm2, q)
+
+
+def mehler_tables_from(alpha, m2, dm2, q, slack: float = 0.0):
+    """The tables from Hermite coefficients and second moments; ``slack``: their relative
+    error (e.g. interpolation), added to the tails so the tail bound stays an upper bound."""
+    K = alpha.shape[1]
     a2 = alpha ** 2
     k = np.arange(K)
     # tail_k = total - partial_{<k}; clipped at 0 against rounding, plus a rounding allowance
     part = np.concatenate([np.zeros((q.size, 1)), np.cumsum(a2, axis=1)[:, :-1]], axis=1)
     dpart = np.concatenate([np.zeros((q.size, 1)), np.cumsum(a2 * k, axis=1)[:, :-1]], axis=1)
-    eps = 64 * np.finfo(float).eps
+    # a coefficient error delta (relative to sqrt(m2)) moves the partial sums by <= 2 sqrt(K) delta m2
+    eps = 64 * np.finfo(float).eps + (2 * math.sqrt(K) + 1) * slack
     tail = np.maximum(m2[:, None] - part, 0.0) + eps * m2[:, None]
     dtail = np.maximum(q[:, None] * dm2[:, None] - dpart, 0.0) + eps * K * q[:, None] * dm2[:, None]
-    return alpha, tail, dtail, m2, dm2
+    return (np.ascontiguousarray(alpha), np.ascontiguousarray(tail), np.ascontiguousarray(dtail),
+            np.ascontiguousarray(m2), np.ascontiguousarray(dm2))
 
 
-@nb.njit(cache=True, fastmath=False)
-def _mehler_entry(a1, a2, t1, t2, dt1, dt2, q1, q2, c, m2_1, m2_2, dm2_1, dm2_2, tol):
-    """One entry of the Mehler sums; returns (nngp, ntk, ok)."""
+@nb.njit(cache=True, error_model="numpy")
+def _mehler_row(a1, t1, dt1, q1, m1, dm1, A2, T2, D2, j0, q2, m2, dm2, c, tol, want1, out0, out1, ok):
+    """Mehler sums for one input (tables a1, t1, dt1) against inputs j0 + j (columns of the
+    transposed tables A2, T2, D2: shape (terms, n)) at covariances c[j], with K - 1 terms,
+    K the fewest with |rho_max|^K <= tol (rho_max: the row's largest |rho|), at most the
+    tables' length; ok[j] says whether the Cauchy-Schwarz tail bound from term K - 1 on is
+    within tol (entries where it is not go to nested quadrature).
+
+    Horner in rho with the loop over j innermost and branch-free, so it vectorizes.
+    """
+    n = c.shape[0]
+    rho = np.empty(n)
+    acc0 = np.zeros(n)  # sum_k a1_k a2_k rho^k
+    acc1 = np.zeros(n)  # its derivative in rho
+    rmax = 0.0
+    for j in range(n):
+        r = min(1.0, max(-1.0, c[j] / math.sqrt(q1 * q2[j])))
+        rho[j] = r
+        rmax = max(rmax, abs(r))
     K = a1.shape[0]
-    s = math.sqrt(q1 * q2)
-    rho = c / s
-    if rho > 1.0:
-        rho = 1.0
-    elif rho < -1.0:
-        rho = -1.0
-    arho = abs(rho)
-    scale0 = math.sqrt(m2_1 * m2_2)
-    scale1 = math.sqrt(dm2_1 * dm2_2)
-    nngp = 0.0
-    ntk = 0.0
-    p = 1.0  # rho^k
-    pm1 = 0.0  # rho^(k-1)
-    apow = 1.0  # |rho|^k
-    apm1 = 1.0  # |rho|^(k-1), bounded by 1 at k = 0 where the term vanishes
-    done0 = False
-    done1 = False
-    for k in range(K):
-        if not done0 and apow * math.sqrt(t1[k] * t2[k]) <= tol * scale0:
-            done0 = True
-        if not done1 and k > 0 and apm1 * math.sqrt(dt1[k] * dt2[k]) <= tol * scale1 * s:
-            done1 = True
-        if done0 and done1:
-            return nngp, ntk / s, True
-        prod = a1[k] * a2[k]
-        if not done0:
-            nngp += prod * p
-        if not done1:
-            ntk += k * prod * pm1
-        pm1 = p
-        p *= rho
-        apm1 = apow
-        apow *= arho
-    return nngp, ntk / s, False
+    if rmax < 1.0:
+        # the tail is |rho|^K times at most the full scale: a few spare terms
+        K = min(K, max(16, int(math.ceil(math.log(tol) / math.log(max(rmax, 1e-300)))) + 5))
+    for k in range(K - 2, -1, -1):
+        ak = a1[k]
+        a2 = A2[k, j0:]
+        for j in range(n):
+            # locals first: stores to acc1 may alias acc0 as far as LLVM knows
+            a0 = acc0[j]
+            r = rho[j]
+            acc1[j] = acc1[j] * r + a0
+            acc0[j] = a0 * r + ak * a2[j]
+    # tails: sum_{k>=K-1} |a1_k a2_k rho^k| <= |rho|^(K-1) sqrt(S1 S2) (Cauchy-Schwarz) and
+    # the derivative series alike with |rho|^(K-2) and D; |rho| <= the row's largest
+    last = K - 1
+    b0 = rmax ** last
+    b1 = rmax ** (last - 1)
+    for j in range(n):
+        s = math.sqrt(q1 * q2[j])
+        ok0 = b0 * math.sqrt(t1[last] * T2[last, j0 + j]) <= tol * math.sqrt(m1 * m2[j])
+        ok1 = b1 * math.sqrt(dt1[last] * D2[last, j0 + j]) <= tol * math.sqrt(dm1 * dm2[j]) * s
+        out0[j] = acc0[j]
+        if want1:
+            out1[j] = acc1[j] / s
+        ok[j] = ok0 and (ok1 or not want1)
 
 
 @nb.njit(parallel=True, cache=True)
-def _mehler_matrix(A1, A2, T1, T2, D1, D2, q1, q2, m1, m2, dm1, dm2, C, out0, out1, bad, tol, symmetric):
-    n1, n2 = C.shape
+def _mehler_matrix(A1, T1, D1, q1, m1, dm1, A2, T2, D2, q2, m2, dm2, C, tol, want1, out0, out1, ok, symmetric):
+    """Entries (i, j) of the Mehler sums; A1, ... are per-input rows, A2, ... transposed."""
+    n1 = C.shape[0]
     for i in nb.prange(n1):
-        j0 = i if symmetric else 0
-        for j in range(j0, n2):
-            if symmetric and i == j:
-                out0[i, j] = m1[i]
-                out1[i, j] = dm1[i]
-                bad[i, j] = False
-                continue
-            v0, v1, ok = _mehler_entry(A1[i], A2[j], T1[i], T2[j], D1[i], D2[j], q1[i], q2[j], C[i, j],
-                                       m1[i], m2[j], dm1[i], dm2[j], tol)
-            out0[i, j] = v0
-            out1[i, j] = v1
-            bad[i, j] = not ok
-            if symmetric:
-                out0[j, i] = v0
-                out1[j, i] = v1
-                bad[j, i] = not ok
+        j0 = i + 1 if symmetric else 0
+        _mehler_row(A1[i], T1[i], D1[i], q1[i], m1[i], dm1[i], A2, T2, D2, j0, q2[j0:],
+                     m2[j0:], dm2[j0:], C[i, j0:], tol, want1, out0[i, j0:], out1[i, j0:], ok[i, j0:])
+        if symmetric:
+            out0[i, i] = m1[i]
+            if want1:
+                out1[i, i] = dm1[i]
+            ok[i, i] = True
+
+
+@nb.njit(cache=True)
+def _mehler_pairs(A1, T1, D1, q1, m1, dm1, A2, T2, D2, q2, m2, dm2, c, tol, want1, out0, out1, ok):
+    """Entry n pairs input n of side 1 with input n of side 2 (A2, ... transposed)."""
+    for i in range(c.shape[0]):
+        _mehler_row(A1[i], T1[i], D1[i], q1[i], m1[i], dm1[i], A2, T2, D2, i, q2[i:i + 1], m2[i:i + 1], dm2[i:i + 1], c[i:i + 1], tol, want1,
+                    out0[i:i + 1], out1[i:i + 1], ok[i:i + 1])
 
 
 @lru_cache(maxsize=None)
@@ -253,56 +280,113 @@ def nested_dual(phi: Callable, dphi: Callable, q1: float, q2: float, c: float, k
 
 
 def mehler_dual(phi, dphi, q1, q2, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13, symmetric: bool = False,
-                tables=None):
+                want=(True, True), pairs: bool = False):
     """Kernel maps on a matrix of covariances C (rows: q1, columns: q2); see module doc.
 
-    Returns (E[phi phi], E[phi' phi']) as arrays shaped like C.
+    Returns (E[phi phi], E[phi' phi']) as arrays shaped like C; with ``want[1]`` False the
+    second is not computed (None). ``pairs``: q1, q2 and C are equal-length vectors and
+    entry n pairs q1[n] with q2[n].
     """
-    q1 = np.ascontiguousarray(q1, dtype=float)
-    q2 = np.ascontiguousarray(q2, dtype=float)
+    q1 = np.ascontiguousarray(q1, dtype=float).ravel()
+    q2 = np.ascontiguousarray(q2, dtype=float).ravel()
     C = np.ascontiguousarray(C, dtype=float)
-    if tables is None:
-        K = _terms_needed(C, q1, q2, K, tol, symmetric)
-    tab1 = tables[0] if tables else _unique_tables(phi, dphi, q1, K, kinks)
-    tab2 = tab1 if symmetric else (tables[1] if tables else _unique_tables(phi, dphi, q2, K, kinks))
+    want1 = bool(want[1])
+    tab1 = interpolated_tables(phi, dphi if want1 else None, q1, K, kinks)
+    tab2 = tab1 if symmetric else interpolated_tables(phi, dphi if want1 else None, q2, K, kinks)
+    # terms past which every tail is negligible whatever rho (Cauchy-Schwarz) are never needed
+    cut = 2
+    for t in (tab1, tab2):
+        small = np.all(t[1] <= (0.1 * tol) ** 2 * t[3][:, None], axis=0)
+        if want1:
+            small &= np.all(t[2] <= (0.1 * tol) ** 2 * (q1 if t is tab1 else q2)[:, None] * t[4][:, None], axis=0)
+        cut = max(cut, int(np.argmax(small)) + 1 if small.any() else K)
+    tab1 = tuple(t[:, :cut] for t in tab1[:3]) + tab1[3:]
+    t2 = [np.ascontiguousarray(t[:, :cut].T) for t in tab2[:3]]
+    tab1 = tuple(np.ascontiguousarray(t) for t in tab1)
     out0 = np.empty(C.shape)
-    out1 = np.empty(C.shape)
-    bad = np.zeros(C.shape, dtype=np.bool_)
-    _mehler_matrix(*tab1[:1], *tab2[:1], tab1[1], tab2[1], tab1[2], tab2[2], q1, q2,
-                   tab1[3], tab2[3], tab1[4], tab2[4], C, out0, out1, bad, tol, symmetric)
-    for i, j in zip(*np.nonzero(bad)):
-        if symmetric and j < i:
-            continue
-        v0, v1 = nested_dual(phi, dphi, q1[i], q2[j], C[i, j], kinks)
-        out0[i, j], out1[i, j] = v0, v1
-        if symmetric:
-            out0[j, i], out1[j, i] = v0, v1
-    return out0, out1
-
-
-def _terms_needed(C, q1, q2, K, tol, symmetric):
-    """Fewest Mehler terms with |rho_max|^K <= tol over the off-diagonal entries (at most K).
-
-    The tail bound is still checked per entry; entries it fails go to nested quadrature, so
-    this only trims table work when correlations are small (e.g. random high-dimensional data).
-    """
-    rho = np.abs(C) / np.sqrt(np.outer(q1, q2))
+    out1 = np.empty(C.shape) if want1 else np.empty((C.shape[0], 0))
+    ok = np.ones(C.shape, dtype=np.bool_)  # the lower triangle of a symmetric C is not visited
+    if pairs:
+        _mehler_pairs(*tab1[:3], q1, *tab1[3:], *t2, q2, *tab2[3:], C, tol, want1, out0, out1, ok)
+    else:
+        _mehler_matrix(*tab1[:3], q1, *tab1[3:], *t2, q2, *tab2[3:], C, tol, want1, out0, out1, ok, symmetric)
+    for idx in ([] if ok.all() else zip(*np.nonzero(~ok))):
+        i, j = (idx[0], idx[0]) if pairs else idx
+        v0, v1 = nested_dual(phi, dphi, q1[i], q2[j], C[idx], kinks, want=(True, want1))
+        out0[idx] = v0
+        if want1:
+            out1[idx] = v1
     if symmetric:
-        np.fill_diagonal(rho, 0.0)
-    r = float(np.max(rho, initial=0.0))
-    if r >= 1.0 or not np.isfinite(r):
-        return K
-    if r == 0.0:
-        return min(K, 16)
-    # the Cauchy-Schwarz tail is |rho|^K times at most the full scale: a few spare terms
-    return int(min(K, max(16, math.ceil(math.log(tol) / math.log(r)) + 4)))
+        mirror_upper(out0)
+        if want1:
+            mirror_upper(out1)
+    return out0, (out1 if want1 else None)
 
 
-def _unique_tables(phi, dphi, q, K, kinks):
-    """Tables computed once per distinct q (data on a sphere has one q per layer)."""
+def interpolated(fn: Callable, q: np.ndarray, tol: float = 2e-14, n0: int = 17, n_max: int = 257,
+                 scale: Callable = None):
+    """fn(q) for many q > 0: fn(qs) -> (len(qs), m) array, smooth in log q.
+
+    One evaluation per distinct q when there are few; otherwise Chebyshev interpolation in
+    log q on [min q, max q] (barycentric, Berrut & Trefethen 2004), with nodes doubled until
+    the interpolant matches fn at the midpoints between nodes to ``tol`` relative to
+    ``scale(values)`` (default: each row's largest entry), falling back to one evaluation per
+    distinct q. Returns (values at q, the measured interpolation error).
+    """
+    if scale is None:
+        scale = lambda V: np.max(np.abs(V), axis=1, keepdims=True)  # noqa: E731
+    with single_threaded_blas():
+        return _interpolated(fn, q, tol, n0, n_max, scale)
+
+
+def _interpolated(fn, q, tol, n0, n_max, scale):
+    q = np.asarray(q, dtype=float).ravel()
     uq, inv = np.unique(q, return_inverse=True)
-    tabs = mehler_tables(phi, dphi, uq, K, kinks)
-    return tuple(np.ascontiguousarray(t[inv]) for t in tabs)
+    n = n0
+    if uq.size > 2 * n0 and uq[0] > 0:
+        lo, hi = math.log(uq[0]), math.log(uq[-1])
+        to_x = lambda v: (2 * np.log(v) - lo - hi) / (hi - lo)  # noqa: E731
+        while n <= n_max and 2 * n < uq.size:
+            x = np.cos(np.pi * np.arange(n) / (n - 1))
+            V = fn(np.exp((lo + hi) / 2 + (hi - lo) / 2 * x))
+            xc = np.cos(np.pi * (np.arange(n - 1) + 0.5) / (n - 1))  # midpoints: the interpolant's worst
+            Vc = fn(np.exp((lo + hi) / 2 + (hi - lo) / 2 * xc))
+            err = np.max(np.abs(_barycentric(xc, x, V) - Vc) / scale(Vc))
+            if err <= tol:
+                return _barycentric(np.clip(to_x(uq), -1.0, 1.0), x, V)[inv], float(err)
+            n = 2 * n - 1
+    return fn(uq)[inv], 0.0
+
+
+def _barycentric(xt, x, V):
+    """Interpolant through (x, V) at Chebyshev points of the second kind x, evaluated at xt."""
+    w = (-1.0) ** np.arange(x.size)
+    w[0] *= 0.5
+    w[-1] *= 0.5
+    d = xt[:, None] - x[None, :]
+    hit = d == 0
+    d[hit] = 1.0
+    M = w[None, :] / d
+    rows = hit.any(axis=1)
+    M[rows] = hit[rows]  # exactly on a node: that node's value
+    return (M @ V) / M.sum(axis=1, keepdims=True)
+
+
+def interpolated_tables(phi, dphi, q, K, kinks):
+    """:func:`mehler_tables` for many inputs, interpolated in log q (:func:`interpolated`).
+
+    ``dphi=None``: NNGP only (phi stands in for dphi; those tables are never read).
+    """
+    def fn(qs):
+        # without dphi, phi stands in (its moment is never read): the evaluations are few
+        alpha, m2, dm2 = hermite_coefficients(phi, qs, K, kinks, df=phi if dphi is None else dphi)
+        return np.column_stack([alpha, m2, dm2])
+
+    def scale(V):  # coefficients against sqrt(E phi^2) (Parseval), the moments against themselves
+        return np.column_stack([np.repeat(np.sqrt(V[:, K:K + 1]), K, axis=1), V[:, K:]]) + 1e-300
+
+    V, err = interpolated(fn, q, scale=scale)
+    return mehler_tables_from(V[:, :K], V[:, K], V[:, K + 1], np.asarray(q, dtype=float).ravel(), slack=err)
 
 
 # ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def diagonal(g, inv_dim, w, b, L):
             s = math.sqrt(k)
             # c = s*s, exactly what `layer` snaps a diagonal entry to: the same arithmetic
             # makes diagonal entries bit-identical to q
-            a, _ = _dualmap_raw(s, s, s * s)
+            a, _ = _dualmap_raw(s, s, s * s, 0.0)
             k = w[l] * a + b[l]
             q[l, i] = k
     return q
@@ -55,7 +55,8 @@ def layer(k, th, s1, s2, w, b, u, v):
         # would turn an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
         near = tt - c * c <= 16 * 2.220446049250313e-16 * tt
         c = (t if c > 0 else -t) if near else c
-        a, adot = _dualmap_raw(s1, s2[j], c)
+        r = math.sqrt(max(0.0, (t - c) * (t + c)))
+        a, adot = _dualmap_raw(s1, s2[j], c, r)
         kn = w * a + b
         h = u * a + v + w * adot * th[j]
         th[j] = h
@@ -105,30 +106,9 @@ def recursion(G, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, wan
     else:
         for i in nb.prange(n1):
             flags[i] = row(G, i, 0, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
-    # strided writes of the lower triangle inside the loop would miss cache on every entry:
-    # mirror it afterwards in cache-sized tiles instead
-    if symmetric:
-        if want_k:
-            mirror_upper(out_k)
-        if want_th:
-            mirror_upper(out_th)
-    return np.nonzero(flags != 0)[0]
+    return np.nonzero(flags)[0]
 
 
-@nb.njit(parallel=True, cache=True)
-def mirror_upper(A):
-    n = A.shape[0]
-    B = 64
-    nb_ = (n + B - 1) // B
-    for bi in nb.prange(nb_):
-        i0 = bi * B
-        i1 = min(n, i0 + B)
-        for bj in range(bi, nb_):
-            j0 = bj * B
-            j1 = min(n, j0 + B)
-            for i in range(i0, i1):
-                for j in range(max(j0, i + 1), j1):
-                    A[j, i] = A[i, j]
 '''
 # cached modules are keyed by the templates' text, so editing them invalidates the cache
 _VERSION = hashlib.sha256((_TEMPLATE + codegen.header()).encode()).hexdigest()[:8]
@@ -159,8 +139,18 @@ def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequenc
     # rather than a sqrt(q1 q2) per entry
     s1, s2 = sp.symbols("s1 s2", positive=True)
     cc = sp.Symbol("cc", real=True)
+    r = sp.Symbol("r", nonnegative=True)
     sub = {q1: s1 ** 2, q2: s2 ** 2, c: cc}
-    src = codegen.scalar_function_source("_dualmap_raw", [s1, s2, cc],
-                                         [_split_roots(nngp_map.subs(sub)), _split_roots(ntk_map.subs(sub))])
+    gap = s1 ** 2 * s2 ** 2 - cc ** 2
+
+    def is_root(e):  # sqrt(max(s1^2 s2^2 - c^2, 0)), as stable_angles writes it
+        return (e.is_Pow and e.exp == sp.S.Half and isinstance(e.base, sp.Max) and sp.S.Zero in e.base.args
+                and sp.expand(sum(a for a in e.base.args if a != 0) - gap) == 0)
+
+    # that root becomes an argument, computed by the caller as sqrt((t - c)(t + c)), t = s1 s2:
+    # exactly 0 for parallel inputs (c snapped to +-t), and without t^2 - c^2's cancellation
+    maps = [codegen.stable_angles(_split_roots(m.subs(sub))).replace(is_root, lambda e: r)
+            for m in (nngp_map, ntk_map)]
+    src = codegen.scalar_function_source("_dualmap_raw", [s1, s2, cc, r], maps)
     return codegen.compile_module(src + "\n" + _TEMPLATE, tag="dual",
                                   alias=None if cache_key is None else f"dual_{_VERSION}_{cache_key}")

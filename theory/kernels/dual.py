@@ -85,11 +85,7 @@ class Dual:
         act = self.activation
         phi, dphi = (lambda t: act(t)), (lambda t: act.derivative(t))
         flat = [np.ravel(v) for v in (a, b, cc)]
-        o0, o1 = np.empty(flat[0].size), np.empty(flat[0].size)
-        for n in range(o0.size):  # entries are independent pairs: one-by-one Mehler sums
-            v0, v1 = gaussian.mehler_dual(phi, dphi, flat[0][n:n + 1], flat[1][n:n + 1],
-                                          flat[2][n:n + 1, None], act.kinks, tol=tol)
-            o0[n], o1[n] = v0[0, 0], v1[0, 0]
+        o0, o1 = gaussian.mehler_dual(phi, dphi, *flat, act.kinks, tol=tol, pairs=True)
         return o0.reshape(a.shape), o1.reshape(a.shape)
 
 

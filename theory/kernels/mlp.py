@@ -27,7 +27,7 @@ import numpy as np
 import scipy.linalg.blas
 import sympy as sp
 
-from limitlab.numerics import gaussian, recursion
+from limitlab.numerics import arrays, gaussian, recursion
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
 
@@ -180,6 +180,10 @@ class MLP:
         dummy = np.empty((0, 0), dtype=G.dtype)
         bad = mod.recursion(G, s1, s2, inv_dim, w, b, x0, y0, np.ascontiguousarray(u), np.ascontiguousarray(v),
                             out_k if want_k else dummy, out_th if want_th else dummy, want_k, want_th, symmetric)
+        if symmetric:
+            for out in (out_k, out_th):
+                if out is not None:
+                    arrays.mirror_upper(out)
         if bad.size or not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
             rows = bad[:5].tolist()
             raise ValueError(
@@ -197,8 +201,9 @@ class MLP:
         def diag(g):
             q = [w[0] * g * inv_dim + b[0]]
             for l in range(1, self.depth):
-                uq, inv = np.unique(q[-1], return_inverse=True)
-                q.append(w[l] * gaussian.expect(lambda t: phi(t) ** 2, uq, act.kinks)[inv] + b[l])
+                m2 = gaussian.interpolated(lambda qs: gaussian.expect(lambda t: phi(t) ** 2, qs, act.kinks)[:, None],
+                                           q[-1])[0][:, 0]
+                q.append(w[l] * m2 + b[l])
             return q
 
         qs1 = diag(g1)
@@ -207,9 +212,11 @@ class MLP:
         k = w[0] * G * inv_dim + b[0]
         th = (G + beta[0]) if standard else k.copy()
         for l in range(self.depth):
-            A, Adot = gaussian.mehler_dual(phi, dphi, qs1[l], qs2[l], k, act.kinks, symmetric=symmetric)
+            A, Adot = gaussian.mehler_dual(phi, dphi, qs1[l], qs2[l], k, act.kinks, symmetric=symmetric,
+                                           want=(True, want_th))
             knew = w[l + 1] * A + b[l + 1]
-            th = (widths[l] * A + beta[l + 1] if standard else knew) + w[l + 1] * Adot * th
+            if want_th:
+                th = (widths[l] * A + beta[l + 1] if standard else knew) + w[l + 1] * Adot * th
             k = knew
         return Kernels(k.astype(dtype, copy=False) if want_k else None,
                        th.astype(dtype, copy=False) if want_th else None)
