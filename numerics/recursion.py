@@ -43,19 +43,20 @@ def diagonal(g, inv_dim, w, b, L):
     return q
 
 
-@nb.njit(cache=True, error_model='numpy')
+@nb.njit(cache=True, error_model='numpy', fastmath={'contract'})
 def layer(k, th, s1, s2, w, b, u, v):
     # one layer along a row: k <- w A + b, th <- u A + v + w Adot th; branch-free, so LLVM
-    # vectorizes it (no float reduction in here either: that needs reassociation)
+    # vectorizes it (no float reduction in here either: that needs reassociation); 'contract'
+    # only fuses multiply-adds (one rounding instead of two)
     for j in range(k.shape[0]):
         c = k[j]
         t = s1 * s2[j]
-        tt = t * t
+        d = (t - c) * (t + c)
         # |c| within rounding of sqrt(q1 q2) means parallel inputs: snap, since arccos
         # would turn an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
-        near = tt - c * c <= 16 * 2.220446049250313e-16 * tt
-        c = (t if c > 0 else -t) if near else c
-        r = math.sqrt(max(0.0, (t - c) * (t + c)))
+        near = d <= 16 * 2.220446049250313e-16 * (t * t)
+        c = math.copysign(t, c) if near else c
+        r = 0.0 if near else math.sqrt(d)
         a, adot = _dualmap_raw(s1, s2[j], c, r)
         kn = w * a + b
         h = u * a + v + w * adot * th[j]
@@ -64,48 +65,60 @@ def layer(k, th, s1, s2, w, b, u, v):
 
 
 @nb.njit(cache=True, error_model='numpy')
-def row(G, i, j0, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th):
-    # the whole recursion for entries (i, j0:) of G; returns the non-finite sentinel
-    m = G.shape[1] - j0
-    k = np.empty(m)
-    th = np.empty(m)
+def segment(G, i, j0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v):
+    # the whole recursion for entries (i, j0:j0+len(k)) of G, into k (NNGP) and th (NTK);
+    # returns 1 if any is not finite (NaN propagates through the layers, so the final values
+    # tell; an integer OR reduction, which vectorizes)
+    m = k.shape[0]
     for j in range(m):
         g = G[i, j0 + j]
         k[j] = w[0] * g * inv_dim + b[0]
         th[j] = x0 * g + y0
     for l in range(s1.shape[0]):
-        layer(k, th, s1[l, i], s2[l, j0:], w[l + 1], b[l + 1], u[l], v[l])
-    # NaN propagates through the layers, so checking the final values finds it (an integer
-    # OR reduction, which vectorizes)
+        layer(k, th, s1[l, i], s2[l, j0:j0 + m], w[l + 1], b[l + 1], u[l], v[l])
     bad = 0
+    for j in range(m):
+        bad |= not (abs(k[j]) < np.inf and abs(th[j]) < np.inf)
+    return bad
+
+
+@nb.njit(cache=True)
+def row(G, i, j0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th):
+    # entries (i, j0:) into the outputs, through the work buffers k and th
+    m = G.shape[1] - j0
+    bad = segment(G, i, j0, k[:m], th[:m], s1, s2, inv_dim, w, b, x0, y0, u, v)
     if want_k:
-        for j in range(m):
-            out_k[i, j0 + j] = k[j]
-            bad |= not abs(k[j]) < np.inf
+        out_k[i, j0:] = k[:m]
     if want_th:
-        for j in range(m):
-            out_th[i, j0 + j] = th[j]
-            bad |= not abs(th[j]) < np.inf
+        out_th[i, j0:] = th[:m]
     return bad
 
 
 @nb.njit(parallel=True, cache=True)
 def recursion(G, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th, symmetric):
-    # rows of G (upper triangle only when symmetric) -> outputs; returns the rows whose
-    # recursion produced a non-finite value (empty when none)
-    n1 = G.shape[0]
+    # G -> outputs (G may be one of them: each entry is read before it is written); when
+    # symmetric only the upper triangle is read and written. Returns the rows with a
+    # non-finite value (empty when none).
+    n1, n2 = G.shape
     flags = np.zeros(n1, dtype=np.int64)
-    if symmetric:
-        # pair row p with row n-1-p so every task has n+1 entries (prange splits the range
-        # evenly, and the triangle's rows shrink)
-        for p in nb.prange((n1 + 1) // 2):
-            flags[p] = row(G, p, p, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
-            i = n1 - 1 - p
-            if i != p:
-                flags[i] = row(G, i, i, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
-    else:
+    if not symmetric:
         for i in nb.prange(n1):
-            flags[i] = row(G, i, 0, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
+            k = np.empty(n2)
+            th = np.empty(n2)
+            flags[i] = row(G, i, 0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
+        return np.nonzero(flags)[0]
+    # symmetric: the upper triangle only (the caller mirrors it: see numerics.arrays.mirror_upper);
+    # row p is paired with row n-1-p so every task has n+1 entries (prange splits its range
+    # evenly, and the triangle's rows shrink)
+    for p in nb.prange((n1 + 1) // 2):
+        k = np.empty(n2)
+        th = np.empty(n2)
+        for r in range(2):
+            # int64 throughout: the prange index is unsigned, and int - uint is a float
+            i = np.int64(p) if r == 0 else np.int64(n1 - 1) - np.int64(p)
+            if r == 1 and i == np.int64(p):
+                break
+            flags[i] = row(G, i, i, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
     return np.nonzero(flags)[0]
 
 
