@@ -39,7 +39,7 @@ missing=$("$PY" - <<'PYEOF'
 import importlib
 mods = {"numpy": "numpy", "scipy": "scipy", "sympy": "sympy", "mpmath": "mpmath", "numba": "numba",
         "array_api_compat": "array-api-compat", "tqdm": "tqdm", "matplotlib": "matplotlib",
-        "pytest": "pytest", "hypothesis": "hypothesis"}
+        "pytest": "pytest", "hypothesis": "hypothesis", "threadpoolctl": "threadpoolctl"}
 out = []
 for m, pkg in mods.items():
     try:
@@ -51,7 +51,11 @@ PYEOF
 )
 if [ -n "$missing" ]; then
   echo "installing: $missing"
-  timeout 120 "$PY" -m pip install -q --disable-pip-version-check $missing || echo "pip install failed (offline?)"
+  # wheels brought along in .whl/ first (the device machine may have no package index)
+  for pkg in $missing; do
+    timeout 60 "$PY" -m pip install -q --disable-pip-version-check --no-index --find-links .whl "$pkg" 2>/dev/null \
+      || timeout 60 "$PY" -m pip install -q --disable-pip-version-check "$pkg" || echo "pip install $pkg failed (offline?)"
+  done
 fi
 if ! "$PY" -c "import limitlab.verify" 2>/dev/null; then
   timeout 60 "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
@@ -67,7 +71,7 @@ fi
 "$PY" -c "import limitlab.verify, limitlab.verify.backend as b; print('backend auto ->', b.get_backend('auto').describe())"
 
 step "GPU tests"
-timeout 150 "$PY" -m pytest tests/verify/test_gpu.py tests/verify/test_backend.py -q -rs -p no:cacheprovider \
+timeout 200 "$PY" -m pytest tests/verify/test_gpu.py tests/verify/test_backend.py tests/verify/collapse -m "not slow" -q -rs -p no:cacheprovider \
   --junitxml="$OUT/gpu_tests.xml"
 echo "pytest exit code: $?"
 
