@@ -648,15 +648,8 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
 def _deep_linear_picard(kx, y, depth, gamma0, T, dt, damping=0.0, tol=1e-10, maxiter=500, strict=False,
                         continuation=0.5, _start=None) -> DeepResult:
     """Reference solver (``method="picard"``): the closed equations in Phi, G, A, B as one global fixed point
-    (Bordelon & Pehlevan 2022, sec. 5 / app. deep linear), O((P T)^3) per sweep.
-
-    With C^{l-1} = A^{l-1} + Theta(t > s) dt Phi^{l-1}(t, s) Delta(s) and
-    D^l = B^l + Theta(t > s) dt G^{l+1}(t, s) Delta(s) (causal operators on (t, mu)):
-    ``h^l = H^l (u^l + gamma0 C^{l-1} r^l)``, ``H^l = (I - gamma0^2 C^{l-1} D^l)^{-1}``,
-    ``z^l = Z^l (r^l + gamma0 D^l u^l)``, ``Z^l = (I - gamma0^2 D^l C^{l-1})^{-1}``, so
-    Phi^l = H^l (Phi^{l-1} + gamma0^2 C^{l-1} G^{l+1} C^{l-1 T}) H^{l T},
-    G^l = Z^l (G^{l+1} + gamma0^2 D^l Phi^{l-1} D^{l T}) Z^{l T}, A^l = H^l C^{l-1},
-    B^{l-1} = Z^l D^l, and f(t) = <h^L(t) z^L(t)> / gamma0 with gamma0 cancelled analytically.
+    (Bordelon & Pehlevan 2022, sec. 5 / app. deep linear), O((P T)^3) per sweep; the
+    equations are those in :func:`deep_linear`'s docstring.
     Damped Picard sweeps (forward in l for Phi, A; backward for G, B) until the largest
     change of f, Phi, G is below ``tol``; the result reports convergence. Strong coupling
     (gamma0^2 L large) makes sweeps from the lazy start blow up, so for gamma0 > ``continuation``

@@ -139,7 +139,7 @@ class MLP:
         d = X1.shape[1]
         closed = self.activation.has_closed_form
         # the compiled recursion reads only the upper triangle of a symmetric Gram matrix
-        G = _gram(X1, X2, dtype, upper_only=closed)
+        G = _gram(X1, X2, dtype, upper_only=closed and symmetric)
         # the diagonal variances come from the very Gram entries the recursion reads, so
         # that c == q holds exactly there (an ulp apart, arccos would turn it into 1e-8)
         g1 = np.diagonal(G).astype(np.float64) if symmetric else np.einsum("ij,ij->i", X1, X1, dtype=np.float64)
@@ -272,9 +272,9 @@ class MLP:
 def _gram(X1, X2, dtype, block: int = 4096, upper_only: bool = False):
     """X1 X2^T by BLAS in row blocks written straight into the output (no temporaries).
 
-    X2 is X1 and ``upper_only``: BLAS syrk, half the work; only the upper triangle is set.
+    ``upper_only`` (X2 is X1): BLAS syrk, half the work; only the upper triangle is set.
     """
-    if X2 is X1 and upper_only:
+    if upper_only:
         syrk = scipy.linalg.blas.dsyrk if dtype == np.float64 else scipy.linalg.blas.ssyrk
         # X1 (C order) is X1^T in Fortran order: syrk(trans=1) gives X1 X1^T in Fortran order,
         # its lower triangle set, i.e. the upper triangle of the C-ordered transpose
