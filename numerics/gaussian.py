@@ -202,12 +202,22 @@ def _mehler_row(a1, t1, dt1, q1, m1, dm1, A2, T2, D2, j0, q2, m2, dm2, c, tol, w
             acc1[j] = acc1[j] * r + a0
             acc0[j] = a0 * r + ak * a2[j]
     # tails: sum_{k>=K-1} |a1_k a2_k rho^k| <= |rho|^(K-1) sqrt(S1 S2) (Cauchy-Schwarz) and
-    # the derivative series alike with |rho|^(K-2) and D; |rho| <= the row's largest
+    # the derivative series alike with |rho|^(K-2) and D; |rho_j|^(K-2) by repeated squaring
+    # over the exponent's bits (the same for every j, so the loop stays vectorized)
     last = K - 1
-    b0 = rmax ** last
-    b1 = rmax ** (last - 1)
+    pw = np.ones(n)
+    base = np.abs(rho)
+    e = last - 1
+    while e > 0:
+        odd = e & 1
+        for j in range(n):
+            pw[j] = pw[j] * base[j] if odd else pw[j]
+            base[j] = base[j] * base[j]
+        e >>= 1
     for j in range(n):
         s = math.sqrt(q1 * q2[j])
+        b1 = pw[j]
+        b0 = b1 * abs(rho[j])
         ok0 = b0 * math.sqrt(t1[last] * T2[last, j0 + j]) <= tol * math.sqrt(m1 * m2[j])
         ok1 = b1 * math.sqrt(dt1[last] * D2[last, j0 + j]) <= tol * math.sqrt(dm1 * dm2[j]) * s
         out0[j] = acc0[j]
