@@ -38,9 +38,21 @@ def atan2(y, x):
     den = den if den > 0.0 else 1.0  # atan2(0, 0) = 0
     u = num / den
     z = u * u
-    p = COEFFICIENTS[10]
-    for k in range(9, -1, -1):
-        p = p * z + COEFFICIENTS[k]
+    # Estrin's scheme: a dependency chain of 4 multiply-adds instead of Horner's 10, so
+    # successive loop iterations overlap (the loop is latency-bound otherwise)
+    c = COEFFICIENTS
+    z2 = z * z
+    z4 = z2 * z2
+    z8 = z4 * z4
+    p01 = c[0] + c[1] * z
+    p23 = c[2] + c[3] * z
+    p45 = c[4] + c[5] * z
+    p67 = c[6] + c[7] * z
+    p89 = c[8] + c[9] * z
+    p03 = p01 + p23 * z2
+    p47 = p45 + p67 * z2
+    p8a = p89 + c[10] * z2
+    p = p03 + p47 * z4 + p8a * z8
     r = u + u * z * p
     r = r + _PI_4 if red else r
     r = _PI_2 - r if ay > ax else r
