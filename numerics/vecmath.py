@@ -53,11 +53,21 @@ def atan2(y, x):
     p47 = p45 + p67 * z2
     p8a = p89 + c[10] * z2
     p = p03 + p47 * z4 + p8a * z8
-    r = u + u * z * p
-    r = r + _PI_4 if red else r
-    r = _PI_2 - r if ay > ax else r
-    r = _PI - r if x < 0.0 else r
-    return -r if y < 0.0 else r
+    # the quadrant fix-ups (+pi/4 if reduced, pi/2 - . if |y| > |x|, pi - . if x < 0, sign
+    # of y) compose to off + sgn * atan(u); both come from the flags alone, in parallel with
+    # the polynomial, and then cost one multiply-add at the end of the chain
+    off = _PI_4 if red else 0.0
+    sgn = 1.0
+    swap = ay > ax
+    off = _PI_2 - off if swap else off
+    sgn = -sgn if swap else sgn
+    neg = x < 0.0
+    off = _PI - off if neg else off
+    sgn = -sgn if neg else sgn
+    neg_y = y < 0.0
+    off = -off if neg_y else off
+    sgn = -sgn if neg_y else sgn
+    return off + sgn * (u + u * z * p)
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
