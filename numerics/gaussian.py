@@ -10,9 +10,12 @@ Methods
   kinks (ReLU-like) and steep transitions (tanh at variance 1e4) converge exponentially.
 * 2-D kernel maps ``E[phi(u) phi(v)]`` and ``E[phi'(u) phi'(v)]``: the Mehler expansion
   ``sum_k alpha_k(q1) alpha_k(q2) rho^k`` with normalized Hermite coefficients
-  (O'Donnell 2014, ch. 11; Daniely et al. 2016, "dual activation") summed per entry
-  until a rigorous Cauchy-Schwarz tail bound falls below the tolerance; where the bound
+  (O'Donnell 2014, ch. 11; Daniely et al. 2016, "dual activation"), summed row by row
+  (Horner in rho, vectorized over the row's entries) with as many terms as the row's largest
+  |rho| needs, and a rigorous Cauchy-Schwarz tail bound checked per entry; where the bound
   cannot be met (|rho| near 1), nested 1-D quadrature with a breakpoint at the inner kink.
+  For many distinct variances the Hermite coefficients are interpolated in log q
+  (:func:`interpolated`).
 * References: :func:`mp_expect` and :func:`mp_expect2` evaluate the same integrals with
   mpmath at arbitrary precision (tests compare against them).
 """
@@ -305,14 +308,13 @@ def mehler_dual(phi, dphi, q1, q2, C, kinks=(0.0,), K: int = 256, tol: float = 1
     tab2 = tab1 if symmetric else interpolated_tables(phi, dphi if want1 else None, q2, K, kinks)
     # terms past which every tail is negligible whatever rho (Cauchy-Schwarz) are never needed
     cut = 2
-    for t in (tab1, tab2):
+    for t, q in ((tab1, q1),) if symmetric else ((tab1, q1), (tab2, q2)):
         small = np.all(t[1] <= (0.1 * tol) ** 2 * t[3][:, None], axis=0)
         if want1:
-            small &= np.all(t[2] <= (0.1 * tol) ** 2 * (q1 if t is tab1 else q2)[:, None] * t[4][:, None], axis=0)
+            small &= np.all(t[2] <= (0.1 * tol) ** 2 * q[:, None] * t[4][:, None], axis=0)
         cut = max(cut, int(np.argmax(small)) + 1 if small.any() else K)
-    tab1 = tuple(t[:, :cut] for t in tab1[:3]) + tab1[3:]
+    tab1 = tuple(np.ascontiguousarray(t[:, :cut]) for t in tab1[:3]) + tab1[3:]
     t2 = [np.ascontiguousarray(t[:, :cut].T) for t in tab2[:3]]
-    tab1 = tuple(np.ascontiguousarray(t) for t in tab1)
     out0 = np.empty(C.shape)
     out1 = np.empty(C.shape) if want1 else np.empty((C.shape[0], 0))
     ok = np.ones(C.shape, dtype=np.bool_)  # the lower triangle of a symmetric C is not visited
@@ -388,7 +390,6 @@ def interpolated_tables(phi, dphi, q, K, kinks):
     ``dphi=None``: NNGP only (phi stands in for dphi; those tables are never read).
     """
     def fn(qs):
-        # without dphi, phi stands in (its moment is never read): the evaluations are few
         alpha, m2, dm2 = hermite_coefficients(phi, qs, K, kinks, df=phi if dphi is None else dphi)
         return np.column_stack([alpha, m2, dm2])
 

@@ -1,16 +1,21 @@
 """Compiled layer recursions over a matrix of pairs (the NNGP/NTK recursion's engine).
 
-Given a scalar map ``(q1, q2, c) -> (A, Adot)`` (sympy expressions), generate one Numba
-kernel that, for every entry (i, j) of a Gram matrix, runs the whole recursion
+Given a scalar map ``(q1, q2, c) -> (A, Adot)`` (sympy expressions), generate Numba code
+that runs, for every entry (i, j) of a Gram matrix, the whole recursion
 
-    k   <- w_0 G_ij / d + b_0,                       th <- k        (or G_ij + beta_0)
+    k   <- w_0 G_ij / d + b_0,                       th <- x_0 G_ij + y_0
     A, Adot = map(q1[l, i], q2[l, j], k)
     k   <- w_{l+1} A + b_{l+1}
-    th  <- k + w_{l+1} Adot th        (or  n_l A + beta_{l+1} + w_{l+1} Adot th)
+    th  <- u_l A + v_l + w_{l+1} Adot th
 
-in registers (one pass over memory, ``prange`` over rows, upper triangle only when
-symmetric, the Gram buffer reused as output). The diagonal variances q[l, i] are computed
-first by the same compiled map, so diagonal entries are bit-identical to them.
+(ntk parametrization: x_0 = w_0/d, y_0 = b_0, u = w, v = b; standard: x_0 = 1, y_0 = beta_0,
+u_l = n_l, v_l = beta_{l+1}). It runs row by row, one layer at a time over a row held in
+cache, in a loop LLVM vectorizes: the map is written in s = sqrt(q) (computed once per input
+and layer) and takes the Cauchy-Schwarz root sqrt(q1 q2 - c^2) as an argument, angles use
+:mod:`limitlab.numerics.vecmath`, and nothing in the loop branches. ``prange`` runs over
+rows; when symmetric only the upper triangle is computed (rows paired for balance) and the
+caller mirrors it. The diagonal variances q[l, i] come first, from the same compiled map
+with the same arithmetic as a snapped diagonal entry, so diagonal entries equal them bit for bit.
 """
 from __future__ import annotations
 
