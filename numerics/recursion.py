@@ -71,9 +71,7 @@ def layer(k, th, s1, s2, w, b, u, v):
 
 @nb.njit(cache=True, error_model='numpy')
 def segment(G, i, j0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v):
-    # the whole recursion for entries (i, j0:j0+len(k)) of G, into k (NNGP) and th (NTK);
-    # returns 1 if any is not finite (NaN propagates through the layers, so the final values
-    # tell; an integer OR reduction, which vectorizes)
+    # the whole recursion for entries (i, j0:j0+len(k)) of G, into k (NNGP) and th (NTK)
     m = k.shape[0]
     for j in range(m):
         g = G[i, j0 + j]
@@ -81,21 +79,39 @@ def segment(G, i, j0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v):
         th[j] = x0 * g + y0
     for l in range(s1.shape[0]):
         layer(k, th, s1[l, i], s2[l, j0:j0 + m], w[l + 1], b[l + 1], u[l], v[l])
-    bad = 0
-    for j in range(m):
-        bad |= not (abs(k[j]) < np.inf and abs(th[j]) < np.inf)
-    return bad
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model='numpy')
 def row(G, i, j0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th):
-    # entries (i, j0:) into the outputs, through the work buffers k and th
+    # entries (i, j0:) into the outputs, through the work buffers k and th; returns 1 if any
+    # is not finite (NaN propagates through the layers, so the final values tell). Copy and
+    # test share one pass (an integer OR reduction, which vectorizes).
     m = G.shape[1] - j0
-    bad = segment(G, i, j0, k[:m], th[:m], s1, s2, inv_dim, w, b, x0, y0, u, v)
-    if want_k:
-        out_k[i, j0:] = k[:m]
-    if want_th:
-        out_th[i, j0:] = th[:m]
+    k = k[:m]
+    th = th[:m]
+    segment(G, i, j0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v)
+    bad = 0
+    if want_k and want_th:
+        ok = out_k[i, j0:]
+        ot = out_th[i, j0:]
+        for j in range(m):
+            a = k[j]
+            h = th[j]
+            ok[j] = a
+            ot[j] = h
+            bad |= not (abs(a) < np.inf and abs(h) < np.inf)
+    elif want_th:
+        ot = out_th[i, j0:]
+        for j in range(m):
+            h = th[j]
+            ot[j] = h
+            bad |= not abs(h) < np.inf
+    else:
+        ok = out_k[i, j0:]
+        for j in range(m):
+            a = k[j]
+            ok[j] = a
+            bad |= not abs(a) < np.inf
     return bad
 
 

@@ -272,13 +272,10 @@ class MLP:
 def _gram(X1, X2, dtype, block: int = 4096, upper_only: bool = False):
     """X1 X2^T by BLAS in row blocks written straight into the output (no temporaries).
 
-    ``upper_only`` (X2 is X1): BLAS syrk, half the work; only the upper triangle is set.
+    ``upper_only`` (X2 is X1): only the upper triangle is set (:func:`arrays.upper_gram`).
     """
     if upper_only:
-        syrk = scipy.linalg.blas.dsyrk if dtype == np.float64 else scipy.linalg.blas.ssyrk
-        # X1 (C order) is X1^T in Fortran order: syrk(trans=1) gives X1 X1^T in Fortran order,
-        # its lower triangle set, i.e. the upper triangle of the C-ordered transpose
-        return syrk(1.0, X1.T, trans=1, lower=1).T
+        return arrays.upper_gram(X1)
     G = np.empty((X1.shape[0], X2.shape[0]), dtype=dtype)
     for s in range(0, X1.shape[0], block):
         np.matmul(X1[s:s + block], X2.T, out=G[s:s + block])
