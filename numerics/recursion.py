@@ -185,6 +185,8 @@ def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequenc
     # exactly 0 for parallel inputs (c snapped to +-t), and without t^2 - c^2's cancellation
     maps = [codegen.stable_angles(_split_roots(m.subs(sub))).replace(is_root, lambda e: r)
             for m in (nngp_map, ntk_map)]
+    # the arc-cosine angle, knowing t = s1 s2, needs no octant swap (vecmath.angle)
+    maps = [m.xreplace({sp.atan2(r, cc): codegen.pair_angle(r, cc, s1 * s2)}) for m in maps]
     src = codegen.scalar_function_source("_dualmap_raw", [s1, s2, cc, r], maps)
     return codegen.compile_module(src + "\n" + _TEMPLATE, tag="dual",
                                   alias=None if cache_key is None else f"dual_{_VERSION}_{cache_key}")

@@ -9,6 +9,8 @@ to |u| <= tan(pi/8) by selects only, then ``atan(u) = u + u z p(z)``, ``z = u^2`
 [0, tan^2(pi/8)] (coefficients computed with mpmath at 50 digits; the fit is reproduced in
 tests/numerics/test_vecmath.py). Error: about 1 ulp of the result (tested against
 ``math.atan2`` and 30-digit mpmath, including signed zeros' neighbours, 1e-300 and 1e300).
+:func:`angle` is the arc-cosine kernels' special case: the angle between two vectors given
+the product of their norms too, by the half-angle identity, with fewer selects.
 """
 from __future__ import annotations
 
@@ -25,19 +27,8 @@ _PI = 3.141592653589793
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
-def atan2(y, x):
-    """atan2(y, x) in [-pi, pi], branch-free (selects only), ~1 ulp; -0.0 counts as +0.0."""
-    ax = abs(x)
-    ay = abs(y)
-    mx = max(ax, ay)
-    mn = min(ax, ay)
-    # atan(mn/mx) = pi/4 + atan((mn - mx)/(mn + mx)) keeps the argument within tan(pi/8)
-    red = mn > _TAN_PI_8 * mx
-    num = mn - mx if red else mn
-    den = mn + mx if red else mx
-    den = den if den > 0.0 else 1.0  # atan2(0, 0) = 0
-    u = num / den
-    z = u * u
+def _reduced(z):
+    """p(z), with atan(u) = u + u z p(z) for z = u^2 <= tan(pi/8)^2."""
     # Estrin's scheme: a dependency chain of 4 multiply-adds instead of Horner's 10, so
     # successive loop iterations overlap (the loop is latency-bound otherwise)
     c = COEFFICIENTS
@@ -52,7 +43,24 @@ def atan2(y, x):
     p03 = p01 + p23 * z2
     p47 = p45 + p67 * z2
     p8a = p89 + c[10] * z2
-    p = p03 + p47 * z4 + p8a * z8
+    return p03 + p47 * z4 + p8a * z8
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def atan2(y, x):
+    """atan2(y, x) in [-pi, pi], branch-free (selects only), ~1 ulp; -0.0 counts as +0.0."""
+    ax = abs(x)
+    ay = abs(y)
+    mx = max(ax, ay)
+    mn = min(ax, ay)
+    # atan(mn/mx) = pi/4 + atan((mn - mx)/(mn + mx)) keeps the argument within tan(pi/8)
+    red = mn > _TAN_PI_8 * mx
+    num = mn - mx if red else mn
+    den = mn + mx if red else mx
+    den = den if den > 0.0 else 1.0  # atan2(0, 0) = 0
+    u = num / den
+    z = u * u
+    p = _reduced(z)
     # the quadrant fix-ups (+pi/4 if reduced, pi/2 - . if |y| > |x|, pi - . if x < 0, sign
     # of y) compose to off + sgn * atan(u); both come from the flags alone, in parallel with
     # the polynomial, and then cost one multiply-add at the end of the chain
@@ -74,3 +82,30 @@ def atan2(y, x):
 def atan(x):
     """atan(x), branch-free."""
     return atan2(x, 1.0)
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def angle(r, c, t):
+    """The angle atan2(r, c) in [0, pi] between two vectors with |x||y| = t, x.y = c and
+    Cauchy-Schwarz root r = sqrt(t^2 - c^2) >= 0 (arc-cosine kernels; Cho & Saul 2009).
+
+    With t known, the half-angle identity tan(theta/2) = r/(t + c) needs no octant swap:
+    theta = 2 atan(r/(t + |c|)) for c >= 0 and pi minus that for c < 0, the argument in
+    [0, 1], reduced to tan(pi/8) as in :func:`atan2`. Fewer selects than ``atan2(r, c)`` in
+    the kernels' innermost loop; within 2 ulp (t^2 finite, as the callers' r needs). t = 0 (a
+    zero-variance input) gives 0.
+    """
+    den = t + abs(c)
+    red = r > _TAN_PI_8 * den
+    num = r - den if red else r
+    den = r + den if red else den
+    den = den if den > 0.0 else 1.0
+    u = num / den
+    z = u * u
+    p = _reduced(z)
+    # theta = off + sgn (u + u z p): 2 (pi/4 [reduced] + atan u), or pi minus that if c < 0
+    neg = c < 0.0
+    off = _PI_2 if red else 0.0
+    off = _PI - off if neg else off
+    sgn = -2.0 if neg else 2.0
+    return off + sgn * (u + u * z * p)

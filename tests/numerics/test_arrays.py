@@ -33,8 +33,9 @@ def test_upper_gram_is_the_same_with_one_thread_and_with_several():
     np.testing.assert_allclose(many[iu], one[iu], rtol=0, atol=1e-12 * np.abs(one).max())
 
 
-def test_mirror_upper_makes_the_matrix_symmetric_from_its_upper_triangle():
-    A = np.triu(np.random.default_rng(2).standard_normal((150, 150)))
+@pytest.mark.parametrize("n", [1, 64, 150, 260])  # tile rows: one, one full, odd, even with a remainder
+def test_mirror_upper_makes_the_matrix_symmetric_from_its_upper_triangle(n):
+    A = np.triu(np.random.default_rng(2).standard_normal((n, n)))
     B = A.copy()
     arrays.mirror_upper(B)
     np.testing.assert_array_equal(B, A + np.triu(A, 1).T)

@@ -69,3 +69,45 @@ def test_generated_code_calls_the_vectorizable_arctangents_not_libm():
     a, b = sp.symbols("a b", real=True)
     src = codegen.scalar_function_source("f", [a, b], [sp.atan2(a, b) + sp.atan(a)])
     assert "_atan2(" in src and "_atan(" in src and "math.atan" not in src
+
+
+def _pair(s1, s2, rho):
+    # (r, c, t) as the compiled recursion forms them: t = s1 s2, r = sqrt((t - c)(t + c))
+    t = s1 * s2
+    c = rho * t
+    d = (t - c) * (t + c)
+    return (math.sqrt(d) if d > 0 else 0.0), c, t
+
+
+def test_pair_angle_matches_30_digit_mpmath_from_parallel_to_antiparallel():
+    rng = np.random.default_rng(5)
+    rhos = np.concatenate([rng.uniform(-1, 1, 1500),
+                           np.sign(rng.uniform(-1, 1, 1000)) * (1 - 10.0 ** rng.uniform(-17, -1, 1000)),
+                           np.sign(rng.uniform(-1, 1, 500)) * 10.0 ** rng.uniform(-17, 0, 500),
+                           [0.0, -0.0, 1.0, -1.0, math.cos(math.pi / 4), -math.cos(math.pi / 4)]])
+    for rho in rhos:
+        s1, s2 = 10.0 ** rng.uniform(-70, 70, 2)
+        r, c, t = _pair(s1, s2, rho)
+        ref = _mp_atan2(r, c)
+        assert abs(vecmath.angle(r, c, t) - ref) <= 2 * ULP_REL * abs(ref) + 1e-320, (r, c, t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(1e-30, 1e30), st.floats(1e-30, 1e30), st.floats(-1.0, 1.0))
+def test_pair_angle_lies_in_0_pi_and_reflects_to_pi_minus_itself(s1, s2, rho):
+    r, c, t = _pair(s1, s2, rho)
+    a = vecmath.angle(r, c, t)
+    assert 0.0 <= a <= math.pi
+    # the angle to -y is pi minus the angle to y
+    assert abs(vecmath.angle(r, -c, t) - (math.pi - a)) <= 4 * ULP_REL * math.pi
+
+
+def test_pair_angle_of_a_zero_variance_input_is_zero():
+    assert vecmath.angle(0.0, 0.0, 0.0) == 0.0
+
+
+def test_arc_cosine_maps_print_the_pair_angle():
+    # relu's map: the angle of (r, c) with t = s1 s2 known goes to vecmath.angle, not atan2
+    from limitlab.theory.kernels import MLP
+    src = open(MLP(1, "relu")._compiled().__file__).read()
+    assert "_angle(r, cc, s1*s2)" in src and "_atan2(" not in src.split("def diagonal")[0]
