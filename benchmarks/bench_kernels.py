@@ -66,14 +66,6 @@ NT = textwrap.dedent('''
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter(); K = np.asarray(kernel_fn(X, None, what)); first = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    # the floor: BLAS X X^T, best of three after a pause (Numba's OpenMP workers, still
-    # spinning right after a kernel call, slow a BLAS call down 2x)
-    from limitlab.numerics.arrays import upper_gram
-    del K
-    time.sleep(1.0)
-    gram = min(timed(lambda: X @ X.T) for _ in range(3))
-    gram_upper = min(timed(lambda: upper_gram(X)) for _ in range(3))
-    K = None
     ts = []
     for _ in range(3):
         del K
@@ -93,19 +85,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--no-peer", action="store_true", help="skip neural-tangents")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating limitlab/neural-tangents runs (ReLU case)")
     a = ap.parse_args()
     peer = not a.no_peer and os.path.exists(NT_PY)
     py = sys.executable
     N = 2000 if a.quick else 8000
     print(f"== depth-3 ReLU NTK, N={N}, d=100, float64 ==")
-    ours = run(py, OURS, N, 100, 3, "relu", "ntk", "float64")
-    print(f"limitlab: {ours['time']:.3f} s = {ours['time'] / ours['gram']:.2f}x the BLAS Gram X X^T {ours['gram']:.3f} s "
-          f"({ours['time'] / ours['gram_upper']:.2f}x its upper triangle by band GEMMs, {ours['gram_upper']:.3f} s); "
-          f"peak {ours['peak_mb']:.0f} MB = {ours['peak_mb'] / ours['out_mb']:.2f}x output")
-    if peer:
-        nt = run(NT_PY, NT, N, 100, 3, "relu", "ntk")
-        print(f"neural-tangents: {nt['time']:.3f} s; peak {nt['peak_mb']:.0f} MB = {nt['peak_mb'] / ours['out_mb']:.2f}x output")
-        print(f"speed-up: {nt['time'] / ours['time']:.1f}x")
+    # this machine's speed drifts by +-30 % over minutes: run the two side by side in
+    # alternation, a fresh process each, and take the median of the paired ratios
+    ratios = []
+    for k in range(a.pairs if peer else 1):
+        ours = run(py, OURS, N, 100, 3, "relu", "ntk", "float64")
+        line = (f"[{k + 1}] limitlab: {ours['time']:.3f} s = {ours['time'] / ours['gram']:.2f}x the BLAS Gram X X^T "
+                f"{ours['gram']:.3f} s ({ours['time'] / ours['gram_upper']:.2f}x its upper triangle by band GEMMs, "
+                f"{ours['gram_upper']:.3f} s); peak {ours['peak_mb']:.0f} MB = {ours['peak_mb'] / ours['out_mb']:.2f}x output")
+        if peer:
+            nt = run(NT_PY, NT, N, 100, 3, "relu", "ntk")
+            ratios.append(nt["time"] / ours["time"])
+            line += (f"\n    neural-tangents: {nt['time']:.3f} s; peak {nt['peak_mb']:.0f} MB = "
+                     f"{nt['peak_mb'] / ours['out_mb']:.2f}x output; speed-up {ratios[-1]:.1f}x")
+        print(line, flush=True)
+    if ratios:
+        print(f"speed-up: median {sorted(ratios)[len(ratios) // 2]:.1f}x (range {min(ratios):.1f}-{max(ratios):.1f}x "
+              f"over {len(ratios)} pairs)")
 
     n2 = 500 if a.quick else 1000
     print(f"== depth-3 tanh NNGP, N={n2}, d=100 (quadrature path) ==")
