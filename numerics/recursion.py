@@ -129,8 +129,8 @@ def recursion(G, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, wan
             flags[i] = row(G, i, 0, k, th, s1, s2, inv_dim, w, b, x0, y0, u, v, out_k, out_th, want_k, want_th)
         return np.nonzero(flags)[0]
     # symmetric: the upper triangle only (the caller mirrors it: see numerics.arrays.mirror_upper);
-    # row p is paired with row n-1-p so every task has n+1 entries (prange splits its range
-    # evenly, and the triangle's rows shrink)
+    # row p is paired with row n-1-p so every task has n+1 entries (the triangle's rows
+    # shrink; the caller hands tasks out in small chunks)
     for p in nb.prange((n1 + 1) // 2):
         k = np.empty(n2)
         th = np.empty(n2)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple, Optional, Sequence, Union
 
+import numba as nb
 import numpy as np
-import scipy.linalg.blas
 import sympy as sp
 
 from limitlab.numerics import arrays, gaussian, recursion
@@ -178,8 +178,11 @@ class MLP:
         out_th = G if want_th else None
         out_k = (G if not want_th else np.empty_like(G)) if want_k else None
         dummy = np.empty((0, 0), dtype=G.dtype)
-        bad = mod.recursion(G, s1, s2, inv_dim, w, b, x0, y0, np.ascontiguousarray(u), np.ascontiguousarray(v),
-                            out_k if want_k else dummy, out_th if want_th else dummy, want_k, want_th, symmetric)
+        # rows go to threads in chunks of 8 as they free up, not in one static half each: a
+        # core taken away for a moment by another process then delays one chunk, not the call
+        with nb.parallel_chunksize(8):
+            bad = mod.recursion(G, s1, s2, inv_dim, w, b, x0, y0, np.ascontiguousarray(u), np.ascontiguousarray(v),
+                                out_k if want_k else dummy, out_th if want_th else dummy, want_k, want_th, symmetric)
         if symmetric:
             for out in (out_k, out_th):
                 if out is not None:
