@@ -164,10 +164,10 @@ def test_standard_parametrization_ntk_needs_a_width():
         MLP(2, "relu", parametrization="standard").ntk(np.ones((2, 3)))
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 64, 131])
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 131, 700])  # 700: the Gram by row bands
 @pytest.mark.parametrize("activation", ["relu", "erf", "gelu"])
 def test_symmetric_path_equals_the_cross_path(n, activation):
-    # the symmetric path (syrk upper triangle, rows paired p with n-1-p, mirrored) against
+    # the symmetric path (band-GEMM upper triangle, rows paired p with n-1-p, mirrored) against
     # the general X1 != X2 path, which computes every entry independently
     X = np.random.default_rng(n).standard_normal((n, 5))
     m = MLP(3, activation, weight_var=1.7, bias_var=0.2)
