@@ -133,7 +133,8 @@ def _atomic_write(path: Path, text: str):
 def header() -> str:
     """The imports every generated module starts with (part of its cache key)."""
     return ("import math\nimport numba as nb\nimport numpy as np\n"
-            "from limitlab.numerics.vecmath import angle as _angle, atan as _atan, atan2 as _atan2\n"
+            "from limitlab.numerics.vecmath import (angle as _angle, angle_finish as _angle_finish,\n"
+            "    angle_reduce as _angle_reduce, atan as _atan, atan2 as _atan2)\n"
             f"# vecmath {_VECMATH}\n\n")
 
 

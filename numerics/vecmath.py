@@ -95,17 +95,29 @@ def angle(r, c, t):
     the kernels' innermost loop; within 2 ulp (t^2 finite, as the callers' r needs). t = 0 (a
     zero-variance input) gives 0.
     """
+    u, off = angle_reduce(r, c, t)
+    return angle_finish(u, off, c)
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def angle_reduce(r, c, t):
+    """:func:`angle`'s first half: the reduced argument u (the division) and the offset."""
     den = t + abs(c)
     red = r > _TAN_PI_8 * den
     num = r - den if red else r
     den = r + den if red else den
     den = den if den > 0.0 else 1.0
-    u = num / den
+    # theta = off + sgn (u + u z p): 2 (pi/4 [reduced] + atan u), or pi minus that if c < 0
+    off = _PI_2 if red else 0.0
+    off = _PI - off if c < 0.0 else off
+    return num / den, off
+
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def angle_finish(u, off, c):
+    """:func:`angle`'s second half: the polynomial. Apart, the two can run as a software
+    pipeline (the division of one entry beside the polynomial of an earlier one)."""
     z = u * u
     p = _reduced(z)
-    # theta = off + sgn (u + u z p): 2 (pi/4 [reduced] + atan u), or pi minus that if c < 0
-    neg = c < 0.0
-    off = _PI_2 if red else 0.0
-    off = _PI - off if neg else off
-    sgn = -2.0 if neg else 2.0
+    sgn = -2.0 if c < 0.0 else 2.0
     return off + sgn * (u + u * z * p)
