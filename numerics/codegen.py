@@ -21,7 +21,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from limitlab.numerics import vecmath
 
-__all__ = ["cache_dir", "scalar_function_source", "compile_module", "stable_angles", "pair_angle"]
+__all__ = ["cache_dir", "scalar_function_source", "compile_module", "stable_angles"]
 
 _MODULES: dict = {}
 # generated modules inline vecmath's functions into their cached machine code: its source
@@ -60,20 +60,8 @@ def _machine_numbers(expr: sp.Expr) -> sp.Expr:
     return expr.xreplace(big) if big else expr
 
 
-class pair_angle(sp.Function):
-    """atan2(r, c) given t = |x||y| with r = sqrt(t^2 - c^2) >= 0 (c = x.y): the angle
-    between two vectors, printed as :func:`limitlab.numerics.vecmath.angle`."""
-    nargs = 3
-
-    def _eval_rewrite_as_atan2(self, r, c, t, **kwargs):
-        return sp.atan2(r, c)
-
-
 class _Printer(PythonCodePrinter):
     """Arctangents go to :mod:`limitlab.numerics.vecmath` (libm calls would block SIMD)."""
-
-    def _print_pair_angle(self, e):
-        return f"_angle({', '.join(self._print(a) for a in e.args)})"
 
     def _print_atan2(self, e):
         return f"_atan2({self._print(e.args[0])}, {self._print(e.args[1])})"
@@ -133,8 +121,8 @@ def _atomic_write(path: Path, text: str):
 def header() -> str:
     """The imports every generated module starts with (part of its cache key)."""
     return ("import math\nimport numba as nb\nimport numpy as np\n"
-            "from limitlab.numerics.vecmath import (angle as _angle, angle_finish as _angle_finish,\n"
-            "    angle_reduce as _angle_reduce, atan as _atan, atan2 as _atan2)\n"
+            "from limitlab.numerics.vecmath import (angle_finish as _angle_finish, angle_reduce as _angle_reduce,\n"
+            "    atan as _atan, atan2 as _atan2)\n"
             f"# vecmath {_VECMATH}\n\n")
 
 

@@ -258,8 +258,8 @@ def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequenc
     # exactly 0 for parallel inputs (c snapped to +-t), and without t^2 - c^2's cancellation
     maps = [codegen.stable_angles(_split_roots(m.subs(sub))).replace(is_root, lambda e: r)
             for m in (nngp_map, ntk_map)]
-    # the arc-cosine angle, knowing t = s1 s2, needs no octant swap (vecmath.angle)
-    # and becomes an argument too, for the layer loop's software pipeline
+    # the arc-cosine angle atan2(r, c) becomes an argument too: the layer loop computes it
+    # with vecmath.angle's two halves (t = s1 s2 known: no octant swap) in a software pipeline
     theta = sp.Symbol("theta", nonnegative=True)
     angled = any(m.has(sp.atan2(r, cc)) for m in maps)
     maps = [m.xreplace({sp.atan2(r, cc): theta}) for m in maps]
