@@ -1,7 +1,7 @@
 """NC metrics against brute-force formulas written out here (Papyan, Han, Donoho 2020)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from scipy.sparse.linalg import svds
 
 from limitlab.theory.collapse import CollapseAccumulator, metrics, simplex_etf
@@ -135,6 +135,7 @@ def test_nc1_is_never_negative(seed, noise, C, form):
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), cuts=st.lists(st.integers(0, 87), max_size=6), chunk=st.integers(1, 50))
+@example(seed=5501, cuts=[], chunk=1)  # a scatter entry of 9e-4 in a matrix of scale 25
 def test_streaming_in_chunks_equals_one_shot(seed, cuts, chunk):
     X, y, W, b = _data(seed % 1000)
     edges = [0] + sorted(cuts) + [len(y)]
@@ -150,7 +151,10 @@ def test_streaming_in_chunks_equals_one_shot(seed, cuts, chunk):
     a.update(X[:half], y[:half])
     c.update(X[half:], y[half:])
     both = CollapseAccumulator(4, 7).update(X, y)
-    np.testing.assert_allclose(a.merge(c).within_scatter, both.within_scatter, rtol=1e-12)
+    # relative to the matrix's scale: an entry near 0 is a difference of terms of that scale,
+    # and any two summation orders differ there by rounding of the terms, not of the entry
+    scale = np.abs(both.within_scatter).max()
+    np.testing.assert_allclose(a.merge(c).within_scatter, both.within_scatter, rtol=1e-12, atol=1e-13 * scale)
 
 
 def test_float32_features_agree_with_float64_to_single_precision():
