@@ -15,8 +15,8 @@ and layer) and takes the Cauchy-Schwarz root sqrt(q1 q2 - c^2) as an argument, a
 :mod:`limitlab.numerics.vecmath`, and nothing in the loop branches. Arc-cosine maps take
 the pair angle theta = atan2(root, c) as an argument too, and their loop is a software
 pipeline: the root and division of entry j + 32 run beside the polynomial of entry j (10 %
-faster on the ReLU NTK than in one entry's order, where they queue behind each other). ``prange`` runs over
-rows; when symmetric only the upper triangle is computed (rows paired for balance) and the
+faster on the ReLU NTK than in one entry's order, where they queue behind each other).
+``prange`` runs over rows; when symmetric only the upper triangle is computed (rows paired for balance) and the
 caller mirrors it. The diagonal variances q[l, i] come first, from the same compiled map
 with the same arithmetic as a snapped diagonal entry, so diagonal entries equal them bit for bit.
 """
@@ -51,6 +51,24 @@ def diagonal(g, inv_dim, w, b, L):
     return q
 
 
+@nb.njit(cache=True, inline='always', error_model='numpy')
+def _snap(c, t):
+    # (c, sqrt(t^2 - c^2)) for t = sqrt(q1 q2). |c| within rounding of t means parallel
+    # inputs: snap, since arccos would turn an ulp of c into an angle of 1e-8 (e.g. a point
+    # of X1 repeated in X2)
+    d = (t - c) * (t + c)
+    near = d <= 16 * 2.220446049250313e-16 * (t * t)
+    return (math.copysign(t, c) if near else c), (0.0 if near else math.sqrt(d))
+
+
+@nb.njit(cache=True, inline='always', error_model='numpy')
+def _step(k, th, j, a, adot, w, b, u, v):
+    # entry j of a layer: k <- w A + b, th <- u A + v + w Adot th
+    kn = w * a + b
+    th[j] = u * a + v + w * adot * th[j]
+    k[j] = kn
+
+
 '''
 
 # the map has no pair angle: one pass
@@ -62,19 +80,9 @@ def layer(k, th, s1, s2, w, b, u, v, S):
     # vectorizes it (no float reduction in here either: that needs reassociation); 'contract'
     # only fuses multiply-adds (one rounding instead of two)
     for j in range(k.shape[0]):
-        c = k[j]
-        t = s1 * s2[j]
-        d = (t - c) * (t + c)
-        # |c| within rounding of sqrt(q1 q2) means parallel inputs: snap, since arccos
-        # would turn an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
-        near = d <= 16 * 2.220446049250313e-16 * (t * t)
-        c = math.copysign(t, c) if near else c
-        r = 0.0 if near else math.sqrt(d)
+        c, r = _snap(k[j], s1 * s2[j])
         a, adot = _dualmap_raw(s1, s2[j], c, r, 0.0)
-        kn = w * a + b
-        h = u * a + v + w * adot * th[j]
-        th[j] = h
-        k[j] = kn
+        _step(k, th, j, a, adot, w, b, u, v)
 
 
 '''
@@ -87,12 +95,8 @@ _D = 32  # pipeline distance: entries whose root and division are in flight
 
 @nb.njit(cache=True, inline='always', error_model='numpy')
 def _pair(c, t):
-    # |c| within rounding of sqrt(q1 q2) means parallel inputs: snap, since arccos would
-    # turn an ulp of c into an angle of 1e-8 (e.g. a point of X1 repeated in X2)
-    d = (t - c) * (t + c)
-    near = d <= 16 * 2.220446049250313e-16 * (t * t)
-    c = math.copysign(t, c) if near else c
-    r = 0.0 if near else math.sqrt(d)
+    # the divider's half of an entry: the root and the angle's division
+    c, r = _snap(c, t)
     x, off = _angle_reduce(r, c, t)
     return c, r, x, off
 
@@ -100,10 +104,7 @@ def _pair(c, t):
 @nb.njit(cache=True, inline='always', error_model='numpy')
 def _update(k, th, j, s1, s2j, c, r, x, off, w, b, u, v):
     a, adot = _dualmap_raw(s1, s2j, c, r, _angle_finish(x, off, c))
-    kn = w * a + b
-    h = u * a + v + w * adot * th[j]
-    th[j] = h
-    k[j] = kn
+    _step(k, th, j, a, adot, w, b, u, v)
 
 
 @nb.njit(cache=True, error_model='numpy', fastmath={'contract'})
