@@ -16,9 +16,10 @@ and layer) and takes the Cauchy-Schwarz root sqrt(q1 q2 - c^2) as an argument, a
 the pair angle theta = atan2(root, c) as an argument too, and their loop is a software
 pipeline: the root and division of entry j + 32 run beside the polynomial of entry j (10 %
 faster on the ReLU NTK than in one entry's order, where they queue behind each other).
-``prange`` runs over rows; when symmetric only the upper triangle is computed (rows paired for balance) and the
-caller mirrors it. The diagonal variances q[l, i] come first, from the same compiled map
-with the same arithmetic as a snapped diagonal entry, so diagonal entries equal them bit for bit.
+``prange`` runs over rows; when symmetric only the upper triangle is computed (rows paired
+for balance) and the caller mirrors it. The diagonal variances q[l, i] come first, from the
+same compiled map with the same arithmetic as a snapped diagonal entry, so diagonal entries
+equal them bit for bit.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ _LAYER = '''
 def layer(k, th, s1, s2, w, b, u, v, S):
     # one layer along a row: k <- w A + b, th <- u A + v + w Adot th; branch-free, so LLVM
     # vectorizes it (no float reduction in here either: that needs reassociation); 'contract'
-    # only fuses multiply-adds (one rounding instead of two)
+    # only fuses multiply-adds (one rounding instead of two). S, the pipelined loop's
+    # scratch, is not used here: both layers share one signature
     for j in range(k.shape[0]):
         c, r = _snap(k[j], s1 * s2[j])
         a, adot = _dualmap_raw(s1, s2[j], c, r, 0.0)
