@@ -1,6 +1,6 @@
 """Limiting-kernel speed and memory, side by side with neural-tangents in the same run.
 
-    .venv/bin/python benchmarks/bench_kernels.py [--quick]
+    .venv/bin/python benchmarks/bench_kernels.py [--quick] [--no-peer] [--pairs N]
 
 Prints, for each case, limitlab's time and neural-tangents' time (its jitted kernel_fn, run
 in its private interpreter from ../shared/baselines/neural-tangents.sh; each the best of
