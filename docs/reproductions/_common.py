@@ -17,7 +17,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -130,14 +129,15 @@ class Comparison:
             note: str = ""):
         value, reference = float(value), float(reference)
         diff = value - reference
-        rel = abs(diff) / abs(reference) if reference != 0 else math.inf if diff else 0.0
+        rel = abs(diff) / abs(reference) if reference != 0 else None
         row = dict(what=what, value=value, reference=reference, against=against, abs_diff=abs(diff),
                    rel_diff=rel, se=None if se is None else float(se),
                    z=None if not se else diff / float(se), note=note)
         self.rows.append(row)
         extra = f", {abs(diff) / se:.2f} standard errors" if se else ""
+        relative = f"relative {rel:.3g}" if rel is not None else "relative: n/a"
         print(f"compare: {what}: {value:.6g} vs {against} {reference:.6g}; |difference| {abs(diff):.3g} "
-              f"(relative {rel:.3g}{extra}){'; ' + note if note else ''}")
+              f"({relative}{extra}){'; ' + note if note else ''}")
         return row
 
     def write(self, out: Path, **settings) -> Path:
