@@ -277,6 +277,12 @@ def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_
     ``nonlinear_signal = F*^2``, ``noise = tau^2``; array arguments broadcast. ``ridge = 0`` uses
     the ridgeless closed form (Theorem 3). ``mu = (mu0, mu1, mu_star)`` overrides the activation's
     coefficients (computed otherwise by the Gaussian-expectation engine).
+
+    The ridgeless risk diverges at the interpolation threshold ``psi1 = psi2`` (Theorem 3:
+    E0 = 0 there): ``B`` and ``V`` are ``inf`` and so is every term with a nonzero
+    coefficient; a term whose coefficient is 0 is exactly 0 (``signal = 0`` gives
+    ``bias = 0``; ``noise = nonlinear_signal = 0`` gives ``variance = 0``), so the risk is
+    ``inf`` unless there is nothing to fit, never NaN.
     """
     p1 = _check_array("psi1", psi1, positive=True)
     p2 = _check_array("psi2", psi2, positive=True)
@@ -305,8 +311,11 @@ def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_
     pole = (lam == 0) & (p1b == p2b)
     B = np.where(pole, np.inf, B)
     V = np.where(pole, np.inf, V)
-    bias = F1 * B
-    variance = (tau + Fs) * V
+    # a zero coefficient makes its term exactly 0, also at the pole (0 * inf would be NaN):
+    # no signal means nothing to fit, no noise and no F* means nothing to overfit
+    with np.errstate(invalid="ignore"):
+        bias = np.where(F1 == 0, 0.0, F1 * B)
+        variance = np.where(tau + Fs == 0, 0.0, (tau + Fs) * V)
     risk = bias + variance + Fs
     shape = np.broadcast_shapes(risk.shape, np.shape(Fs))
     fix = (lambda a: np.broadcast_to(a, shape).copy() if shape else float(a))

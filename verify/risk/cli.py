@@ -1,13 +1,11 @@
-"""`limitlab risk ...`: risk curves and surfaces to CSV and a plot.
+"""`limitlab risk ...`: exact asymptotic risk curves and surfaces as a table, CSV files and a plot.
 
-The main CLI (limitlab.verify.cli) calls :func:`add_risk_subcommand` on its subparsers::
-
-    limitlab risk random-features --psi1 0.1:5:200 --psi2 1.5 --ridge 1e-3 --out DIR [--simulate 200]
-    limitlab risk random-features --psi1 0.1:5:200 --psi2 0.1:5:200 --ridge 1e-3 --out DIR   # surface
-    limitlab risk linear-ridge --gamma 0.1:4:200 --ridge 0,0.1,1 --out DIR
-    limitlab risk kernel-ridge --depth 2 --activation relu --d 4 --n 10:2000:60 --ridge 1e-3 --out DIR
-
-A value is a number, a comma list, ``start:stop:num`` (linear) or ``start:stop:num:log``.
+The main CLI (limitlab.verify.cli) calls :func:`add_risk_subcommand` on its subparsers; the
+users' help text is ``_DESCRIPTION`` and ``_EXAMPLES`` below. Numbers are written as the
+shortest decimal that round-trips (``repr`` of a Python float). Exit status: 0 success
+(an ``inf`` risk, the ridgeless interpolation peak, is a valid value); 1 when any computed
+value is NaN (the table is still written, the message names the first such row); 2 for
+bad arguments.
 """
 from __future__ import annotations
 
@@ -19,7 +17,36 @@ import sys
 
 import numpy as np
 
-__all__ = ["add_risk_subcommand", "parse_values", "main"]
+__all__ = ["add_risk_subcommand", "parse_values", "format_number", "main"]
+
+EXIT_OK, EXIT_NAN, EXIT_USAGE = 0, 1, 2
+
+_DESCRIPTION = """\
+Exact asymptotic test risk of ridge regression in high dimensions: random features
+(Mei & Montanari), isotropic linear ridge (Hastie et al.) and kernel ridge with the NTK or
+NNGP of an MLP on the sphere (the eigenframework). Formulas and sources: docs/risk.md.
+
+Without --out the table is printed to standard output as CSV (one row per point); with
+--out DIR it is written to DIR as CSV together with a plot (PNG).
+
+A value (--psi1, --psi2, --gamma, --n, --ridge) is a number, a comma list, start:stop:num
+(evenly spaced) or start:stop:num:log (geometrically spaced)."""
+
+_EXAMPLES = """\
+examples:
+  limitlab risk random-features --psi1 2 --psi2 1.5 --ridge 1e-3
+      one point, printed: psi1,psi2,ridge,risk,bias,variance
+  limitlab risk random-features --psi1 0.1:5:200:log --psi2 1.5 --ridge 1e-4,1e-1 --noise 0.1 \\
+      --simulate 200 --out rf/
+      double-descent curves with simulated points at d = 200: rf/random_features.csv,
+      rf/random_features_simulated.csv, rf/random_features.png
+  limitlab risk random-features --psi1 0.5:2:40 --psi2 0.5:2:40 --out surface/
+      a (psi1, psi2) surface
+  limitlab risk linear-ridge --gamma 0.5,2 --ridge 0,0.1
+  limitlab risk kernel-ridge --depth 2 --d 4 --n 10:2000:20:log --ridge 1e-3 --degree-power 1:0.5,2:0.25
+
+exit status: 0 success (inf is a valid risk: the ridgeless interpolation peak psi1 = psi2
+or gamma = 1); 1 if any value is NaN; 2 for bad arguments."""
 
 
 def parse_values(text: str) -> np.ndarray:
@@ -44,83 +71,163 @@ def parse_values(text: str) -> np.ndarray:
                                          f"got {text!r}") from None
 
 
+def _int_at_least(minimum, what=""):
+    """argparse type: an integer >= ``minimum`` (a usage error, exit status 2, otherwise)."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}{what}, got {v}")
+        return v
+
+    return parse
+
+
+def format_number(v) -> str:
+    """Shortest round-trip decimal of a float (``repr``: ``0.1``, not ``0.10000000000000001``); ``inf``,
+    ``-inf`` and ``nan`` as Python writes them; anything else with ``str``."""
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return str(v)
+
+
 def _common(p):
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--name", default=None, help="file stem (default: the subcommand)")
-    p.add_argument("--no-plot", action="store_true", help="write the CSV only")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write CSV and plot files to DIR (created); default: print the table to stdout")
+    p.add_argument("--name", default=None, help="file stem with --out (default: the subcommand)")
+    p.add_argument("--no-plot", action="store_true", help="with --out, write the CSV only")
+
+
+def _sub(sub, name, help, description):
+    return sub.add_parser(name, help=help, description=description, epilog=_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_risk_subcommand(subparsers):
     """Register `risk` with its subcommands on an argparse subparsers object; returns the parser."""
     risk = subparsers.add_parser("risk", help="exact asymptotic risk curves (random features, linear, kernel ridge)",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 description=_DESCRIPTION, epilog=_EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = risk.add_subparsers(dest="risk_model", required=True)
 
-    rf = sub.add_parser("random-features", help="Mei-Montanari RF ridge risk in psi1 = N/d, psi2 = n/d")
-    rf.add_argument("--psi1", type=parse_values, required=True)
-    rf.add_argument("--psi2", type=parse_values, required=True)
-    rf.add_argument("--ridge", type=parse_values, default=np.array([1e-3]))
-    rf.add_argument("--activation", default="relu")
-    rf.add_argument("--signal", type=float, default=1.0, help="F1^2")
-    rf.add_argument("--nonlinear-signal", type=float, default=0.0, help="F*^2")
-    rf.add_argument("--noise", type=float, default=0.0, help="tau^2")
-    rf.add_argument("--simulate", type=int, default=0, metavar="D",
-                    help="add simulated points at dimension D (curves only)")
-    rf.add_argument("--samples", type=int, default=3, help="simulated regressions per point")
-    rf.add_argument("--sim-points", type=int, default=12, help="number of simulated points along the curve")
-    rf.add_argument("--seed", type=int, default=0)
+    rf = _sub(sub, "random-features", "Mei-Montanari RF ridge risk in psi1 = N/d, psi2 = n/d",
+              "Random-features ridge regression (Mei & Montanari 2022, Theorem 1): N features, n samples\n"
+              "in dimension d, psi1 = N/d, psi2 = n/d; target <beta1, x> + f_NL(x) + noise. Columns:\n"
+              "psi1, psi2, ridge, risk, bias, variance. Two ranges (--psi1 and --psi2) give a surface.")
+    rf.add_argument("--psi1", type=parse_values, required=True, help="N/d, features per dimension")
+    rf.add_argument("--psi2", type=parse_values, required=True, help="n/d, samples per dimension")
+    rf.add_argument("--ridge", type=parse_values, default=np.array([1e-3]),
+                    help="lambda in (N lambda/d)||a||^2 (default 1e-3; 0 is ridgeless)")
+    rf.add_argument("--activation", default="relu", help="activation of the features (default relu)")
+    rf.add_argument("--signal", type=float, default=1.0, help="F1^2, power of the linear target (default 1)")
+    rf.add_argument("--nonlinear-signal", type=float, default=0.0, help="F*^2, power of the nonlinear target")
+    rf.add_argument("--noise", type=float, default=0.0, help="tau^2, label-noise variance")
+    rf.add_argument("--simulate", type=_int_at_least(0, " (0: no simulation)"), default=0, metavar="D",
+                    help="add simulated regressions at dimension D >= 2 (curves only; 0: none)")
+    rf.add_argument("--samples", type=_int_at_least(1, ""), default=3,
+                    help="simulated regressions per point (>= 1, default 3)")
+    rf.add_argument("--sim-points", type=_int_at_least(1, ""), default=12,
+                    help="number of simulated points along the curve (>= 1, default 12)")
+    rf.add_argument("--seed", type=int, default=0, help="seed of the simulations")
     _common(rf)
     rf.set_defaults(risk_handler=_random_features)
 
-    lr = sub.add_parser("linear-ridge", help="Hastie et al. isotropic ridge risk in gamma = p/n")
-    lr.add_argument("--gamma", type=parse_values, required=True)
-    lr.add_argument("--ridge", type=parse_values, default=np.array([0.0]))
-    lr.add_argument("--signal", type=float, default=1.0)
-    lr.add_argument("--noise", type=float, default=1.0)
+    lr = _sub(sub, "linear-ridge", "Hastie et al. isotropic ridge risk in gamma = p/n",
+              "Isotropic linear ridge regression (Hastie, Montanari, Rosset, Tibshirani 2022): p features,\n"
+              "n samples, gamma = p/n; risk E||beta_hat - beta||^2. Columns: gamma, ridge, risk, bias, variance.")
+    lr.add_argument("--gamma", type=parse_values, required=True, help="p/n")
+    lr.add_argument("--ridge", type=parse_values, default=np.array([0.0]), help="ridge lambda (default 0)")
+    lr.add_argument("--signal", type=float, default=1.0, help="r^2 = ||beta||^2 (default 1)")
+    lr.add_argument("--noise", type=float, default=1.0, help="sigma^2, label-noise variance (default 1)")
     _common(lr)
     lr.set_defaults(risk_handler=_linear_ridge)
 
-    kr = sub.add_parser("kernel-ridge", help="learning curve of NTK/NNGP regression on the sphere (eigenframework)")
+    kr = _sub(sub, "kernel-ridge", "learning curve of NTK/NNGP regression on the sphere (eigenframework)",
+              "Kernel ridge regression with the limiting NTK or NNGP of an MLP on the sphere S^{d-1}\n"
+              "(eigenframework of Bordelon et al. 2020 / Simon et al. 2021; Funk-Hecke spectrum).\n"
+              "Columns: n, ridge, test_risk, excess_risk, train_risk, kappa, overfitting_coefficient;\n"
+              "with --out also the spectrum (degree, eigenvalue, multiplicity).")
     kr.add_argument("--n", type=parse_values, required=True, help="sample sizes")
-    kr.add_argument("--d", type=int, default=4, help="sphere S^{d-1} in R^d")
-    kr.add_argument("--depth", type=int, default=1)
+    kr.add_argument("--d", type=_int_at_least(2, ""), default=4, help="sphere S^{d-1} in R^d (default 4)")
+    kr.add_argument("--depth", type=_int_at_least(1, ""), default=1, help="hidden layers (default 1)")
     kr.add_argument("--activation", default="relu")
     kr.add_argument("--kernel", choices=("ntk", "nngp"), default="ntk")
     kr.add_argument("--weight-var", type=float, default=1.0)
     kr.add_argument("--bias-var", type=float, default=0.1)
-    kr.add_argument("--ridge", type=parse_values, default=np.array([0.0]))
-    kr.add_argument("--noise", type=float, default=0.0)
+    kr.add_argument("--ridge", type=parse_values, default=np.array([0.0]), help="ridge (default 0)")
+    kr.add_argument("--noise", type=float, default=0.0, help="label-noise variance")
     kr.add_argument("--degree-power", default="1:1", help="target power per degree, e.g. '1:0.5,2:0.3'")
-    kr.add_argument("--max-degree", type=int, default=200)
+    kr.add_argument("--max-degree", type=_int_at_least(0, ""), default=200)
     _common(kr)
     kr.set_defaults(risk_handler=_kernel_ridge)
     risk.set_defaults(func=run, handler=run)
     return risk
 
 
+class _Table:
+    """A named table: header and rows of numbers."""
+
+    def __init__(self, name, header, rows):
+        self.name, self.header, self.rows = name, list(header), [tuple(r) for r in rows]
+
+    def first_nan(self):
+        for r in self.rows:
+            for h, v in zip(self.header, r):
+                if isinstance(v, (float, np.floating)) and math.isnan(v):
+                    return h, r
+        return None
+
+    def write(self, fh):
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(self.header)
+        for r in self.rows:
+            w.writerow([format_number(v) for v in r])
+
+
 def run(args) -> int:
-    """Handler: dispatch to the chosen model; returns an exit status."""
+    """Handler: compute the chosen model's tables; print them (no ``--out``) or write files; returns an exit status."""
     try:
-        paths = args.risk_handler(args)
+        tables, plot = args.risk_handler(args)
     except (ValueError, TypeError) as exc:
         print(f"limitlab risk: error: {exc}", file=sys.stderr)
-        return 2
-    for p in paths:
-        print(p)
-    return 0
-
-
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for r in rows:
-            w.writerow([f"{v:.17g}" if isinstance(v, (float, np.floating)) else v for v in r])
-
-
-def _prepare(args, default):
-    os.makedirs(args.out, exist_ok=True)
-    return os.path.join(args.out, args.name or default)
+        return EXIT_USAGE
+    if args.out is None:
+        for i, t in enumerate(t for t in tables if t.name != "spectrum"):
+            if i:
+                print(f"\n# {t.name}")
+            t.write(sys.stdout)
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, args.name or args.risk_model.replace("-", "_"))
+        paths = []
+        for t in tables:
+            paths.append(stem + ("" if t.name == "theory" else "_" + t.name) + ".csv")
+            with open(paths[-1], "w", newline="") as fh:
+                t.write(fh)
+        if plot is not None and not args.no_plot:
+            plt = _plt()
+            fig = plot(plt)
+            fig.tight_layout()
+            paths.append(stem + ".png")
+            fig.savefig(paths[-1], dpi=120)
+            plt.close(fig)
+        for p in paths:
+            print(p)
+    for t in tables:
+        bad = t.first_nan()
+        if bad is not None:
+            col, row = bad
+            where = ", ".join(f"{h}={format_number(v)}" for h, v in zip(t.header, row))
+            n_bad = sum(isinstance(v, (float, np.floating)) and math.isnan(v) for r in t.rows for v in r)
+            print(f"limitlab risk: error: {n_bad} value(s) of the {t.name} table are NaN (first: {col} at {where})",
+                  file=sys.stderr)
+            return EXIT_NAN
+    return EXIT_OK
 
 
 def _plt():
@@ -135,15 +242,14 @@ def _plt():
 def _random_features(args):
     from limitlab.theory.risk import random_features
 
-    stem = _prepare(args, "random_features")
     p1, p2, lam = args.psi1, args.psi2, args.ridge
+    if args.simulate == 1:
+        raise ValueError("--simulate: the dimension D must be >= 2 (or 0 for no simulation), got 1")
     kw = dict(activation=args.activation, signal=args.signal, nonlinear_signal=args.nonlinear_signal, noise=args.noise)
     P1, P2, L = np.meshgrid(p1, p2, lam, indexing="ij")
     r = random_features(P1, P2, L, **kw)
-    rows = [(a, b, c, R, B, V) for a, b, c, R, B, V in zip(P1.ravel(), P2.ravel(), L.ravel(), r.risk.ravel(),
-                                                            r.bias.ravel(), r.variance.ravel())]
-    paths = [stem + ".csv"]
-    _write_csv(paths[0], ["psi1", "psi2", "ridge", "risk", "bias", "variance"], rows)
+    tables = [_Table("theory", ["psi1", "psi2", "ridge", "risk", "bias", "variance"],
+                     zip(P1.ravel(), P2.ravel(), L.ravel(), np.ravel(r.risk), np.ravel(r.bias), np.ravel(r.variance)))]
     surface = p1.size > 1 and p2.size > 1
     sim = []
     if args.simulate and not surface:
@@ -159,16 +265,16 @@ def _random_features(args):
                 vals = [random_features_regression(args.simulate, a, b, li, args.activation, args.signal,
                                                    args.nonlinear_signal, args.noise, seed=rng)
                         for _ in range(args.samples)]
-                sim.append((a, b, li, args.simulate, float(np.mean(vals)),
-                            float(np.std(vals) / math.sqrt(max(len(vals), 1)))))
-        paths.append(stem + "_simulated.csv")
-        _write_csv(paths[-1], ["psi1", "psi2", "ridge", "d", "risk_mean", "risk_se"], sim)
-    if not args.no_plot:
-        plt = _plt()
+                sim.append((float(a), float(b), float(li), args.simulate, float(np.mean(vals)),
+                            float(np.std(vals) / math.sqrt(len(vals)))))
+        tables.append(_Table("simulated", ["psi1", "psi2", "ridge", "d", "risk_mean", "risk_se"], sim))
+
+    def plot(plt):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         if surface:
-            R = np.log10(r.risk[:, :, 0])
-            im = ax.pcolormesh(p2, p1, R, shading="auto", cmap="viridis")
+            with np.errstate(divide="ignore"):
+                R = np.log10(r.risk[:, :, 0])
+            im = ax.pcolormesh(p2, p1, np.where(np.isfinite(R), R, np.nan), shading="auto", cmap="viridis")
             fig.colorbar(im, ax=ax, label="log10 risk")
             ax.set_xlabel("psi2 = n/d")
             ax.set_ylabel("psi1 = N/d")
@@ -176,7 +282,8 @@ def _random_features(args):
         else:
             xs, xlabel, idx = (p1, "psi1 = N/d", 0) if p1.size > 1 else (p2, "psi2 = n/d", 1)
             for j, li in enumerate(lam):
-                ax.plot(xs, r.risk.reshape(-1, lam.size)[:, j], label=f"theory, ridge={li:g}")
+                y = np.asarray(r.risk).reshape(-1, lam.size)[:, j]
+                ax.plot(xs, np.where(np.isfinite(y), y, np.nan), label=f"theory, ridge={li:g}")
                 pts = [s for s in sim if s[2] == li]
                 if pts:
                     ax.errorbar([s[idx] for s in pts], [s[4] for s in pts], yerr=[s[5] for s in pts], fmt="o",
@@ -186,38 +293,31 @@ def _random_features(args):
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test risk")
             ax.legend(fontsize=8)
-        _save_figure(plt, fig, stem, paths)
-    return paths
+        return fig
 
-
-def _save_figure(plt, fig, stem, paths):
-    """Write the figure beside the CSV and record its path."""
-    fig.tight_layout()
-    paths.append(stem + ".png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    return tables, plot
 
 
 def _linear_ridge(args):
     from limitlab.theory.risk.linear_ridge import linear_ridge
 
-    stem = _prepare(args, "linear_ridge")
     G, L = np.meshgrid(args.gamma, args.ridge, indexing="ij")
     r = linear_ridge(G, L, args.signal, args.noise)
-    paths = [stem + ".csv"]
-    _write_csv(paths[0], ["gamma", "ridge", "risk", "bias", "variance"],
-               zip(G.ravel(), L.ravel(), np.ravel(r.risk), np.ravel(r.bias), np.ravel(r.variance)))
-    if not args.no_plot:
-        plt = _plt()
+    tables = [_Table("theory", ["gamma", "ridge", "risk", "bias", "variance"],
+                     zip(G.ravel(), L.ravel(), np.ravel(r.risk), np.ravel(r.bias), np.ravel(r.variance)))]
+
+    def plot(plt):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for j, li in enumerate(args.ridge):
-            ax.plot(args.gamma, np.asarray(r.risk).reshape(G.shape)[:, j], label=f"ridge={li:g}")
+            y = np.asarray(r.risk).reshape(G.shape)[:, j]
+            ax.plot(args.gamma, np.where(np.isfinite(y), y, np.nan), label=f"ridge={li:g}")
         ax.set_xlabel("gamma = p/n")
         ax.set_ylabel("risk")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        _save_figure(plt, fig, stem, paths)
-    return paths
+        return fig
+
+    return tables, plot
 
 
 def _kernel_ridge(args):
@@ -225,7 +325,6 @@ def _kernel_ridge(args):
     from limitlab.theory.risk.eigenlearning import kernel_ridge
     from limitlab.theory.risk.sphere_spectra import dot_product_kernel, sphere_spectrum
 
-    stem = _prepare(args, "kernel_ridge")
     power = {}
     for item in args.degree_power.split(","):
         try:
@@ -233,8 +332,11 @@ def _kernel_ridge(args):
             power[int(l)] = float(p)
         except ValueError:
             raise ValueError(f"degree-power: expected 'degree:power,...', got {args.degree_power!r}") from None
-    if max(power) > args.max_degree:
-        raise ValueError(f"degree-power: degree {max(power)} exceeds --max-degree {args.max_degree}")
+    if min(power) < 0 or max(power) > args.max_degree:
+        raise ValueError(f"degree-power: degrees must lie in [0, --max-degree = {args.max_degree}], "
+                         f"got {sorted(power)}")
+    if any(not (p >= 0 and math.isfinite(p)) for p in power.values()):
+        raise ValueError(f"degree-power: powers must be finite and >= 0, got {args.degree_power!r}")
     model = MLP(args.depth, args.activation, weight_var=args.weight_var, bias_var=args.bias_var)
     spec = sphere_spectrum(dot_product_kernel(model, args.kernel), args.d, args.max_degree)
     keep = spec.eigenvalues > 1e-13 * spec.trace
@@ -245,15 +347,14 @@ def _kernel_ridge(args):
         target[l] = math.sqrt(p)
     N, L = np.meshgrid(args.n, args.ridge, indexing="ij")
     r = kernel_ridge(spec.eigenvalues[keep], target[keep], N, L, args.noise, multiplicities=spec.multiplicities[keep])
-    paths = [stem + ".csv"]
-    _write_csv(paths[0], ["n", "ridge", "test_risk", "excess_risk", "train_risk", "kappa", "overfitting_coefficient"],
-               zip(N.ravel(), L.ravel(), np.ravel(r.test_risk), np.ravel(r.excess_risk), np.ravel(r.train_risk),
-                   np.ravel(r.kappa), np.ravel(r.overfitting_coefficient)))
-    _write_csv(stem + "_spectrum.csv", ["degree", "eigenvalue", "multiplicity"],
-               zip(range(spec.eigenvalues.size), spec.eigenvalues, spec.multiplicities))
-    paths.append(stem + "_spectrum.csv")
-    if not args.no_plot:
-        plt = _plt()
+    tables = [_Table("theory", ["n", "ridge", "test_risk", "excess_risk", "train_risk", "kappa",
+                                "overfitting_coefficient"],
+                     zip(N.ravel(), L.ravel(), np.ravel(r.test_risk), np.ravel(r.excess_risk), np.ravel(r.train_risk),
+                         np.ravel(r.kappa), np.ravel(r.overfitting_coefficient))),
+              _Table("spectrum", ["degree", "eigenvalue", "multiplicity"],
+                     zip(range(spec.eigenvalues.size), spec.eigenvalues, spec.multiplicities))]
+
+    def plot(plt):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for j, li in enumerate(args.ridge):
             ax.plot(args.n, np.asarray(r.excess_risk).reshape(N.shape)[:, j], label=f"ridge={li:g}")
@@ -263,13 +364,14 @@ def _kernel_ridge(args):
         ax.set_ylabel("excess test risk")
         ax.set_title(f"{args.kernel.upper()} of depth-{args.depth} {args.activation} MLP on S^{args.d - 1}")
         ax.legend(fontsize=8)
-        _save_figure(plt, fig, stem, paths)
-    return paths
+        return fig
+
+    return tables, plot
 
 
 def main(argv=None) -> int:
     """Stand-alone entry (``python -m limitlab.verify.risk.cli risk ...``)."""
-    parser = argparse.ArgumentParser(prog="limitlab")
+    parser = argparse.ArgumentParser(prog="limitlab")  # argparse's usage errors exit with status 2
     sub = parser.add_subparsers(dest="command", required=True)
     add_risk_subcommand(sub)
     args = parser.parse_args(argv)

@@ -111,6 +111,31 @@ def test_interpolation_peak_sits_at_psi1_equal_psi2():
 
 
 @settings(max_examples=25, deadline=None)
+@given(psi=st.floats(0.2, 5), signal=st.sampled_from([0.0, 1.0]), fstar=st.sampled_from([0.0, 0.2]),
+       noise=st.sampled_from([0.0, 0.3]))
+def test_ridgeless_interpolation_threshold_is_inf_never_nan(psi, signal, fstar, noise):
+    # Theorem 3: the ridgeless risk has a simple pole at psi1 = psi2 (E0 = 0). The default
+    # arguments (no noise, no F*) used to give 0 * inf = NaN in the variance.
+    r = random_features(psi, psi, 0.0, signal=signal, nonlinear_signal=fstar, noise=noise)
+    assert not np.isnan([r.risk, r.bias, r.variance]).any()
+    assert r.bias == (np.inf if signal else 0.0)
+    assert r.variance == (np.inf if noise + fstar else 0.0)
+    assert r.risk == (np.inf if signal + noise + fstar else 0.0)  # no target and no noise: f = 0 is exact
+    # a simple pole: |psi1 - psi2| * risk has the same finite limit from both sides
+    if signal + noise + fstar:
+        eps = 1e-6 * psi
+        above = random_features(psi + eps, psi, 0.0, signal=signal, nonlinear_signal=fstar, noise=noise).risk * eps
+        below = random_features(psi - eps, psi, 0.0, signal=signal, nonlinear_signal=fstar, noise=noise).risk * eps
+        assert 0 < above < np.inf and above == pytest.approx(below, rel=1e-4)
+
+
+def test_interpolation_threshold_on_a_grid_is_inf_only_there():
+    r = random_features(np.array([0.5, 1.0, 2.0]), 1.0, 0.0)
+    assert np.isinf(r.risk[1]) and np.all(np.isfinite(r.risk[[0, 2]]))
+    assert r.variance[1] == 0.0  # coefficient tau^2 + F*^2 = 0
+
+
+@settings(max_examples=25, deadline=None)
 @given(psi=st.floats(0.2, 5), a=st.floats(1.05, 3))
 def test_tuned_ridge_risk_does_not_increase_with_features_or_samples(psi, a):
     lam = np.geomspace(1e-5, 1e2, 300)
