@@ -4,9 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from scipy.special import comb, gamma, iv
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import comb, gamma, iv, roots_jacobi
 
-from limitlab.theory.risk.sphere_spectra import dot_product_kernel, legendre_d, multiplicity, sphere_spectrum
+from limitlab.theory.risk.sphere_spectra import (dot_product_kernel, gegenbauer_quadrature, legendre_d, multiplicity,
+                                                 sphere_spectrum)
 
 
 @pytest.mark.parametrize("d", [2, 3, 5, 10, 30])
@@ -73,9 +76,85 @@ def test_mlp_ntk_spectrum_uses_the_limiting_kernel():
     assert abs(s.trace_residual) < 1e-2 * s.trace  # the tail beyond degree 30 carries the rest
 
 
+@pytest.mark.parametrize("d", [400, 1000, 10 ** 4, 10 ** 6])
+def test_high_dimension_matches_mpmath_bessel(d):
+    # scipy's roots_jacobi overflows here (d >~ 400); the Golub-Welsch rule does not.
+    # Reference: lambda_l = Gamma(nu + 1) 2^nu I_(l+nu)(1), nu = (d-2)/2, by mpmath at 40 digits.
+    import mpmath as mp
+
+    s = sphere_spectrum(np.exp, d, 6)
+    with mp.workdps(40):
+        nu = mp.mpf(d - 2) / 2
+        exact = np.array([float(mp.gamma(nu + 1) * mp.mpf(2) ** nu * mp.besseli(l + nu, 1)) for l in range(7)])
+    assert np.max(np.abs(s.eigenvalues - exact)) <= 1e-14 * math.e
+    big = exact > 1e-6
+    assert np.max(np.abs(s.eigenvalues[big] / exact[big] - 1)) <= 1e-10
+    # the d -> infinity limit: I_(nu+1)(1) ~ 2^-(nu+1)/Gamma(nu+2) (1 + 1/(4 (nu+2))) gives d lambda_1 = 1 + 1/(2d) + O(d^-2)
+    assert abs(d * s.eigenvalues[1] - 1 - 1 / (2 * d)) <= 2 / d ** 2
+
+
+def test_limiting_ntk_spectrum_in_high_dimension():
+    # the user's case: MLP kernels at d >= 400 raised an error about X2 (NaN nodes from scipy)
+    from limitlab.theory.kernels import MLP
+
+    s = sphere_spectrum(dot_product_kernel(MLP(2, "relu", bias_var=0.1), "ntk"), 1000, 4)
+    assert np.all(np.isfinite(s.eigenvalues)) and np.all(s.eigenvalues[:3] > 0)
+    # lambda_0 -> k(0) as d -> infinity (the cosine concentrates at 0): the NTK at t = 0
+    k0 = float(dot_product_kernel(MLP(2, "relu", bias_var=0.1), "ntk")(np.array([0.0]))[0])
+    assert abs(s.eigenvalues[0] - k0) < 1e-2 * k0
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 7, 30, 250])
+def test_quadrature_agrees_with_scipy_where_scipy_works(d):
+    n = 300
+    t, w = gegenbauer_quadrature(n, d)
+    a = (d - 3) / 2
+    t_ref, w_ref = roots_jacobi(n, a, a)
+    np.testing.assert_allclose(t, t_ref, rtol=0, atol=1e-14)
+    # scipy's own end weights are off by ~1e-10 relative (measured against mpmath for d = 3, n = 300;
+    # ours by < 2e-12, see the next test)
+    np.testing.assert_allclose(w, w_ref / w_ref.sum(), rtol=3e-10, atol=1e-17)
+
+
+def test_quadrature_weights_match_mpmath_gauss_legendre():
+    # d = 3 is Gauss-Legendre: normalized weights 1/((1 - x^2) P_n'(x)^2) at the roots of P_n (30 digits)
+    import mpmath as mp
+
+    n = 300
+    t, w = gegenbauer_quadrature(n, 3)
+    with mp.workdps(30):
+        for j in (0, 1, 2, 75, 150):
+            x = mp.findroot(lambda x: mp.legendre(n, x), mp.mpf(t[j]))
+            dp = mp.diff(lambda x: mp.legendre(n, x), x)
+            assert abs(t[j] - float(x)) <= 1e-15
+            assert abs(w[j] / float(1 / ((1 - x ** 2) * dp ** 2)) - 1) <= 1e-11
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(2, 10 ** 8), n=st.integers(3, 120))
+def test_quadrature_moments_are_exact(d, n):
+    # t = one coordinate of a uniform point of S^(d-1): E t^2 = 1/d, E t^4 = 3/(d(d+2)), odd moments 0
+    t, w = gegenbauer_quadrature(n, d)
+    assert np.all(w > 0) and np.all(np.diff(t) > 0) and np.all(np.abs(t) < 1)
+    assert w.sum() == pytest.approx(1.0, rel=1e-14)
+    assert w @ t == pytest.approx(0.0, abs=1e-15)
+    assert w @ t ** 2 == pytest.approx(1 / d, rel=1e-12)
+    assert w @ t ** 4 == pytest.approx(3 / (d * (d + 2)), rel=1e-11)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="d"):
         sphere_spectrum(np.exp, 1, 5)
+    with pytest.raises(ValueError, match=r"d: .*>= 2, got 1"):
+        multiplicity(1, 3)  # used to return 0 silently
+    with pytest.raises(ValueError, match="d"):
+        multiplicity(2.5, 3)
+    with pytest.raises(ValueError, match="degree"):
+        multiplicity(3, -1)
+    with pytest.raises(TypeError, match="degree"):
+        multiplicity(3, 1.5)
+    with pytest.raises(ValueError, match="nodes"):
+        gegenbauer_quadrature(0, 3)
     with pytest.raises(ValueError, match="max_degree"):
         sphere_spectrum(np.exp, 3, -1)
     with pytest.raises(ValueError, match="kernel"):
