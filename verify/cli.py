@@ -1,6 +1,11 @@
 """The ``limitlab`` command: ``limitlab verify`` (and subcommands added by other pillars).
 
-Exit codes: 0 every check passed, 1 a check disagreed (or failed to run), 2 usage error.
+Exit codes of ``limitlab verify``: 0 every check passed; 1 a check disagreed (or failed
+to run); 2 usage error (unknown check, bad --widths / --samples / --out, unavailable
+backend, --resume without a report); 3 no check failed but at least one was inconclusive
+(a size below the check's min_size, or fewer than 3 sizes for a check that declares a
+rate); 130 interrupted (Ctrl-C; the finished sizes are in the report, rerun with --resume).
+Precedence: any fail or error gives 1, else any inconclusive 3, else 0.
 
 Pillars add subcommands through a hook: a module ``limitlab.verify.<pillar>.cli`` with a
 function ``add_subcommand(subparsers)`` (or, for the risk pillar, ``add_risk_subcommand``)
@@ -10,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from typing import Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_OUT = "limitlab-report"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +48,10 @@ def _add_verify(sub):
         "verify", help="check theory against finite networks (Monte Carlo)",
         description="Compare theory numbers with simulated finite networks at growing widths and say, with "
                     "statistics, whether they agree. With no CHECK: the quick default set (under a minute on "
-                    "2 cores). Exit 0 when all pass, 1 when any disagrees, 2 on a usage error.")
+                    f"2 cores). The report (report.json, plots/) goes to --out (default {DEFAULT_OUT}/). "
+                    "Exit codes: 0 all pass; 1 any disagrees or fails to run; 2 usage error; 3 none failed but "
+                    "some inconclusive (a size below the check's min_size, or fewer than 3 sizes for a check "
+                    "with a rate); 130 interrupted (rerun with --resume).")
     p.add_argument("checks", nargs="*", metavar="CHECK",
                    help="check names or shell patterns (e.g. 'kernels.relu.*'), or 'all'; default: the default set")
     p.add_argument("--list", action="store_true", help="list the available checks and exit")
@@ -50,7 +60,8 @@ def _add_verify(sub):
     p.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the run (default 0)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="array backend: auto (torch or cupy on a CUDA GPU, else numpy), numpy, torch, cupy")
-    p.add_argument("--out", metavar="DIR", help="write DIR/report.json (after every finished size) and DIR/plots/")
+    p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                   help=f"write DIR/report.json (after every finished size) and DIR/plots/ (default {DEFAULT_OUT})")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="each check's quick sizes and samples")
     size.add_argument("--full", action="store_true",
@@ -63,6 +74,24 @@ def _add_verify(sub):
     return p
 
 
+def _plural(n: int, word: str) -> str:
+    if n == 1:
+        return f"{n} {word}"
+    if word.endswith("s"):  # "steps", "steps per unit time": already plural
+        return f"{n} {word}"
+    if " " in word:  # "steps per unit time" style names: pluralize the first word
+        head, rest = word.split(" ", 1)
+        return f"{n} {head if head.endswith('s') else head + 's'} {rest}"
+    return f"{n} {word}s"
+
+
+def _sizes(name: str, sizes) -> str:
+    """'widths 128, 512, 2048' / 'steps 400, 1600' / 'steps per unit time 40, 80'."""
+    head, _, rest = name.partition(" ")
+    head = head if head.endswith("s") else head + "s"
+    return f"{head}{' ' + rest if rest else ''} {', '.join(map(str, sizes))}"
+
+
 def _cmd_list(args) -> int:
     from limitlab.verify.registry import all_checks
 
@@ -70,9 +99,17 @@ def _cmd_list(args) -> int:
     width = max((len(n) for n in checks), default=10)
     for name, c in checks.items():
         mark = "*" if c.default else " "
-        print(f"{mark} {name.ljust(width)}  {c.size_name}s {','.join(map(str, c.sizes))} x{c.samples}  "
-              f"{c.description}")
-    print("* = in the default set (`limitlab verify` with no CHECK)")
+        est = f"~{c.seconds_quick:.0f} s" if c.seconds_quick is not None else "not measured"
+        print(f"{mark} {name.ljust(width)}  {c.description}")
+        print(f"    quick: {_sizes(c.size_name, c.quick_sizes)} x {_plural(c.quick_samples, 'sample')} "
+              f"({est} on 2 cores, an estimate)")
+        print(f"    full:  {_sizes(c.size_name, c.sizes)} x {_plural(c.samples, 'sample')}; "
+              f"min {c.size_name} {c.min_size}; rate {'none' if c.rate is None else f'{c.rate:g}'}")
+    n_def = sum(c.default for c in checks.values())
+    total = sum(c.seconds_quick or 0.0 for c in checks.values() if c.default)
+    print(f"{_plural(len(checks), 'check')}; * = the default set ({_plural(n_def, 'check')}, run quick by "
+          f"`limitlab verify` with no CHECK: ~{total:.0f} s on 2 cores, an estimate); named checks run full "
+          f"unless --quick")
     return EXIT_PASS
 
 
@@ -86,12 +123,13 @@ def _cmd_verify(args) -> int:
         report = run(checks=args.checks or None, widths=args.widths, samples=args.samples, seed=args.seed,
                      backend=args.backend, out=args.out, quick=quick, resume=args.resume,
                      progress=not args.no_progress, plots=not args.no_plots)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         print(f"limitlab verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(report.table(verbose=args.verbose))
-    if args.out:
-        print(f"report: {report.path}")
+    if report.path:
+        print(f"report: {report.path}" + (f" (plots in {os.path.join(os.path.dirname(report.path), 'plots')})"
+                                          if not args.no_plots else ""))
     return report.exit_code
 
 
@@ -140,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted (finished sizes are in the report; rerun with --resume)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,17 +1,24 @@
-"""``limitlab.verify.run``: run checks at several sizes, judge them, write the report."""
+"""``limitlab.verify.run``: run checks at several sizes, judge them, write the report.
+
+The output directory is checked before any work (created, and a temporary file written
+and removed in it); every finished result already in its report.json is kept (in the
+report's archive unless the current run supersedes it), and ``resume`` reuses the finished
+sizes recorded with the same check, seed, sample count and backend.
+"""
 from __future__ import annotations
 
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Optional, Sequence, Union
 
-from limitlab.verify.registry import Context, select
+from limitlab.verify.registry import Context, select, suggest
 from limitlab.verify import stats
 from limitlab.verify.backend import get_backend
-from limitlab.verify.report import CheckResult, Report
+from limitlab.verify.report import REPORT_NAME, CheckResult, Report
 
 __all__ = ["run", "versions"]
 
@@ -46,11 +53,45 @@ def _check_sizes(widths, name="widths"):
     return sorted(ws)
 
 
-def _reusable(old: Optional[CheckResult], size: int, samples: int, seed: int, backend: str, old_meta: dict) -> bool:
+def _check_out(out) -> Optional[str]:
+    """Validate ``out`` before any work: create it and write (then remove) a temporary file in it."""
+    if out is None:
+        return None
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: expected a directory path (str) or None, got {type(out).__name__} {out!r}")
+    out = os.fspath(out)
+    if out.strip() == "":
+        raise ValueError(f"out: expected a directory path, got the empty string {out!r}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out: {out!r} exists and is not a directory; give a directory for report.json and plots/")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ValueError(f"out: cannot write the report to {out!r}: {exc.strerror or exc}") from None
+    for sub, kind in ((REPORT_NAME, "a file"), ("plots", "a directory")):
+        p = os.path.join(out, sub)
+        if os.path.exists(p) and (os.path.isdir(p) if kind == "a file" else not os.path.isdir(p)):
+            raise ValueError(f"out: {p!r} exists and is not {kind}; give another directory")
+    return out
+
+
+def _load_old(out: Optional[str]) -> Optional[Report]:
+    if out is None or not os.path.exists(os.path.join(out, REPORT_NAME)):
+        return None
+    try:
+        return Report.load(out)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # never overwrite what cannot be read
+        raise ValueError(f"out: {os.path.join(out, REPORT_NAME)!r} exists but cannot be read ({exc}); move it away "
+                         f"or give another directory") from None
+
+
+def _reusable(old: Optional[CheckResult], size: int, samples: int, seed: int, backend: str) -> bool:
     if old is None or size not in old.measurements:
         return False
-    return (old.samples == samples and old_meta.get("seed") == seed
-            and old_meta.get("backend", {}).get("backend") == backend)
+    return old.samples == samples and old.seed == seed and old.backend == backend
 
 
 def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequence[int]] = None,
@@ -66,10 +107,14 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
         seed: the run's seed; size n of every check draws from the stream (seed, n).
         backend: ``auto``, ``numpy``, ``torch``, ``cupy`` or ``array-api-strict``.
         out: directory for report.json (rewritten atomically after every finished size)
-            and plots/; None writes nothing.
+            and plots/; None writes nothing. Checked before any work; finished results
+            already in its report.json are kept (``Report.archive``).
         quick: each check's quick sizes and samples.
-        resume: reuse the finished sizes in ``out``/report.json (same seed, samples, backend).
+        resume: reuse the finished sizes in ``out``/report.json (same check, seed, samples, backend).
         progress: a tqdm progress bar on stderr (only when stderr is a terminal).
+
+    A check whose sizes go below its ``min_size``, or that declares a rate and runs fewer
+    than three sizes, gets the verdict "inconclusive" (``Report.exit_code`` 3), never "pass".
     """
     if isinstance(checks, str):
         checks = [checks]
@@ -83,20 +128,27 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
     try:
         selected = select(list(checks) if checks is not None else None)
     except KeyError as exc:
-        raise ValueError(f"checks: no check matches {exc.args[0]!r}; `limitlab verify --list` shows them") from None
+        near = suggest(exc.args[0])
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ValueError(f"checks: no check matches {exc.args[0]!r}{hint} (`limitlab verify --list` shows them)"
+                         ) from None
     if not selected:
         raise ValueError("checks: the selection is empty (no default checks registered)")
     bk = get_backend(backend)
-    old = None
-    if resume and os.path.exists(os.path.join(out, "report.json")):
-        old = Report.load(out)
+    out = _check_out(out)
+    old = _load_old(out)
     report = Report(meta={
         "seed": seed, "quick": bool(quick), "backend": bk.describe(), "versions": versions(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
         "platform": platform.platform(), "cpu_count": os.cpu_count(),
     })
     if out is not None:
-        report.path = os.path.join(out, "report.json")
+        report.path = os.path.join(out, REPORT_NAME)
+    previous = {}  # every finished result of the old report, by settings key
+    if old is not None:
+        for r in list(old.archive.values()) + list(old.checks.values()):
+            previous[r.key] = r
+        report.archive = dict(previous)
     plan = []
     for c in selected:
         sizes = widths or list(c.quick_sizes if quick else c.sizes)
@@ -108,17 +160,20 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
 
         bar = tqdm(total=sum(len(p[1]) for p in plan), file=sys.stderr, disable=not sys.stderr.isatty(),
                    unit="size", leave=False)
-    t_start = time.perf_counter()
+    t_start, reused_seconds = time.perf_counter(), 0.0
     for c, sizes, S in plan:
-        res = CheckResult(c.name, c.description, sizes, S, c.rate, c.bias_rate, c.size_name)
+        res = CheckResult(c.name, c.description, sizes, S, c.rate, c.bias_rate, c.size_name, seed=seed,
+                          backend=bk.name, min_size=c.min_size, min_size_reason=c.min_size_reason)
         report.checks[c.name] = res
-        prev = old.checks.get(c.name) if old is not None else None
+        candidates = [r for r in previous.values() if r.name == c.name] if resume else []
         for n in sizes:
             if bar is not None:
                 bar.set_description(f"{c.name} {c.size_name}={n}")
-            if _reusable(prev, n, S, seed, bk.name, old.meta if old else {}):
+            prev = next((r for r in candidates if _reusable(r, n, S, seed, bk.name)), None)
+            if prev is not None:
                 res.measurements[n] = prev.measurements[n]
                 res.seconds[n] = prev.seconds.get(n, 0.0)
+                reused_seconds += res.seconds[n]
             else:
                 ctx = Context(n, S, seed, bk.name, bk.xp, bk.device)
                 t0 = time.perf_counter()
@@ -133,19 +188,25 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
                 bar.update(1)
             if out is not None:
                 report.save()
+        if all(n in res.measurements for n in sizes):
+            report.archive.pop(res.key, None)  # superseded by the current run's complete result
         if res.error is None:
             try:
                 res.verdict = stats.verdict(sizes, [res.measurements[n] for n in sizes], c.rate, c.bias_rate,
-                                            seed=seed)
+                                            seed=seed, min_size=c.min_size)
             except Exception as exc:
                 res.error = f"{type(exc).__name__} in the verdict: {exc}"
         if out is not None:
             report.save()
     if bar is not None:
         bar.close()
-    report.meta["seconds"] = time.perf_counter() - t_start
+    # the whole run: this session's time plus the seconds of the sizes reused from an earlier one
+    report.meta["seconds_this_session"] = time.perf_counter() - t_start
+    report.meta["seconds_reused"] = reused_seconds
+    report.meta["seconds"] = report.meta["seconds_this_session"] + reused_seconds
     report.meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report.meta["passed"] = report.passed
+    report.meta["exit_code"] = report.exit_code
     if out is not None:
         if plots:
             report.meta["plots"] = [os.path.relpath(p, out) for p in report.plot(os.path.join(out, "plots"))]

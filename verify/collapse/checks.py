@@ -98,7 +98,8 @@ def ufm_gradient_descent(counts, lambda_W, lambda_H, depth, dim, *, starts, lr, 
 
 
 @check("collapse.ufm", sizes=(6, 12, 24), quick_sizes=(6, 12), samples=6, quick_samples=3, rate=None,
-       size_name="dim", default=True,
+       size_name="dim", default=True, min_size=4, seconds_quick=1.0,
+       min_size_reason="the closed-form minimizer needs feature dimension d >= C = 4 classes",
        description="GD on the unconstrained-features model reaches Dang et al.'s closed-form global minimizer")
 def _ufm(ctx: Context) -> list:
     from limitlab.theory.collapse import ufm_global_minimizer
@@ -223,6 +224,9 @@ def train_measurements(features, classifier, y):
 
 @check("collapse.train", sizes=(400, 1600, 6400), quick_sizes=(400, 1600), samples=16, quick_samples=4, rate=None,
        bias_rate=0.5, size_name="steps", default=False,  # ~50 s on 2 cores: run it by name (`limitlab verify collapse.train`)
+       min_size=400, seconds_quick=10.0,
+       min_size_reason="before ~400 steps (lr 0.1) the network is still fitting the labels; the collapse "
+                       "metrics fall only afterwards",
        description="an MLP trained by GD on a Gaussian mixture: NC1 and the self-duality gap fall towards 0")
 def _train(ctx: Context) -> list:
     p = TRAIN

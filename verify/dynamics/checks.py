@@ -45,6 +45,7 @@ NTK_XTEST, _ = _inputs(2, 8, 2020)
 NTK_LR, NTK_STEPS = 0.05, 60
 DMFT_X, DMFT_Y = _inputs(4, 8, 2022)
 DMFT_DT, DMFT_STEPS, DMFT_GAMMAS = 0.1, 30, (0.5, 1.0)
+DMFT_RECORD = (10, 20, 30)  # steps at which f(t) is compared (t = step * dt); the last is DMFT_STEPS
 
 
 @lru_cache(maxsize=None)
@@ -55,8 +56,11 @@ def _ntk_theory():
     return mlp, mlp.ntk(NTK_X), mlp.ntk(NTK_XTEST, NTK_X)
 
 
-@check("dynamics.ntk-flow", sizes=(256, 1024, 4096), quick_sizes=(128, 512), samples=16, quick_samples=8,
-       rate=-0.5, default=True, description="wide NTK-parametrized MLPs trained by GD follow the NTK flow")
+@check("dynamics.ntk-flow", sizes=(256, 1024, 4096), quick_sizes=(128, 256, 512), samples=16, quick_samples=8,
+       rate=-0.5, default=True, min_size=64, seconds_quick=1.0,
+       min_size_reason="the lazy (linearized) regime needs the O(n^-1/2) kernel change during training to be small; "
+                       "below 64 it is tens of percent at this learning rate and time",
+       description="wide NTK-parametrized MLPs trained by GD follow the NTK flow")
 def ntk_flow(ctx: Context) -> list:
     from limitlab.theory.dynamics.gradient_flow import gradient_descent_mse_ensemble
     from limitlab.verify.montecarlo import train
@@ -87,11 +91,31 @@ def _dmft_theory(gamma0):
 
     r = dmft.two_layer(dmft.input_kernel(DMFT_X), DMFT_Y, "tanh", gamma0, DMFT_STEPS, DMFT_DT, samples=50_000,
                        seed=7, snapshots=[0, DMFT_STEPS])
-    return r.f[-1], r.Phi[-1, -1]
+    return r.f[list(DMFT_RECORD)], r.Phi[-1, -1]
 
 
-@check("dynamics.dmft", sizes=(256, 1024, 4096), quick_sizes=(128, 512), samples=12, quick_samples=6, rate=-0.5,
-       default=True, description="muP two-layer tanh networks converge to DMFT f(t), Phi(t,t) at gamma0 0.5, 1")
+def _t(step):
+    return f"{step * DMFT_DT:g}"
+
+
+def _dmft_series(names):
+    """Plot hook: f_i(t) of each gamma0 against t (theory line, simulation ± z SE)."""
+    from limitlab.verify.registry import Series
+
+    out = []
+    for g in DMFT_GAMMAS:
+        for i in range(2):
+            qs = [f"gamma0={g} f[{i}](t={_t(k)})" for k in DMFT_RECORD]
+            if all(q in names for q in qs):
+                out.append(Series(f"gamma0={g} f[{i}]", [k * DMFT_DT for k in DMFT_RECORD], qs, "t"))
+    return out
+
+
+@check("dynamics.dmft", sizes=(256, 1024, 4096), quick_sizes=(128, 256, 512), samples=12, quick_samples=6,
+       rate=-0.5, default=True, min_size=64, seconds_quick=3.0, plot_series=_dmft_series,
+       min_size_reason="the DMFT describes the N -> infinity limit with O(N^-1/2) fluctuations; below 64 the "
+                       "O(1/N) corrections to f(t) are no longer small against them",
+       description="muP two-layer tanh networks converge to DMFT f(t), Phi(t,t) at gamma0 0.5, 1")
 def dmft_check(ctx: Context) -> list:
     out = []
     seeds = ctx.rng.integers(0, 2**63 - 1, size=ctx.samples)
@@ -100,12 +124,13 @@ def dmft_check(ctx: Context) -> list:
         fs, phis = [], []
         for s in seeds:
             f, phi = training.train_mup_mlp(DMFT_X, DMFT_Y, 1, "tanh", g, ctx.size, DMFT_STEPS, DMFT_DT, int(s),
-                                            xp=ctx.xp, device=ctx.device)
-            fs.append(f[-1])
+                                            xp=ctx.xp, device=ctx.device, record=DMFT_RECORD)
+            fs.append(f)
             phis.append(phi[-1])
-        fs, phis = np.array(fs), np.array(phis)
+        fs, phis = np.array(fs), np.array(phis)  # fs: (samples, len(DMFT_RECORD), P)
         for i in range(2):
-            out.append(Measurement(f"gamma0={g} f[{i}]", f_th[i], fs[:, i]))
+            for k, step in enumerate(DMFT_RECORD):
+                out.append(Measurement(f"gamma0={g} f[{i}](t={_t(step)})", f_th[k, i], fs[:, k, i]))
         out.append(Measurement(f"gamma0={g} Phi[0,0]", phi_th[0, 0], phis[:, 0, 0]))
         out.append(Measurement(f"gamma0={g} Phi[0,1]", phi_th[0, 1], phis[:, 0, 1]))
     return out
@@ -117,7 +142,9 @@ SAXE_TIMES = (1.0, 2.5)
 
 
 @check("dynamics.deep-linear", sizes=(40, 80, 160, 320), quick_sizes=(40, 80, 160), samples=3, quick_samples=2,
-       rate=-2.0, size_name="steps per unit time",
+       rate=-2.0, size_name="steps per unit time", min_size=20, seconds_quick=2.0,
+       min_size_reason="the O(step^2) Richardson error is the leading term only once the step 1/size is well "
+                       "below the fastest mode's time scale (~1/6 for s = 3 at depth 2)",
        description="deep linear GD follows Saxe et al.'s exact mode trajectories (Richardson error O(step^2))")
 def deep_linear_check(ctx: Context) -> list:
     from limitlab.theory.dynamics import deep_linear as dl
@@ -147,7 +174,10 @@ def deep_linear_check(ctx: Context) -> list:
 
 
 @check("dynamics.mup-coord", sizes=(256, 512, 1024, 2048), quick_sizes=(256, 512, 1024), samples=8, quick_samples=4,
-       rate=None, description="coordinate check: one SGD step moves h^L by O(1) under muP, O(n^1/2) under SP")
+       rate=None, min_size=128, seconds_quick=2.0,
+       min_size_reason="log2 growth between n/2 and n reaches its exponent (0 muP, 1/2 SP) only once n/2 >= 64 "
+                       "makes the O(n^-1/2) fluctuation of one step small",
+       description="coordinate check: one SGD step moves h^L by O(1) under muP, O(n^1/2) under SP")
 def mup_coord(ctx: Context) -> list:
     """log2 of |dh^L|(n) / |dh^L|(n/2) after one SGD step with a width-independent base rate.
 

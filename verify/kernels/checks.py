@@ -29,6 +29,14 @@ SIZES = (256, 1024, 4096)
 SAMPLES = 512
 QUICK_SIZES = (128, 512, 2048)
 QUICK_SAMPLES = 256
+# below this width the 1/n expansion behind the bias allowance and the n^-1/2 rate is not a small
+# correction: the kernel's fluctuations are governed by depth/width (Hanin & Nica 2020), and
+# 64 keeps depth/width <= 3/64 ~ 0.05 for the registered depths
+MIN_WIDTH = 64
+MIN_WIDTH_REASON = ("the 1/n expansion (bias allowance, n^-1/2 rate) needs depth/width small (Hanin & Nica 2020); "
+                    "64 keeps it <= 3/64")
+# measured seconds of the quick sizes on the shared 2-core machine (rough; load-dependent)
+SECONDS_QUICK = {1: 1.5, 3: 4.0}
 DEFAULT = {("relu", 3, "ntk"), ("erf", 1, "standard"), ("tanh", 3, "ntk"), ("gelu", 1, "ntk"),
            ("relu", 1, "standard"), ("gelu", 3, "standard")}
 
@@ -93,7 +101,8 @@ def _register(activation, depth, parametrization):
     fn.__name__ = name.replace(".", "_")
     check(name, sizes=SIZES, quick_sizes=QUICK_SIZES, samples=SAMPLES, quick_samples=QUICK_SAMPLES, rate=-0.5,
           bias_rate=1.0, default=(activation, depth, parametrization) in DEFAULT,
-          tags=("kernels", activation, f"depth{depth}", parametrization),
+          tags=("kernels", activation, f"depth{depth}", parametrization), min_size=MIN_WIDTH,
+          min_size_reason=MIN_WIDTH_REASON, seconds_quick=SECONDS_QUICK[depth],
           description=f"NNGP and NTK of a depth-{depth} {activation} MLP, {parametrization} parametrization "
                       f"(weight_var={WEIGHT_VAR}, bias_var={BIAS_VAR})")(fn)
 
