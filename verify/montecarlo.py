@@ -38,6 +38,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from limitlab.numerics import arrays
 from limitlab.theory import activations as _act
 from limitlab.verify.backend import Backend, get_backend
 
@@ -339,6 +340,63 @@ def _slice_cross(nngp, ntk, N1, cross):
 
 
 # --------------------------------------------------------------------------------------
+# Materialized-weights sampler for kernels (method="weights")
+# --------------------------------------------------------------------------------------
+
+def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
+    """Per-network (NNGP, NTK, outputs) of materialized networks: the networks of
+    :meth:`Networks.sample` (same draws), evaluated without forming the scaled weights.
+
+    Each weight matrix is kept as its N(0, 1) draws ``Z``; its scale ``s = sqrt(w/fan_in)``
+    is applied to the (N x fan_out) products instead of the (fan_in x fan_out) matrix:
+    ``h = s (a Z) + sqrt(b) beta`` forward and ``g^l = (g^{l+1} Z^T) (s phi'(h^l))`` backward
+    (equal to the :class:`Networks` path up to floating-point rounding).
+    """
+    xp, act = bk.xp, spec.activation
+    N, d = X.shape
+    L, B = spec.depth, len(seeds)
+    bias = spec.has_bias
+    fans = spec.fan_ins(d)
+    outs = list(spec.widths) + [1]
+    shapes = []
+    for fi, fo in zip(fans, outs):
+        shapes.append((fi, fo))
+        if bias:
+            shapes.append((fo,))
+    z = _split(xp, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
+    Z = z[0::2] if bias else z
+    beta = z[1::2] if bias else [None] * (L + 1)
+    scale = [math.sqrt(spec.weight_var[l] / fans[l]) for l in range(L + 1)]
+    Xb = bk.asarray(X)
+    a = Xb
+    acts, ders = [Xb], []
+    for l in range(L):
+        h = xp.matmul(a, Z[l])
+        h *= scale[l]
+        if bias:
+            h += math.sqrt(spec.bias_var[l]) * beta[l][:, None, :]
+        a = act(h, xp)
+        der = act.derivative(h, xp)
+        del h
+        acts.append(a)
+        ders.append(der)
+    v = Z[L][..., 0]  # (B, n_L): the readout's draws
+    f = scale[L] * xp.matmul(a, Z[L])[..., 0]
+    if bias:
+        f = f + math.sqrt(spec.bias_var[L]) * beta[L]
+    # backward: g^L = s_L v phi'(h^L); g^l = (g^{l+1} Z_l^T) (s_l phi'(h^l)), Z_l the weights of layer l
+    g = (scale[L] * v)[:, None, :] * ders[L - 1]
+    gs = [g]
+    for l in range(L - 1, 0, -1):
+        g = xp.matmul(g, _T(xp, Z[l]))
+        g *= scale[l] * ders[l - 1]
+        gs.append(g)
+    del z, Z, ders
+    nngp, ntk = _assemble(xp, spec, spec.coefficients(d), acts, gs[::-1], d)
+    return nngp, ntk, f
+
+
+# --------------------------------------------------------------------------------------
 # Gaussian-conditioning sampler (method="conditional")
 # --------------------------------------------------------------------------------------
 
@@ -465,6 +523,16 @@ def _auto_batch(bk: Backend, spec: NetworkSpec, N: int, d: int, method: str, n_n
     return max(1, min(n_networks, budget // max(per, 1)))
 
 
+def _cpu_workers(bk: Backend, n_networks: int) -> int:
+    """Worker threads for the NumPy backend (as many as Numba's, at most one per network);
+    1 for the other backends, which batch on their device."""
+    if bk.name != "numpy" or n_networks < 2:
+        return 1
+    import numba
+
+    return max(1, min(numba.get_num_threads(), n_networks))
+
+
 def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: SeedLike = 0, backend="auto",
                    method: str = "auto", batch_size: Optional[int] = None, progress: bool = False,
                    keep_device: bool = False) -> KernelSamples:
@@ -496,26 +564,40 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
         import sys
 
         bar = tqdm(total=n_networks, desc="networks", file=sys.stderr, disable=not sys.stderr.isatty())
-    for s in range(0, n_networks, bs):
-        sd = seeds[s:s + bs]
-        if method == "weights":
-            nets = Networks.sample(spec, d, len(sd), backend=bk, seeds=sd)
-            xp = bk.xp
-            f, acts, ders = nets.forward(bk.asarray(X), cache=True)
-            f = f[..., 0]
-            ones = xp.ones((len(sd), N, 1), dtype=bk.dtype, device=bk.device)
-            gs = nets._signals(acts, ders, ones)
-            nngp, ntk = _assemble(xp, spec, nets.coef, acts, gs, d)
-            del nets, acts, ders, gs
-        else:
-            nngp, ntk, f = _conditional_kernels(spec, X, bk, sd)
+    kernels = _weights_kernels if method == "weights" else _conditional_kernels
+
+    def chunk(sd):
+        nngp, ntk, f = kernels(spec, X, bk, sd)
         nngp, ntk = _slice_cross(nngp, ntk, N1, X2 is not None)
-        if keep_device:
+        if not keep_device:
+            nngp, ntk, f = bk.to_numpy(nngp), bk.to_numpy(ntk), bk.to_numpy(f)
+        return nngp, ntk, f
+
+    workers = _cpu_workers(bk, n_networks)
+    if workers > 1 and not batch_size:
+        # chunks small enough for every worker to have several, and memory for all in flight
+        bs = max(1, min(max(1, bs // workers), -(-n_networks // (4 * workers))))
+    starts = range(0, n_networks, bs)
+    if workers > 1:
+        # NumPy: whole chunks of networks on worker threads (NumPy's random streams, BLAS and
+        # ufuncs release the GIL), each on single-threaded BLAS: independent single-threaded
+        # products beat one threaded BLAS at these sizes, and do not collapse when the cores
+        # are shared (a threaded BLAS spin-waits on busy cores)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with arrays.single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(chunk, seeds[s:s + bs]) for s in starts]
+            for fut, s in zip(futures, starts):
+                nngp, ntk, f = fut.result()
+                nngps.append(nngp), ntks.append(ntk), fs.append(f)
+                if bar is not None:
+                    bar.update(len(seeds[s:s + bs]))
+    else:
+        for s in starts:
+            nngp, ntk, f = chunk(seeds[s:s + bs])
             nngps.append(nngp), ntks.append(ntk), fs.append(f)
-        else:
-            nngps.append(bk.to_numpy(nngp)), ntks.append(bk.to_numpy(ntk)), fs.append(bk.to_numpy(f))
-        if bar is not None:
-            bar.update(len(sd))
+            if bar is not None:
+                bar.update(len(seeds[s:s + bs]))
     if bar is not None:
         bar.close()
     cat = (lambda parts: bk.xp.concat(parts, axis=0)) if keep_device else (lambda parts: np.concatenate(parts))
