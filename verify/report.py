@@ -382,7 +382,7 @@ class Report:
             if dropped:
                 ax.text(0.02, 0.02, f"{dropped} exact zero error{'s' if dropped != 1 else ''} not shown (log axis)",
                         transform=ax.transAxes, fontsize=7, color="gray")
-            ax.legend(fontsize=6.5, loc="upper right")
+            ax.legend(fontsize=6.5, loc="best")
             ax.set_title("error against size", fontsize=9)
 
             # (2) error of each quantity at the largest size, its z*SE band and its tolerance
@@ -408,7 +408,7 @@ class Report:
             for t, q in zip(ax.get_xticklabels(), v.quantities):
                 t.set_color(style[_group(q.quantity)][0])
             ax.set_ylabel(f"simulation − theory (absolute) at {c.size_name} {int(sizes[-1])}")
-            ax.legend(fontsize=6.5, loc="upper right")
+            ax.legend(fontsize=6.5, loc="best")
             ax.set_title("level test at the largest size", fontsize=9)
 
             # (3) extra series supplied by the check

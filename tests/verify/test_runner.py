@@ -10,7 +10,13 @@ import pytest
 from limitlab import verify
 from limitlab.verify import cli
 from limitlab.verify.registry import Measurement, check, registry
-from limitlab.verify.report import Report
+from limitlab.verify.report import Report, settings_key
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 CALLS = []
 
@@ -31,7 +37,7 @@ def _gaussian_measure(ctx, offset=0.0, interrupt_at=None):
 def selftest_checks():
     names = {"selftest.pass": 0.0, "selftest.fail": 0.3}
     for name, off in names.items():
-        check(name, sizes=(100, 400, 1600), quick_sizes=(100, 400), samples=200, quick_samples=100, rate=-0.5,
+        check(name, sizes=(100, 400, 1600), quick_sizes=(100, 200, 400), samples=200, quick_samples=100, rate=-0.5,
               description=f"synthetic, theory offset {off}")(lambda ctx, off=off: _gaussian_measure(ctx, off, 1600))
 
     def broken(ctx):
@@ -55,7 +61,7 @@ def test_run_returns_a_report_with_verdicts_and_numbers():
     assert not r2.passed and r2.exit_code == 1
     assert r2["selftest.fail"].status == "fail" and r2["selftest.broken"].status == "error"
     assert "boom" in r2["selftest.broken"].error
-    assert r2["selftest.pass"].sizes == [100, 400]
+    assert r2["selftest.pass"].sizes == [100, 200, 400]
 
 
 def test_same_seed_same_numbers_and_overrides_apply():
@@ -64,6 +70,7 @@ def test_same_seed_same_numbers_and_overrides_apply():
     sa, sb = a["selftest.pass"].measurements, b["selftest.pass"].measurements
     assert list(sa) == [50, 200] and sa[50][0].samples.size == 10
     np.testing.assert_array_equal(sa[200][1].samples, sb[200][1].samples)
+    assert a["selftest.pass"].status == "inconclusive"  # a rate from 2 sizes decides nothing
     c = verify.run("selftest.pass", widths=[50, 200], samples=10, seed=4, progress=False)
     assert not np.array_equal(c["selftest.pass"].measurements[200][1].samples, sa[200][1].samples)
 
@@ -75,6 +82,10 @@ def test_report_file_is_complete_and_roundtrips(tmp_path):
     assert "numpy" in d["meta"]["versions"] and d["meta"]["seconds"] > 0
     res = d["checks"]["selftest.pass"]["results"]["400"]
     assert len(res[0]["samples"]) == 100 and res[0]["theory"] == 1.0
+    q = d["checks"]["selftest.pass"]["verdict"]["quantities"][0]  # the tolerance and its parts
+    assert q["tolerance"] == pytest.approx(q["z_se"] + q["allowance"] + q["floor"]) and q["basis"]
+    assert q["zscore"] == pytest.approx(q["error"] / q["se"][-1])
+    assert (os.stat(tmp_path / "report.json").st_mode & 0o777) == 0o666 & ~_umask()
     assert os.path.exists(tmp_path / "plots" / "selftest.pass.png")
     back = Report.load(str(tmp_path))
     assert back.passed and back["selftest.pass"].verdict.slope == pytest.approx(r["selftest.pass"].verdict.slope)
@@ -96,6 +107,8 @@ def test_interrupted_run_loses_nothing_and_resume_continues(tmp_path, monkeypatc
     for n in (100, 400, 1600):  # resumed numbers equal an uninterrupted run's
         np.testing.assert_array_equal(r["selftest.pass"].measurements[n][0].samples,
                                       full["selftest.pass"].measurements[n][0].samples)
+    assert r.meta["seconds"] == pytest.approx(sum(r["selftest.pass"].seconds.values()), rel=0.5, abs=0.5)
+    assert r.meta["seconds_reused"] == pytest.approx(sum(saved["selftest.pass"].seconds.values()))
     CALLS.clear()
     verify.run("selftest.pass", out=str(tmp_path), progress=False, resume=True, seed=1)
     assert CALLS == [100, 400, 1600]  # another seed: nothing reused
@@ -113,9 +126,10 @@ def test_cli_exit_codes_and_output(tmp_path, capsys):
     assert cli.main(["verify", "selftest.pass", "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "selftest.pass" in out and "simulation ± SE" in out and "report.json" in out
-    assert cli.main(["verify", "selftest.fail", "--quick", "--no-progress", "-v"]) == 1
+    assert "z-score" in out and "tolerance = z·SE + bias + floor" in out
+    assert cli.main(["verify", "selftest.fail", "--quick", "--no-progress", "-v", "--out", str(tmp_path / "f")]) == 1
     assert "FAIL" in capsys.readouterr().out
-    assert cli.main(["verify", "nonexistent.check", "--no-progress"]) == 2
+    assert cli.main(["verify", "nonexistent.check", "--no-progress", "--out", str(tmp_path)]) == 2
     assert "no check matches" in capsys.readouterr().err
     assert cli.main(["verify", "selftest.pass", "--widths", "x,y"]) == 2
     with pytest.raises(SystemExit) as e:
@@ -139,7 +153,7 @@ def test_console_script_is_installed():
 
 
 def test_a_real_kernel_check_runs_end_to_end_from_the_cli(tmp_path, capsys):
-    code = cli.main(["verify", "kernels.relu.d1.standard", "--widths", "64,256", "--samples", "64",
+    code = cli.main(["verify", "kernels.relu.d1.standard", "--widths", "64,128,256", "--samples", "64",
                      "--no-progress", "--no-plots", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().out
     d = json.loads((tmp_path / "report.json").read_text())
@@ -155,3 +169,50 @@ def test_default_command_runs_in_under_a_minute():
     r = verify.run(quick=True, progress=False)
     assert time.perf_counter() - t < 60
     assert all(c.status == "pass" for c in r if c.name.startswith("kernels."))
+
+
+def test_resume_with_other_settings_keeps_every_finished_result(tmp_path):
+    verify.run(["selftest.pass", "selftest.fail"], out=str(tmp_path), progress=False, quick=True)
+    r = verify.run("selftest.pass", out=str(tmp_path), progress=False, quick=True, resume=True, samples=50)
+    back = Report.load(str(tmp_path))
+    assert list(back.checks) == ["selftest.pass"] and back["selftest.pass"].samples == 50  # the current run
+    keys = set(back.archive)
+    assert settings_key("selftest.fail", 0, 100, "numpy", [100, 200, 400]) in keys  # another check: kept
+    assert settings_key("selftest.pass", 0, 100, "numpy", [100, 200, 400]) in keys  # other samples: kept
+    old = back.archive[settings_key("selftest.fail", 0, 100, "numpy", [100, 200, 400])]
+    assert old.status == "fail" and sorted(old.measurements) == [100, 200, 400]
+    assert "selftest.fail" not in r.table()  # the table shows the current run only
+    CALLS.clear()  # back to the first settings: everything is reused from the archive
+    r = verify.run("selftest.fail", out=str(tmp_path), progress=False, quick=True, resume=True)
+    assert CALLS == [] and r["selftest.fail"].status == "fail"
+    assert settings_key("selftest.pass", 0, 50, "numpy", [100, 200, 400]) in Report.load(str(tmp_path)).archive
+
+
+def test_a_rate_from_two_sizes_or_sizes_below_min_size_are_inconclusive(tmp_path):
+    check("selftest.small", sizes=(100, 400, 1600), samples=200, rate=-0.5, min_size=100,
+          min_size_reason="synthetic")(lambda ctx: _gaussian_measure(ctx))
+    try:
+        r = verify.run("selftest.small", widths=[25, 50, 100], progress=False)
+        c = r["selftest.small"]
+        assert c.status == "inconclusive" and not r.passed and r.exit_code == 3
+        assert "below the check's min_size 100" in c.verdict.reason
+        r = verify.run("selftest.small", widths=[100, 400], progress=False)
+        assert r["selftest.small"].status == "inconclusive" and "at least 3 sizes" in r["selftest.small"].verdict.reason
+        assert verify.run("selftest.small", widths=[100, 400, 1600], progress=False).exit_code == 0
+        # precedence: a failure beats an inconclusive check
+        r = verify.run(["selftest.small", "selftest.fail"], widths=[100, 400], progress=False)
+        assert r.exit_code == 1
+        with pytest.raises(ValueError, match="min_size"):
+            check("selftest.bad", sizes=(10, 100), min_size=50)(lambda ctx: [])
+    finally:
+        registry.pop("selftest.small", None)
+        registry.pop("selftest.bad", None)
+
+
+@pytest.mark.parametrize("name, widths", [("kernels.relu.d3.ntk", "2,4,8"), ("dynamics.ntk-flow", "2,4,8")])
+def test_tiny_widths_never_pass_a_real_check(name, widths, tmp_path, capsys):
+    code = cli.main(["verify", name, "--widths", widths, "--samples", "8", "--no-progress", "--no-plots", "--out",
+                     str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "INCONCLUSIVE" in out and "min_size" in out
