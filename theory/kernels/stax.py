@@ -1,0 +1,897 @@
+"""Composable infinite-width layers (kernel side), channels-last, in neural-tangents' names.
+
+``serial(Conv(8, (3, 3), padding="SAME"), Relu(), GlobalAvgPool(), Dense(1))`` builds a
+network whose ``.nngp(X1, X2)``, ``.ntk(X1, X2)`` and ``.kernels(X1, X2)`` (a
+:class:`~limitlab.theory.kernels.mlp.Kernels`) are the limiting NNGP and NTK of the
+architecture as every width (channel count) goes to infinity, in the NTK parametrization
+(neural-tangents' default): ``h = sqrt(weight_var / fan_in) W x + sqrt(bias_var) b`` with
+``fan_in = in_chan`` for Dense and ``in_chan * prod(filter_shape)`` for Conv. Inputs are
+float64 arrays ``(N, d)``, ``(N, T, C)``, ``(N, H, W, C)`` or ``(N, D, H, W, C)``.
+
+Kernel state and the layer rules
+--------------------------------
+For inputs ``x`` of ``N1`` and ``x'`` of ``N2`` images with ``P`` pixels, a layer's state is the
+covariance over pixel pairs ``K[n1, n2, s, s'] = E[h(x_n1)_s h(x'_n2)_s']`` of shape
+``(N1, N2, *S, *S)`` (the spatial axes of ``s`` then those of ``s'``: neural-tangents'
+``diagonal_spatial=False`` covariance, with its axes grouped instead of interleaved), the NTK
+``Theta`` of the same shape, and the per-input covariances ``(N, *S, *S)`` of each side (the
+diagonal blocks of ``K`` when ``X2 is None``), from which the activations read the variances.
+The input layer is ``K = sum_c x_{s,c} x'_{s',c} / C``, ``Theta = 0``. Rules:
+
+* Dense (per pixel): ``K' = w K + b``, ``Theta' = K' + w Theta`` (Lee et al. 2018, eq. 4;
+  Jacot et al. 2018, Thm. 1; Novak et al. 2020, Neural Tangents, App. C).
+* Conv: ``K'[s, s'] = w / |F| sum_{o in F} K[st s + o, st s' + o] + b`` over the filter's
+  offsets ``F`` (the same offset on both members of the pair) of the zero-padded (SAME),
+  wrapped (CIRCULAR) or unpadded (VALID) covariance, and ``Theta' = K' + w / |F| sum_o
+  Theta[st s + o, st s' + o]`` (Novak et al. 2019, "Bayesian deep CNNs with many channels are
+  GPs", eqs. (7) and (10); Arora et al. 2019, "On exact computation with an infinitely wide
+  neural net", CNTK recursion eqs. (7)-(9)). Padding amounts follow XLA's SAME rule.
+* Activation phi: ``K' = E[phi(u) phi(v)]``, ``Theta' = Theta * E[phi'(u) phi'(v)]`` with
+  ``(u, v)`` centred Gaussian of variances ``K(x,s;x,s)``, ``K(x',s';x',s')`` and covariance
+  ``K(x,s;x',s')`` (Jacot et al. 2018; Arora et al. 2019, eq. (9)); the maps are
+  :mod:`limitlab.theory.kernels.dual`'s (closed forms evaluated by NumPy, every other
+  activation by the Gaussian-expectation engine ``limitlab.numerics.gaussian``, 1e-10).
+* AvgPool / SumPool: ``K'[s, s'] = sum_{o, o' in window} K[st s + o, st s' + o'] / |window|^2``
+  (or without the division), both offsets independent.
+* GlobalAvgPool / GlobalSumPool: the mean / sum over all pixel pairs ``(s, s')``.
+* Flatten: the mean of ``K[s, s]`` over the pixels (the trace / P: what a Dense layer on the
+  flattened vector sees, neural-tangents' Flatten).
+* FanInSum: the sum of the branches' kernels; FanInConcat (channel axis): their average
+  weighted by the branches' channel counts (neural-tangents' convention).
+
+Cost
+----
+The covariance is an ``N1 N2 P^2`` array. A conv applies the filter one spatial axis at a
+time (the filter's offsets are a product over axes): along an axis of length n with k taps,
+each output is a sum of k strided slices of the padded array, one NumPy add per tap, so a
+Conv layer costs ``O(N1 N2 P^2 sum_i k_i)`` flops (``k = prod k_i`` summed naively) and a
+pool ``O(N1 N2 P^2 sum_i 2 w_i)``; an activation evaluates its map once per entry,
+``O(N1 N2 P^2)``, on the ``(N1 P) x (N2 P)`` matrix view of ``K`` (the engine's matrix mode
+for numerical maps). Memory: a few arrays of ``N1 N2 P^2`` float64. A compiled path is future
+work; this one is exact and vectorized.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import numpy as np
+import sympy as sp
+
+from limitlab.numerics import codegen, gaussian, recursion
+from limitlab.theory import activations as _act
+from limitlab.theory.kernels.dual import Dual
+from limitlab.theory.kernels.mlp import Kernels
+
+__all__ = [
+    "serial", "parallel", "Dense", "Conv", "AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool",
+    "Flatten", "Identity", "FanOut", "FanInSum", "FanInConcat", "Activation",
+    "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Gelu", "Tanh", "Sigmoid", "Sigmoid_like", "Sin", "Cos",
+    "Rbf", "Exp", "Gaussian", "Sign", "Monomial", "RectifiedMonomial", "Polynomial", "Hermite",
+    "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "Kernels",
+]
+
+PADDINGS = ("VALID", "SAME", "CIRCULAR")
+
+
+# ---------------------------------------------------------------------------------------
+# kernel state
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _State:
+    """Pixel-pair covariances of one layer's output (see the module docstring)."""
+
+    nngp: np.ndarray                 # (N1, N2, *S, *S)
+    ntk: Optional[np.ndarray]        # same shape, or None when only the NNGP is wanted
+    cov1: Optional[np.ndarray]       # (N1, *S, *S); None when symmetric (X2 is None)
+    cov2: Optional[np.ndarray]       # (N2, *S, *S); None when symmetric
+    spatial: tuple                   # S
+    width: int                       # channels of the finite network (FanInConcat weights)
+    gaussian: bool                   # output of an affine layer (Dense/Conv), or sums/pools of them
+    symmetric: bool
+
+    @property
+    def shape(self) -> tuple:
+        return (self.nngp.shape[0], *self.spatial, self.width)
+
+    def covs(self):
+        """The per-input covariances (N, *S, *S) of both sides."""
+        if self.symmetric:
+            d = len(self.spatial)
+            n = self.nngp.shape[0]
+            P = _prod(self.spatial)
+            flat = self.nngp.reshape(n, n, P * P)
+            blocks = flat[np.arange(n), np.arange(n)].reshape((n,) + self.spatial * 2)
+            del d
+            return blocks, blocks
+        return self.cov1, self.cov2
+
+    def map_all(self, f, f_ntk=None):
+        """Apply f(array, batch_ndim) to every covariance; f_ntk to the NTK (default f)."""
+        f_ntk = f if f_ntk is None else f_ntk
+        return replace(self, nngp=f(self.nngp, 2), ntk=None if self.ntk is None else f_ntk(self.ntk, 2),
+                       cov1=None if self.cov1 is None else f(self.cov1, 1),
+                       cov2=None if self.cov2 is None else f(self.cov2, 1))
+
+
+def _prod(t) -> int:
+    return int(np.prod(t, dtype=np.int64)) if len(t) else 1
+
+
+def _describe_shape(shape) -> str:
+    names = {2: "(N, d)", 3: "(N, T, C)", 4: "(N, H, W, C)", 5: "(N, D, H, W, C)"}
+    return names.get(len(shape), f"rank {len(shape)}")
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------
+
+def _pos_int(v, layer, arg):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{layer}: {arg} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _int_tuple(v, layer, arg, ndim=None):
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        v = (v,)
+    try:
+        t = tuple(v)
+    except TypeError:
+        raise TypeError(f"{layer}: {arg} must be a tuple of positive integers, got {v!r}") from None
+    if not t:
+        raise ValueError(f"{layer}: {arg} must have at least one entry, got {v!r}")
+    t = tuple(_pos_int(e, layer, f"{arg} entries") for e in t)
+    if ndim is not None and len(t) != ndim:
+        raise ValueError(f"{layer}: {arg} must have {ndim} entries (one per spatial axis of the filter/window), "
+                         f"got {v!r}")
+    return t
+
+
+def _padding(p, layer):
+    if not isinstance(p, str) or p.upper() not in PADDINGS:
+        raise ValueError(f"{layer}: padding must be one of {', '.join(map(repr, PADDINGS))}, got {p!r}")
+    return p.upper()
+
+
+def _variances(layer, weight_var, bias_var, W_std, b_std):
+    def num(v, arg):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{layer}: {arg} must be a finite number >= 0, got {v!r}")
+        return float(v)
+
+    if W_std is not None:
+        if weight_var != 1.0:
+            raise ValueError(f"{layer}: give weight_var or W_std (its square root), not both")
+        weight_var = num(W_std, "W_std") ** 2
+    if b_std is not None:
+        if bias_var not in (0.0, None):
+            raise ValueError(f"{layer}: give bias_var or b_std (its square root), not both")
+        bias_var = num(b_std, "b_std") ** 2
+    w = num(weight_var, "weight_var")
+    b = 0.0 if bias_var is None else num(bias_var, "bias_var")
+    return w, b
+
+
+def _parametrization(p, layer):
+    if p != "ntk":
+        if p == "standard":
+            raise NotImplementedError(f"{layer}: parameterization='standard' is not implemented in limitlab.stax yet; "
+                                      "only 'ntk' (neural-tangents' default)")
+        raise ValueError(f"{layer}: parameterization must be 'ntk', got {p!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# spatial operators on covariances (batch axes first, then S, then S')
+# ---------------------------------------------------------------------------------------
+
+def _out_and_pads(n, k, st, padding):
+    """Output length and (lo, hi) padding of one spatial axis (XLA's VALID/SAME rule)."""
+    if padding == "VALID":
+        return (n - k) // st + 1, (0, 0)
+    out = -(-n // st)
+    total = max((out - 1) * st + k - n, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def _pad_axes(a, axes, pads, padding):
+    if pads == (0, 0):
+        return a
+    width = [(0, 0)] * a.ndim
+    for ax in axes:
+        width[ax] = pads
+    return np.pad(a, width, mode="wrap" if padding == "CIRCULAR" else "constant")
+
+
+def _taps(a, ax, k, st, out):
+    """[sum over o < k of a[..., st j + o, ...] along axis ax] for j < out, as a list of slices."""
+    idx = [slice(None)] * a.ndim
+    for o in range(k):
+        idx[ax] = slice(o, o + st * (out - 1) + 1, st)
+        yield tuple(idx)
+
+
+def _conv_cov(a, bnd, filt, strides, padding):
+    """(1/|F|) sum_o a[st s + o, st s' + o]: the same offset on both members of each pair."""
+    d = len(filt)
+    for i in range(d):
+        ax1, ax2 = bnd + i, bnd + d + i
+        n = a.shape[ax1]
+        out, pads = _out_and_pads(n, filt[i], strides[i], padding)
+        a = _pad_axes(a, (ax1, ax2), pads, padding)
+        idx = [slice(None)] * a.ndim
+        acc = None
+        for o in range(filt[i]):
+            sl = slice(o, o + strides[i] * (out - 1) + 1, strides[i])
+            idx[ax1] = idx[ax2] = sl
+            acc = a[tuple(idx)].copy() if acc is None else acc + a[tuple(idx)]
+        a = acc / filt[i]
+    return a
+
+
+def _pool_cov(a, bnd, window, strides, padding, average, normalize_edges):
+    """sum_{o, o'} a[st s + o, st s' + o'] (/ |window|^2 or the counts at the edges)."""
+    d = len(window)
+    for i in range(d):
+        n = a.shape[bnd + i]
+        out, pads = _out_and_pads(n, window[i], strides[i], padding)
+        count = None
+        if average and normalize_edges and padding == "SAME":
+            ones = _pad_axes(np.ones(n), (0,), pads, "SAME")
+            count = sum(ones[idx[0]] for idx in _taps(ones, 0, window[i], strides[i], out))
+        for ax in (bnd + i, bnd + d + i):
+            a = _pad_axes(a, (ax,), pads, padding)
+            acc = None
+            for idx in _taps(a, ax, window[i], strides[i], out):
+                acc = a[idx].copy() if acc is None else acc + a[idx]
+            if average:
+                if count is None:
+                    acc = acc / window[i]
+                else:
+                    shape = [1] * acc.ndim
+                    shape[ax] = out
+                    acc = acc / count.reshape(shape)
+            a = acc
+    return a
+
+
+def _to_matrix(a, n1, n2, P):
+    return a.reshape(n1, n2, P, P).transpose(0, 2, 1, 3).reshape(n1 * P, n2 * P)
+
+
+def _from_matrix(m, n1, n2, spatial):
+    P = _prod(spatial)
+    return m.reshape(n1, P, n2, P).transpose(0, 2, 1, 3).reshape((n1, n2) + spatial * 2)
+
+
+# ---------------------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------------------
+
+class Layer:
+    """Base class: a layer maps a kernel state (or a tuple of them, between FanOut and FanIn)."""
+
+    n_in = 1   # 1: one state in; None: a tuple of states
+
+    def _kernel(self, k, where: str):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply(self, k, where: str):
+        name = f"{self!r}{where}"
+        if self.n_in == 1 and isinstance(k, tuple):
+            raise ValueError(f"{name}: receives {len(k)} branches (from FanOut/parallel); join them first with "
+                             "FanInSum() or FanInConcat(), or map them with parallel(...)")
+        if self.n_in is None and not isinstance(k, tuple):
+            raise ValueError(f"{name}: expects several branches (after FanOut(n) or parallel(...)), "
+                             f"got one input of shape {k.shape}")
+        return self._kernel(k, name)
+
+    # -- public ---------------------------------------------------------------------
+    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk")) -> Kernels:
+        """NNGP and NTK between the inputs X1 and X2 (X2=None: X1 with itself).
+
+        Returns ``Kernels(nngp, ntk)``, each ``(N1, N2)`` when the network ends with a
+        Flatten/global pool/Dense on flat inputs, else ``(N1, N2, *S, *S)``.
+        """
+        if isinstance(get, str):
+            get = (get,)
+        bad = set(get) - {"nngp", "ntk"}
+        if bad or not get:
+            raise ValueError(f"get: allowed values are 'nngp' and 'ntk', got {tuple(get)!r}")
+        X1 = _check_inputs(X1, "X1")
+        symmetric = X2 is None
+        X2 = X1 if symmetric else _check_inputs(X2, "X2")
+        if X1.shape[1:] != X2.shape[1:]:
+            raise ValueError(f"X2: per-input shape {X2.shape[1:]} does not match X1's {X1.shape[1:]}")
+        k = _input_state(X1, X2, symmetric, "ntk" in get)
+        out = self._apply(k, "")
+        if isinstance(out, tuple):
+            raise ValueError(f"{self!r}: the network ends with {len(out)} unjoined branches; "
+                             "add FanInSum() or FanInConcat()")
+        return Kernels(out.nngp if "nngp" in get else None, out.ntk if "ntk" in get else None)
+
+    def nngp(self, X1, X2=None) -> np.ndarray:
+        return self.kernels(X1, X2, get=("nngp",)).nngp
+
+    def ntk(self, X1, X2=None) -> np.ndarray:
+        return self.kernels(X1, X2, get=("ntk",)).ntk
+
+
+def _check_inputs(X, name):
+    try:
+        X = np.asarray(X)
+    except Exception as exc:  # pragma: no cover - exotic array types
+        raise TypeError(f"{name}: expected a numeric array (N, ..., C), got {type(X).__name__}") from exc
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) \
+            or np.issubdtype(X.dtype, np.complexfloating):
+        raise TypeError(f"{name}: expected a real numeric array of shape (N, d), (N, T, C), (N, H, W, C) or "
+                        f"(N, D, H, W, C), got dtype {X.dtype}")
+    if X.ndim < 2:
+        raise ValueError(f"{name}: expected shape (N, d), (N, T, C), (N, H, W, C) or (N, D, H, W, C), "
+                         f"got shape {X.shape}")
+    if X.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {X.shape}")
+    X = np.asarray(X, dtype=np.float64)
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
+    return X
+
+
+def _input_state(X1, X2, symmetric, want_ntk):
+    """K[n1, n2, s, s'] = sum_c x1[n1, s, c] x2[n2, s', c] / C (neural-tangents' input kernel)."""
+    spatial = tuple(X1.shape[1:-1])
+    C = X1.shape[-1]
+    P = _prod(spatial)
+    n1, n2 = X1.shape[0], X2.shape[0]
+    A1 = X1.reshape(n1 * P, C)
+    if symmetric:
+        G = A1 @ A1.T / C
+        G = 0.5 * (G + G.T)  # exactly symmetric; the diagonal is unchanged
+        cov1 = cov2 = None
+    else:
+        G = A1 @ X2.reshape(n2 * P, C).T / C
+        cov1 = np.einsum("nsc,ntc->nst", X1.reshape(n1, P, C), X1.reshape(n1, P, C)) / C
+        cov2 = np.einsum("nsc,ntc->nst", X2.reshape(n2, P, C), X2.reshape(n2, P, C)) / C
+        cov1 = 0.5 * (cov1 + cov1.transpose(0, 2, 1))
+        cov2 = 0.5 * (cov2 + cov2.transpose(0, 2, 1))
+        cov1, cov2 = cov1.reshape((n1,) + spatial * 2), cov2.reshape((n2,) + spatial * 2)
+    nngp = _from_matrix(G, n1, n2, spatial)
+    return _State(nngp, np.zeros_like(nngp) if want_ntk else None, cov1, cov2, spatial, C, False, symmetric)
+
+
+class Dense(Layer):
+    """Fully connected layer over the channel axis (per pixel on spatial inputs).
+
+    ``Dense(out_dim, weight_var=1.0, bias_var=0.0)``; ``W_std``/``b_std`` (standard deviations,
+    neural-tangents' spelling) may be given instead. ``in_dim`` optionally declares the input
+    channel count, checked against the input. Kernel rule: K' = w K + b, Theta' = K' + w Theta
+    (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1).
+    """
+
+    def __init__(self, out_dim, weight_var=1.0, bias_var=0.0, *, W_std=None, b_std=None, in_dim=None,
+                 parameterization="ntk"):
+        self.out_dim = _pos_int(out_dim, "Dense", "out_dim")
+        self.weight_var, self.bias_var = _variances("Dense", weight_var, bias_var, W_std, b_std)
+        self.in_dim = None if in_dim is None else _pos_int(in_dim, "Dense", "in_dim")
+        _parametrization(parameterization, "Dense")
+
+    def __repr__(self):
+        return f"Dense({self.out_dim}, weight_var={self.weight_var:g}, bias_var={self.bias_var:g})"
+
+    def _kernel(self, k, name):
+        _check_declared(k, self.in_dim, "in_dim", name)
+        w, b = self.weight_var, self.bias_var
+        out = k.map_all(lambda a, _: w * a + b)
+        if out.ntk is not None:
+            out = replace(out, ntk=out.nngp + w * k.ntk)
+        return replace(out, width=self.out_dim, gaussian=True)
+
+
+def _check_declared(k, declared, arg, name):
+    if declared is None or declared == k.width:
+        return
+    shape = k.shape
+    hint = ""
+    if len(shape) >= 3 and shape[1] == declared:
+        hint = (f"; axis 1 has {declared} entries: this looks channels-first (N, C, ...), but inputs are "
+                "channels-last (N, ..., C), e.g. X.transpose(0, 2, 3, 1) for (N, C, H, W) images")
+    raise ValueError(f"{name}: declared {arg}={declared} but its input has {k.width} channels (input shape "
+                     f"{shape}, read as {_describe_shape(shape)}){hint}")
+
+
+class Conv(Layer):
+    """Convolution in 1, 2 or 3 spatial dimensions, channels-last, weights shared over positions.
+
+    ``Conv(out_chan, filter_shape, strides=None, padding="VALID", weight_var=1.0, bias_var=0.0)``
+    (``W_std``/``b_std`` accepted); padding ``"VALID"``, ``"SAME"`` (zeros) or ``"CIRCULAR"``
+    (periodic); fan_in = in_chan * prod(filter_shape). Kernel rule (Novak et al. 2019, eqs. (7)
+    and (10); Arora et al. 2019, CNTK eqs. (7)-(9)): K'[s, s'] = w/|F| sum_o K[st s + o, st s' + o]
+    + b, Theta'[s, s'] = K'[s, s'] + w/|F| sum_o Theta[st s + o, st s' + o].
+    """
+
+    def __init__(self, out_chan, filter_shape, strides=None, padding="VALID", weight_var=1.0, bias_var=0.0, *,
+                 W_std=None, b_std=None, in_chan=None, parameterization="ntk"):
+        self.out_chan = _pos_int(out_chan, "Conv", "out_chan")
+        self.filter_shape = _int_tuple(filter_shape, "Conv", "filter_shape")
+        d = len(self.filter_shape)
+        self.strides = (1,) * d if strides is None else _int_tuple(strides, "Conv", "strides", d)
+        self.padding = _padding(padding, "Conv")
+        self.weight_var, self.bias_var = _variances("Conv", weight_var, bias_var, W_std, b_std)
+        self.in_chan = None if in_chan is None else _pos_int(in_chan, "Conv", "in_chan")
+        _parametrization(parameterization, "Conv")
+
+    def __repr__(self):
+        return (f"Conv({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
+                f"weight_var={self.weight_var:g}, bias_var={self.bias_var:g})")
+
+    def _kernel(self, k, name):
+        _check_spatial(k, self.filter_shape, self.padding, name, "filter_shape")
+        _check_declared(k, self.in_chan, "in_chan", name)
+        w, b = self.weight_var, self.bias_var
+        conv = lambda a, bnd: _conv_cov(a, bnd, self.filter_shape, self.strides, self.padding)  # noqa: E731
+        out = k.map_all(lambda a, bnd: w * conv(a, bnd) + b, lambda a, bnd: w * conv(a, bnd))
+        if out.ntk is not None:
+            out = replace(out, ntk=out.ntk + out.nngp)
+        spatial = tuple(_out_and_pads(n, f, s, self.padding)[0]
+                        for n, f, s in zip(k.spatial, self.filter_shape, self.strides))
+        return replace(out, spatial=spatial, width=self.out_chan, gaussian=True)
+
+
+def _check_spatial(k, window, padding, name, arg):
+    d = len(window)
+    shape = k.shape
+    if len(k.spatial) != d:
+        want = {1: "(N, T, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}.get(d, f"rank {d + 2}")
+        raise ValueError(f"{name}: a {d}-D {arg} needs inputs of shape {want} (rank {d + 2}), got an input of "
+                         f"shape {shape} (rank {len(shape)})")
+    if padding == "VALID":
+        for n, f in zip(k.spatial, window):
+            if f > n:
+                raise ValueError(f"{name}: {arg} {tuple(window)} is larger than the spatial shape {k.spatial} of its "
+                                 f"input (shape {shape}) with padding 'VALID'; use padding 'SAME'/'CIRCULAR' or a "
+                                 "smaller filter")
+
+
+class _Pool(Layer):
+    _average = True
+    _name = "AvgPool"
+
+    def __init__(self, window_shape, strides=None, padding="VALID", normalize_edges=False):
+        self.window_shape = _int_tuple(window_shape, self._name, "window_shape")
+        d = len(self.window_shape)
+        self.strides = (1,) * d if strides is None else _int_tuple(strides, self._name, "strides", d)
+        self.padding = _padding(padding, self._name)
+        if not isinstance(normalize_edges, bool):
+            raise TypeError(f"{self._name}: normalize_edges must be True or False, got {normalize_edges!r}")
+        self.normalize_edges = normalize_edges
+
+    def __repr__(self):
+        return f"{self._name}({self.window_shape}, strides={self.strides}, padding={self.padding!r})"
+
+    def _kernel(self, k, name):
+        _check_spatial(k, self.window_shape, self.padding, name, "window_shape")
+        out = k.map_all(lambda a, bnd: _pool_cov(a, bnd, self.window_shape, self.strides, self.padding,
+                                                 self._average, self.normalize_edges))
+        spatial = tuple(_out_and_pads(n, f, s, self.padding)[0]
+                        for n, f, s in zip(k.spatial, self.window_shape, self.strides))
+        return replace(out, spatial=spatial)
+
+
+class AvgPool(_Pool):
+    """Average pooling ``AvgPool(window_shape, strides=None (= 1), padding="VALID", normalize_edges=False)``.
+
+    K'[s, s'] = sum_{o, o'} K[st s + o, st s' + o'] / |window|^2 (neural-tangents AvgPool; with
+    SAME padding and ``normalize_edges`` the division is by the in-image counts instead).
+    """
+
+
+class SumPool(_Pool):
+    """Sum pooling: as :class:`AvgPool` without the division."""
+
+    _average = False
+    _name = "SumPool"
+
+
+class _GlobalPool(Layer):
+    _average = True
+    _name = "GlobalAvgPool"
+
+    def __repr__(self):
+        return f"{self._name}()"
+
+    def _kernel(self, k, name):
+        if not k.spatial:
+            raise ValueError(f"{name}: needs inputs with spatial axes (N, T, C), (N, H, W, C) or (N, D, H, W, C), "
+                             f"got shape {k.shape}")
+        red = np.mean if self._average else np.sum
+        out = k.map_all(lambda a, bnd: red(a, axis=tuple(range(bnd, a.ndim))))
+        return replace(out, spatial=())
+
+
+class GlobalAvgPool(_GlobalPool):
+    """Mean over all spatial positions: the kernel's mean over all pixel pairs (s, s')."""
+
+
+class GlobalSumPool(_GlobalPool):
+    """Sum over all spatial positions: the kernel's sum over all pixel pairs (s, s')."""
+
+    _average = False
+    _name = "GlobalSumPool"
+
+
+class Flatten(Layer):
+    """Flatten all non-batch axes; kernel: mean of K[s, s] over pixels (neural-tangents Flatten)."""
+
+    def __repr__(self):
+        return "Flatten()"
+
+    def _kernel(self, k, name):
+        if not k.spatial:
+            return k
+        P = _prod(k.spatial)
+
+        def trace(a, bnd):
+            flat = a.reshape(a.shape[:bnd] + (P, P))
+            return np.trace(flat, axis1=-2, axis2=-1) / P
+
+        return replace(k.map_all(trace), spatial=(), width=k.width * P, gaussian=False)
+
+
+class Identity(Layer):
+    """The identity layer."""
+
+    def __repr__(self):
+        return "Identity()"
+
+    def _kernel(self, k, name):
+        return k
+
+
+class FanOut(Layer):
+    """``FanOut(n)``: n copies of its input, for parallel branches."""
+
+    def __init__(self, num):
+        self.num = _pos_int(num, "FanOut", "num")
+
+    def __repr__(self):
+        return f"FanOut({self.num})"
+
+    def _kernel(self, k, name):
+        return (k,) * self.num
+
+
+def _check_branches(ks, name, same_width):
+    shapes = [k.shape for k in ks]
+    key = (lambda s: s) if same_width else (lambda s: s[:-1])
+    if any(key(s) != key(shapes[0]) for s in shapes[1:]):
+        what = "shapes" if same_width else "shapes except the channel axis"
+        raise ValueError(f"{name}: branches must have equal {what}, got {shapes}")
+
+
+class FanInSum(Layer):
+    """Sum of the branches: kernels add (independent, centred Gaussian branches)."""
+
+    n_in = None
+
+    def __repr__(self):
+        return "FanInSum()"
+
+    def _kernel(self, ks, name):
+        _check_branches(ks, name, same_width=True)
+        if len(ks) > 1 and not all(k.gaussian for k in ks):
+            raise ValueError(f"{name}: every branch must end in a Dense/Conv layer (a centred Gaussian) for the "
+                             f"kernels to add; branches ending Gaussian: {[k.gaussian for k in ks]}")
+        return _combine(ks, [1.0] * len(ks), all(k.gaussian for k in ks))
+
+
+def _combine(ks, weights, gaussian_):
+    def mix(get):
+        vals = [get(k) for k in ks]
+        if vals[0] is None:
+            return None
+        return sum(w * v for w, v in zip(weights, vals))
+
+    return replace(ks[0], nngp=mix(lambda k: k.nngp), ntk=mix(lambda k: k.ntk), cov1=mix(lambda k: k.cov1),
+                   cov2=mix(lambda k: k.cov2), gaussian=gaussian_)
+
+
+class FanInConcat(Layer):
+    """Concatenation along the channel axis: kernels averaged with the branches' channel counts."""
+
+    n_in = None
+
+    def __init__(self, axis=-1):
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"FanInConcat: axis must be an integer, got {axis!r}")
+        self.axis = int(axis)
+
+    def __repr__(self):
+        return f"FanInConcat(axis={self.axis})"
+
+    def _kernel(self, ks, name):
+        ndim = len(ks[0].shape)
+        if self.axis not in (-1, ndim - 1):
+            raise NotImplementedError(f"{name}: only the channel axis (-1) is implemented; got axis={self.axis} "
+                                      f"for inputs of shape {ks[0].shape}")
+        _check_branches(ks, name, same_width=False)
+        widths = [k.width for k in ks]
+        total = float(sum(widths))
+        out = _combine(ks, [w / total for w in widths], False)
+        return replace(out, width=int(sum(widths)))
+
+
+class _Combinator(Layer):
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"{self._name}: argument {i} must be a layer (Dense, Conv, Relu(), ...), got "
+                                f"{layer!r}; note activation layers are called: Relu(), not Relu")
+        self.layers = tuple(layers)
+
+    def __repr__(self):
+        return f"{self._name}({', '.join(map(repr, self.layers))})"
+
+
+class _Serial(_Combinator):
+    _name = "serial"
+    n_in = 0  # anything
+
+    def _apply(self, k, where):
+        for i, layer in enumerate(self.layers):
+            k = layer._apply(k, f" at {self._name}[{i}]{where}")
+        return k
+
+
+class _Parallel(_Combinator):
+    _name = "parallel"
+    n_in = None
+
+    def _kernel(self, ks, name):
+        if len(ks) != len(self.layers):
+            raise ValueError(f"{name}: has {len(self.layers)} branches but receives {len(ks)} inputs")
+        where = name[len(repr(self)):]
+        return tuple(layer._apply(k, f" at parallel[{i}]{where}") for i, (layer, k) in enumerate(zip(self.layers, ks)))
+
+
+def serial(*layers) -> Layer:
+    """Layers applied one after the other (neural-tangents ``stax.serial``)."""
+    return _Serial(*layers)
+
+
+def parallel(*layers) -> Layer:
+    """Layer i applied to branch i of its input (after ``FanOut``), as neural-tangents ``stax.parallel``."""
+    return _Parallel(*layers)
+
+
+# ---------------------------------------------------------------------------------------
+# activations
+# ---------------------------------------------------------------------------------------
+
+class Activation(Layer):
+    """An elementwise nonlinearity: ``Activation("tanh")``, ``Activation("erf", a=2.0)``,
+    ``Activation(sympy_expr)`` or any :class:`limitlab.theory.activations.Activation`.
+
+    Kernel rule per pixel pair (Jacot et al. 2018; Arora et al. 2019, eq. (9)):
+    K' = E[phi(u) phi(v)], Theta' = Theta E[phi'(u) phi'(v)], (u, v) ~ N(0, [[q1, c], [c, q2]]),
+    with the maps of :func:`limitlab.theory.kernels.dual` (closed forms) or the Gaussian engine.
+    """
+
+    def __init__(self, activation, **params):
+        try:
+            self.activation = _act.get(activation, **params)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"Activation: {exc}") from None
+        self.dual = Dual(self.activation)
+
+    def __repr__(self):
+        return f"Activation({self.activation.name!r})"
+
+    def _kernel(self, k, name):
+        if not k.gaussian:
+            raise ValueError(f"{name}: its input must be Gaussian, i.e. the output of a Dense/Conv layer (or sums/"
+                             f"pools of them); put a Dense or Conv before the activation (input shape {k.shape})")
+        n1, n2 = k.nngp.shape[:2]
+        P = _prod(k.spatial)
+        want1 = k.ntk is not None
+        c1, c2 = k.covs()
+        q1 = c1.reshape(n1, P * P)[:, :: P + 1].reshape(-1)
+        q2 = c2.reshape(n2, P * P)[:, :: P + 1].reshape(-1)
+        for q in (q1, q2):
+            if np.any(q <= 0):
+                raise ValueError(f"{name}: an input has zero variance at some pixel (an all-zero input without bias?); "
+                                 "its kernel map needs variances > 0; use bias_var > 0")
+        C = _to_matrix(k.nngp, n1, n2, P)
+        A, Ad = self._maps(q1, q2, C, k.symmetric, want1, name)
+        nngp = _from_matrix(A, n1, n2, k.spatial)
+        ntk = None if not want1 else k.ntk * _from_matrix(Ad, n1, n2, k.spatial)
+        cov1 = cov2 = None
+        if not k.symmetric:
+            cov1, cov2 = (self._self_blocks(c, q.reshape(c.shape[0], P), k.spatial, name)
+                          for c, q in ((c1, q1), (c2, q2)))
+        return replace(k, nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, gaussian=False)
+
+    def _self_blocks(self, cov, q, spatial, name):
+        n, P = q.shape
+        C = cov.reshape(n, P, P)
+        if self.activation.has_closed_form:
+            A = self._maps(q[:, :, None], q[:, None, :], C, True, False, name)[0]
+        else:
+            A = np.stack([self._maps(q[i], q[i], C[i], True, False, name)[0] for i in range(n)])
+        return A.reshape((n,) + spatial * 2)
+
+    def _maps(self, q1, q2, C, symmetric, want1, name):
+        """(E[phi phi], E[phi' phi']) on the covariance matrix C (rows: q1, columns: q2)."""
+        act = self.activation
+        if act.has_closed_form:
+            if q1.ndim == 1:
+                q1, q2 = q1[:, None], q2[None, :]
+            A, Ad = _closed_map(act)(q1, q2, C)
+            if symmetric:  # exactly symmetric (the closed form's rounding need not be)
+                sw = (lambda m: m.swapaxes(-1, -2))  # noqa: E731
+                A = 0.5 * (A + sw(A))
+                Ad = 0.5 * (Ad + sw(Ad))
+        else:
+            A, Ad = gaussian.mehler_dual(lambda t: act(t), lambda t: act.derivative(t), q1, q2, C, act.kinks,
+                                         symmetric=symmetric, want=(True, want1))
+        if not np.all(np.isfinite(A)) or (want1 and not np.all(np.isfinite(Ad))):
+            raise ValueError(f"{name}: the kernel map of {act.name} is not finite for these inputs (e.g. "
+                             "gaussian(a, b>0) needs 1 - 2 b q > 0); reduce weight_var or the input scale")
+        return A, Ad
+
+
+_CLOSED_MAPS: dict = {}
+
+
+def _closed_map(act):
+    """A NumPy evaluator of the activation's closed-form maps (dual.py), in the stable form the
+    compiled MLP recursion uses (limitlab.numerics.recursion): standard deviations s1, s2, the
+    Cauchy-Schwarz root r = sqrt((t - c)(t + c)), t = s1 s2, shared by every root of the map,
+    the pair angle atan2(r, c), and |c| within 16 ulps of t snapped to +-t (parallel inputs get
+    angle 0, not the 1e-8 that arccos makes of one ulp)."""
+    key = (act.name, act.params, sp.srepr(act.expr))
+    if key not in _CLOSED_MAPS:
+        A, Adot = act.closed_dual()
+        s1, s2 = sp.symbols("s1 s2", positive=True)
+        cc = sp.Symbol("cc", real=True)
+        r = sp.Symbol("r", nonnegative=True)
+        theta = sp.Symbol("theta", nonnegative=True)
+        gap = s1 ** 2 * s2 ** 2 - cc ** 2
+
+        def is_root(e):  # sqrt(max(s1^2 s2^2 - c^2, 0)), as codegen.stable_angles writes it
+            return (e.is_Pow and e.exp == sp.S.Half and isinstance(e.base, sp.Max) and sp.S.Zero in e.base.args
+                    and sp.expand(sum(a for a in e.base.args if a != 0) - gap) == 0)
+
+        sub = {_act.q1: s1 ** 2, _act.q2: s2 ** 2, _act.c: cc}
+        maps = [codegen.stable_angles(recursion._split_roots(m.subs(sub))).replace(is_root, lambda e: r)
+                for m in (A, Adot)]
+        maps = [m.xreplace({sp.atan2(r, cc): theta}) for m in maps]
+        f = sp.lambdify((s1, s2, cc, r, theta), maps, modules=["numpy", "scipy"])
+
+        def evaluate(q1, q2, c):
+            s1_, s2_ = np.sqrt(q1), np.sqrt(q2)
+            t = s1_ * s2_
+            d = (t - c) * (t + c)
+            near = d <= 16 * np.finfo(float).eps * (t * t)
+            c = np.where(near, np.copysign(t, c), c)
+            r_ = np.where(near, 0.0, np.sqrt(np.maximum(d, 0.0)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = f(s1_, s2_, c, r_, np.arctan2(r_, c))
+            return tuple(np.broadcast_to(np.asarray(o, dtype=float), c.shape).copy() for o in out)
+
+        _CLOSED_MAPS[key] = evaluate
+    return _CLOSED_MAPS[key]
+
+
+def Relu():
+    """max(x, 0): arc-cosine kernel of degree 1 (Cho & Saul 2009, eq. 6)."""
+    return Activation("relu")
+
+
+def LeakyRelu(alpha):
+    """x for x > 0, alpha x otherwise (neural-tangents LeakyRelu)."""
+    return Activation("leaky_relu", alpha=alpha)
+
+
+def Abs():
+    return Activation("abs")
+
+
+def ABRelu(a, b):
+    """a min(x, 0) + b max(x, 0) (neural-tangents ABRelu)."""
+    return Activation("abrelu", a=a, b=b)
+
+
+def Erf(a=1.0, b=1.0, c=0.0):
+    """a erf(b x) + c (Williams 1997; neural-tangents Erf)."""
+    return Activation("erf", a=a, b=b, c0=c)
+
+
+def Sigmoid_like():
+    return Activation("sigmoid_like")
+
+
+def Gelu(approximate=False):
+    """Exact GELU x Phi(x) (Tsuchida et al. 2020 kernel); ``approximate=True``: the tanh form,
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), through the Gaussian engine."""
+    if approximate:
+        x = sp.Symbol("x", real=True)
+        expr = x * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Float("0.044715") * x ** 3))) / 2
+        layer = Activation(_act.numerical(expr, name="gelu_tanh", kinks=()))
+        return layer
+    return Activation("gelu")
+
+
+def Sin(a=1.0, b=1.0, c=0.0):
+    return Activation("sin", a=a, b=b, c0=c)
+
+
+def Cos(a=1.0, b=1.0, c=0.0):
+    return Activation("cos", a=a, b=b, c0=c)
+
+
+def Rbf(gamma=1.0):
+    return Activation("rbf", gamma=gamma)
+
+
+def Exp(a=1.0, b=1.0):
+    return Activation("exp", a=a, b=b)
+
+
+def Gaussian(a=1.0, b=-1.0):
+    return Activation("gaussian", a=a, b=b)
+
+
+def Sign():
+    return Activation("sign")
+
+
+def Monomial(degree):
+    return Activation("monomial", degree=degree)
+
+
+def RectifiedMonomial(degree):
+    return Activation("rectified_monomial", degree=degree)
+
+
+def Polynomial(coef):
+    return Activation("polynomial", coefficients=list(coef))
+
+
+def Hermite(degree):
+    """He_n(x)/sqrt(n!) (normalized probabilists' Hermite polynomial)."""
+    return Activation("hermite", degree=degree)
+
+
+def Tanh():
+    return Activation("tanh")
+
+
+def Sigmoid():
+    return Activation("sigmoid")
+
+
+def Softplus():
+    return Activation("softplus")
+
+
+def Silu():
+    return Activation("silu")
+
+
+Swish = Silu
+
+
+def Elu():
+    return Activation("elu")
+
+
+def Selu():
+    return Activation("selu")
+
+
+def Mish():
+    return Activation("mish")
