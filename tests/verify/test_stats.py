@@ -108,3 +108,48 @@ def test_verdict_serializes_to_plain_types():
 
     json.dumps(d)
     assert d["quantities"][0]["quantity"] == "q0" and math.isfinite(d["slope"])
+
+
+def _limit_zero(errors, S=16, sd=1e-4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [[Measurement("NC1", 0.0, e + sd * rng.standard_normal(S))] for e in errors]
+
+
+def test_limit_zero_quantity_passes_only_when_its_error_falls_fast_enough():
+    sizes = (400, 1600, 6400)
+    # falling like size^-1/2 (and faster): within the decay rule with bias_rate 0.5
+    v = stats.verdict(sizes, _limit_zero([0.024, 0.012, 0.006]), rate=None, bias_rate=0.5)
+    assert v.passed and v.quantities[0].limit_zero and v.quantities[0].basis == "+bias allowance"
+    # stalled at a non-zero plateau (an equilibrium that is not the limit): fails
+    v = stats.verdict(sizes, _limit_zero([0.024, 0.0065, 0.006]), rate=None, bias_rate=0.5)
+    assert not v.passed and v.quantities[0].basis == "outside"
+    # falling, but slower than claimed: fails
+    v = stats.verdict(sizes, _limit_zero([0.024, 0.012, 0.008]), rate=None, bias_rate=0.5)
+    assert not v.passed
+
+
+def test_tolerance_parts_add_up_and_the_basis_names_the_part_needed():
+    rng = np.random.default_rng(3)
+    v = stats.verdict(SIZES, _ensemble(rng), rate=-0.5)
+    for q in v.quantities:
+        assert q.tolerance == pytest.approx(q.z_se + q.allowance + q.floor) and q.floor == 0.0
+        assert q.basis in ("z*SE", "+bias allowance")
+        assert q.zscore == pytest.approx(q.error / q.se[-1])
+    # a deterministic estimate off by 1e-6 relative passes only through its rtol floor
+    ms = [[Measurement("objective", 2.0, [2.0 + 2e-6, 2.0 + 2e-6 + 1e-15], rtol_floor=1e-4)] for _ in SIZES]
+    q = stats.verdict(SIZES, ms, rate=None).quantities[0]
+    assert q.passed and q.basis == "+rtol floor" and q.floor == pytest.approx(2e-4)
+
+
+def test_sizes_below_min_size_or_a_rate_from_two_sizes_are_inconclusive():
+    rng = np.random.default_rng(1)
+    ens = _ensemble(rng)
+    v = stats.verdict(SIZES, ens, rate=-0.5, min_size=512)
+    assert v.inconclusive and not v.passed and v.status == "inconclusive" and "min_size 512" in v.reason
+    v = stats.verdict(SIZES[1:], ens[1:], rate=-0.5)
+    assert v.inconclusive and not v.passed and "at least 3 sizes" in v.reason and v.slope_ok is None
+    v = stats.verdict(SIZES[1:], ens[1:], rate=None)  # no rate declared: two sizes decide the level
+    assert v.passed and not v.inconclusive
+    wrong = _ensemble(np.random.default_rng(2), claimed=TRUTH * 1.05)
+    v = stats.verdict(SIZES[1:], wrong[1:], rate=-0.5)  # a level failure is a failure, not inconclusive
+    assert not v.passed and not v.inconclusive and v.status == "fail"
