@@ -1,4 +1,5 @@
-"""Maps the three top-level folders onto the `limitlab` namespace (see DESIGN.md, Layout)."""
+"""Maps the three top-level folders onto the `limitlab` namespace: theory/ -> limitlab.theory,
+numerics/ -> limitlab.numerics, verify/ -> limitlab.verify (what each holds: README.md and docs/)."""
 from setuptools import find_packages, setup
 
 _FOLDERS = ("theory", "numerics", "verify")
