@@ -33,7 +33,18 @@ Three solvers:
   iteration (``limitlab.numerics.solvers.fixed_point``), convergence reported.
 
 :func:`two_layer_linear_whitened` is the closed form for a two-layer linear network on
-one whitened direction (REFERENCES.md sec. 2): ``df/dt = 2 sqrt(1 + gamma0^2 f^2) (y - f)``.
+one whitened input, ``df/dt = 2 sqrt(1 + gamma0^2 f^2) (y - f)``: the depth-1 case of the
+deep linear equations of B. Bordelon and C. Pehlevan, "Self-Consistent Dynamical Field
+Theory of Kernel Evolution in Wide Neural Networks", NeurIPS 2022, arXiv:2205.09653,
+sec. 5 (linear networks); derived in its docstring and in docs/dynamics.md.
+
+Divergence: gradient descent with too large a step diverges, and so does its
+infinite-width limit. Every solver checks the training error ``|y - f(t)|`` (largest
+over the samples): a non-finite value, or growth beyond ``max_error_growth`` (default
+1e3) times its value at step 0 (``|y|``, as f(0) = 0), is reported as non-convergence
+(``converged=False`` and a ``message``; ``strict=True`` raises ``ConvergenceError``). The
+lazy limit is stable iff ``dt * max eig(NTK(0)) < 2``; feature learning changes the NTK,
+so larger gamma0 can diverge at smaller dt.
 """
 from __future__ import annotations
 
@@ -49,16 +60,23 @@ from scipy import linalg as sla
 from limitlab.numerics import codegen, solvers
 from limitlab.theory import activations as _act
 
+from .gradient_flow import _real_array
+
 __all__ = ["TwoLayerResult", "DeepResult", "two_layer", "deep_linear", "deep", "two_layer_linear_whitened",
            "input_kernel", "kernel_alignment", "lazy_prediction"]
 
 
 # ---------------------------------------------------------------------------------- checks
 def input_kernel(X) -> np.ndarray:
-    """K^x = X X^T / D, the input Gram matrix the DMFT depends on (B&P eq. (2))."""
-    X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or not np.all(np.isfinite(X)):
-        raise ValueError(f"X: expected a finite (P, D) array, got shape {X.shape}")
+    """K^x = X X^T / D, the input Gram matrix the DMFT depends on (B&P eq. (2)).
+
+    ``X``: a real, finite (P, D) array with P >= 1 inputs of dimension D >= 1.
+    """
+    X = _real_array(X, "X")
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"X: expected a (P, D) array with P >= 1 inputs and dimension D >= 1, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X: contains non-finite values")
     return X @ X.T / X.shape[1]
 
 
@@ -76,9 +94,9 @@ def _psd_sqrt(k, name):
 
 
 def _check_common(kx, y, gamma0, T, dt):
+    kx = _real_array(kx, "kx")
+    y = _real_array(y, "y")
     root = _psd_sqrt(kx, "kx")
-    kx = np.asarray(kx, dtype=float)
-    y = np.asarray(y, dtype=float)
     if y.shape != (kx.shape[0],) or not np.all(np.isfinite(y)):
         raise ValueError(f"y: expected finite targets of shape ({kx.shape[0]},), got {y.shape}")
     if not np.isscalar(gamma0) or not np.isfinite(gamma0) or gamma0 < 0:
@@ -88,6 +106,36 @@ def _check_common(kx, y, gamma0, T, dt):
     if not np.isscalar(dt) or not np.isfinite(dt) or dt <= 0:
         raise ValueError(f"dt: time step must be a positive number, got {dt!r}")
     return root, kx, y, float(gamma0), int(T), float(dt)
+
+
+def _check_growth(max_error_growth):
+    if isinstance(max_error_growth, bool) or not isinstance(max_error_growth, (int, float, np.integer, np.floating)) \
+            or not max_error_growth > 1 or not np.isfinite(max_error_growth):
+        raise ValueError(f"max_error_growth: must be a finite number > 1, got {max_error_growth!r}")
+    return float(max_error_growth)
+
+
+def _divergence(f, y, dt, growth, ntk0):
+    """'' if the trajectory f (T+1, P) stays finite and max_mu |y - f(t)| <= growth * max_mu |y - f(0)|,
+    else a message saying where gradient descent diverged (module docstring, "Divergence")."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(y[None, :] - f).max(axis=1)
+    lam = float(np.linalg.eigvalsh(0.5 * (ntk0 + ntk0.T)).max())
+    hint = (f"reduce dt (the lazy limit needs dt * max eig(NTK(0)) < 2; here dt = {dt:g}, "
+            f"dt * max eig = {dt * lam:.3g})")
+    bad = ~np.isfinite(err)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        return f"gradient descent diverges: non-finite f at step {k} of {f.shape[0] - 1}; {hint}"
+    ref = float(err[0])
+    if ref > 0:
+        over = np.flatnonzero(err > growth * ref)
+        if over.size:
+            k = int(over[0])
+            return (f"gradient descent diverges: max |y - f| grew from {ref:.3g} at step 0 to {err[k]:.3g} at step {k} "
+                    f"(more than max_error_growth = {growth:g} times; {err[-1]:.3g} at the last step {f.shape[0] - 1}); "
+                    f"{hint}")
+    return ""
 
 
 def kernel_alignment(K, y) -> float:
@@ -206,6 +254,8 @@ class TwoLayerResult:
 
     ``Phi[i, j]``, ``G[i, j]``, ``K[i, j]`` are P x P matrices Phi(t_i, t_j) etc. for
     ``snapshot_steps`` t_i; ``ntk0`` the exact initial NTK; ``times = dt * steps``.
+    ``converged`` is False, with the reason in ``message``, when gradient descent diverged
+    (module docstring, "Divergence").
     """
 
     times: np.ndarray
@@ -218,6 +268,8 @@ class TwoLayerResult:
     gamma0: float
     samples: int
     seed: object = None
+    converged: bool = True
+    message: str = ""
 
     def equal_time(self, name: str = "K") -> np.ndarray:
         """Phi(t, t), G(t, t) or K(t, t) at the snapshot steps, shape (n_snapshots, P, P)."""
@@ -246,15 +298,19 @@ def _exact_init_kernels(act, kx):
 
 
 def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: float = 0.05,
-              samples: int = 100_000, seed=0, snapshots=6, control_variate: bool = True) -> TwoLayerResult:
+              samples: int = 100_000, seed=0, snapshots=6, control_variate: bool = True, strict: bool = False,
+              max_error_growth: float = 1e3) -> TwoLayerResult:
     """Two-layer DMFT by Monte Carlo over the single-site process (Bordelon & Pehlevan 2022, sec. 3, eqs. (8)-(9)).
 
     ``kx``: input Gram X X^T / D (P x P, PSD); ``y``: targets (P,); gradient descent of step
     ``dt`` for ``T`` steps; ``samples`` single sites (h in R^P, w) drawn with ``seed``;
     ``snapshots``: number of equally spaced steps (or an explicit increasing list of steps)
-    at which the two-time kernels Phi, G, K are recorded.
+    at which the two-time kernels Phi, G, K are recorded. A diverging run (``max |y - f|``
+    non-finite or above ``max_error_growth`` times its initial value) has ``converged=False``
+    and a ``message``; with ``strict=True`` it raises ``ConvergenceError``.
     """
     root, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    growth = _check_growth(max_error_growth)
     act = _act.get(activation)
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
         raise ValueError(f"samples: must be an integer >= 2, got {samples!r}")
@@ -285,33 +341,45 @@ def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: f
     snap_h = np.empty((steps.size, S, P))
     snap_w = np.empty((steps.size, S))
     f_out = np.zeros((T + 1, P))
-    mod.run(h, w, np.ascontiguousarray(kx), y, mcv, dt, gamma0, T, steps, snap_h, snap_w, f_out, 64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mod.run(h, w, np.ascontiguousarray(kx), y, mcv, dt, gamma0, T, steps, snap_h, snap_w, f_out, 64)
+    message = _divergence(f_out, y, dt, growth, ntk0)
+    if message and strict:
+        raise solvers.ConvergenceError(f"two_layer: {message}", solvers.SolverResult(f_out, np.inf, T, False))
     # two-time kernels on the snapshot grid, Gram matrices over samples in blocks
     n = steps.size
     Phi = np.zeros((n * P, n * P))
     Gm = np.zeros((n * P, n * P))
     block = 20_000
-    for lo in range(0, S, block):
+    for lo in range(0, S, block) if not message else ():  # a diverged run's kernels are not computed (NaN)
         hb = snap_h[:, lo:lo + block]  # (n, b, P)
         A = np.asarray(act(hb), dtype=float).transpose(1, 0, 2).reshape(-1, n * P)
         B = (np.asarray(act.derivative(hb), dtype=float) * snap_w[:, lo:lo + block, None]).transpose(1, 0, 2)
         B = B.reshape(-1, n * P)
         Phi += A.T @ A
         Gm += B.T @ B
+    if message:
+        Phi[:], Gm[:] = np.nan, np.nan
     Phi = (Phi / S).reshape(n, P, n, P).transpose(0, 2, 1, 3)
     Gm = (Gm / S).reshape(n, P, n, P).transpose(0, 2, 1, 3)
     if control_variate:
         Phi = Phi + (phi0 - phi_mc)
         Gm = Gm + (dphi0 - g_mc)
     K = Phi + kx * Gm
-    return TwoLayerResult(dt * np.arange(T + 1), f_out, steps, Phi, Gm, K, ntk0, gamma0, S, seed)
+    return TwoLayerResult(dt * np.arange(T + 1), f_out, steps, Phi, Gm, K, ntk0, gamma0, S, seed,
+                          converged=not message, message=message)
 
 
 def two_layer_linear_whitened(t, y: float, gamma0: float):
     """f(t) of a two-layer linear network on one whitened input (|x|^2 / D = 1), f(0) = 0.
 
-    Solves ``df/dt = 2 sqrt(1 + gamma0^2 f^2) (y - f)`` (B&P 2022, sec. 4 "two-layer linear";
-    REFERENCES.md sec. 2) in closed form: with f = sinh(theta)/gamma0, c = gamma0 y and
+    Solves ``df/dt = 2 sqrt(1 + gamma0^2 f^2) (y - f)`` in closed form. The equation is the
+    depth-1 deep linear DMFT of Bordelon & Pehlevan 2022 (arXiv:2205.09653, sec. 5) for one
+    input with |x|^2/D = 1: the single-site fields obey dh/dt = gamma0 Delta w and
+    dw/dt = gamma0 Delta h, so a = <h^2> = <w^2> and c = <h w> = gamma0 f satisfy
+    da/dt = 2 gamma0 Delta c, dc/dt = 2 gamma0 Delta a; a^2 - c^2 = 1 is conserved and the
+    NTK is <h^2> + <w^2> = 2 sqrt(1 + gamma0^2 f^2) (docs/dynamics.md). With
+    f = sinh(theta)/gamma0, c = gamma0 y and
     u = e^theta, ``(u+ - u)/(u - u-) = ((u+ - 1)/(1 - u-)) e^{-2 t sqrt(1 + c^2)}``,
     ``u+- = c +- sqrt(1 + c^2)``. gamma0 = 0 gives the lazy ``y (1 - e^{-2t})``.
     """
@@ -346,6 +414,8 @@ class DeepResult:
     K(t, s) = sum_l G^{l+1}(t, s) * Phi^l(t, s); ``solver`` the fixed-point report. From the
     marching deep-linear solver ``Phi``, ``G``, ``A``, ``B`` are read-only mappings {layer: matrix}
     that build each matrix on first access; ``extra`` says which method made the result.
+    ``converged`` is False, with the reason in ``message``, when the solver failed or gradient
+    descent diverged (module docstring, "Divergence").
     """
 
     times: np.ndarray
@@ -362,6 +432,7 @@ class DeepResult:
     residual: float
     solver: object = None
     extra: dict = field(default_factory=dict)
+    message: str = ""
 
     def block(self, M, t, s):
         P = self.P
@@ -585,7 +656,7 @@ def _march_matrices(kx, L, gamma0, dt, cp):
 
 def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: float = 0.05, damping: float = 0.0,
                 tol: float = 1e-10, maxiter: int = 500, strict: bool = False, continuation: float = 0.5,
-                method: str = "march", _start=None) -> DeepResult:
+                method: str = "march", max_error_growth: float = 1e3, _start=None) -> DeepResult:
     """Deep linear DMFT: the closed equations in Phi, G, A, B (Bordelon & Pehlevan 2022, sec. 5 / app. deep linear).
 
     With C^{l-1} = A^{l-1} + Theta(t > s) dt Phi^{l-1}(t, s) Delta(s) and
@@ -604,9 +675,12 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
     :func:`_deep_linear_march` and docs/dynamics.md). ``f`` and the (T+1) x (T+1) kernels are
     computed at once; the full ((T+1)P)^2 matrices ``Phi``, ``G``, ``A``, ``B`` are read-only
     mappings that build each layer on first access (O(P^2 T^3) flops each) and keep it.
-    ``converged`` says whether every value is finite; ``residual`` is the largest mismatch
-    between E^T Phi^l E computed from rows and from columns (rounding only); ``extra["compact"]``
-    holds the compact arrays (``G`` there is G^l(t, s) without the sample axes).
+    ``converged`` is False (with a ``message``; ``strict=True`` raises ``ConvergenceError``)
+    when gradient descent diverges: a non-finite value, or ``max |y - f(t)|`` above
+    ``max_error_growth`` times ``max |y|`` (module docstring, "Divergence"); ``residual`` is
+    the largest mismatch between E^T Phi^l E computed from rows and from columns (rounding
+    only); ``extra["compact"]`` holds the compact arrays (``G`` there is G^l(t, s) without
+    the sample axes).
 
     ``method="picard"``: the reference solver, damped Picard sweeps over all order
     parameters (forward in l for Phi, A; backward for G, B) until the largest change of f,
@@ -619,9 +693,12 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
         raise ValueError(f"depth: number of hidden layers must be an integer >= 1, got {depth!r}")
     if not 0 <= damping < 1:
         raise ValueError(f"damping: must be in [0, 1), got {damping!r}")
+    growth = _check_growth(max_error_growth)
     if method == "picard":
-        return _deep_linear_picard(kx, y, int(depth), gamma0, T, dt, damping, tol, maxiter, strict, continuation,
-                                   _start)
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite sweeps are reported, not warned about
+            res = _deep_linear_picard(kx, y, int(depth), gamma0, T, dt, damping, tol, maxiter, False, continuation,
+                                      _start)
+        return _report_divergence(res, "deep_linear", y, dt, growth, (depth + 1) * kx, strict)
     if method != "march":
         raise ValueError(f"method: must be 'march' or 'picard', got {method!r}")
     L = int(depth)
@@ -638,10 +715,27 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
         resid = float("inf")
     Phi, G, A, B = _march_matrices(kx, L, gamma0, dt, cp)
     res = DeepResult(dt * np.arange(T + 1), cp["f"], Phi, G, A, B, L, y.size, gamma0, finite, 1, resid,
-                     extra={"method": "march", "compact": cp})
-    if strict and not finite:
-        raise solvers.ConvergenceError("deep_linear: the march produced non-finite values (the dynamics diverge; "
-                                       "reduce dt)", solvers.SolverResult(cp["f"], resid, 1, False))
+                     extra={"method": "march", "compact": cp},
+                     message="" if finite else "the march produced non-finite values")
+    return _report_divergence(res, "deep_linear", y, dt, growth, (L + 1) * kx, strict)  # NTK(0) = (L+1) K^x
+
+
+def _report_divergence(res, who, y, dt, growth, ntk0, strict):
+    """Mark a DeepResult whose trajectory diverged as not converged (module docstring,
+    "Divergence"); with ``strict`` raise ConvergenceError for any non-converged result."""
+    message = _divergence(res.f, y, dt, growth, ntk0)
+    if res.extra.get("method") == "march":  # exact, no iteration: non-finite values are the dynamics' own
+        if message:
+            res.converged, res.message = False, message
+    elif not res.converged:  # an iterative solver that failed: its last iterate says nothing about the dynamics
+        res.message = (f"the solver did not converge: non-finite iterate after {res.iterations} iterations"
+                       if not np.all(np.isfinite(res.f)) else
+                       f"the solver did not converge after {res.iterations} iterations (change {res.residual:.3g})")
+    elif message:
+        res.converged, res.message = False, message
+    if strict and not res.converged:
+        raise solvers.ConvergenceError(f"{who}: {res.message}",
+                                       solvers.SolverResult(res.f, res.residual, res.iterations, False))
     return res
 
 
@@ -752,7 +846,7 @@ def _pinv_psd(M, rcond):
 
 def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int = 20, dt: float = 0.1,
          samples: int = 20_000, seed=0, damping: float = 0.5, tol: float = 1e-8, maxiter: int = 200,
-         resp_samples: int = 5_000, strict: bool = False) -> DeepResult:
+         resp_samples: int = 5_000, strict: bool = False, max_error_growth: float = 1e3) -> DeepResult:
     """Deep nonlinear DMFT: single-site Monte Carlo with response functions (Bordelon & Pehlevan 2022, eqs. (10)-(12)).
 
     Single-site fields, for l = 1..L on steps t (causal sums over s < t)::
@@ -766,9 +860,11 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     lemma with a pseudo-inverse of G, Phi amplified the noise and did not converge),
     f_k = <w_k phi(h^L_k) - w_0 phi(h^L_0)> / gamma0. The same Gaussian
     draws are reused at every iteration, so the damped map is deterministic and
-    ``solvers.fixed_point`` can converge on it; the returned result says whether it did.
+    ``solvers.fixed_point`` can converge on it; the returned result says whether it did, and a
+    diverging trajectory is reported as non-convergence (module docstring, "Divergence").
     """
     _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    growth = _check_growth(max_error_growth)
     if gamma0 == 0:
         raise ValueError("gamma0: the deep single-site solver needs gamma0 > 0; gamma0 = 0 is the static NTK "
                          "(use gradient_flow with MLP(depth).ntk)")
@@ -891,8 +987,9 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     A = {l: st[("A", l)] for l in range(1, L)}
     B = {l: st[("B", l)] for l in range(1, L)}
     resid = float(np.max(res.residual))
-    return DeepResult(dt * np.arange(T1), st[("f", 0)], Phi, G, A, B, L, P, gamma0, bool(res.converged),
-                      res.iterations, resid, solver=res)
+    out = DeepResult(dt * np.arange(T1), st[("f", 0)], Phi, G, A, B, L, P, gamma0, bool(res.converged),
+                     res.iterations, resid, solver=res)
+    return _report_divergence(out, "deep", y, dt, growth, _lazy_ntk(act, kx, L), strict)
 
 
 def _lazy_ntk(act, kx, depth):

@@ -39,11 +39,22 @@ class Gaussian:
     covariance: Optional[np.ndarray] = None
 
 
-def _as_matrix(a, name, shape0=None, square=False):
+def _real_array(a, name):
+    """``a`` as a float64 array; TypeError for complex values (a silent cast would drop the imaginary part)."""
     try:
-        a = np.asarray(a, dtype=np.float64)
+        raw = np.asarray(a)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a numeric array, got {type(a).__name__}") from None
+    if raw.dtype.kind == "c":
+        raise TypeError(f"{name}: must be real, got complex dtype {raw.dtype} (the dynamics are real; "
+                        "pass the real part explicitly if that is what is meant)")
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {raw.dtype}")
+    return raw.astype(np.float64, copy=False)
+
+
+def _as_matrix(a, name, shape0=None, square=False):
+    a = _real_array(a, name)
     if a.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D kernel matrix, got shape {a.shape}")
     if square and a.shape[0] != a.shape[1]:
@@ -70,7 +81,7 @@ def check_psd(k, name, tol=1e-10):
 def _times(t, steps):
     if t is None:
         return np.array([np.inf]), True
-    arr = np.asarray(t, dtype=np.float64)
+    arr = _real_array(t, "t")
     scalar = arr.ndim == 0
     arr = np.atleast_1d(arr)
     if arr.ndim != 1 or np.any(np.isnan(arr)) or np.any(arr < 0):
@@ -92,7 +103,7 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
     """
     theta = _as_matrix(ntk_train_train, "ntk_train_train", square=True)
     n = theta.shape[0]
-    y = np.asarray(y_train, dtype=np.float64)
+    y = _real_array(y_train, "y_train")
     if y.ndim not in (1, 2) or y.shape[0] != n:
         raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
     if not np.all(np.isfinite(y)):

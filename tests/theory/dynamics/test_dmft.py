@@ -216,3 +216,71 @@ def test_bad_inputs_raise_clear_errors():
         dmft.deep(kx, y, 2, "tanh", 0.0, 5, 0.1, samples=100)
     with pytest.raises(ValueError, match="dt"):
         dmft.deep_linear(kx, y, 2, 1.0, 10, -0.1)
+
+
+def _user_problem():
+    X = np.random.default_rng(0).standard_normal((3, 10))
+    return dmft.input_kernel(X), np.array([1.0, -0.5, 0.3])
+
+
+def test_diverging_deep_linear_is_not_reported_converged():
+    # the user's case: gamma0 = 5, dt = 0.1 blew up to ~1e24..1e45 with converged=True
+    kx, y = _user_problem()
+    r = dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1)
+    assert np.all(np.isfinite(r.f)) and np.abs(r.f).max() > 1e20
+    assert not r.converged and "diverges" in r.message and "dt" in r.message
+    with pytest.raises(ConvergenceError, match="deep_linear: gradient descent diverges"):
+        dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, strict=True)
+    # the same dynamics before the blow-up stay bounded (|y - f| <= 3 |y|): converged
+    early = dmft.deep_linear(kx, y, 2, 5.0, 20, 0.1)
+    assert early.converged and early.message == ""
+    np.testing.assert_array_equal(early.f, r.f[:21])  # causal: the longer run starts with the same steps
+    # the threshold is the documented parameter
+    assert dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, max_error_growth=1e30).converged
+    stable = dmft.deep_linear(kx, y, 2, 1.0, 30, 0.1, strict=True)
+    assert stable.converged and np.abs(y - stable.f[-1]).max() < 0.05
+
+
+@pytest.mark.parametrize("factor, diverges", [(1.9, False), (2.5, True)])
+def test_divergence_matches_the_lazy_stability_boundary(factor, diverges):
+    # gamma0 = 0 is NTK gradient descent with Theta = (L+1) K^x: stable iff dt * max eig(Theta) < 2
+    _, kx, y = _data()
+    lam = np.linalg.eigvalsh(3 * kx).max()
+    r = dmft.deep_linear(kx, y, 2, 0.0, 60, factor / lam)
+    assert r.converged is (not diverges)
+    if diverges:
+        assert "diverges" in r.message and f"dt * max eig = {factor:.3g}" in r.message
+
+
+def test_diverging_two_layer_is_reported():
+    kx, y = _user_problem()
+    r = dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000)
+    assert not r.converged and "diverges" in r.message
+    with pytest.raises(ConvergenceError, match="two_layer: gradient descent diverges"):
+        dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000, strict=True)
+    ok = dmft.two_layer(kx, y, "tanh", 1.0, 20, 0.5, samples=2000, strict=True)
+    assert ok.converged and ok.message == ""
+
+
+def test_picard_failure_is_reported_as_a_solver_failure():
+    kx, y = _user_problem()
+    r = dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, method="picard", maxiter=20)
+    assert not r.converged and "solver did not converge" in r.message
+
+
+@pytest.mark.parametrize("value", [1.0, 0.5, np.nan, np.inf, "big"])
+def test_bad_error_growth(value):
+    kx, y = _user_problem()
+    with pytest.raises(ValueError, match="max_error_growth"):
+        dmft.deep_linear(kx, y, 2, 1.0, 5, 0.1, max_error_growth=value)
+
+
+def test_input_kernel_rejects_empty_and_complex_input():
+    for X in (np.zeros((0, 3)), np.zeros((3, 0)), np.zeros(0), np.zeros(3)):
+        with pytest.raises(ValueError, match=r"X: expected a \(P, D\) array"):
+            dmft.input_kernel(X)
+    with pytest.raises(TypeError, match="X: must be real"):
+        dmft.input_kernel(np.ones((2, 3)) * (1 + 1j))
+    kx, y = _user_problem()
+    with pytest.raises(TypeError, match="y: must be real"):
+        dmft.deep_linear(kx, y + 1j, 2, 1.0, 5, 0.1)

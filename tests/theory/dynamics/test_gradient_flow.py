@@ -82,3 +82,21 @@ def test_bad_inputs_raise_clear_errors():
         gradient_descent_mse_ensemble(K, y[:-1])
     with pytest.raises(ValueError, match="diverges"):
         gradient_descent_mse_ensemble(K, y, learning_rate=100.0, normalization=1, steps=True)
+
+
+def test_complex_input_raises_type_error_instead_of_dropping_the_imaginary_part():
+    ntk, nngp, y, n = _problem(0)
+    K = ntk[:n, :n]
+    with pytest.raises(TypeError, match="y_train: must be real"):
+        gradient_descent_mse_ensemble(K, y + 1j)
+    with pytest.raises(TypeError, match="y_train: must be real"):
+        gradient_descent_mse_ensemble(K, y.astype(complex))  # zero imaginary part: still complex, still refused
+    with pytest.raises(TypeError, match="ntk_train_train: must be real"):
+        gradient_descent_mse_ensemble(K.astype(complex), y)
+    predict = gradient_descent_mse_ensemble(K, y, nngp_train_train=nngp[:n, :n])
+    with pytest.raises(TypeError, match="ntk_test_train: must be real"):
+        predict(1.0, ntk_test_train=ntk[n:, :n] * 1j)
+    with pytest.raises(TypeError, match="t: must be real"):
+        predict(1.0 + 0j)
+    with pytest.raises(TypeError, match="y_train"):
+        gradient_descent_mse_ensemble(K, ["a"] * n)
