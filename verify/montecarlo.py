@@ -343,6 +343,15 @@ def _slice_cross(nngp, ntk, N1, cross):
 # Materialized-weights sampler for kernels (method="weights")
 # --------------------------------------------------------------------------------------
 
+def _act_and_derivative(act, h, xp, bk):
+    """(phi(h), phi'(h)). ReLU on NumPy in one pass each, ``max(h, 0)`` and the mask ``h > 0``
+    (a boolean array: multiplying by it gives exactly what multiplying by phi' = 1.0 / 0.0
+    gives); the activation's own array functions otherwise."""
+    if bk.name == "numpy" and act.name == "relu" and tuple(act.params) == (0.0, 1.0):
+        return np.maximum(h, 0.0), h > 0
+    return act(h, xp), act.derivative(h, xp)
+
+
 def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
     """Per-network (NNGP, NTK, outputs) of materialized networks: the networks of
     :meth:`Networks.sample` (same draws), evaluated without forming the scaled weights.
@@ -375,8 +384,7 @@ def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
         h *= scale[l]
         if bias:
             h += math.sqrt(spec.bias_var[l]) * beta[l][:, None, :]
-        a = act(h, xp)
-        der = act.derivative(h, xp)
+        a, der = _act_and_derivative(act, h, xp, bk)
         del h
         acts.append(a)
         ders.append(der)
@@ -389,7 +397,8 @@ def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
     gs = [g]
     for l in range(L - 1, 0, -1):
         g = xp.matmul(g, _T(xp, Z[l]))
-        g *= scale[l] * ders[l - 1]
+        g *= ders[l - 1]
+        g *= scale[l]
         gs.append(g)
     del z, Z, ders
     nngp, ntk = _assemble(xp, spec, spec.coefficients(d), acts, gs[::-1], d)
