@@ -216,3 +216,16 @@ def test_tiny_widths_never_pass_a_real_check(name, widths, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 3, out
     assert "INCONCLUSIVE" in out and "min_size" in out
+
+
+def test_every_registered_check_declares_its_regime_and_enough_sizes():
+    from limitlab.verify.registry import all_checks
+
+    for name, c in all_checks().items():
+        if name.startswith("selftest."):
+            continue
+        assert c.min_size > 1 and c.min_size_reason, name
+        assert min(c.quick_sizes) >= c.min_size and min(c.sizes) >= c.min_size, name
+        if c.rate is not None:  # a rate is tested only from 3 sizes on
+            assert len(c.quick_sizes) >= 3 and len(c.sizes) >= 3, name
+        assert c.seconds_quick is not None and c.seconds_quick > 0, name

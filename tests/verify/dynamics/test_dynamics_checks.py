@@ -49,3 +49,18 @@ def test_abc_trainer_matches_parametrization_classes():
     # muP with base rate 0.5: after one step every hidden layer moved by Theta(1)
     m = training.train_abc(X, y, [-0.5, 0, 0.5], [0.5, 0.5, 0.5], 0, 0.5, 256, 1, seed=0)
     assert 0.05 < m[0] < 5 and 0.05 < m[1] < 5
+
+
+def test_dmft_check_measures_f_of_t_and_plots_it_against_t():
+    c = get_check("dynamics.dmft")
+    ms = c.run(Context(size=64, samples=2, seed=0))
+    names = [m.quantity for m in ms]
+    assert len(names) == 2 * (2 * len(checks.DMFT_RECORD) + 2)
+    series = c.plot_series(names)
+    assert len(series) == 4 and series[0].xlabel == "t"
+    assert list(series[0].x) == pytest.approx([k * checks.DMFT_DT for k in checks.DMFT_RECORD])
+    by = {m.quantity: m for m in ms}
+    f_th, _ = checks._dmft_theory(0.5)
+    for k, q in enumerate(series[0].quantities):  # theory f_0(t) at the recorded steps
+        assert by[q].theory == pytest.approx(f_th[k, 0])
+    assert c.min_size <= min(c.quick_sizes) and len(c.quick_sizes) >= 3

@@ -99,6 +99,8 @@ def test_inputs_have_the_documented_geometry():
 def test_quick_run_of_one_check_passes_on_numpy_and_array_api_strict():
     pytest.importorskip("array_api_strict")
     for backend in ("numpy", "array-api-strict"):
-        ms = [kc.measure(Context(n, 64, 0, backend), "erf", 1, "ntk") for n in (64, 256)]
-        v = stats.verdict((64, 256), ms, rate=-0.5, n_boot=20)
+        ms = [kc.measure(Context(n, 64, 0, backend), "erf", 1, "ntk") for n in (64, 128, 256)]
+        v = stats.verdict((64, 128, 256), ms, rate=-0.5, n_boot=20, min_size=kc.MIN_WIDTH)
         assert v.passed, (backend, v.reason)
+        v = stats.verdict((64, 256), ms[::2], rate=-0.5, n_boot=20, min_size=kc.MIN_WIDTH)
+        assert v.inconclusive and not v.passed  # a slope through two points decides nothing
