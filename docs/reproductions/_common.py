@@ -136,8 +136,8 @@ class Comparison:
         self.rows.append(row)
         extra = f", {abs(diff) / se:.2f} standard errors" if se else ""
         relative = f"relative {rel:.3g}" if rel is not None else "relative: n/a"
-        print(f"compare: {what}: {value:.6g} vs {against} {reference:.6g}; |difference| {abs(diff):.3g} "
-              f"({relative}{extra}){'; ' + note if note else ''}")
+        tqdm.write(f"compare: {what}: {value:.6g} vs {against} {reference:.6g}; |difference| {abs(diff):.3g} "
+                   f"({relative}{extra}){'; ' + note if note else ''}")  # above any progress bar
         return row
 
     def write(self, out: Path, **settings) -> Path:
