@@ -28,6 +28,7 @@ number of samples. NC4 needs the final class means and hence a second pass
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
@@ -37,7 +38,11 @@ from limitlab.numerics import arrays
 
 from . import _kernels
 
-__all__ = ["CollapseAccumulator", "NCCAgreement", "CollapseMetrics", "metrics"]
+__all__ = ["CollapseAccumulator", "NCCAgreement", "CollapseMetrics", "metrics", "SingleSampleClassWarning"]
+
+
+class SingleSampleClassWarning(UserWarning):
+    """Some classes have one sample: their within-class variability is 0 by construction."""
 
 _NC1_FORMS = ("pinv", "truncated", "trace")
 _GLOBAL_MEANS = ("weighted", "unweighted")
@@ -258,6 +263,23 @@ class CollapseAccumulator:
             raise ValueError(f"labels: class(es) {empty.tolist()} have no samples; every class of "
                              f"num_classes={self.num_classes} needs at least one")
 
+    def _require_within_samples(self):
+        """Within-class variability needs a class with two samples. ValueError when no class has
+        two (Sigma_W = 0 and every Var_c = 0 by construction: NC1 = CDNV = 0 would read as
+        perfect collapse); SingleSampleClassWarning when some classes have one sample (their
+        zero scatter pulls NC1 and CDNV towards collapse)."""
+        self._require_all_classes()
+        single = np.flatnonzero(self.counts == 1)
+        if single.size == self.num_classes:
+            raise ValueError(f"labels: every one of the {self.num_classes} classes has a single sample; within-class "
+                             "variability (NC1, CDNV) is 0 by construction and says nothing about collapse; "
+                             "at least one class needs two or more samples")
+        if single.size:
+            shown = single[:10].tolist()
+            warnings.warn(f"labels: {single.size} class(es) have a single sample ({shown}{'...' if single.size > 10 else ''}); "
+                          "their within-class variability is 0 by construction, which biases NC1 and CDNV "
+                          "towards collapse", SingleSampleClassWarning, stacklevel=3)
+
     def global_mean(self, weighting: str = "weighted") -> np.ndarray:
         """``weighted``: mean of all samples (Papyan et al.'s code); ``unweighted``: mean of the class means."""
         _check_choice("global_mean", weighting, _GLOBAL_MEANS)
@@ -291,7 +313,13 @@ class CollapseAccumulator:
         ``trace``: tr(Sigma_W) / tr(Sigma_B) (e.g. Tirer, Huang, Niles-Weed 2023).
         ``divide_by_classes`` (default: True for pinv/truncated, Papyan's 1/C; False
         for trace) divides the result by C. Quadratic forms rounding below 0 are clipped.
+        ValueError when no class has two samples (Sigma_W = 0 by construction, not by
+        collapse); a SingleSampleClassWarning when some classes have one.
         """
+        self._require_within_samples()
+        return self._nc1(form, global_mean, divide_by_classes, rtol)
+
+    def _nc1(self, form, global_mean, divide_by_classes, rtol=None):
         _check_choice("nc1 form", form, _NC1_FORMS)
         C = self.num_classes
         if divide_by_classes is None:
@@ -327,13 +355,19 @@ class CollapseAccumulator:
         balanced classes); ``divide_by_classes`` (Papyan's 1/C in NC1); ``ddof`` of the
         standard deviations in NC2 (1: Bessel-corrected, as torch.std in Papyan et al.'s
         code; 0: numpy's default). ``nc4``: a value from :class:`NCCAgreement` (second pass).
+        Classes of one sample: see :meth:`nc1` (ValueError if all, warning if some).
         """
+        _check_choice("global_mean", global_mean, _GLOBAL_MEANS)
+        self._require_within_samples()
+        return self._metrics(classifier, nc1, global_mean, divide_by_classes, ddof, nc4)
+
+    def _metrics(self, classifier, nc1, global_mean, divide_by_classes, ddof, nc4):
         _check_choice("global_mean", global_mean, _GLOBAL_MEANS)
         if ddof not in (0, 1):
             raise ValueError(f"ddof={ddof!r}: allowed values are 0 and 1")
         C = self.num_classes
         M = self.means - self.global_mean(global_mean)
-        out = dict(nc1=self.nc1(nc1, global_mean=global_mean, divide_by_classes=divide_by_classes))
+        out = dict(nc1=self._nc1(nc1, global_mean, divide_by_classes))
         (out["nc2_equinorm_means"], out["nc2_equiangular_means"], out["nc2_maxangle_means"],
          out["nc2_etf_means"]) = _angles(M, ddof)
         var = self.class_scatter / self.counts
@@ -458,6 +492,10 @@ def metrics(features, labels=None, classifier=None, bias=None, *, num_classes: O
     ``bias`` (C,) enable the classifier NC2 metrics, NC3 and NC4. ``num_classes`` defaults
     to max(label) + 1 for arrays and is required for streams. Conventions: see
     :meth:`CollapseAccumulator.metrics`; ``nc4_average``: see :class:`NCCAgreement`.
+
+    Within-class variability needs repeated samples: when no class has two samples the call
+    raises ValueError (NC1 = CDNV = 0 by construction would look like perfect collapse);
+    when some classes have one sample it warns (``SingleSampleClassWarning``).
     """
     _check_choice("nc4_average", nc4_average, _AVERAGES)
     if callable(features):
@@ -490,14 +528,13 @@ def metrics(features, labels=None, classifier=None, bias=None, *, num_classes: O
         acc.update(Xc, yc)
     if acc is None or acc.num_samples == 0:
         raise ValueError("features: no samples")
-    acc._require_all_classes()
+    acc._require_within_samples()
     nc4 = None
     if classifier is not None:
         agree = NCCAgreement(acc.means, classifier, bias, chunk_size=chunk_size)
         for Xc, yc in stream():
             agree.update(Xc, yc)
         nc4 = agree.value(nc4_average)
-    result = acc.metrics(classifier, bias, nc1=nc1, global_mean=global_mean, divide_by_classes=divide_by_classes,
-                         ddof=ddof, nc4=nc4)
+    result = acc._metrics(classifier, nc1, global_mean, divide_by_classes, ddof, nc4)  # samples checked above
     result.conventions["nc4_average"] = nc4_average
     return result

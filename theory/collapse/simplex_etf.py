@@ -24,6 +24,19 @@ def _check_classes(num_classes, minimum=2):
     return int(num_classes)
 
 
+def _check_dtype(dtype):
+    """Only floating dtypes can hold the frame's irrational entries (an integer cast gives zeros)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype={dtype!r}: not a NumPy dtype; allowed: a floating dtype "
+                        "(float16, float32, float64, longdouble)") from None
+    if dt.kind != "f":
+        raise TypeError(f"dtype={dtype!r}: the frame has irrational entries; allowed: a floating dtype "
+                        "(float16, float32, float64, longdouble)")
+    return dt
+
+
 def _rotation(dim, seed):
     """A Haar-random orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
     rng = np.random.default_rng(seed)
@@ -38,9 +51,10 @@ def simplex_etf(num_classes: int, dim: int | None = None, *, scale: float = 1.0,
     Papyan et al. 2020, Definition 1: ``M = sqrt(C/(C-1)) (I - 11^T/C) P^T`` as rows.
     ``dim`` defaults to C (P = I, Papyan's canonical form); any ``dim >= C - 1`` works
     (the frame spans a (C-1)-dimensional subspace). With ``seed`` the frame is rotated
-    by a Haar-random orthogonal matrix of R^dim.
+    by a Haar-random orthogonal matrix of R^dim. ``dtype``: a floating dtype (TypeError otherwise).
     """
     C = _check_classes(num_classes)
+    dtype = _check_dtype(dtype)
     dim = C if dim is None else dim
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C - 1:
         raise ValueError(f"dim={dim!r}: a simplex ETF of {C} classes needs an integer dim >= C - 1 = {C - 1}")
@@ -60,8 +74,10 @@ def simplex_etf(num_classes: int, dim: int | None = None, *, scale: float = 1.0,
 
 def orthogonal_frame(num_classes: int, dim: int | None = None, *, scale: float = 1.0, seed=None,
                      dtype=np.float64) -> np.ndarray:
-    """C orthonormal vectors (times ``scale``) in R^dim, ``dim >= C`` (Dang et al. 2023, Thm 2.1)."""
+    """C orthonormal vectors (times ``scale``) in R^dim, ``dim >= C`` (Dang et al. 2023, Thm 2.1);
+    ``dtype`` a floating dtype (TypeError otherwise)."""
     C = _check_classes(num_classes, minimum=1)
+    dtype = _check_dtype(dtype)
     dim = C if dim is None else dim
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C:
         raise ValueError(f"dim={dim!r}: an orthogonal frame of {C} classes needs an integer dim >= C = {C}")

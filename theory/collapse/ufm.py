@@ -32,6 +32,8 @@ import sympy as sp
 
 from limitlab.numerics.solvers import find_root
 
+from .metrics import _check_labels
+
 __all__ = ["UFMGeometry", "ufm_global_minimizer", "ufm_thresholds", "ufm_objective", "ufm_realize", "ufm_sympy"]
 
 
@@ -152,14 +154,23 @@ def ufm_global_minimizer(counts, lambda_W: float, lambda_H: float, depth: int = 
 
 def ufm_objective(weights, features, labels, lambda_W, lambda_H, num_classes=None, grad=False):
     """The UFM objective f (module docstring) for NumPy arrays; with ``grad`` also its
-    gradients ``(dW_1, ..., dW_M), dH``. ``weights`` = [W_1, ..., W_M], ``features`` (N, d)."""
+    gradients ``(dW_1, ..., dW_M), dH``. ``weights`` = [W_1, ..., W_M], ``features`` (N, d),
+    ``labels`` (N,) integers in [0, num_classes) (``num_classes`` defaults to the rows of
+    W_M); anything else raises (a label -1 would otherwise index the last class)."""
     lw, lh = _check_positive("lambda_W", lambda_W), _check_positive("lambda_H", lambda_H)
     Ws = [np.asarray(W, dtype=np.float64) for W in weights]
     if not Ws:
         raise ValueError("weights: need at least one layer")
     H = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    C = Ws[-1].shape[0] if num_classes is None else int(num_classes)
+    if H.ndim != 2:
+        raise ValueError(f"features: expected shape (N, d), got shape {H.shape}")
+    if num_classes is None:
+        C = Ws[-1].shape[0]
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r}: must be an integer >= 1")
+    else:
+        C = int(num_classes)
+    y = _check_labels(labels, H.shape[0], C)  # integers in [0, C): -1 is not "the last class"
     N = H.shape[0]
     Y = np.zeros((N, C))
     Y[np.arange(N), y] = 1.0
@@ -195,8 +206,9 @@ def ufm_realize(geometry: UFMGeometry, labels, dim: int, *, seed=None):
     C = geometry.counts.size
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C:
         raise ValueError(f"dim={dim!r}: the UFM minimizer needs dim >= num_classes = {C}")
-    y = np.asarray(labels)
-    if y.ndim != 1 or np.any(np.bincount(y, minlength=C)[:C] != geometry.counts) or y.max() >= C:
+    y0 = np.asarray(labels)
+    y = _check_labels(labels, y0.shape[0] if y0.ndim == 1 else -1, C)
+    if np.any(np.bincount(y, minlength=C) != geometry.counts):
         raise ValueError("labels: class sizes must equal geometry.counts")
     from .simplex_etf import orthogonal_frame
 

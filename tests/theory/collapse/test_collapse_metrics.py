@@ -87,7 +87,7 @@ def test_divide_by_classes_is_the_one_over_c_factor():
 
 
 @settings(max_examples=25, deadline=None)
-@given(C=st.integers(2, 6), extra=st.integers(0, 4), per=st.integers(1, 5), scale=st.floats(0.1, 100.0),
+@given(C=st.integers(2, 6), extra=st.integers(0, 4), per=st.integers(2, 5), scale=st.floats(0.1, 100.0),
        offset=st.floats(-10, 10), seed=st.integers(0, 2**31))
 def test_metrics_vanish_on_exactly_collapsed_features(C, extra, per, scale, offset, seed):
     d = C + extra
@@ -215,3 +215,35 @@ def test_classifier_of_wrong_shape_and_bad_conventions_are_rejected():
         metrics(X, y, ddof=2)
     with pytest.raises(TypeError, match="labels"):
         metrics(X, y + 0.5)
+
+
+def test_one_sample_per_class_raises_instead_of_reporting_perfect_collapse():
+    # the user's case: with one sample per class Sigma_W = 0 by construction, so nc1 = 0 looked like collapse
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((4, 6)), np.arange(4)
+    with pytest.raises(ValueError, match="single sample"):
+        metrics(X, y)
+    acc = CollapseAccumulator(4, 6).update(X, y)
+    for call in (acc.nc1, acc.metrics):
+        with pytest.raises(ValueError, match="every one of the 4 classes has a single sample"):
+            call()
+
+
+def test_some_single_sample_classes_warn_and_still_compute():
+    import warnings
+
+    from limitlab.theory.collapse.metrics import SingleSampleClassWarning
+
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((7, 5)), np.array([0, 0, 0, 1, 1, 2, 3])
+    with pytest.warns(SingleSampleClassWarning, match=r"2 class\(es\) have a single sample \(\[2, 3\]\)") as rec:
+        r = metrics(X, y)
+    assert len(rec) == 1  # once per call, not once per metric
+    # the value is still the definition: tr(Sigma_W Sigma_B^+)/C by dense linear algebra
+    mu = np.stack([X[y == c].mean(0) for c in range(4)])
+    Sw = sum(np.outer(X[i] - mu[y[i]], X[i] - mu[y[i]]) for i in range(7)) / 7
+    M = mu - X.mean(0)
+    assert r.nc1 == pytest.approx(np.trace(Sw @ np.linalg.pinv(M.T @ M / 4)) / 4, rel=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics(X[:5], y[:5] % 2)  # two classes of 3 and 2 samples: no warning

@@ -63,3 +63,22 @@ def test_simplex_etf_rejects_bad_input(kwargs, match):
 def test_orthogonal_frame_rejects_dim_below_classes():
     with pytest.raises(ValueError, match="dim"):
         orthogonal_frame(4, 3)
+
+
+@pytest.mark.parametrize("frame", [simplex_etf, orthogonal_frame])
+@pytest.mark.parametrize("dtype", [int, np.int32, np.uint8, bool, np.complex128, "U3"])
+def test_frames_refuse_non_floating_dtypes(frame, dtype):
+    # simplex_etf(3, dtype=int) used to return an all-zero "frame" (entries like 0.816 cast to 0)
+    with pytest.raises(TypeError, match="floating dtype"):
+        frame(3, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.longdouble])
+def test_frames_in_floating_dtypes_keep_their_geometry(dtype):
+    E = simplex_etf(4, dtype=dtype)
+    assert E.dtype == dtype
+    G = E.astype(np.float64) @ E.astype(np.float64).T
+    tol = 10 * np.finfo(dtype).eps
+    np.testing.assert_allclose(np.diag(G), 1.0, atol=tol)
+    np.testing.assert_allclose(G[np.triu_indices(4, 1)], -1 / 3, atol=tol)
+    assert orthogonal_frame(3, dtype=dtype).dtype == dtype

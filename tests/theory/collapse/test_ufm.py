@@ -161,3 +161,24 @@ def test_realize_needs_dim_at_least_classes():
     g = ufm_global_minimizer([3, 3, 3], 0.01, 0.01)
     with pytest.raises(ValueError, match="dim"):
         ufm_realize(g, np.repeat(np.arange(3), 3), 2)
+
+
+@pytest.mark.parametrize("labels, err, match", [([0, 1, -1], ValueError, "value -1 out of range"),
+                                                 ([0, 1, 3], ValueError, "value 3 out of range"),
+                                                 ([0, 1, 1.5], TypeError, "integer class indices"),
+                                                 ([0, 1], ValueError, r"expected shape \(3,\)")])
+def test_objective_requires_labels_in_range(labels, err, match):
+    # a label -1 used to index the last class silently
+    W = [np.eye(3)]
+    with pytest.raises(err, match=match):
+        ufm_objective(W, np.eye(3), labels, 0.1, 0.1)
+    with pytest.raises(ValueError, match="num_classes"):
+        ufm_objective(W, np.eye(3), [0, 1, 2], 0.1, 0.1, num_classes=0)
+
+
+def test_objective_with_valid_labels_is_the_formula():
+    rng = np.random.default_rng(0)
+    W, H, y = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), np.array([0, 2, 1, 2, 0])
+    Y = np.eye(3)[y]
+    ref = 0.5 / 5 * np.sum((H @ W.T - Y) ** 2) + 0.05 * np.sum(W * W) + 0.5 * 0.2 * np.sum(H * H)
+    assert ufm_objective([W], H, y, 0.1, 0.2) == pytest.approx(ref, rel=1e-14)
