@@ -207,7 +207,9 @@ def ufm_realize(geometry: UFMGeometry, labels, dim: int, *, seed=None):
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C:
         raise ValueError(f"dim={dim!r}: the UFM minimizer needs dim >= num_classes = {C}")
     y0 = np.asarray(labels)
-    y = _check_labels(labels, y0.shape[0] if y0.ndim == 1 else -1, C)
+    if y0.ndim != 1:
+        raise ValueError(f"labels: expected a 1-D array of class indices, got shape {y0.shape}")
+    y = _check_labels(labels, y0.shape[0], C)
     if np.any(np.bincount(y, minlength=C) != geometry.counts):
         raise ValueError("labels: class sizes must equal geometry.counts")
     from .simplex_etf import orthogonal_frame

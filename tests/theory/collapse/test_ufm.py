@@ -182,3 +182,13 @@ def test_objective_with_valid_labels_is_the_formula():
     Y = np.eye(3)[y]
     ref = 0.5 / 5 * np.sum((H @ W.T - Y) ** 2) + 0.05 * np.sum(W * W) + 0.5 * 0.2 * np.sum(H * H)
     assert ufm_objective([W], H, y, 0.1, 0.2) == pytest.approx(ref, rel=1e-14)
+
+
+def test_realize_requires_labels_in_range():
+    g = ufm_global_minimizer([2, 2], 1e-3, 1e-3)
+    with pytest.raises(ValueError, match="value -1 out of range"):
+        ufm_realize(g, [0, 0, 1, -1], 3)
+    with pytest.raises(ValueError, match="1-D"):
+        ufm_realize(g, [[0, 0, 1, 1]], 3)
+    with pytest.raises(ValueError, match="class sizes"):
+        ufm_realize(g, [0, 0, 0, 1], 3)
