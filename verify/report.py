@@ -149,8 +149,8 @@ def _why(c: CheckResult) -> list:
     out = []
     sizes = v.quantities[0].sizes if v.quantities else []
     for q in v.quantities:
-        if q.limit_zero and len(sizes) > 1:
-            out.append(f"{q.quantity}: theory 0 is a limit (limit-zero rule): the error must fall at least like "
+        if q.limit_zero and q.basis == "+bias allowance":
+            out.append(f"{q.quantity}: theory 0, no relative floor (limit-zero rule): the error must fall at least like "
                        f"{c.size_name}^-{c.bias_rate:g} from {sizes[-2]} to {sizes[-1]}: |error| {abs(q.error):.3g} "
                        f"vs |error at {sizes[-2]}| {abs(q.mean[-2] - q.theory[-2]):.3g} x "
                        f"({sizes[-2]}/{sizes[-1]})^{c.bias_rate:g} = {q.allowance:.3g}, + z*SE {q.z_se:.2g}")
