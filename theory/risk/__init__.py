@@ -11,10 +11,10 @@ from .eigenlearning import (KernelRidgeRisk, RandomFeatureRidgeRisk, effective_r
 from .linear_ridge import LinearRidgeRisk, linear_ridge, linear_ridge_equations, linear_ridge_optimal
 from .random_features import (RandomFeaturesRisk, activation_coefficients, random_features,
                               random_features_equations)
-from .sphere_spectra import SphereSpectrum, dot_product_kernel, multiplicity, sphere_spectrum
+from .sphere_spectra import SphereSpectrum, dot_product_kernel, gegenbauer_quadrature, multiplicity, sphere_spectrum
 
 __all__ = ["RandomFeaturesRisk", "activation_coefficients", "random_features", "random_features_equations",
            "LinearRidgeRisk", "linear_ridge", "linear_ridge_optimal", "linear_ridge_equations",
            "KernelRidgeRisk", "RandomFeatureRidgeRisk", "kernel_ridge", "random_feature_ridge", "tuned_ridge",
            "effective_regularization", "eigenlearning_equations", "scaling_exponent", "power_law_problem",
-           "SphereSpectrum", "sphere_spectrum", "dot_product_kernel", "multiplicity"]
+           "SphereSpectrum", "sphere_spectrum", "dot_product_kernel", "multiplicity", "gegenbauer_quadrature"]
