@@ -13,15 +13,16 @@ It is a long-lived subprocess, so its jit-compiled functions stay warm between c
 neural-tangents configuration is its ``monte_carlo_kernel_fn`` with its defaults
 (``batch_size=0``: no batching; ``store_on_device=True``; jit-compiled internally) except
 the named settings: the plain defaults (``implementation=JACOBIAN_CONTRACTION``,
-``vmap_axes=None``), then each ``NtkImplementation`` (AUTO, JACOBIAN_CONTRACTION,
-NTK_VECTOR_PRODUCTS, STRUCTURED_DERIVATIVES) with ``vmap_axes=None`` and ``vmap_axes=0``
+``vmap_axes=None``), the other ``NtkImplementation`` values (AUTO, NTK_VECTOR_PRODUCTS,
+STRUCTURED_DERIVATIVES) with ``vmap_axes=None``, and all four with ``vmap_axes=0``
 (documented as evaluating the Jacobians more efficiently for a network without
 interactions across the batch, as here).
 
 Procedure: (1) screening: every neural-tangents configuration is compiled and run on one
 network (the first call: compilation plus one network), then called warm on one network
-(the better of two calls when under 20 s); its compile time is the first call minus the
-warm one. (2) ``--repeats`` rounds alternate the peers: each limitlab method, then each
+(the better of two calls when under 20 s; a configuration with a screening call over
+``--nt-screen-timeout`` seconds is stopped and reported so); its compile time is the
+first call minus the warm one. (2) ``--repeats`` rounds alternate the peers: each limitlab method, then each
 neural-tangents configuration whose screening time is within ``--keep`` times the best
 one's (its ``--nt-networks``-network function compiled and run once beforehand). (3) per
 network medians over the rounds. A configuration left out of the rounds is reported with
@@ -48,9 +49,8 @@ NT_PYTHON = os.environ.get("NT_PYTHON", os.path.expanduser("~/.cache/limitlab-ba
 
 # neural-tangents configurations: label -> keyword arguments of monte_carlo_kernel_fn beyond its defaults
 NT_CONFIGS = {
-    "defaults": {},
+    "defaults (JACOBIAN_CONTRACTION)": {},
     "AUTO": {"implementation": 0},
-    "JACOBIAN_CONTRACTION": {"implementation": 1},
     "NTK_VECTOR_PRODUCTS": {"implementation": 2},
     "STRUCTURED_DERIVATIVES": {"implementation": 3},
     "AUTO vmap_axes=0": {"implementation": 0, "vmap_axes": 0},
@@ -140,7 +140,7 @@ class NTServer:
     def request(self, op, label, networks, timeout):
         """The answer to one command, or {"error": ...} (the server is restarted after a timeout)."""
         if self.p is None or self.p.poll() is not None:
-            self.start(timeout)
+            self.start(max(timeout, 300.0))  # a restart after a stopped call
         self.p.stdin.write(json.dumps({"op": op, "label": label, "networks": networks}) + "\n")
         self.p.stdin.flush()
         r = self._answer(timeout)
@@ -225,6 +225,9 @@ def main(argv=None):
     ap.add_argument("--nt-configs", default=",".join(NT_CONFIGS),
                     help="comma-separated neural-tangents configurations, from: " + ", ".join(NT_CONFIGS))
     ap.add_argument("--nt-timeout", type=float, default=900.0, help="seconds one neural-tangents call may take")
+    ap.add_argument("--nt-screen-timeout", type=float, default=180.0,
+                    help="seconds each one-network screening call may take (a configuration slower than that is "
+                         "stopped, reported as such and left out)")
     ap.add_argument("--keep", type=float, default=2.5,
                     help="neural-tangents configurations whose screening time is within this factor of the best "
                          "one's take part in the alternating rounds")
@@ -268,8 +271,8 @@ def main(argv=None):
             # screening, on one network: compile + first call, then warm calls (the better of two,
             # unless the first takes over 20 s)
             for c in labels:
-                r1 = nt_server.request("compile", c, 1, a.nt_timeout)
-                r2 = nt_server.request("time", c, 1, a.nt_timeout) if "error" not in r1 else r1
+                r1 = nt_server.request("compile", c, 1, a.nt_screen_timeout)
+                r2 = nt_server.request("time", c, 1, a.nt_screen_timeout) if "error" not in r1 else r1
                 if "error" not in r2 and r2["seconds"] < 20:
                     r3 = nt_server.request("time", c, 1, a.nt_timeout)
                     r2 = r3 if "error" in r3 or r3["seconds"] < r2["seconds"] else r2
