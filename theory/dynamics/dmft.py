@@ -255,7 +255,8 @@ class TwoLayerResult:
     ``Phi[i, j]``, ``G[i, j]``, ``K[i, j]`` are P x P matrices Phi(t_i, t_j) etc. for
     ``snapshot_steps`` t_i; ``ntk0`` the exact initial NTK; ``times = dt * steps``.
     ``converged`` is False, with the reason in ``message``, when gradient descent diverged
-    (module docstring, "Divergence").
+    (module docstring, "Divergence"); the kernels of such a run are not computed and are NaN
+    (``f`` keeps the diverging trajectory).
     """
 
     times: np.ndarray

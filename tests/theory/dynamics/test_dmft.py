@@ -284,3 +284,10 @@ def test_input_kernel_rejects_empty_and_complex_input():
     kx, y = _user_problem()
     with pytest.raises(TypeError, match="y: must be real"):
         dmft.deep_linear(kx, y + 1j, 2, 1.0, 5, 0.1)
+
+
+def test_diverged_two_layer_kernels_are_nan_and_flagged():
+    kx, y = _user_problem()
+    r = dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000)
+    assert not r.converged and np.isnan(r.K).all() and np.isnan(r.Phi).all()
+    assert np.abs(r.f).max() > 1e3 * np.abs(y).max()
