@@ -490,10 +490,14 @@ class AvgPool(_Pool):
 
 
 class SumPool(_Pool):
-    """Sum pooling: as :class:`AvgPool` without the division."""
+    """Sum pooling ``SumPool(window_shape, strides=None (= 1), padding="VALID")``: as
+    :class:`AvgPool` without the division."""
 
     _average = False
     _name = "SumPool"
+
+    def __init__(self, window_shape, strides=None, padding="VALID"):
+        super().__init__(window_shape, strides, padding)
 
 
 class _GlobalPool(Layer):
