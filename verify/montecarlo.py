@@ -29,6 +29,10 @@ Two samplers give the same distribution of these per-network kernels:
   distribution (Gaussian conditioning, as in Yang 2019, "Tensor Programs I", Lemma on
   conditioning), at O(N^2 n) per layer: far cheaper when the inputs are few (``method="auto"``
   uses it for N <= 64 inputs and widths >= 2N).
+
+For kernels, the weights sampler keeps each weight matrix as its N(0, 1) draws and applies
+the scale to the (N x fan_out) products rather than to the matrix. On the NumPy backend,
+chunks of networks run on worker threads (as many as Numba's), each on single-threaded BLAS.
 """
 from __future__ import annotations
 
