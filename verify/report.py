@@ -141,6 +141,17 @@ def _group(quantity: str) -> str:
     return quantity.split("[", 1)[0].strip() if "[" in quantity else quantity
 
 
+def _families(names) -> dict:
+    """Quantity -> family for colours and legends: the name before its index (nngp[0,1] -> nngp);
+    with more than 6 such families, the first word (M=1 |w_0|^2 -> M=1); with still more, one family."""
+    fam = {n: _group(n) for n in names}
+    if len(set(fam.values())) > 6:
+        fam = {n: n.split()[0] if " " in n else _group(n) for n in names}
+    if len(set(fam.values())) > 6:
+        fam = {n: "quantities" for n in names}
+    return fam
+
+
 def _why(c: CheckResult) -> list:
     """Lines saying what a finished check's verdict rests on beyond z*SE (floors, allowances, limits)."""
     v = c.verdict
@@ -319,8 +330,9 @@ class Report:
         from matplotlib.figure import Figure
         from matplotlib.ticker import NullFormatter
 
-        from limitlab.verify.registry import registry
+        from limitlab.verify.registry import all_checks
 
+        registry = all_checks()  # the checks' plot hooks (loaded reports have not imported them)
         os.makedirs(directory, exist_ok=True)
         paths = []
         for c in self.checks.values():
@@ -335,7 +347,8 @@ class Report:
             fig = Figure(figsize=(5.2 * ncol, 4.6))
             FigureCanvasAgg(fig)
             axes = fig.subplots(1, ncol)
-            groups = list(dict.fromkeys(_group(q.quantity) for q in v.quantities))
+            fam = _families([q.quantity for q in v.quantities])
+            groups = list(dict.fromkeys(fam.values()))
             colors = [f"C{k % 10}" for k in range(len(groups))]
             markers = "osD^vP*Xh<>"
             style = {g: (colors[k], markers[k % len(markers)]) for k, g in enumerate(groups)}
@@ -350,14 +363,14 @@ class Report:
                 col, mk = style[g]
                 first = True
                 for q in v.quantities:
-                    if _group(q.quantity) != g:
+                    if fam[q.quantity] != g:
                         continue
                     e = np.abs(np.asarray(q.mean) - np.asarray(q.theory))
                     keep = e > 0
                     dropped += int((~keep).sum())
                     if keep.any():
                         ax.plot(sizes[keep], e[keep], "-", marker=mk, color=col, ms=4, lw=0.6, alpha=0.8,
-                                label=(f"|mean − theory|: {g}" + (f" ({sum(_group(x.quantity) == g for x in v.quantities)})"
+                                label=(f"|mean − theory|: {g}" + (f" ({sum(fam[x.quantity] == g for x in v.quantities)})"
                                                                   if g != q.quantity else "")) if first else None)
                         ys += list(e[keep])
                         first = False
@@ -390,7 +403,7 @@ class Report:
             xs = np.arange(Q)
             lab_done = set()
             for k, q in enumerate(v.quantities):
-                col, mk = style[_group(q.quantity)]
+                col, mk = style[fam[q.quantity]]
                 ax.errorbar([k], [q.error], yerr=[[q.z_se], [q.z_se]], fmt=mk, color=col, ms=4, capsize=2,
                             label=zlabel if "z" not in lab_done else None)
                 lab_done.add("z")
@@ -406,10 +419,10 @@ class Report:
             ax.set_xticks(xs)
             ax.set_xticklabels([q.quantity for q in v.quantities], rotation=60, ha="right", fontsize=6.5)
             for t, q in zip(ax.get_xticklabels(), v.quantities):
-                t.set_color(style[_group(q.quantity)][0])
-            ax.set_ylabel(f"simulation − theory (absolute) at {c.size_name} {int(sizes[-1])}")
+                t.set_color(style[fam[q.quantity]][0])
+            ax.set_ylabel("simulation − theory (absolute error)")
             ax.legend(fontsize=6.5, loc="best")
-            ax.set_title("level test at the largest size", fontsize=9)
+            ax.set_title(f"level test at the largest size, {c.size_name} {int(sizes[-1])}", fontsize=9)
 
             # (3) extra series supplied by the check
             if series:
