@@ -59,13 +59,19 @@ def test_unknown_check_suggests_the_nearest_names(tmp_path, capsys):
     assert not os.listdir(tmp_path)  # nothing was written
 
 
-@pytest.mark.parametrize("bad", ["file", "under-file", "empty", "report-dir"])
+@pytest.mark.parametrize("bad", ["file", "under-file", "empty", "report-dir", "read-only"])
 def test_invalid_out_is_a_usage_error_before_any_work(bad, tmp_path, capsys, monkeypatch):
     f = tmp_path / "a-file"
     f.write_text("x")
-    out = {"file": str(f), "under-file": str(f / "sub"), "empty": "", "report-dir": str(tmp_path / "r")}[bad]
+    out = {"file": str(f), "under-file": str(f / "sub"), "empty": "", "report-dir": str(tmp_path / "r"),
+           "read-only": str(tmp_path / "ro" / "out")}[bad]
     if bad == "report-dir":
         (tmp_path / "r" / "report.json").mkdir(parents=True)
+    if bad == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root can write into a read-only directory")
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
     ran = []
     monkeypatch.setattr(registry["clitest.pass"], "fn", lambda ctx: ran.append(ctx.size) or _measure(ctx))
     assert cli.main(["verify", "clitest.pass", "--quick", "--no-progress", "--out", out]) == 2

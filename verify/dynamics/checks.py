@@ -142,7 +142,7 @@ SAXE_TIMES = (1.0, 2.5)
 
 
 @check("dynamics.deep-linear", sizes=(40, 80, 160, 320), quick_sizes=(40, 80, 160), samples=3, quick_samples=2,
-       rate=-2.0, size_name="steps per unit time", min_size=20, seconds_quick=2.0,
+       rate=-2.0, size_name="steps per unit time", min_size=20, seconds_quick=3.0,
        min_size_reason="the O(step^2) Richardson error is the leading term only once the step 1/size is well "
                        "below the fastest mode's time scale (~1/6 for s = 3 at depth 2)",
        description="deep linear GD follows Saxe et al.'s exact mode trajectories (Richardson error O(step^2))")
@@ -174,7 +174,7 @@ def deep_linear_check(ctx: Context) -> list:
 
 
 @check("dynamics.mup-coord", sizes=(256, 512, 1024, 2048), quick_sizes=(256, 512, 1024), samples=8, quick_samples=4,
-       rate=None, min_size=128, seconds_quick=2.0,
+       rate=None, min_size=128, seconds_quick=6.0,
        min_size_reason="log2 growth between n/2 and n reaches its exponent (0 muP, 1/2 SP) only once n/2 >= 64 "
                        "makes the O(n^-1/2) fluctuation of one step small",
        description="coordinate check: one SGD step moves h^L by O(1) under muP, O(n^1/2) under SP")
