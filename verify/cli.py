@@ -74,26 +74,19 @@ def _add_verify(sub):
     return p
 
 
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    if word.endswith("s"):  # "steps", "steps per unit time": already plural
-        return f"{n} {word}"
-    if " " in word:  # "steps per unit time" style names: pluralize the first word
-        head, rest = word.split(" ", 1)
-        return f"{n} {head if head.endswith('s') else head + 's'} {rest}"
-    return f"{n} {word}s"
-
-
 def _sizes(name: str, sizes) -> str:
-    """'widths 128, 512, 2048' / 'steps 400, 1600' / 'steps per unit time 40, 80'."""
+    """'widths 128, 512, 2048', 'steps 400, 1600', 'steps per unit time 40, 80', 'd = 100, 200'."""
+    values = ", ".join(map(str, sizes))
+    if len(name) == 1:  # a symbol: d, p, n
+        return f"{name} = {values}"
     head, _, rest = name.partition(" ")
     head = head if head.endswith("s") else head + "s"
-    return f"{head}{' ' + rest if rest else ''} {', '.join(map(str, sizes))}"
+    return f"{head}{' ' + rest if rest else ''} {values}"
 
 
 def _cmd_list(args) -> int:
     from limitlab.verify.registry import all_checks
+    from limitlab.verify.report import _plural
 
     checks = all_checks()
     width = max((len(n) for n in checks), default=10)

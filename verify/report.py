@@ -35,7 +35,8 @@ def settings_key(name: str, seed, samples, backend, sizes) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    """'1 check', '2 checks'; a word already plural ('steps') stays as it is."""
+    return f"{n} {word}" + ("" if n == 1 or word.endswith("s") else "s")
 
 REPORT_NAME = "report.json"
 FORMAT = 1

@@ -101,9 +101,11 @@ def test_list_shows_quick_and_full_sizes_samples_and_estimates(capsys):
     assert "stepss" not in out and "steps per unit time 40, 80, 160" in out
     assert "quick: steps 100, 200, 400 x 64 samples (~0 s on 2 cores, an estimate)" in out
     assert "full:  steps 100, 400, 1600 x 64 samples; min steps 50" in out
-    assert "quick: widths 128, 512, 2048 x 256 samples" in out
-    assert cli._plural(1, "check") == "1 check" and cli._plural(2, "check") == "2 checks"
-    assert cli._plural(2, "steps") == "2 steps"
+    assert "quick: widths 128, 512, 2048 x 256 samples" in out and "quick: d = 100, 200, 400 x 6 samples" in out
+    from limitlab.verify.report import _plural
+
+    assert _plural(1, "check") == "1 check" and _plural(2, "check") == "2 checks" and _plural(2, "steps") == "2 steps"
+    assert out.rstrip().splitlines()[-1].startswith(f"{len(registry)} checks; * = the default set (")
 
 
 def test_plot_has_titles_labels_and_the_checks_own_series(tmp_path):
