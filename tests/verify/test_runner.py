@@ -229,3 +229,15 @@ def test_every_registered_check_declares_its_regime_and_enough_sizes():
         if c.rate is not None:  # a rate is tested only from 3 sizes on
             assert len(c.quick_sizes) >= 3 and len(c.sizes) >= 3, name
         assert c.seconds_quick is not None and c.seconds_quick > 0, name
+
+
+def test_a_fresh_run_into_a_used_directory_keeps_the_earlier_results(tmp_path):
+    verify.run("selftest.fail", out=str(tmp_path), progress=False, quick=True)
+    verify.run("selftest.pass", out=str(tmp_path), progress=False, quick=True, seed=2)
+    back = Report.load(str(tmp_path))
+    assert list(back.checks) == ["selftest.pass"] and back["selftest.pass"].seed == 2
+    assert list(back.archive) == [settings_key("selftest.fail", 0, 100, "numpy", [100, 200, 400])]
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot be read"):  # never overwritten
+        verify.run("selftest.pass", out=str(tmp_path), progress=False, quick=True)
+    assert (tmp_path / "report.json").read_text() == "{not json"
