@@ -312,7 +312,12 @@ class Layer:
         if isinstance(out, tuple):
             raise ValueError(f"{self!r}: the network ends with {len(out)} unjoined branches; "
                              "add FanInSum() or FanInConcat()")
-        return Kernels(out.nngp if "nngp" in get else None, out.ntk if "ntk" in get else None)
+        nngp, ntk = (out.nngp if "nngp" in get else None), (out.ntk if "ntk" in get else None)
+        if symmetric:  # exactly symmetric: sums over pixels (pools) round differently for (n, m), (m, n)
+            d = len(out.spatial)
+            perm = (1, 0) + tuple(range(2 + d, 2 + 2 * d)) + tuple(range(2, 2 + d))
+            nngp, ntk = (None if a is None else 0.5 * (a + a.transpose(perm)) for a in (nngp, ntk))
+        return Kernels(nngp, ntk)
 
     def nngp(self, X1, X2=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("nngp",)).nngp
