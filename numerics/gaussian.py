@@ -261,6 +261,24 @@ def _half_line_nodes(t_max: float = 25.0, levels: int = 24):
     return ((a + b) / 2 + (b - a) / 2 * t).ravel(), ((b - a) / 2 * w).ravel()
 
 
+def _snap_parallel(q1: float, q2: float, c: float):
+    """(c, s): the covariance and the conditional standard deviation s = sqrt((q1 q2 - c^2)/q1)
+    of v given u, with |c| within rounding of t = sqrt(q1 q2) snapped to +-t (s = 0): the
+    rule of the compiled closed-form path (``recursion._snap``).
+
+    c and q come from different dot products (X1 X2^T and the row norms), so a point of X1
+    repeated in X2 has q1 q2 - c^2 of the order eps q1 q2, not 0; unsnapped, that rounding is
+    a conditional spread s ~ sqrt(eps q2), which at q2 = 1e12 is 0.01: as wide as tanh's
+    transition, an error of 1e-3 in E[phi'(u) phi'(v)]. The gap is taken as (t - c)(t + c),
+    without the cancellation of q2 - c^2/q1.
+    """
+    t = math.sqrt(q1 * q2)
+    gap = (t - c) * (t + c)
+    if gap <= 16 * np.finfo(float).eps * (t * t):
+        return math.copysign(t, c), 0.0
+    return c, math.sqrt(gap / q1)
+
+
 def nested_dual(phi: Callable, dphi: Callable, q1: float, q2: float, c: float, kinks=(0.0,), want=(True, True)):
     """(E[phi(u)phi(v)], E[phi'(u)phi'(v)]) by nested 1-D quadrature, vectorized over the outer nodes.
 
@@ -270,7 +288,7 @@ def nested_dual(phi: Callable, dphi: Callable, q1: float, q2: float, c: float, k
     """
     z1, w1 = nodes(_breaks_for(kinks, q1), panel=1.0, order=12)
     u = math.sqrt(q1) * z1
-    s = math.sqrt(max(q2 - c * c / q1, 0.0))
+    c, s = _snap_parallel(q1, q2, c)
     mean = (c / q1) * u
     kink = kinks[0] if kinks else 0.0
     out = []
@@ -278,7 +296,7 @@ def nested_dual(phi: Callable, dphi: Callable, q1: float, q2: float, c: float, k
         if not on:
             out.append(np.nan)
             continue
-        if s < 1e-14 * math.sqrt(q2):
+        if s == 0.0:
             inner = f(mean)
         else:
             t, wt = _half_line_nodes()

@@ -257,9 +257,14 @@ def compile_dual_recursion(nngp_map: sp.Expr, ntk_map: sp.Expr, symbols: Sequenc
         return (e.is_Pow and e.exp == sp.S.Half and isinstance(e.base, sp.Max) and sp.S.Zero in e.base.args
                 and sp.expand(sum(a for a in e.base.args if a != 0) - gap) == 0)
 
+    def is_gap(e):  # max(s1^2 s2^2 - c^2, 0) itself (activations._cs_gap), not under a root
+        return (isinstance(e, sp.Max) and sp.S.Zero in e.args
+                and sp.expand(sum(a for a in e.args if a != 0) - gap) == 0)
+
     # that root becomes an argument, computed by the caller as sqrt((t - c)(t + c)), t = s1 s2:
-    # exactly 0 for parallel inputs (c snapped to +-t), and without t^2 - c^2's cancellation
-    maps = [codegen.stable_angles(_split_roots(m.subs(sub))).replace(is_root, lambda e: r)
+    # exactly 0 for parallel inputs (c snapped to +-t), and without t^2 - c^2's cancellation;
+    # the gap itself (maps written with it to avoid cancellation, e.g. erf's) becomes r^2
+    maps = [codegen.stable_angles(_split_roots(m.subs(sub))).replace(is_root, lambda e: r).replace(is_gap, lambda e: r * r)
             for m in (nngp_map, ntk_map)]
     # the arc-cosine angle atan2(r, c) becomes an argument too: the layer loop computes it
     # with vecmath.angle's two halves (t = s1 s2 known: no octant swap) in a software pipeline

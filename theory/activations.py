@@ -59,6 +59,13 @@ def _arccos_J(n: int, th):
     return J.subs(t, th)
 
 
+def _cs_gap(q1_, q2_, c_):
+    """q1 q2 - c^2 (>= 0, Cauchy-Schwarz) as max(., 0): one unflattened term, which the compiled
+    path (numerics.recursion) replaces by r^2, r = sqrt((t - c)(t + c)), t = sqrt(q1 q2), its
+    Cauchy-Schwarz root computed without cancellation (0 for parallel inputs)."""
+    return sp.Max(q1_ * q2_ - c_ ** 2, 0)
+
+
 def _gaussian_pair_moment(f_u: sp.Expr, f_v: sp.Expr, q1_, q2_, c_) -> sp.Expr:
     """E[f(u) g(v)] for polynomials f, g by Isserlis: write v = (c/q1) u + s z, z independent."""
     u, z = sp.symbols("u_ z_", real=True)
@@ -217,9 +224,15 @@ def erf(a: float = 1.0, b: float = 1.0, c0: float = 0.0, name: Optional[str] = N
     a_, b_, c_0 = _num(a), _num(b), _num(c0)
 
     def dual(q1_, q2_, c_):
-        d1, d2 = 1 + 2 * b_ ** 2 * q1_, 1 + 2 * b_ ** 2 * q2_
-        nngp = a_ ** 2 * 2 / sp.pi * sp.asin(2 * b_ ** 2 * c_ / sp.sqrt(d1 * d2)) + c_0 ** 2
-        ntk = a_ ** 2 * b_ ** 2 * 4 / sp.pi / sp.sqrt(d1 * d2 - 4 * b_ ** 4 * c_ ** 2)
+        # Williams 1997: (2/pi) asin(2b^2 c / sqrt(d1 d2)) and 4b^2/(pi sqrt(d1 d2 - 4b^4 c^2)),
+        # d = 1 + 2b^2 q. Written with d1 d2 - 4b^4 c^2 = 1 + 2b^2 (q1 + q2) + 4b^4 (q1 q2 - c^2)
+        # (asin(x / sqrt(x^2 + y^2)) = atan(x / y), y > 0): as printed, d1 d2 - 4b^4 c^2 cancels
+        # to 1 + 4q from terms of 4q^2 on the diagonal (all digits gone at q = 1e8, zero or
+        # negative, hence NaN, beyond); here every term is >= 0, and the compiled path takes
+        # q1 q2 - c^2 as the square of its Cauchy-Schwarz root, computed without cancellation
+        rest = 1 + 2 * b_ ** 2 * (q1_ + q2_) + 4 * b_ ** 4 * _cs_gap(q1_, q2_, c_)
+        nngp = a_ ** 2 * 2 / sp.pi * sp.atan(2 * b_ ** 2 * c_ / sp.sqrt(rest)) + c_0 ** 2
+        ntk = a_ ** 2 * b_ ** 2 * 4 / sp.pi / sp.sqrt(rest)
         return nngp, ntk
 
     return Activation(
@@ -299,12 +312,16 @@ def gelu() -> Activation:
     """phi(x) = x Phi(x) (exact GELU); kernel of Tsuchida et al. 2020, as in neural-tangents Gelu."""
 
     def dual(q1_, q2_, c_):
+        # Tsuchida et al. 2020 with delta^2 = (1 + q1)(1 + q2) - c^2 written 1 + q1 + q2 +
+        # (q1 q2 - c^2) and (1 - q1 q2)/(p1 p2) + 1 written (2 + q1 + q2)/(p1 p2): terms >= 0,
+        # no cancellation at large q (as printed, delta^2 is lost at q = 1e8; see erf)
         p1, p2 = q1_ + 1, q2_ + 1
-        delta2 = p1 * p2 - c_ ** 2
+        delta2 = 1 + q1_ + q2_ + _cs_gap(q1_, q2_, c_)
         delta = sp.sqrt(delta2)
         ang = sp.atan(c_ / delta)
-        nngp = ((c_ ** 2 + q1_ * q2_ * delta2) / (p1 * p2 * delta) + c_ * ang) / (2 * sp.pi) + c_ / 4
-        ntk = c_ / delta / (2 * sp.pi) * (1 / delta2 + (1 - q1_ * q2_) / (p1 * p2) + 1) + sp.Rational(1, 4) + ang / (2 * sp.pi)
+        # (c^2 + q1 q2 delta^2)/(p1 p2 delta) split in two, so no product of four variances overflows
+        nngp = (c_ ** 2 / (p1 * p2 * delta) + q1_ / p1 * (q2_ / p2) * delta + c_ * ang) / (2 * sp.pi) + c_ / 4
+        ntk = c_ / delta / (2 * sp.pi) * (1 / delta2 + (2 + q1_ + q2_) / (p1 * p2)) + sp.Rational(1, 4) + ang / (2 * sp.pi)
         return nngp, ntk
 
     expr = x * (1 + sp.erf(x / sp.sqrt(2))) / 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numba as nb
@@ -35,6 +36,10 @@ __all__ = ["MLP", "Kernels"]
 
 Number = Union[int, float]
 _COMPILED: dict = {}
+# the largest pre-activation variance at any layer: the kernel maps multiply up to three
+# variances (gelu's q1 q2 delta), which float64 holds below 1e308
+Q_MAX = 1e100
+_SOURCES = "".join(hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:12] for m in (_act, recursion))
 
 
 class Kernels(NamedTuple):
@@ -159,16 +164,18 @@ class MLP:
         key = (act.name, act.params, sp.srepr(act.expr))
         if key not in _COMPILED:
             A, Adot = act.closed_dual()
+            # the disk key covers the code that writes the map (the closed forms, the rewriting
+            # in recursion), so editing either regenerates it
             _COMPILED[key] = recursion.compile_dual_recursion(
-                A, Adot, cache_key=hashlib.sha256(repr(key).encode()).hexdigest()[:20])
+                A, Adot, cache_key=hashlib.sha256((repr(key) + _SOURCES).encode()).hexdigest()[:20])
         return _COMPILED[key]
 
     def _closed_kernels(self, G, g1, g2, inv_dim, widths, symmetric, want_k, want_th, dtype):
         mod = self._compiled()
         L = self.depth
         w, b = self._w, self._b
-        s1 = np.sqrt(mod.diagonal(g1, inv_dim, w, b, L))
-        s2 = s1 if symmetric else np.sqrt(mod.diagonal(g2, inv_dim, w, b, L))
+        s1 = np.sqrt(_check_range(mod.diagonal(g1, inv_dim, w, b, L), "X1", self.activation))
+        s2 = s1 if symmetric else np.sqrt(_check_range(mod.diagonal(g2, inv_dim, w, b, L), "X2", self.activation))
         # Theta^1 = x0 g + y0 and Theta^{l+1} = u_l A + v_l + w_l Adot Theta^l in both parametrizations
         if self.parametrization == "standard":
             x0, y0, u, v = 1.0, self._beta[0], widths.astype(float), self._beta[1:]
@@ -201,16 +208,18 @@ class MLP:
         w, b, beta = self._w, self._b, self._beta
         standard = self.parametrization == "standard"
 
-        def diag(g):
+        def diag(g, name):
             q = [w[0] * g * inv_dim + b[0]]
             for l in range(1, self.depth):
+                if np.any(q[-1] > Q_MAX):
+                    break
                 m2 = gaussian.interpolated(lambda qs: gaussian.expect(lambda t: phi(t) ** 2, qs, act.kinks)[:, None],
                                            q[-1])[0][:, 0]
                 q.append(w[l] * m2 + b[l])
-            return q
+            return _check_range(np.array(q), name, act)
 
-        qs1 = diag(g1)
-        qs2 = qs1 if symmetric else diag(g2)
+        qs1 = diag(g1, "X1")
+        qs2 = qs1 if symmetric else diag(g2, "X2")
         G = G.astype(np.float64, copy=False)
         k = w[0] * G * inv_dim + b[0]
         th = (G + beta[0]) if standard else k.copy()
@@ -270,6 +279,20 @@ class MLP:
             th = k12 + w[l + 1] * ad12 * th
             k11, k22 = k11n, k22n
         return k12, th
+
+
+def _check_range(q, name, act):
+    """q[l, i], the pre-activation variances of every layer, if all are <= Q_MAX; else a
+    ValueError naming the input, the layer and the limit."""
+    q = np.asarray(q)
+    bad = q > Q_MAX  # inf too; NaN (zero variance where the map divides by it) is reported later
+    if bad.any():
+        l, i = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name}: row {i} has pre-activation variance {q[l, i]:.3g} at layer {l + 1} ({act.name}); kernels are "
+            f"computed for variances up to Q_MAX = {Q_MAX:.0e} (float64 products of three variances overflow beyond); "
+            "rescale the inputs or the weight variances")
+    return q
 
 
 def _gram(X1, X2, dtype, block: int = 4096, upper_only: bool = False):

@@ -83,6 +83,9 @@ def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e
     b = float(_check_var(bias_var, "bias_var"))
     res = _q_star(act, w, b, tol=tol, maxiter=maxiter)
     q = float(res.value)
+    at_zero = _critical_at_zero(act, w, b, q)
+    if at_zero is not None:
+        return at_zero
     if not res.converged or not math.isfinite(q) or q <= 0:
         nan = float("nan")
         return SignalPropagation(q if math.isfinite(q) else math.inf, nan, nan, nan, nan, nan, nan, False,
@@ -114,15 +117,57 @@ def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e
                              float(res.residual), phase)
 
 
+def _phi0(act):
+    zero = np.zeros(1)
+    return float(act(zero)[0]), float(act.derivative(zero)[0])
+
+
+def _critical_at_zero(act, w, b, q_last):
+    """The exact fixed point q* = 0 of the ordered side and the edge, or None.
+
+    With b = 0, phi(0) = 0 and w phi'(0)^2 <= 1 (tanh at w <= 1), q = 0 is a fixed point of
+    the length map, approached geometrically at rate w phi'(0)^2, and only algebraically
+    (q_l ~ 1/l) exactly at the edge of chaos w phi'(0)^2 = 1, where iteration stops short
+    of it. The quantities are the q -> 0 limits, from phi(sqrt(q) z) = phi'(0) sqrt(q) z +
+    o(sqrt q): chi_1 = chi_q = chi_c = w phi'(0)^2, c* = 1 (chi_1 <= 1: Poole et al. 2016,
+    sec. 3), xi = -1/log chi, infinite at the edge (Schoenholz et al. 2017, eq. 9: there
+    signals propagate to any depth). Applies only where iteration from q = 1 was heading to
+    0 (its last iterate q_last below 1e-3 and the map still decreasing there).
+    """
+    phi0, dphi0 = _phi0(act)
+    chi = w * dphi0 ** 2
+    if b != 0 or phi0 != 0.0 or dphi0 == 0.0 or chi > 1 + 1e-12 or not (0 <= q_last < 1e-3):
+        return None
+    if q_last > 1e-12 and not length_map(act, q_last, w, 0.0) < q_last:
+        return None  # a positive fixed point below 1e-3, not 0
+    xi = math.inf if chi >= 1 else -1.0 / math.log(chi) if chi > 0 else 0.0
+    phase = "critical" if abs(chi - 1) < 1e-9 else "ordered"
+    return SignalPropagation(0.0, chi, chi, 1.0, chi, xi, xi, True, 0, 0.0, phase)
+
+
 def edge_of_chaos(activation, bias_var, weight_var_bracket=(0.5, 10.0), tol: float = 1e-12):
     """(weight_var, converged): the critical line chi_1 = 1 at each bias_var, by bracketed root finding."""
     act = _act.get(activation)
     b = np.atleast_1d(_check_var(bias_var, "bias_var"))
+    # E[phi'(sqrt(q) z)^2] at three scales: zero means chi_1 = 0 for every w (step, sign); one
+    # constant means phi' is scale free (ReLU, leaky ReLU, abs: phi positively homogeneous),
+    # so chi_1 = w E[phi'^2] whatever q*, and the edge is w = 1/E[phi'^2] at every b (ReLU:
+    # chi_1 = w/2, w = 2; Schoenholz et al. 2017, sec. 4; at w = 2, b > 0 the length map grows
+    # without bound: q* is infinite on the edge itself)
+    m = gaussian.expect(lambda t: act.derivative(t) ** 2, np.array([1e-2, 1.0, 1e2]), act.kinks)
+    if np.all(m == 0):
+        raise ValueError(
+            f"activation: {act.name} has no edge of chaos: its almost-everywhere derivative is 0, so chi_1 = "
+            "w E[phi'^2] = 0 for every weight_var, while its correlation map (a multiple of arcsin(c) plus a "
+            "constant) has infinite slope at c = 1, so inputs decorrelate at every weight_var > 0: no weight "
+            "variance is critical")
+    if np.all(np.abs(m - m[1]) <= 1e-13 * m[1]):
+        out = np.full(b.shape, 1.0 / m[1])
+        return out if np.ndim(bias_var) else float(out[0]), True
 
     # bias_var = 0 with phi(0) = 0: q* = 0 on the ordered side and chi_1 = w phi'(0)^2 there,
     # a limit that iteration only reaches algebraically (q_l ~ 1/l at criticality)
-    zero = np.zeros(1)
-    phi0, dphi0 = float(act(zero)[0]), float(act.derivative(zero)[0])
+    phi0, dphi0 = _phi0(act)
     closed = (b == 0) & (phi0 == 0.0) & (dphi0 != 0.0)
 
     def chi_minus_one(w):
@@ -132,7 +177,8 @@ def edge_of_chaos(activation, bias_var, weight_var_bracket=(0.5, 10.0), tol: flo
 
     lo, hi = weight_var_bracket
     out = np.full(b.shape, np.nan)
-    out[closed] = 1.0 / dphi0 ** 2
+    if np.any(closed):
+        out[closed] = 1.0 / dphi0 ** 2
     ok = True
     if np.any(~closed):
         n = int(np.count_nonzero(~closed))
