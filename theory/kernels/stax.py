@@ -709,10 +709,6 @@ class Activation(Layer):
         c1, c2 = k.covs()
         q1 = c1.reshape(n1, P * P)[:, :: P + 1].reshape(-1)
         q2 = c2.reshape(n2, P * P)[:, :: P + 1].reshape(-1)
-        for q in (q1, q2):
-            if np.any(q <= 0):
-                raise ValueError(f"{name}: an input has zero variance at some pixel (an all-zero input without bias?); "
-                                 "its kernel map needs variances > 0; use bias_var > 0")
         C = _to_matrix(k.nngp, n1, n2, P)
         A, Ad = self._maps(q1, q2, C, k.symmetric, want1, name)
         nngp = _from_matrix(A, n1, n2, k.spatial)
@@ -733,22 +729,50 @@ class Activation(Layer):
         return A.reshape((n,) + spatial * 2)
 
     def _maps(self, q1, q2, C, symmetric, want1, name):
-        """(E[phi phi], E[phi' phi']) on the covariance matrix C (rows: q1, columns: q2)."""
+        """(E[phi phi], E[phi' phi']) on the covariance matrix C (rows: q1, columns: q2).
+
+        A pixel of zero variance (zero patches without bias) has u = 0 almost surely:
+        E[phi(u) phi(v)] = phi(0) E[phi(v)] there, and its NTK entries are 0 (the output does
+        not depend on the parameters), so E[phi' phi'] is set to 0 there.
+        """
+        if q1.ndim == 1:
+            q1, q2 = q1[:, None], q2[None, :]
+        z1, z2 = q1 == 0, q2 == 0
+        zero = bool(z1.any() or z2.any())
+        if zero:
+            Z = z1 | z2
+            q1, q2, C = np.where(z1, 1.0, q1), np.where(z2, 1.0, q2), np.where(Z, 0.0, C)
+        A, Ad = self._maps_positive(q1, q2, C, symmetric, want1, name)
+        if zero:
+            A = np.where(Z, self._mean(np.where(z1, 0.0, q1)) * self._mean(np.where(z2, 0.0, q2)), A)
+            Ad = None if Ad is None else np.where(Z, 0.0, Ad)
+        return A, Ad
+
+    def _mean(self, q):
+        """E[phi(sqrt(q) z)], phi(0) at q = 0."""
+        act = self.activation
+        flat = q.reshape(-1)
+        uq, inv = np.unique(flat, return_inverse=True)
+        m = np.where(uq == 0, float(act(np.zeros(1))[0]), 0.0)
+        pos = uq > 0
+        if pos.any():
+            m[pos] = gaussian.expect(lambda t: act(t), uq[pos], act.kinks)
+        return m[inv].reshape(q.shape)
+
+    def _maps_positive(self, q1, q2, C, symmetric, want1, name):
         act = self.activation
         if act.has_closed_form:
-            if q1.ndim == 1:
-                q1, q2 = q1[:, None], q2[None, :]
             A, Ad = _closed_map(act)(q1, q2, C)
             if symmetric:  # exactly symmetric (the closed form's rounding need not be)
                 sw = (lambda m: m.swapaxes(-1, -2))  # noqa: E731
                 A = 0.5 * (A + sw(A))
                 Ad = 0.5 * (Ad + sw(Ad))
         else:
-            A, Ad = gaussian.mehler_dual(lambda t: act(t), lambda t: act.derivative(t), q1, q2, C, act.kinks,
+            A, Ad = gaussian.mehler_dual(lambda t: act(t), lambda t: act.derivative(t), q1[:, 0], q2[0], C, act.kinks,
                                          symmetric=symmetric, want=(True, want1))
         if not np.all(np.isfinite(A)) or (want1 and not np.all(np.isfinite(Ad))):
             raise ValueError(f"{name}: the kernel map of {act.name} is not finite for these inputs (e.g. "
-                             "gaussian(a, b>0) needs 1 - 2 b q > 0); reduce weight_var or the input scale")
+                             "gaussian(a, b > 0) needs 1 - 2 b q > 0); reduce weight_var or the input scale")
         return A, Ad
 
 

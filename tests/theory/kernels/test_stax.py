@@ -386,3 +386,54 @@ def test_bad_inputs():
         stax.serial(stax.Flatten(), stax.Relu()).kernels(np.ones((2, 3)))
     with pytest.raises(TypeError, match=r"serial: argument 1 must be a layer.*Relu\(\), not Relu"):
         stax.serial(stax.Dense(2), stax.Relu)
+
+
+# ---------------------------------------------------------------------------------------
+# every activation; zero-variance pixels
+# ---------------------------------------------------------------------------------------
+
+_PARAMS = {"polynomial": {"coefficients": [0.1, -0.5, 0.3]}, "monomial": {"degree": 2}, "hermite": {"degree": 3},
+           "rectified_monomial": {"degree": 2}, "gaussian": {"a": 1.0, "b": -0.5}}
+
+
+@pytest.mark.parametrize("name", sorted(set(__import__("limitlab.theory.activations", fromlist=["x"]).available())))
+def test_every_activation_closed_form_matches_the_gaussian_engine(name):
+    """Each closed form, as this module evaluates it (the stable angle form), against the same
+    activation's expression through the Gaussian-expectation engine (1e-10 vs mpmath)."""
+    from limitlab.theory import activations
+
+    act = activations.get(name, **_PARAMS.get(name, {}))
+    X1 = np.random.default_rng(8).standard_normal((3, 3, 2, 2))
+    X2 = np.random.default_rng(9).standard_normal((2, 3, 2, 2))
+    net = lambda a: stax.serial(stax.Conv(3, (2, 2), padding="SAME", weight_var=0.8, bias_var=0.1), a,  # noqa: E731
+                                stax.Conv(3, (2, 1), padding="CIRCULAR", weight_var=0.8), stax.GlobalAvgPool(),
+                                stax.Dense(1))
+    ours = net(stax.Activation(act)).kernels(X1, X2)
+    assert np.all(np.isfinite(ours.nngp)) and np.all(np.isfinite(ours.ntk))
+    if not act.has_closed_form or name in ("sign", "step"):
+        # sign/step are discontinuous: the engine's derivative series is the distributional one
+        # (not the a.e. derivative 0 of the convention), and sympy's sign has no array form there
+        return
+    engine = net(stax.Activation(activations.numerical(act.expr, kinks=act.kinks))).kernels(X1, X2)
+    for o, r in ((ours.nngp, engine.nngp), (ours.ntk, engine.ntk)):
+        np.testing.assert_allclose(o, r, rtol=1e-10, atol=1e-10 * np.max(np.abs(r)))
+
+
+@pytest.mark.parametrize("act", [stax.Relu(), stax.Erf(1.0, 1.0, 0.3), stax.Tanh(), stax.Gelu(), stax.Sigmoid_like()])
+def test_zero_pixels_without_bias_are_the_limit(act):
+    """Zero patches without bias give zero variance; the kernel there is phi(0) E[phi(v)] (and an
+    all-zero image has a zero NTK row), the limit of inputs tending to zero."""
+    X = np.random.default_rng(10).standard_normal((3, 5, 4, 1))
+    X[:, :2] = 0.0
+    X[0] = 0.0
+    net = stax.serial(stax.Conv(4, (2, 2), padding="SAME"), act, stax.Conv(4, (2, 2)), stax.GlobalAvgPool(),
+                      stax.Dense(1))
+    k = net.kernels(X)
+    if float(act.activation(np.zeros(1))[0]) == 0.0:  # phi(0) = 0: nothing of the zero image reaches the output
+        assert np.all(k.nngp[0] == 0.0) and np.all(k.ntk[0] == 0.0)
+    Xe = np.where(X == 0.0, 1e-9, X)
+    ke = net.kernels(Xe)
+    for o, r in ((k.nngp, ke.nngp), (k.ntk, ke.ntk)):
+        np.testing.assert_allclose(o, r, rtol=0, atol=1e-7 * np.max(np.abs(r)))
+    k2 = net.kernels(X[1:], X)
+    np.testing.assert_allclose(k2.nngp, k.nngp[1:], rtol=1e-12, atol=1e-15)
