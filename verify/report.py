@@ -384,6 +384,7 @@ class Report:
                     ys += list(ref)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ys = [y for y in ys if math.isfinite(y) and y > 0]
             if ys:
                 lo, hi = min(ys), max(ys)
                 ax.set_ylim(lo / 2.5, hi * 2.5)
