@@ -8,6 +8,7 @@ O'Donnell 2014, Prop. 11.31), and the numbers come from limitlab.numerics.gaussi
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -26,7 +27,8 @@ k_ = sp.Symbol("k", integer=True, nonnegative=True)
 
 @dataclass(frozen=True)
 class Dual:
-    """Kernel map of one activation. ``nngp`` and ``ntk`` are sympy expressions in (q1, q2, c)."""
+    """Kernel map of one activation. ``nngp`` (E[phi phi]) and ``derivative`` (E[phi' phi']) are
+    sympy expressions in (q1, q2, c); ``ntk`` is a deprecated alias of ``derivative``."""
 
     activation: _act.Activation
 
@@ -61,7 +63,7 @@ class Dual:
 
     @cached_property
     def _numpy_closed(self):
-        return sp.lambdify((q1, q2, c), [self.nngp, self.ntk], modules=["numpy", "scipy"])
+        return sp.lambdify((q1, q2, c), [self.nngp, self.derivative], modules=["numpy", "scipy"])
 
     @property
     def nngp(self) -> sp.Expr:
@@ -69,12 +71,23 @@ class Dual:
         return self._closed[0] if self._closed else self.integral[0]
 
     @property
-    def ntk(self) -> sp.Expr:
-        """E[phi'(u) phi'(v)] (a.e. derivative): closed form if known, else the unevaluated integral."""
+    def derivative(self) -> sp.Expr:
+        """E[phi'(u) phi'(v)] (a.e. derivative; the K-dot of the NTK recursion, not an NTK):
+        closed form if known, else the unevaluated integral."""
         return self._closed[1] if self._closed else self.integral[1]
+
+    @property
+    def ntk(self) -> sp.Expr:
+        """Deprecated alias of :attr:`derivative` (E[phi' phi'] is the derivative kernel, not an NTK)."""
+        warnings.warn("Dual.ntk is deprecated: it is the derivative kernel E[phi'(u) phi'(v)], not an NTK; "
+                      "use Dual.derivative", DeprecationWarning, stacklevel=2)
+        return self.derivative
 
     def evaluate(self, q1_, q2_, c_, tol: float = 1e-13):
         """Numeric (E[phi phi], E[phi' phi']) on broadcast arrays of q1, q2, c (float64)."""
+        for name, v in (("q1", q1_), ("q2", q2_), ("c", c_)):
+            if np.iscomplexobj(v):
+                raise TypeError(f"{name}: must be real, got a complex value (its imaginary part would be dropped)")
         a, b, cc = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (q1_, q2_, c_)))
         _check_cov(a, b, cc)
         if self.closed_form:

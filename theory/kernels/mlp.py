@@ -19,7 +19,7 @@ even 0.0: a bias initialised at zero is still trained), 0 without one.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
@@ -58,11 +58,33 @@ def _per_layer(value, name: str, n: int, allow_none: bool = False):
     return np.ascontiguousarray(np.broadcast_to(vals, (n,)), dtype=float)
 
 
+class _Unset:
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _std_to_var(std, name: str):
+    """neural-tangents' W_std / b_std (a standard deviation, or one per layer) as a variance."""
+    if std is None:
+        return None
+    vals = np.asarray(std, dtype=float) if not isinstance(std, str) else None
+    if vals is None or vals.ndim > 1 or not np.all(np.isfinite(vals)) or np.any(vals < 0):
+        raise ValueError(f"{name}: a standard deviation must be a finite number >= 0 or one per Dense layer, "
+                         f"got {std!r}")
+    return vals ** 2 if vals.ndim else float(vals) ** 2
+
+
 def _check_inputs(X, name: str) -> np.ndarray:
     try:
         X = np.asarray(X)
     except Exception as exc:  # pragma: no cover - exotic array types
         raise TypeError(f"{name}: expected an array of shape (N, d), got {type(X).__name__}") from exc
+    if np.iscomplexobj(X):
+        raise TypeError(f"{name}: expected a real array of shape (N, d), got dtype {X.dtype} (complex inputs "
+                        "have no kernel here; their imaginary part would be silently dropped)")
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise TypeError(f"{name}: expected a numeric array of shape (N, d), got dtype {X.dtype}")
     if X.ndim != 2:
@@ -87,19 +109,40 @@ class MLP:
         parametrization: ``"ntk"`` (default) or ``"standard"``.
         width: hidden width n_l (a number or one per hidden layer); only the standard
             parametrization's NTK depends on it.
+        W_std, b_std, parameterization: neural-tangents' spellings (keyword only):
+            ``weight_var = W_std**2``, ``bias_var = b_std**2`` (``b_std=None``: no bias) and
+            ``parameterization`` for ``parametrization``. Giving both spellings of one thing
+            is a ValueError.
     """
 
     depth: int
     activation: object = "relu"
-    weight_var: object = 1.0
-    bias_var: object = 0.0
-    parametrization: str = "ntk"
+    weight_var: object = _UNSET
+    bias_var: object = _UNSET
+    parametrization: str = _UNSET
     width: object = None
+    W_std: object = field(default=_UNSET, kw_only=True, repr=False)
+    b_std: object = field(default=_UNSET, kw_only=True, repr=False)
+    parameterization: str = field(default=_UNSET, kw_only=True, repr=False)
 
     def __post_init__(self):
         if isinstance(self.depth, bool) or not isinstance(self.depth, (int, np.integer)) or self.depth < 1:
             raise ValueError(f"depth: must be an integer >= 1, got {self.depth!r}")
         object.__setattr__(self, "activation", _act.get(self.activation))
+        # neural-tangents' spellings: W_std, b_std (standard deviations) and parameterization
+        for ours, theirs, square, default in (("weight_var", "W_std", True, 1.0), ("bias_var", "b_std", True, 0.0),
+                                              ("parametrization", "parameterization", False, "ntk")):
+            mine, alias = getattr(self, ours), getattr(self, theirs)
+            if mine is not _UNSET and alias is not _UNSET:
+                raise ValueError(f"{ours}, {theirs}: give one of the two spellings, got {ours}={mine!r} and "
+                                 f"{theirs}={alias!r}" + (f" ({ours} = {theirs}**2)" if square else ""))
+            if alias is not _UNSET:
+                mine = _std_to_var(alias, theirs) if square else alias
+            object.__setattr__(self, ours, default if mine is _UNSET else mine)
+            # resolved into ours: unset again, so dataclasses.replace(net, weight_var=...) works
+            object.__setattr__(self, theirs, _UNSET)
+            if theirs == "parameterization" and alias is not _UNSET and alias not in ("ntk", "standard"):
+                raise ValueError(f"parameterization: must be 'ntk' or 'standard', got {alias!r}")
         if self.parametrization not in ("ntk", "standard"):
             raise ValueError(f"parametrization: must be 'ntk' or 'standard', got {self.parametrization!r}")
         n = self.depth + 1
@@ -120,25 +163,40 @@ class MLP:
     def dual(self) -> Dual:
         return Dual(self.activation)
 
-    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), dtype=np.float64) -> Kernels:
-        """NNGP and NTK between the rows of X1 and X2 (X2=None: X1 with itself, symmetric)."""
+    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), dtype=None) -> Kernels:
+        """NNGP and NTK between the rows of X1 and X2 (X2=None: X1 with itself, symmetric).
+
+        ``dtype=None`` follows the inputs' precision: float32 (or float16) inputs give float32
+        kernels, anything else float64. Either way everything is computed in float64 (the
+        inputs upcast exactly) and rounded once at the end: a float32 Gram matrix would put
+        errors of 1e-4 into the ReLU NTK of near-parallel inputs (the angle's sensitivity), 1000
+        times float32's rounding. A float32 result therefore peaks at the float64 matrix plus
+        its float32 copy.
+        """
         if isinstance(get, str):
             get = (get,)
         bad = set(get) - {"nngp", "ntk"}
         if bad or not get:
             raise ValueError(f"get: allowed values are 'nngp' and 'ntk', got {tuple(get)!r}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float64, np.float32):
-            raise ValueError(f"dtype: must be float64 or float32, got {dtype}")
         X1 = _check_inputs(X1, "X1")
         symmetric = X2 is None
         X2 = X1 if symmetric else _check_inputs(X2, "X2")
+        if dtype is None:
+            low = all(X.dtype in (np.float32, np.float16) for X in (X1, X2))
+            dtype = np.float32 if low else np.float64
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"dtype: must be float64, float32 or None, got {dtype!r}") from exc
+        if dtype not in (np.float64, np.float32):
+            raise ValueError(f"dtype: must be float64, float32 or None (the inputs' precision), got {dtype}")
         if X1.shape[1] != X2.shape[1]:
             raise ValueError(f"X2: feature dimension {X2.shape[1]} does not match X1's {X1.shape[1]}")
         want_k, want_th = "nngp" in get, "ntk" in get
         if want_th and self.parametrization == "standard" and self._widths is None:
             raise ValueError("width: the standard parametrization's NTK depends on the hidden width; pass width=n")
         widths = self._widths if self._widths is not None else np.ones(self.depth)
+        out_dtype, dtype = dtype, np.dtype(np.float64)
         X1 = np.ascontiguousarray(X1, dtype=dtype)
         X2 = X1 if symmetric else np.ascontiguousarray(X2, dtype=dtype)
         d = X1.shape[1]
@@ -150,13 +208,17 @@ class MLP:
         g1 = np.diagonal(G).astype(np.float64) if symmetric else np.einsum("ij,ij->i", X1, X1, dtype=np.float64)
         g2 = g1 if symmetric else np.einsum("ij,ij->i", X2, X2, dtype=np.float64)
         if closed:
-            return self._closed_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
-        return self._numerical_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
+            out = self._closed_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
+        else:
+            out = self._numerical_kernels(G, g1, g2, 1.0 / d, widths, symmetric, want_k, want_th, dtype)
+        if out_dtype != np.float64:
+            out = Kernels(*(None if K is None else K.astype(out_dtype) for K in out))
+        return out
 
-    def nngp(self, X1, X2=None, dtype=np.float64) -> np.ndarray:
+    def nngp(self, X1, X2=None, dtype=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("nngp",), dtype=dtype).nngp
 
-    def ntk(self, X1, X2=None, dtype=np.float64) -> np.ndarray:
+    def ntk(self, X1, X2=None, dtype=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("ntk",), dtype=dtype).ntk
 
     def _compiled(self):
@@ -251,7 +313,7 @@ class MLP:
         return [
             sp.Eq(K[1], w * sp.Symbol("x\\cdot x'") / d + b),
             sp.Eq(K[l + 1], w * dual.nngp + b),
-            sp.Eq(Kd[l + 1], w * dual.ntk),
+            sp.Eq(Kd[l + 1], w * dual.derivative),
             sp.Eq(Th[1], K[1]),
             sp.Eq(Th[l + 1], K[l + 1] + Kd[l + 1] * Th[l]),
         ]

@@ -32,7 +32,7 @@ POINTS = [(1.3, 0.7, 0.4), (0.2, 2.5, -0.5), (4.0, 4.0, 3.9), (1.0, 1.0, -0.999)
 def test_price_theorem_d_dc_of_nngp_map_is_the_derivative_map(spec):
     """Price 1958: d/dc E[phi(u)phi(v)] = E[phi'(u)phi'(v)] for continuous phi (checked at 40 digits)."""
     d = dual(_act(spec))
-    lhs = sp.diff(d.nngp, A.c) - d.ntk
+    lhs = sp.diff(d.nngp, A.c) - d.derivative
     for p in POINTS:
         val = lhs.subs({A.q1: sp.Rational(str(p[0])), A.q2: sp.Rational(str(p[1])), A.c: sp.Rational(str(p[2]))})
         assert abs(complex(val.evalf(40))) < 1e-30
@@ -102,7 +102,7 @@ def test_relu_is_the_arc_cosine_kernel_of_degree_one():
     t = sp.acos(A.c / sp.sqrt(A.q1 * A.q2))
     expected = sp.sqrt(A.q1 * A.q2) * (sp.sin(t) + (sp.pi - t) * sp.cos(t)) / (2 * sp.pi)
     assert sp.simplify(dual("relu").nngp - expected) == 0
-    assert sp.simplify(dual("relu").ntk - (sp.pi - t) / (2 * sp.pi)) == 0
+    assert sp.simplify(dual("relu").derivative - (sp.pi - t) / (2 * sp.pi)) == 0
 
 
 def test_symbolic_forms_exist_for_any_activation():
@@ -118,3 +118,21 @@ def test_bad_covariance_is_rejected():
         dual("relu").evaluate(1.0, 1.0, 1.5)
     with pytest.raises(ValueError, match="q1, q2"):
         dual("relu").evaluate(-1.0, 1.0, 0.0)
+
+
+def test_derivative_kernel_is_named_for_what_it_is_and_ntk_is_a_deprecated_alias():
+    """E[phi'(u) phi'(v)] is the derivative kernel (K-dot), not an NTK: ``Dual.derivative``;
+    ``Dual.ntk`` still answers, with a DeprecationWarning."""
+    d = dual("erf")
+    with pytest.warns(DeprecationWarning, match="Dual.derivative"):
+        old = d.ntk
+    assert old == d.derivative
+    # Price: d/dc of the NNGP map is the derivative kernel (the identity that names it)
+    assert sp.simplify(sp.diff(dual("relu").nngp, A.c) - dual("relu").derivative) == 0
+
+
+def test_complex_covariances_are_rejected():
+    with pytest.raises(TypeError, match="c: must be real"):
+        dual("relu").evaluate(1.0, 1.0, 0.5 + 0.1j)
+    with pytest.raises(TypeError, match="q1: must be real"):
+        dual("tanh").evaluate(np.array([1.0 + 0j]), 1.0, 0.5)

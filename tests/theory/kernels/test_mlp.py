@@ -216,3 +216,85 @@ def test_undefined_kernel_at_zero_variance_is_a_clear_error():
     with pytest.raises(ValueError, match="X1.*bias_var"):
         MLP(2, A.rectified_monomial(3), bias_var=None).ntk(X)
     assert np.all(np.isfinite(MLP(2, A.rectified_monomial(3), bias_var=0.1).ntk(X)))
+
+
+@pytest.mark.parametrize("method", ["kernels", "nngp", "ntk"])
+def test_complex_inputs_are_a_type_error_naming_the_argument(method):
+    # they used to lose their imaginary part silently
+    X = np.random.default_rng(0).standard_normal((3, 2))
+    m = MLP(2, "relu")
+    with pytest.raises(TypeError, match="X1: expected a real array.*complex128"):
+        getattr(m, method)(X + 1j)
+    with pytest.raises(TypeError, match="X2: expected a real array.*complex64"):
+        getattr(m, method)(X, (X + 0j).astype(np.complex64))
+    with pytest.raises(TypeError, match="X1: expected a real array"):
+        getattr(m, method)(X.astype(complex))  # even with zero imaginary part
+
+
+@pytest.mark.parametrize("X1,X2,arg,msg", [
+    (np.ones((3, 0)), None, "X1", "non-empty"), (np.ones((2, 3)), np.ones((0, 3)), "X2", "non-empty"),
+    (np.ones((2, 3, 1)), None, "X1", r"shape \(N, d\), got shape \(2, 3, 1\)"),
+    (np.ones(3), None, "X1", r"got shape \(3,\)"), (np.float64(1.0), None, "X1", r"got shape \(\)"),
+    (np.ones((2, 3)), np.ones((2, 3, 1)), "X2", "shape"),
+    (np.array([[1.0, -np.inf]]), None, "X1", "non-finite"), (np.ones((2, 3)), np.full((1, 3), np.nan), "X2", "non-finite"),
+    (np.ones((2, 3)), np.ones((2, 2)), "X2", "feature dimension 2 does not match X1's 3"),
+    (np.array([[None, 1.0]], dtype=object), None, "X1", "numeric"),
+])
+def test_more_bad_inputs_name_the_argument_and_what_is_allowed(X1, X2, arg, msg):
+    for act in ("relu", "tanh"):  # the compiled and the quadrature path
+        with pytest.raises((ValueError, TypeError), match=f"{arg}: .*{msg}"):
+            MLP(2, act).kernels(X1, X2)
+
+
+def test_neural_tangents_spellings_are_accepted():
+    """W_std, b_std are standard deviations (weight_var = W_std**2), parameterization= is
+    parametrization=, as in neural-tangents' stax.Dense."""
+    X = np.random.default_rng(4).standard_normal((5, 3))
+    ref = MLP(2, "erf", weight_var=2.25, bias_var=0.01, parametrization="standard", width=64).kernels(X)
+    nt = MLP(2, "erf", W_std=1.5, b_std=0.1, parameterization="standard", width=64)
+    assert nt.weight_var == 2.25 and nt.bias_var == pytest.approx(0.01, rel=1e-15) and nt.parametrization == "standard"
+    for a, b in zip(nt.kernels(X), ref):
+        np.testing.assert_allclose(a, b, rtol=1e-14)
+    # one value per Dense layer, and b_std=None (no bias) as in neural-tangents
+    per = MLP(2, "relu", W_std=[1.0, 2.0, 0.5], b_std=None)
+    np.testing.assert_array_equal(per._w, [1.0, 4.0, 0.25])
+    assert per.bias_var is None and np.all(per._beta == 0)
+    # defaults unchanged, and the resolved network can be copied with dataclasses.replace
+    from dataclasses import replace
+    d = MLP(2)
+    assert (d.weight_var, d.bias_var, d.parametrization) == (1.0, 0.0, "ntk")
+    assert replace(nt, weight_var=1.0).weight_var == 1.0
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"weight_var": 2.0, "W_std": 1.0}, r"weight_var, W_std: give one of the two spellings.*weight_var = W_std\*\*2"),
+    ({"bias_var": 0.1, "b_std": 0.1}, "bias_var, b_std: give one"),
+    ({"bias_var": None, "b_std": None}, "bias_var, b_std: give one"),
+    ({"parametrization": "ntk", "parameterization": "ntk"}, "parametrization, parameterization: give one"),
+    ({"parameterization": "mup"}, "parameterization: must be 'ntk' or 'standard', got 'mup'"),
+    ({"W_std": -1.0}, "W_std: a standard deviation must be a finite number >= 0"),
+    ({"b_std": "big"}, "b_std: a standard deviation"),
+])
+def test_both_spellings_or_bad_aliases_are_a_value_error(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        MLP(2, "relu", **kwargs)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_float32_inputs_give_float32_kernels_rounded_once(activation):
+    """The inputs' precision is followed (float32 in, float32 out), computed in float64: each
+    entry is the float64 result of the same (exactly upcast) inputs, correctly rounded."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((40, 6)).astype(np.float32)
+    X[1] = X[0] * np.float32(1.0001)  # near-parallel: a float32 Gram matrix would be 1e-4 off here
+    m = MLP(3, activation, 2.0, 0.1)
+    k32, k64 = m.kernels(X), m.kernels(X.astype(np.float64))
+    for a, b in zip(k32, k64):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b.astype(np.float32))
+    assert m.ntk(X, X[:3]).dtype == np.float32 and m.nngp(X.astype(np.float16)).dtype == np.float32
+    assert m.ntk(X, X[:3].astype(np.float64)).dtype == np.float64  # mixed: the wider
+    assert m.ntk(X.astype(np.float64), dtype=np.float32).dtype == np.float32  # explicit dtype wins
+    assert m.ntk(np.ones((2, 3), dtype=np.int64)).dtype == np.float64
+    with pytest.raises(ValueError, match="dtype: must be float64, float32 or None"):
+        m.ntk(X, dtype=np.float16)
