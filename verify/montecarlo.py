@@ -356,7 +356,23 @@ def _act_and_derivative(act, h, xp, bk):
     return act(h, xp), act.derivative(h, xp)
 
 
-def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
+def _normals(bk: Backend, seeds, count: int, scratch=None):
+    """``bk.normals(seeds, count)``; on NumPy in float64 with a ``scratch`` namespace (one per
+    worker thread), the same streams written into a buffer reused across calls, which spares
+    the kernel zeroing fresh pages for every chunk (tens of MB a chunk)."""
+    if scratch is None or bk.name != "numpy" or bk.dtype not in (None, np.float64):
+        return bk.normals(seeds, count)
+    B = len(seeds)
+    buf = getattr(scratch, "normals", None)
+    if buf is None or buf.shape[0] < B or buf.shape[1] != count:
+        buf = scratch.normals = np.empty((B, count), dtype=np.float64)
+    out = buf[:B]
+    for i, s in enumerate(seeds):
+        np.random.default_rng(int(s)).standard_normal(out=out[i])
+    return out
+
+
+def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds, scratch=None):
     """Per-network (NNGP, NTK, outputs) of materialized networks: the networks of
     :meth:`Networks.sample` (same draws), evaluated without forming the scaled weights.
 
@@ -376,7 +392,7 @@ def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
         shapes.append((fi, fo))
         if bias:
             shapes.append((fo,))
-    z = _split(xp, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
+    z = _split(xp, _normals(bk, seeds, sum(int(np.prod(s)) for s in shapes), scratch), shapes)
     Z = z[0::2] if bias else z
     beta = z[1::2] if bias else [None] * (L + 1)
     scale = [math.sqrt(spec.weight_var[l] / fans[l]) for l in range(L + 1)]
@@ -577,10 +593,15 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
         import sys
 
         bar = tqdm(total=n_networks, desc="networks", file=sys.stderr, disable=not sys.stderr.isatty())
-    kernels = _weights_kernels if method == "weights" else _conditional_kernels
+    import threading
+
+    scratch = threading.local()  # per worker thread: the weights sampler's normals buffer
 
     def chunk(sd):
-        nngp, ntk, f = kernels(spec, X, bk, sd)
+        if method == "weights":
+            nngp, ntk, f = _weights_kernels(spec, X, bk, sd, scratch)
+        else:
+            nngp, ntk, f = _conditional_kernels(spec, X, bk, sd)
         nngp, ntk = _slice_cross(nngp, ntk, N1, X2 is not None)
         if not keep_device:
             nngp, ntk, f = bk.to_numpy(nngp), bk.to_numpy(ntk), bk.to_numpy(f)
