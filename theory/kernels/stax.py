@@ -36,8 +36,9 @@ The input layer is ``K = sum_c x_{s,c} x'_{s',c} / C``, ``Theta = 0``. Rules:
 * GlobalAvgPool / GlobalSumPool: the mean / sum over all pixel pairs ``(s, s')``.
 * Flatten: the mean of ``K[s, s]`` over the pixels (the trace / P: what a Dense layer on the
   flattened vector sees, neural-tangents' Flatten).
-* FanInSum: the sum of the branches' kernels; FanInConcat (channel axis): their average
-  weighted by the branches' channel counts (neural-tangents' convention).
+* FanInSum: the sum of the branches' kernels; FanInConcat along the channel axis: their
+  average weighted by the branches' channel counts (neural-tangents' convention); along a
+  spatial axis: block-diagonal (independent branches), the branches' blocks on the diagonal.
 
 Cost
 ----
@@ -100,12 +101,9 @@ class _State:
     def covs(self):
         """The per-input covariances (N, *S, *S) of both sides."""
         if self.symmetric:
-            d = len(self.spatial)
             n = self.nngp.shape[0]
-            P = _prod(self.spatial)
-            flat = self.nngp.reshape(n, n, P * P)
+            flat = self.nngp.reshape(n, n, -1)
             blocks = flat[np.arange(n), np.arange(n)].reshape((n,) + self.spatial * 2)
-            del d
             return blocks, blocks
         return self.cov1, self.cov2
 
@@ -609,7 +607,9 @@ def _combine(ks, weights, gaussian_):
 
 
 class FanInConcat(Layer):
-    """Concatenation along the channel axis: kernels averaged with the branches' channel counts."""
+    """Concatenation ``FanInConcat(axis=-1)``: along the channel axis the kernels are averaged with
+    the branches' channel counts; along a spatial axis (1, ..., d) the covariance is
+    block-diagonal (pixels of different, independent Gaussian branches are uncorrelated)."""
 
     n_in = None
 
@@ -623,14 +623,52 @@ class FanInConcat(Layer):
 
     def _kernel(self, ks, name):
         ndim = len(ks[0].shape)
-        if self.axis not in (-1, ndim - 1):
-            raise NotImplementedError(f"{name}: only the channel axis (-1) is implemented; got axis={self.axis} "
-                                      f"for inputs of shape {ks[0].shape}")
-        _check_branches(ks, name, same_width=False)
-        widths = [k.width for k in ks]
-        total = float(sum(widths))
-        out = _combine(ks, [w / total for w in widths], False)
-        return replace(out, width=int(sum(widths)))
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"{name}: axis {self.axis} is out of range for inputs of shape {ks[0].shape}")
+        axis = self.axis % ndim
+        if axis == ndim - 1:
+            _check_branches(ks, name, same_width=False)
+            widths = [k.width for k in ks]
+            total = float(sum(widths))
+            out = _combine(ks, [w / total for w in widths], False)
+            return replace(out, width=int(sum(widths)))
+        if axis == 0:
+            raise ValueError(f"{name}: concatenation along the batch axis (axis 0) is not a layer; got inputs of "
+                             f"shape {ks[0].shape}")
+        return self._spatial(ks, axis - 1, name)
+
+    def _spatial(self, ks, i, name):
+        """Along spatial axis i: the branches are independent, so pixel pairs from different
+        branches have covariance 0 and the covariances are block-diagonal along (i, i')."""
+        shapes = [k.shape for k in ks]
+        key = lambda s: s[:1 + i] + s[2 + i:]  # noqa: E731
+        if any(key(s) != key(shapes[0]) for s in shapes[1:]):
+            raise ValueError(f"{name}: branches must have equal shapes except along axis {self.axis}, got {shapes}")
+        if not all(k.gaussian for k in ks):
+            raise ValueError(f"{name}: concatenating along a spatial axis needs every branch to end in a Dense/Conv "
+                             f"layer (a centred Gaussian); branches ending Gaussian: {[k.gaussian for k in ks]}")
+        d = len(ks[0].spatial)
+        sizes = [k.spatial[i] for k in ks]
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+
+        def blocks(get, bnd):
+            mats = [get(k) for k in ks]
+            if mats[0] is None:
+                return None
+            shape = list(mats[0].shape)
+            shape[bnd + i] = shape[bnd + d + i] = int(offs[-1])
+            out = np.zeros(shape)
+            for m, a, b in zip(mats, offs[:-1], offs[1:]):
+                idx = [slice(None)] * out.ndim
+                idx[bnd + i] = idx[bnd + d + i] = slice(int(a), int(b))
+                out[tuple(idx)] = m
+            return out
+
+        spatial = list(ks[0].spatial)
+        spatial[i] = int(offs[-1])
+        return replace(ks[0], nngp=blocks(lambda k: k.nngp, 2), ntk=blocks(lambda k: k.ntk, 2),
+                       cov1=blocks(lambda k: k.cov1, 1), cov2=blocks(lambda k: k.cov2, 1), spatial=tuple(spatial),
+                       gaussian=True)
 
 
 class _Combinator(Layer):

@@ -437,3 +437,31 @@ def test_zero_pixels_without_bias_are_the_limit(act):
         np.testing.assert_allclose(o, r, rtol=0, atol=1e-7 * np.max(np.abs(r)))
     k2 = net.kernels(X[1:], X)
     np.testing.assert_allclose(k2.nngp, k.nngp[1:], rtol=1e-12, atol=1e-15)
+
+
+def test_spatial_concat_then_global_sum_pool_is_the_sum_over_branches():
+    X = np.random.default_rng(11).standard_normal((3, 4, 5, 2))
+    stem = stax.Conv(4, (3, 3), padding="SAME", bias_var=0.1)
+    b1 = stax.serial(stax.Relu(), stax.Conv(4, (2, 2), padding="SAME"))
+    b2 = stax.Conv(4, (2, 3), strides=(2, 1), padding="SAME")
+    cat = stax.serial(stem, stax.FanOut(2), stax.parallel(b1, b2), stax.FanInConcat(axis=1), stax.GlobalSumPool())
+    k = cat.kernels(X)
+    parts = [stax.serial(stem, b, stax.GlobalSumPool()).kernels(X) for b in (b1, b2)]
+    np.testing.assert_allclose(k.nngp, parts[0].nngp + parts[1].nngp, rtol=1e-13)
+    np.testing.assert_allclose(k.ntk, parts[0].ntk + parts[1].ntk, rtol=1e-13)
+    with pytest.raises(ValueError, match=r"FanInConcat\(axis=2\) at serial\[3\]: branches must have equal shapes "
+                                         r"except along axis 2, got \[\(3, 4, 5, 4\), \(3, 2, 5, 4\)\]"):
+        stax.serial(stem, stax.FanOut(2), stax.parallel(b1, b2), stax.FanInConcat(axis=2)).kernels(X)
+    with pytest.raises(ValueError, match=r"concatenation along the batch axis"):
+        stax.serial(stem, stax.FanOut(2), stax.FanInConcat(axis=0)).kernels(X)
+
+
+def test_nngp_only_and_ntk_only_calls_match_the_full_call():
+    X1 = np.random.default_rng(12).standard_normal((3, 4, 3, 2))
+    X2 = np.random.default_rng(13).standard_normal((2, 4, 3, 2))
+    net = stax.serial(stax.Conv(4, (2, 2), padding="SAME", bias_var=0.1), stax.Tanh(), stax.AvgPool((2, 2)),
+                      stax.Conv(4, (2, 2)), stax.Relu(), stax.Flatten(), stax.Dense(1))
+    full = net.kernels(X1, X2)
+    np.testing.assert_array_equal(net.nngp(X1, X2), full.nngp)
+    np.testing.assert_array_equal(net.ntk(X1, X2), full.ntk)
+    assert net.kernels(X1, get="nngp").ntk is None
