@@ -11,6 +11,12 @@ Klambauer et al. 2017, "Self-Normalizing Neural Networks", Thm. 1 (SELU).
     chi_c          = w E[phi'(u) phi'(v)] at the fixed point c*
     depth scales   xi_q = -1/log chi_q,  xi_c = -1/log chi_c
     edge of chaos  the curve chi_1(w, b) = 1 in the (weight_var, bias_var) plane.
+
+Limits returned rather than NaN: at b = 0 with phi(0) = 0 and w phi'(0)^2 <= 1 (tanh at
+w <= 1, exactly critical at w = 1) q* = 0 and the fields are their q -> 0 limits (xi = inf
+where chi = 1); positively homogeneous activations (ReLU, leaky ReLU, abs) have chi_1 = w
+E[phi'^2] at every q*, so their edge is one weight variance at every bias (ReLU: 2); step
+and sign have none (a ValueError says why). See docs/kernels.md, "Signal propagation".
 """
 from __future__ import annotations
 
