@@ -32,7 +32,7 @@ def build(spec):
 
 
 def nt_layout(a):
-    """neural-tangents' interleaved spatial axes (N1, N2, H, H', W, W', ...) -> ours (N1, N2, H, W, ..., H', W', ...)."""
+    """neural-tangents' interleaved axes (N1, N2, H, H', W, W', ...) -> ours (N1, N2, H, W, ..., H', W', ...)."""
     d = (a.ndim - 2) // 2
     return a.transpose((0, 1) + tuple(2 + 2 * i for i in range(d)) + tuple(3 + 2 * i for i in range(d)))
 
@@ -78,8 +78,9 @@ def test_matches_neural_tangents_to_1e10(case):
 # (2) limitlab's MLP
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("act, layer", [("relu", stax.Relu), ("erf", stax.Erf), ("gelu", stax.Gelu),
-                                        ("abs", stax.Abs)])
+# relu and erf only: each closed form compiles an MLP module once per machine (cached on disk,
+# shared with test_mlp); the other closed forms are checked against the engine below
+@pytest.mark.parametrize("act, layer", [("relu", stax.Relu), ("erf", stax.Erf)])
 def test_serial_dense_equals_mlp_to_1e12(act, layer):
     X1 = np.random.default_rng(1).standard_normal((6, 5))
     X2 = np.random.default_rng(2).standard_normal((4, 5))
@@ -97,7 +98,8 @@ def test_serial_dense_equals_mlp_to_1e12(act, layer):
 def test_numerical_activation_matches_mlp_quadrature():
     """tanh has no closed form: both go through the Gaussian engine (1e-10 vs mpmath)."""
     X = np.random.default_rng(3).standard_normal((5, 4))
-    net = stax.serial(stax.Dense(8, 1.5, 0.1), stax.Tanh(), stax.Dense(8, 1.5, 0.1), stax.Tanh(), stax.Dense(1, 1.5, 0.1))
+    net = stax.serial(stax.Dense(8, 1.5, 0.1), stax.Tanh(), stax.Dense(8, 1.5, 0.1), stax.Tanh(),
+                      stax.Dense(1, 1.5, 0.1))
     ours, ref = net.kernels(X), MLP(2, "tanh", 1.5, 0.1).kernels(X)
     for o, r in ((ours.nngp, ref.nngp), (ours.ntk, ref.ntk)):
         np.testing.assert_allclose(o, r, rtol=1e-10, atol=1e-10 * np.max(np.abs(r)))
@@ -117,7 +119,7 @@ def test_expression_activation_matches_closed_form_in_a_cnn():
         np.testing.assert_allclose(o, r, rtol=1e-10, atol=1e-10 * np.max(np.abs(r)))
 
 
-@given(seed=st.integers(0, 2 ** 31), act=st.sampled_from(["relu", "erf", "gelu", "sin"]),
+@given(seed=st.integers(0, 2 ** 31), act=st.sampled_from(["relu", "erf", "tanh"]),
        hw=st.tuples(st.integers(1, 4), st.integers(1, 4)), depth=st.integers(1, 3))
 @SETTINGS
 def test_1x1_conv_net_with_gap_is_the_pixel_average_of_the_mlp_kernel(seed, act, hw, depth):
@@ -354,14 +356,15 @@ def test_incompatible_parallel_branches():
 
 def test_filter_larger_than_input_with_valid_padding():
     with pytest.raises(ValueError, match=r"Conv\(4, \(5, 2\).* at serial\[0\]: filter_shape \(5, 2\) is larger than "
-                                         r"the spatial shape \(4, 4\) of its input \(shape \(2, 4, 4, 1\)\) with padding "
-                                         r"'VALID'"):
+                                         r"the spatial shape \(4, 4\) of its input \(shape \(2, 4, 4, 1\)\) with "
+                                         r"padding 'VALID'"):
         stax.serial(stax.Conv(4, (5, 2))).kernels(np.ones((2, 4, 4, 1)))
     assert stax.Conv(4, (5, 2), padding="SAME").nngp(np.ones((2, 4, 4, 1))).shape == (2, 2, 4, 4, 4, 4)
 
 
 @pytest.mark.parametrize("make, msg", [
-    (lambda: stax.Conv(4, (3, 3), padding="FULL"), r"Conv: padding must be one of 'VALID', 'SAME', 'CIRCULAR', got 'FULL'"),
+    (lambda: stax.Conv(4, (3, 3), padding="FULL"),
+     r"Conv: padding must be one of 'VALID', 'SAME', 'CIRCULAR', got 'FULL'"),
     (lambda: stax.AvgPool((2, 2), padding="REFLECT"), r"AvgPool: padding must be one of"),
     (lambda: stax.Conv(4, (3, 3), strides=(1,)), r"Conv: strides must have 2 entries"),
     (lambda: stax.Conv(0, (3, 3)), r"Conv: out_chan must be a positive integer, got 0"),
