@@ -298,3 +298,13 @@ def test_float32_inputs_give_float32_kernels_rounded_once(activation):
     assert m.ntk(np.ones((2, 3), dtype=np.int64)).dtype == np.float64
     with pytest.raises(ValueError, match="dtype: must be float64, float32 or None"):
         m.ntk(X, dtype=np.float16)
+
+
+@SETTINGS
+@given(st.floats(0.1, 3.0), st.one_of(st.none(), st.floats(0.0, 1.0)), st.sampled_from(["ntk", "standard"]))
+def test_neural_tangents_spellings_are_the_squared_variances(w_std, b_std, param):
+    X = np.random.default_rng(6).standard_normal((4, 3))
+    a = MLP(2, "relu", W_std=w_std, b_std=b_std, parameterization=param, width=8).kernels(X)
+    b = MLP(2, "relu", w_std ** 2, None if b_std is None else b_std ** 2, param, width=8).kernels(X)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
