@@ -42,14 +42,18 @@ The input layer is ``K = sum_c x_{s,c} x'_{s',c} / C``, ``Theta = 0``. Rules:
 
 Cost
 ----
-The covariance is an ``N1 N2 P^2`` array. A conv applies the filter one spatial axis at a
-time (the filter's offsets are a product over axes): along an axis of length n with k taps,
-each output is a sum of k strided slices of the padded array, one NumPy add per tap, so a
-Conv layer costs ``O(N1 N2 P^2 sum_i k_i)`` flops (``k = prod k_i`` summed naively) and a
-pool ``O(N1 N2 P^2 sum_i 2 w_i)``; an activation evaluates its map once per entry,
-``O(N1 N2 P^2)``, on the ``(N1 P) x (N2 P)`` matrix view of ``K`` (the engine's matrix mode
-for numerical maps). Memory: a few arrays of ``N1 N2 P^2`` float64. A compiled path is future
-work; this one is exact and vectorized.
+The covariance is an ``N1 N2 P^2`` array. The patch sum over the filter's k = prod_i k_i
+offsets, taken directly, costs ``O(N1 N2 P^2 k)``; since the offsets are a product over the
+spatial axes, the sum is taken one axis at a time instead (axis i and its partner i' of the
+pair together): each output is the sum of k_i strided slices of the (padded) array, one
+vectorized NumPy add per tap, so a Conv layer costs ``O(N1 N2 P^2 sum_i k_i)`` (P the larger
+of the input and output pixel counts), a pool ``O(N1 N2 P^2 sum_i 2 w_i)`` (its two offsets
+are independent), Flatten and global pools ``O(N1 N2 P^2)``. An activation evaluates its
+map once per entry, ``O(N1 N2 P^2)``, on the ``(N1 P) x (N2 P)`` matrix view of ``K`` (the
+engine's matrix mode for numerical maps); the per-input covariances cost ``O((N1 + N2)
+P^2)`` more. Memory: a few arrays of ``N1 N2 P^2`` float64. Measured (2 shared cores): 10
+images of 8x8x3 through three 3x3 SAME conv + ReLU layers and a global pool, 0.35 s; a
+compiled path is future work.
 """
 from __future__ import annotations
 
