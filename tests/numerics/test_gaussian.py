@@ -1,5 +1,6 @@
 """The Gaussian-expectation engine's interpolation in log q and its NNGP-only Mehler path."""
 import numpy as np
+import pytest
 
 from limitlab.numerics import gaussian
 from limitlab.theory import activations as A
@@ -45,3 +46,22 @@ def test_nngp_only_mehler_equals_the_nngp_of_the_full_computation():
     assert only[1] is None
     np.testing.assert_array_equal(only[0], full[0])
     assert np.array_equal(full[0], full[0].T) and np.array_equal(full[1], full[1].T)
+
+
+@pytest.mark.parametrize("q", [1.0, 1e6, 1e12, 1e16])
+def test_nested_dual_snaps_covariances_within_rounding_of_parallel(q):
+    """c = q (1 - 4 eps): q^2 - c^2 ~ 8 eps q^2 is rounding (a point and its copy, c and q from
+    different dot products), not a conditional spread sqrt(8 eps q) (0.015 at q = 1e12, as wide
+    as tanh's transition): the parallel value E[phi'(u)^2], 30-digit mpmath."""
+    import mpmath as mp
+
+    eps = np.finfo(float).eps
+    tanh, dtanh = np.tanh, (lambda t: 1.0 - np.tanh(t) ** 2)
+    ref = gaussian.mp_expect(lambda u: mp.sech(u) ** 4, q, (0.0,), dps=30)
+    for c in (q, q * (1 - 4 * eps), q * (1 + 4 * eps)):
+        _, v = gaussian.nested_dual(tanh, dtanh, q, q, c, kinks=(0.0,))
+        assert abs(v - float(ref)) <= 1e-11 * float(ref)
+    # a genuine spread is kept: c = q (1 - 1e-6) at q = 1 lowers E[phi' phi'] by more than 1e-8
+    if q == 1.0:
+        _, v = gaussian.nested_dual(tanh, dtanh, q, q, q * (1 - 1e-6), kinks=(0.0,))
+        assert 1e-8 < float(ref) - v
