@@ -108,11 +108,13 @@ def test_pair_angle_of_a_zero_variance_input_is_zero():
 
 def test_arc_cosine_maps_take_the_pair_angle_through_the_pipelined_layer():
     # relu's map takes the angle of (r, c) as an argument, computed by vecmath.angle's two
-    # halves in a software-pipelined loop; erf's (an arcsine of another argument) keeps atan2
-    # inside its map and the one-pass loop
+    # halves in a software-pipelined loop; erf's (an arctangent of another argument, written so
+    # since its arcsine's cosine cancels at large q) keeps vecmath.atan inside its map and the
+    # one-pass loop
     from limitlab.theory.kernels import MLP
     relu = open(MLP(1, "relu")._compiled().__file__).read()
     erf = open(MLP(1, "erf")._compiled().__file__).read()
     assert "def _dualmap_raw(s1, s2, cc, r, theta)" in relu and "_atan2(" not in relu.split("def diagonal")[0]
     assert "def _pipelined(" in relu and "_angle_reduce(" in relu and "_angle_finish(" in relu
-    assert "_atan2(" in erf.split("def diagonal")[0] and "def _pipelined(" not in erf
+    assert "_atan(" in erf.split("def diagonal")[0] and "def _pipelined(" not in erf
+    assert "_atan2(" not in erf.split("def diagonal")[0] and "4*r**2" in erf.split("def diagonal")[0]
