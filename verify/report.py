@@ -442,7 +442,7 @@ class Report:
                 ax.set_ylabel(f"value at {c.size_name} {int(sizes[-1])}")
                 ax.legend(fontsize=6.5)
                 ax.set_title("theory against simulation", fontsize=9)
-            fig.suptitle(f"{c.name}: {c.status.upper()} ({c.samples} samples per {c.size_name}, seed {c.seed})",
+            fig.suptitle(f"{c.name}: {c.status.upper()} ({c.samples} samples per size, seed {c.seed})",
                          fontsize=10)
             fig.tight_layout(rect=(0, 0, 1, 0.95))
             p = os.path.join(directory, f"{c.name}.png")
