@@ -1,0 +1,255 @@
+"""Multi-head global self-attention for :mod:`limitlab.theory.kernels.stax` (kernel side).
+
+``GlobalSelfAttention(n_chan_out, n_chan_key, n_chan_val, n_heads, linear_scaling=True, ...)``
+in neural-tangents' argument order, weights as variances (``key_weight_var``, ...) or as
+neural-tangents' standard deviations (``W_key_std``, ...). Attention is over all spatial
+positions (flattened, ``P`` of them) of each input ``(N, *S, C)``, ``C`` the input channels.
+The finite layer (NTK parametrization, neural-tangents' ``GlobalSelfAttention``), per head h::
+
+    Q = x W_Q, K = x W_K, V = x W_V                        (W_* i.i.d. N(0, 1))
+    A_h = f(sqrt(q k) Q K^T / (C d_k^a)),  a = 1 (linear_scaling) or 1/2
+    y = sqrt(o v / (d_v H C)) [A_1 V_1, ..., A_H V_H] W_O + sqrt(b) beta
+
+with ``q, k, v, o, b`` the query/key/value/output/bias variances, ``d_k = n_chan_key``,
+``d_v = n_chan_val``, ``H = n_heads``, ``f`` the attention mechanism (softmax over the key
+positions, identity, abs or relu); with ``linear_scaling`` the key and query weights are tied
+(``W_Q = W_K``). The kernels below are the limits as ``H``, ``d_k``, ``d_v`` and the input
+width go to infinity (Hron, Bahri, Sohl-Dickstein & Novak 2020, "Infinite attention: NNGP and
+NTK for deep attention networks", ICML; neural-tangents 0.6.5 ``stax.GlobalSelfAttention``),
+written with the per-input covariance ``c(x)[s, t] = K(x, s; x, t)`` and ``K``, ``Theta`` the
+input kernels:
+
+* ``linear_scaling=True`` (the d^-1 scaling with tied keys/queries; every mechanism): the
+  logits converge to the deterministic ``sqrt(q k) c(x)[s, t]``, so the attention weights are
+  the constants ``G(x)[s, t] = f(sqrt(q k) c(x)[s, t])`` (softmax over t) and the output is a
+  fixed linear map of the values:
+
+      K'[x, x', s, s'] = o v sum_{t, t'} G(x)[s, t] K[x, x', t, t'] G(x')[s', t'] + b
+      Theta'           = o v G(x) Theta G(x')^T + b + 2 (K' - b)
+
+  (the value and output weights each contribute ``K' - b``; the tied key/query weights
+  contribute nothing in the limit).
+* ``linear_scaling=False`` with ``attention_mechanism="identity"`` (the standard d^-1/2
+  scaling): the logits are a centred Gaussian process with covariance
+  ``q k K[x, x', s, s'] K[x, x', t, t']``, independent of the values, and
+
+      K' = q k o v S(x, x') K + b,              S(x, x') = sum_{t, t'} K[x, x', t, t']^2
+      Theta' = q k o v (2 (sum_{t,t'} K Theta) K + S (Theta + 4 K)) + b.
+
+* ``linear_scaling=False`` with softmax/abs/relu has no closed form (Hron et al. 2020; neural-
+  tangents raises too): NotImplementedError.
+
+Positional embeddings (``pos_emb_type="sum"`` or ``"concat"``): a fixed random embedding of
+covariance ``R[s, t] = decay(sum_i |s_i - t_i|^p)`` (``decay=None``: ``R = I``), times
+``pos_emb_weight_var``, is added to (or concatenated with) the inputs of the keys/queries (and
+of the values when ``val_pos_emb``); every input covariance ``c``, ``K``, ``Theta`` seen by
+those is replaced by ``w_in c + w_pe R`` with ``(w_in, w_pe) = (1, pos_emb_weight_var)`` for
+"sum" and ``(C / (C + C_pe), pos_emb_weight_var C_pe / (C + C_pe))`` for "concat" (the
+NTK-parametrized weights see the concatenated width; ``C_pe = n_chan_pos_emb`` or ``C``), as in
+neural-tangents (Hron et al. 2020, their section on positional encodings).
+
+Cost: the weights ``G`` are ``N P^2``; ``K'`` is two batched ``P x P`` matrix products per input
+pair, ``O(N1 N2 P^3)``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import replace
+
+import numpy as np
+
+from limitlab.theory.kernels.normalization import _check_batch_channel
+from limitlab.theory.kernels.stax import Layer, _prod
+
+__all__ = ["GlobalSelfAttention"]
+
+MECHANISMS = ("softmax", "identity", "abs", "relu")
+POS_EMB_TYPES = ("none", "sum", "concat")
+
+
+def _var(layer, var, var_arg, std, std_arg, default=1.0):
+    def num(v, arg):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{layer}: {arg} must be a finite number >= 0, got {v!r}")
+        return float(v)
+
+    if std is not None:
+        if var != default:
+            raise ValueError(f"{layer}: give {var_arg} or {std_arg} (its square root), not both")
+        return num(std, std_arg) ** 2
+    return None if var is None else num(var, var_arg)
+
+
+def _softmax(a):
+    a = a - a.max(axis=-1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+_MECH = {
+    "softmax": _softmax,
+    "identity": lambda a: a,
+    "abs": np.abs,
+    "relu": lambda a: np.maximum(a, 0.0),
+}
+
+
+class GlobalSelfAttention(Layer):
+    """Multi-head scaled dot-product self-attention over all spatial positions.
+
+    ``GlobalSelfAttention(n_chan_out, n_chan_key, n_chan_val, n_heads, linear_scaling=True,
+    key_weight_var=1.0, value_weight_var=1.0, query_weight_var=1.0, out_weight_var=1.0,
+    bias_var=None, attention_mechanism="softmax", pos_emb_type="none", pos_emb_p_norm=2,
+    pos_emb_decay_fn=None, n_chan_pos_emb=None, pos_emb_weight_var=1.0, val_pos_emb=False)``
+    (neural-tangents' order; its ``W_key_std``, ``W_value_std``, ``W_query_std``, ``W_out_std``,
+    ``b_std``, ``W_pos_emb_std`` standard deviations are accepted as keywords). ``bias_var=None``:
+    no bias. Kernel rules: the module docstring (Hron et al. 2020, ICML). Implemented limits:
+    ``linear_scaling=True`` with every mechanism, ``linear_scaling=False`` with "identity";
+    other combinations raise NotImplementedError when the kernel is asked for.
+    """
+
+    def __init__(self, n_chan_out, n_chan_key, n_chan_val, n_heads, linear_scaling=True, key_weight_var=1.0,
+                 value_weight_var=1.0, query_weight_var=1.0, out_weight_var=1.0, bias_var=None,
+                 attention_mechanism="softmax", pos_emb_type="none", pos_emb_p_norm=2, pos_emb_decay_fn=None,
+                 n_chan_pos_emb=None, pos_emb_weight_var=1.0, val_pos_emb=False, batch_axis=0, channel_axis=-1, *,
+                 W_key_std=None, W_value_std=None, W_query_std=None, W_out_std=None, b_std=None,
+                 W_pos_emb_std=None):
+        L = "GlobalSelfAttention"
+        for arg, v in (("n_chan_out", n_chan_out), ("n_chan_key", n_chan_key), ("n_chan_val", n_chan_val),
+                       ("n_heads", n_heads)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{L}: {arg} must be a positive integer, got {v!r}")
+        self.n_chan_out, self.n_chan_key, self.n_chan_val, self.n_heads = map(
+            int, (n_chan_out, n_chan_key, n_chan_val, n_heads))
+        if not isinstance(linear_scaling, bool):
+            raise TypeError(f"{L}: linear_scaling must be True or False, got {linear_scaling!r}")
+        self.linear_scaling = linear_scaling
+        self.key_weight_var = _var(L, key_weight_var, "key_weight_var", W_key_std, "W_key_std")
+        self.value_weight_var = _var(L, value_weight_var, "value_weight_var", W_value_std, "W_value_std")
+        self.query_weight_var = _var(L, query_weight_var, "query_weight_var", W_query_std, "W_query_std")
+        self.out_weight_var = _var(L, out_weight_var, "out_weight_var", W_out_std, "W_out_std")
+        self.bias_var = _var(L, bias_var, "bias_var", b_std, "b_std", default=None)
+        self.pos_emb_weight_var = _var(L, pos_emb_weight_var, "pos_emb_weight_var", W_pos_emb_std, "W_pos_emb_std")
+        if not isinstance(attention_mechanism, str) or attention_mechanism.lower() not in MECHANISMS:
+            raise ValueError(f"{L}: attention_mechanism must be one of {MECHANISMS} (any case), "
+                             f"got {attention_mechanism!r}")
+        self.attention_mechanism = attention_mechanism.lower()
+        if not isinstance(pos_emb_type, str) or pos_emb_type.lower() not in POS_EMB_TYPES:
+            raise ValueError(f"{L}: pos_emb_type must be one of {POS_EMB_TYPES} (any case), got {pos_emb_type!r}")
+        self.pos_emb_type = pos_emb_type.lower()
+        if isinstance(pos_emb_p_norm, bool) or not isinstance(pos_emb_p_norm, numbers.Real) \
+                or not math.isfinite(pos_emb_p_norm) or pos_emb_p_norm <= 0:
+            raise ValueError(f"{L}: pos_emb_p_norm must be a finite number > 0, got {pos_emb_p_norm!r}")
+        self.pos_emb_p_norm = float(pos_emb_p_norm)
+        if pos_emb_decay_fn is not None and not callable(pos_emb_decay_fn):
+            raise TypeError(f"{L}: pos_emb_decay_fn must be None or a function of the distance array, "
+                            f"got {pos_emb_decay_fn!r}")
+        self.pos_emb_decay_fn = pos_emb_decay_fn
+        if n_chan_pos_emb is not None and (isinstance(n_chan_pos_emb, bool)
+                                           or not isinstance(n_chan_pos_emb, numbers.Integral) or n_chan_pos_emb < 1):
+            raise ValueError(f"{L}: n_chan_pos_emb must be None or a positive integer, got {n_chan_pos_emb!r}")
+        self.n_chan_pos_emb = None if n_chan_pos_emb is None else int(n_chan_pos_emb)
+        if not isinstance(val_pos_emb, bool):
+            raise TypeError(f"{L}: val_pos_emb must be True or False, got {val_pos_emb!r}")
+        self.val_pos_emb = val_pos_emb
+        _check_batch_channel(L, batch_axis, channel_axis)
+
+    def __repr__(self):
+        return (f"GlobalSelfAttention({self.n_chan_out}, {self.n_chan_key}, {self.n_chan_val}, {self.n_heads}, "
+                f"linear_scaling={self.linear_scaling}, attention_mechanism={self.attention_mechanism!r}, "
+                f"pos_emb_type={self.pos_emb_type!r})")
+
+    # -- pieces -----------------------------------------------------------------------
+    def _pos_cov(self, spatial, name):
+        """R[s, t] over the flattened positions (C order), or None without embeddings."""
+        if self.pos_emb_type == "none":
+            return None
+        P = _prod(spatial)
+        if self.pos_emb_decay_fn is None:
+            return np.eye(P)
+        grids = np.indices(spatial).reshape(len(spatial), P).astype(float)
+        D = sum(np.abs(g[:, None] - g[None, :]) ** self.pos_emb_p_norm for g in grids)
+        R = np.asarray(self.pos_emb_decay_fn(D), dtype=float)
+        if R.shape != (P, P) or not np.all(np.isfinite(R)):
+            raise ValueError(f"{name}: pos_emb_decay_fn must map the ({P}, {P}) distance array to a finite array of "
+                             f"the same shape, got shape {R.shape}")
+        return R
+
+    def _interp_weights(self, width, name):
+        pe = self.pos_emb_weight_var
+        if self.pos_emb_type == "sum":
+            if self.n_chan_pos_emb is not None and self.n_chan_pos_emb != width:
+                raise ValueError(f"{name}: pos_emb_type='sum' adds the embeddings to the inputs, so n_chan_pos_emb "
+                                 f"must be None or the input's channel count {width}, got {self.n_chan_pos_emb}")
+            return 1.0, pe
+        c_pe = width if self.n_chan_pos_emb is None else self.n_chan_pos_emb
+        total = float(width + c_pe)
+        return width / total, pe * c_pe / total
+
+    def _kernel(self, k, name):
+        if not k.spatial:
+            raise ValueError(f"{name}: attends over spatial positions, so it needs inputs of shape (N, T, C), "
+                             f"(N, H, W, C) or (N, D, H, W, C); got shape {k.shape}")
+        mech = self.attention_mechanism
+        if not self.linear_scaling and mech != "identity":
+            raise NotImplementedError(
+                f"{name}: linear_scaling=False with attention_mechanism={mech!r} has no closed-form limiting kernel "
+                f"(Hron et al. 2020; neural-tangents raises too); use linear_scaling=True, or "
+                f"attention_mechanism='identity' with linear_scaling=False")
+        n1, n2 = k.nngp.shape[:2]
+        P = _prod(k.spatial)
+        c1, c2 = (c.reshape(c.shape[0], P, P) for c in k.covs())
+        K = k.nngp.reshape(n1, n2, P, P)
+        T = None if k.ntk is None else k.ntk.reshape(n1, n2, P, P)
+        R = self._pos_cov(k.spatial, name)
+        if R is None:
+            interp = (lambda a: a)  # noqa: E731
+        else:
+            w_in, w_pe = self._interp_weights(k.width, name)
+            interp = (lambda a: w_in * a + w_pe * R)  # noqa: E731
+        qk = self.query_weight_var * self.key_weight_var
+        ov = self.out_weight_var * self.value_weight_var
+        b = 0.0 if self.bias_var is None else self.bias_var
+        val = interp if self.val_pos_emb else (lambda a: a)  # noqa: E731
+        if self.linear_scaling:
+            f = _MECH[mech]
+            G1 = f(math.sqrt(qk) * interp(c1))
+            G2 = G1 if k.symmetric else f(math.sqrt(qk) * interp(c2))
+            G2t = np.swapaxes(G2, -1, -2)
+
+            def pair(A):  # (n1, n2, P, P) -> G1 A G2^T
+                return np.matmul(np.matmul(G1[:, None], A), G2t[None])
+
+            def own(G, c):
+                return np.matmul(np.matmul(G, c), np.swapaxes(G, -1, -2))
+
+            nngp = ov * pair(val(K)) + b
+            ntk = None if T is None else ov * pair(val(T)) + b + 2.0 * (nngp - b)
+            cov1 = cov2 = None
+            if not k.symmetric:
+                cov1, cov2 = ov * own(G1, val(c1)) + b, ov * own(G2, val(c2)) + b
+        else:
+            std2 = qk * ov
+            Ki = interp(K)
+            dot12 = np.sum(Ki * val(K), axis=(2, 3), keepdims=True)
+            nngp = std2 * dot12 * Ki + b
+            ntk = None
+            if T is not None:
+                Ti = interp(T)
+                if self.val_pos_emb or R is None:
+                    t = 2.0 * np.sum(Ki * Ti, axis=(2, 3), keepdims=True)
+                else:
+                    t = np.sum(Ki * T, axis=(2, 3), keepdims=True) + np.sum(K * Ti, axis=(2, 3), keepdims=True)
+                ntk = std2 * (t * Ki + dot12 * (Ti + 4.0 * Ki)) + b
+            cov1 = cov2 = None
+            if not k.symmetric:
+                def own(c):
+                    ci = interp(c)
+                    return std2 * np.sum(ci * val(c), axis=(1, 2), keepdims=True) * ci + b
+
+                cov1, cov2 = own(c1), own(c2)
+        shape2 = (n1, n2) + k.spatial * 2
+        reshape_own = (lambda c: None if c is None else c.reshape((c.shape[0],) + k.spatial * 2))  # noqa: E731
+        return replace(k, nngp=nngp.reshape(shape2), ntk=None if ntk is None else ntk.reshape(shape2),
+                       cov1=reshape_own(cov1), cov2=reshape_own(cov2), width=self.n_chan_out, gaussian=True)
