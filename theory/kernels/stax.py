@@ -271,6 +271,172 @@ def _from_matrix(m, n1, n2, spatial):
 
 
 # ---------------------------------------------------------------------------------------
+# finite side: the finite-width network of each layer (array API, per-input gradients)
+# ---------------------------------------------------------------------------------------
+# Every layer also builds its finite-width network for per-input shapes ``shape`` (the input
+# without its batch axis, channels last: ``(*S, C)``, or a list of shapes between FanOut and
+# FanIn) with ``layer._finite(shape, where)``: a :class:`_Finite` carrying the output shape,
+# the shapes of the layer's parameters (N(0, 1) draws, NTK parametrization: the layer computes
+# ``sqrt(weight_var / fan_in) W x + sqrt(bias_var) b``, Jacot et al. 2018, eq. 1; Novak et al.
+# 2020, Neural Tangents, sec. 3), the forward pass and a hand-written backward pass. Arrays
+# carry two batch axes, ``(B, N, *S, C)``: B networks (each with its own parameters, axis 0 of
+# every parameter array) and N inputs. ``backward(params, cache, g, acc)`` takes
+# ``g = df(x_n)/d(output)`` per input (the output of each input depends on that input only)
+# and returns ``df(x_n)/d(input)``; it appends to ``acc`` the layer's part of the exact
+# empirical NTK, ``sum_theta <df(x_n)/dtheta, df(x_m)/dtheta>`` (B, N, N) (Jacot et al. 2018,
+# eq. 2). The array API has no convolution: Conv and the pools are linear maps along each
+# spatial axis (0/1 selection matrices, exact in floating point), Conv then a matmul of the
+# patches (im2col) with the filter.
+
+
+class _Finite:
+    """A layer's finite network at given input shapes (see the comment above).
+
+    ``forward(xp, params, x) -> (y, cache)``; ``backward(xp, params, cache, g, acc, need_input)``
+    returns the input gradient (None when ``need_input`` is False) and appends NTK parts to acc.
+    """
+
+    def __init__(self, out_shape, param_shapes, forward, backward, floats=None):
+        self.out_shape, self.param_shapes = out_shape, list(param_shapes)
+        self.forward, self.backward = forward, backward
+        if floats is None:  # per-input floats held by the forward pass (memory estimates)
+            shapes = out_shape if isinstance(out_shape, list) else [out_shape]
+            floats = sum(_prod(s) for s in shapes)
+        self.floats = int(floats)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_shapes)
+
+
+def _no_params_finite(out_shape, fwd, bwd):
+    """A parameter-free layer: fwd(xp, x) -> y, bwd(xp, g) -> g_in (linear maps cache nothing)."""
+    return _Finite(out_shape, [], lambda xp, params, x: (fwd(xp, x), None),
+                   lambda xp, params, cache, g, acc, need: bwd(xp, g) if need else None)
+
+
+def _fexpect_one(shape, name):
+    if isinstance(shape, list):
+        raise ValueError(f"{name}: receives {len(shape)} branches (from FanOut/parallel) of shapes {shape}; join "
+                         "them first with FanInSum() or FanInConcat(), or map them with parallel(...)")
+    return shape
+
+
+def _fexpect_branches(shape, name):
+    if not isinstance(shape, list):
+        raise ValueError(f"{name}: expects several branches (after FanOut(n) or parallel(...)), got one input of "
+                         f"per-input shape {shape}")
+    return shape
+
+
+def _fcheck_spatial(shape, window, padding, name, arg):
+    d = len(window)
+    if len(shape) - 1 != d:
+        want = {1: "(N, T, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}.get(d, f"rank {d + 2}")
+        raise ValueError(f"{name}: a {d}-D {arg} needs inputs of shape {want} (rank {d + 2}), got an input of "
+                         f"shape (N, {', '.join(map(str, shape))}) (rank {len(shape) + 1})")
+    if padding == "VALID":
+        for n, f in zip(shape[:-1], window):
+            if f > n:
+                raise ValueError(f"{name}: {arg} {tuple(window)} is larger than the spatial shape {tuple(shape[:-1])}"
+                                 f" of its input (shape (N, {', '.join(map(str, shape))})) with padding 'VALID'")
+
+
+def _selection(n, k, st, padding):
+    """(k * out, n) 0/1 matrix: row o * out + j picks input position st j + o - lo of one spatial
+    axis (zero row outside the image for SAME, wrapped for CIRCULAR; XLA's padding amounts)."""
+    out, (lo, _) = _out_and_pads(n, k, st, padding)
+    M = np.zeros((k * out, n))
+    for o in range(k):
+        for j in range(out):
+            p = st * j + o - lo
+            if padding == "CIRCULAR":
+                p %= n
+            if 0 <= p < n:
+                M[o * out + j, p] = 1.0
+    return M, out
+
+
+def _pool_matrix(n, k, st, padding, average, normalize_edges):
+    """(out, n) matrix of one axis of a pool: the window sum, / k or / the in-image count."""
+    S, out = _selection(n, k, st, padding)
+    M = S.reshape(k, out, n).sum(axis=0)
+    if average:
+        if normalize_edges and padding == "SAME":
+            inside = _selection(n, k, st, "SAME")[0].reshape(k, out, n).sum(axis=(0, 2))
+            M = M / inside[:, None]
+        else:
+            M = M / k
+    return M
+
+
+def _xp_matrix(xp, M, like):
+    import array_api_compat
+
+    return xp.asarray(M, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+def _along(xp, M, x, ax):
+    """M (m, n) applied along axis ax of x (length n there -> m)."""
+    nd = x.ndim
+    perm = [i for i in range(nd) if i != ax] + [ax]
+    y = xp.matmul(xp.permute_dims(x, tuple(perm)), xp.matrix_transpose(M))
+    return xp.permute_dims(y, tuple(list(range(ax)) + [nd - 1] + list(range(ax, nd - 1))))
+
+
+def _shared_ntk(xp, A, G, cw, cb):
+    """NTK part of a weight shared over P positions, (B, N, N): ``cw sum_{p,p'} (A_p.A'_p')(G_p.G'_p')
+    + cb (sum_p G_p).(sum_p' G'_p')`` for patches A (B, N, P, F) and output gradients G (B, N, P, O)
+    (the Gram of the per-input gradients dW = A^T G, taken pairwise or with dW materialized,
+    whichever costs fewer flops)."""
+    B, N, P, F = A.shape
+    O = G.shape[-1]
+    gs = xp.sum(G, axis=2)
+    out = cb * xp.matmul(gs, xp.matrix_transpose(gs)) if cb != 0.0 else None
+    if P == 1 or N * P * P * (F + O) <= P * F * O + N * F * O:
+        a = xp.reshape(A, (B, N * P, F))
+        g = xp.reshape(G, (B, N * P, O))
+        prod = xp.matmul(a, xp.matrix_transpose(a)) * xp.matmul(g, xp.matrix_transpose(g))
+        w = xp.sum(xp.sum(xp.reshape(prod, (B, N, P, N, P)), axis=4), axis=2)
+    else:
+        J = xp.reshape(xp.matmul(xp.matrix_transpose(A), G), (B, N, F * O))
+        w = xp.matmul(J, xp.matrix_transpose(J))
+    w = cw * w
+    return w if out is None else w + out
+
+
+def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, out_spatial):
+    """Dense (k = 1, patches = the pixels) and Conv: h = sqrt(w / (k C)) patches(x) W + sqrt(b) b."""
+    C = shape[-1]
+    fan_in = k * C
+    sw, sb = math.sqrt(weight_var / fan_in), math.sqrt(bias_var)
+    cw, cb = weight_var / fan_in, bias_var
+    P_out = _prod(out_spatial)
+
+    def forward(xp, params, x):
+        W, b = params
+        A = patches(xp, x)  # (B, N, P_out, k C)
+        N = A.shape[1]
+        h = sw * xp.matmul(xp.reshape(A, (A.shape[0], N * P_out, fan_in)), W) + sb * b[:, None, :]
+        return xp.reshape(h, (h.shape[0], N, *out_spatial, out_dim)), A
+
+    def backward(xp, params, A, g, acc, need):
+        W, _ = params
+        B_, N = g.shape[0], g.shape[1]
+        G = xp.reshape(g, (B_, N, P_out, out_dim))
+        acc.append(_shared_ntk(xp, A, G, cw, cb))
+        if not need:
+            return None
+        gA = sw * xp.matmul(xp.reshape(G, (B_, N * P_out, out_dim)), xp.matrix_transpose(W))
+        return patches_T(xp, xp.reshape(gA, (B_, N, P_out, fan_in)))
+
+    fin = _Finite((*out_spatial, out_dim), [(fan_in, out_dim), (out_dim,)], forward, backward,
+                  P_out * (fan_in + out_dim))
+    fin.coef = (weight_var, bias_var)  # the readout's NNGP: (w / F) a.a' + b
+    return fin
+
+
+# ---------------------------------------------------------------------------------------
 # layers
 # ---------------------------------------------------------------------------------------
 
@@ -291,6 +457,18 @@ class Layer:
             raise ValueError(f"{name}: expects several branches (after FanOut(n) or parallel(...)), "
                              f"got one input of shape {k.shape}")
         return self._kernel(k, name)
+
+    def _ffinite(self, shape, name: str) -> _Finite:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{name}: no finite-width network")
+
+    def _finite(self, shape, where: str) -> _Finite:
+        """The finite network of this layer on per-input shape ``shape`` (see "finite side")."""
+        name = f"{self!r}{where}"
+        if self.n_in == 1:
+            _fexpect_one(shape, name)
+        if self.n_in is None:
+            _fexpect_branches(shape, name)
+        return self._ffinite(shape, name)
 
     # -- public ---------------------------------------------------------------------
     def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk")) -> Kernels:
@@ -397,6 +575,23 @@ class Dense(Layer):
             out = replace(out, ntk=out.nngp + w * k.ntk)
         return replace(out, width=self.out_dim, gaussian=True)
 
+    def _ffinite(self, shape, name):
+        """Finite: h = sqrt(w / C) x W + sqrt(b) b per pixel (W shared over pixels), fan_in = C."""
+        C = shape[-1]
+        if self.in_dim is not None and self.in_dim != C:
+            raise ValueError(f"{name}: declared in_dim={self.in_dim} but its input has {C} channels (per-input "
+                             f"shape {tuple(shape)})")
+        sp = tuple(shape[:-1])
+        P = _prod(sp)
+
+        def patches(xp, x):
+            return xp.reshape(x, (x.shape[0], x.shape[1], P, C))
+
+        def patches_T(xp, gA):
+            return xp.reshape(gA, (gA.shape[0], gA.shape[1], *sp, C))
+
+        return _affine_finite(shape, 1, self.out_dim, self.weight_var, self.bias_var, patches, patches_T, sp)
+
 
 def _check_declared(k, declared, arg, name):
     if declared is None or declared == k.width:
@@ -447,6 +642,43 @@ class Conv(Layer):
                         for n, f, s in zip(k.spatial, self.filter_shape, self.strides))
         return replace(out, spatial=spatial, width=self.out_chan, gaussian=True)
 
+    def _ffinite(self, shape, name):
+        """Finite: h = sqrt(w / (k C)) patches(x) W + sqrt(b) b, k = prod(filter_shape): im2col by
+        0/1 selection matrices per spatial axis (zero rows: SAME padding; wrapped: CIRCULAR), the
+        patch axes ordered (filter offsets..., channel) like W's rows."""
+        _fcheck_spatial(shape, self.filter_shape, self.padding, name, "filter_shape")
+        C = shape[-1]
+        if self.in_chan is not None and self.in_chan != C:
+            raise ValueError(f"{name}: declared in_chan={self.in_chan} but its input has {C} channels (per-input "
+                             f"shape {tuple(shape)})")
+        d = len(self.filter_shape)
+        mats = [_selection(n, k, st, self.padding)
+                for n, k, st in zip(shape[:-1], self.filter_shape, self.strides)]
+        outs = tuple(out for _, out in mats)
+        filt = self.filter_shape
+        k = _prod(filt)
+        P_out = _prod(outs)
+        perm = (0, 1) + tuple(3 + 2 * i for i in range(d)) + tuple(2 + 2 * i for i in range(d)) + (2 + 2 * d,)
+        inv = tuple(int(i) for i in np.argsort(perm))
+        inter = sum(((f, o) for f, o in zip(filt, outs)), ())
+
+        def patches(xp, x):
+            B, N = x.shape[0], x.shape[1]
+            for i, (M, _) in enumerate(mats):
+                x = _along(xp, _xp_matrix(xp, M, x), x, 2 + i)
+            x = xp.permute_dims(xp.reshape(x, (B, N, *inter, C)), perm)
+            return xp.reshape(x, (B, N, P_out, k * C))
+
+        def patches_T(xp, gA):
+            B, N = gA.shape[0], gA.shape[1]
+            y = xp.permute_dims(xp.reshape(gA, (B, N, *outs, *filt, C)), inv)
+            y = xp.reshape(y, (B, N, *(f * o for f, o in zip(filt, outs)), C))
+            for i, (M, _) in enumerate(mats):
+                y = _along(xp, _xp_matrix(xp, M.T, y), y, 2 + i)
+            return y
+
+        return _affine_finite(shape, k, self.out_chan, self.weight_var, self.bias_var, patches, patches_T, outs)
+
 
 def _check_spatial(k, window, padding, name, arg):
     d = len(window)
@@ -487,6 +719,24 @@ class _Pool(Layer):
                         for n, f, s in zip(k.spatial, self.window_shape, self.strides))
         return replace(out, spatial=spatial)
 
+    def _ffinite(self, shape, name):
+        """Finite: y = the window sum (/ window size, or / in-image count), one axis at a time."""
+        _fcheck_spatial(shape, self.window_shape, self.padding, name, "window_shape")
+        mats = [_pool_matrix(n, k, st, self.padding, self._average, self.normalize_edges)
+                for n, k, st in zip(shape[:-1], self.window_shape, self.strides)]
+
+        def fwd(xp, x):
+            for i, M in enumerate(mats):
+                x = _along(xp, _xp_matrix(xp, M, x), x, 2 + i)
+            return x
+
+        def bwd(xp, g):
+            for i, M in enumerate(mats):
+                g = _along(xp, _xp_matrix(xp, M.T, g), g, 2 + i)
+            return g
+
+        return _no_params_finite((*(M.shape[0] for M in mats), shape[-1]), fwd, bwd)
+
 
 class AvgPool(_Pool):
     """Average pooling ``AvgPool(window_shape, strides=None (= 1), padding="VALID", normalize_edges=False)``.
@@ -522,6 +772,25 @@ class _GlobalPool(Layer):
         out = k.map_all(lambda a, bnd: red(a, axis=tuple(range(bnd, a.ndim))))
         return replace(out, spatial=())
 
+    def _ffinite(self, shape, name):
+        """Finite: the mean (sum) over all spatial positions."""
+        if len(shape) < 2:
+            raise ValueError(f"{name}: needs inputs with spatial axes (N, T, C), (N, H, W, C) or (N, D, H, W, C), "
+                             f"got per-input shape {tuple(shape)}")
+        sp, C = tuple(shape[:-1]), shape[-1]
+        d, scale = len(sp), (1.0 / _prod(sp) if self._average else 1.0)
+
+        def fwd(xp, x):
+            s = xp.sum(x, axis=tuple(range(2, 2 + d)))
+            return s * scale if self._average else s
+
+        def bwd(xp, g):
+            B, N = g.shape[0], g.shape[1]
+            g = xp.broadcast_to(xp.reshape(g, (B, N) + (1,) * d + (C,)), (B, N, *sp, C))
+            return g * scale if self._average else g
+
+        return _no_params_finite((C,), fwd, bwd)
+
 
 class GlobalAvgPool(_GlobalPool):
     """Mean over all spatial positions: the kernel's mean over all pixel pairs (s, s')."""
@@ -551,6 +820,14 @@ class Flatten(Layer):
 
         return replace(k.map_all(trace), spatial=(), width=k.width * P, gaussian=False)
 
+    def _ffinite(self, shape, name):
+        """Finite: the reshape to P C features; the next Dense has fan_in = P C, so its covariance is
+        w/(P C) sum_{s,c} x_sc x'_sc = w * (the kernel rule's mean of K[s, s] over pixels)."""
+        shape = tuple(shape)
+        F = _prod(shape)
+        return _no_params_finite((F,), lambda xp, x: xp.reshape(x, (x.shape[0], x.shape[1], F)),
+                                 lambda xp, g: xp.reshape(g, (g.shape[0], g.shape[1], *shape)))
+
 
 class Identity(Layer):
     """The identity layer."""
@@ -560,6 +837,9 @@ class Identity(Layer):
 
     def _kernel(self, k, name):
         return k
+
+    def _ffinite(self, shape, name):
+        return _no_params_finite(tuple(shape), lambda xp, x: x, lambda xp, g: g)
 
 
 class FanOut(Layer):
@@ -573,6 +853,16 @@ class FanOut(Layer):
 
     def _kernel(self, k, name):
         return (k,) * self.num
+
+    def _ffinite(self, shape, name):
+        """Finite: n copies; backward, the branches' gradients add."""
+        def bwd(xp, gs):
+            out = gs[0]
+            for g in gs[1:]:
+                out = out + g
+            return out
+
+        return _no_params_finite([tuple(shape)] * self.num, lambda xp, x: [x] * self.num, bwd)
 
 
 def _check_branches(ks, name, same_width):
@@ -597,6 +887,19 @@ class FanInSum(Layer):
             raise ValueError(f"{name}: every branch must end in a Dense/Conv layer (a centred Gaussian) for the "
                              f"kernels to add; branches ending Gaussian: {[k.gaussian for k in ks]}")
         return _combine(ks, [1.0] * len(ks), all(k.gaussian for k in ks))
+
+    def _ffinite(self, shapes, name):
+        """Finite: the sum of the branches; backward, the same gradient to each."""
+        if any(tuple(s) != tuple(shapes[0]) for s in shapes[1:]):
+            raise ValueError(f"{name}: branches must have equal per-input shapes, got {[tuple(s) for s in shapes]}")
+
+        def fwd(xp, xs):
+            out = xs[0]
+            for x in xs[1:]:
+                out = out + x
+            return out
+
+        return _no_params_finite(tuple(shapes[0]), fwd, lambda xp, g: [g] * len(shapes))
 
 
 def _combine(ks, weights, gaussian_):
@@ -640,6 +943,36 @@ class FanInConcat(Layer):
             raise ValueError(f"{name}: concatenation along the batch axis (axis 0) is not a layer; got inputs of "
                              f"shape {ks[0].shape}")
         return self._spatial(ks, axis - 1, name)
+
+    def _ffinite(self, shapes, name):
+        """Finite: concatenation along the axis; backward, the gradient's slices."""
+        shapes = [tuple(s) for s in shapes]
+        ndim = len(shapes[0]) + 1  # with the batch axis N
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"{name}: axis {self.axis} is out of range for per-input shapes {shapes}")
+        axis = self.axis % ndim
+        if axis == 0:
+            raise ValueError(f"{name}: concatenation along the batch axis (axis 0) is not a layer; got per-input "
+                             f"shapes {shapes}")
+        i = axis - 1  # per-input axis
+        key = lambda s: s[:i] + s[i + 1:]  # noqa: E731
+        if any(len(s) != len(shapes[0]) or key(s) != key(shapes[0]) for s in shapes[1:]):
+            raise ValueError(f"{name}: branches must have equal per-input shapes except along axis {self.axis}, "
+                             f"got {shapes}")
+        sizes = [s[i] for s in shapes]
+        offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        out = list(shapes[0])
+        out[i] = int(offs[-1])
+
+        def bwd(xp, g):
+            parts = []
+            for a, b in zip(offs[:-1], offs[1:]):
+                idx = [slice(None)] * g.ndim
+                idx[i + 2] = slice(int(a), int(b))
+                parts.append(g[tuple(idx)])
+            return parts
+
+        return _no_params_finite(tuple(out), lambda xp, xs: xp.concat(xs, axis=i + 2), bwd)
 
     def _spatial(self, ks, i, name):
         """Along spatial axis i: the branches are independent, so pixel pairs from different
@@ -696,6 +1029,41 @@ class _Serial(_Combinator):
             k = layer._apply(k, f" at {self._name}[{i}]{where}")
         return k
 
+    def _finite(self, shape, where):
+        subs = []
+        for i, layer in enumerate(self.layers):
+            subs.append(layer._finite(shape, f" at {self._name}[{i}]{where}"))
+            shape = subs[-1].out_shape
+        return _chain_finite(shape, subs)
+
+
+def _slices(subs):
+    out, off = [], 0
+    for f in subs:
+        out.append(slice(off, off + f.n_params))
+        off += f.n_params
+    return out
+
+
+def _chain_finite(out_shape, subs):
+    """Sub-networks one after the other (serial)."""
+    sl = _slices(subs)
+
+    def forward(xp, params, x):
+        caches = []
+        for f, s in zip(subs, sl):
+            x, c = f.forward(xp, params[s], x)
+            caches.append(c)
+        return x, caches
+
+    def backward(xp, params, caches, g, acc, need):
+        for j in range(len(subs) - 1, -1, -1):
+            g = subs[j].backward(xp, params[sl[j]], caches[j], g, acc, need or j > 0)
+        return g
+
+    return _Finite(out_shape, sum((f.param_shapes for f in subs), []), forward, backward,
+                   sum(f.floats for f in subs))
+
 
 class _Parallel(_Combinator):
     _name = "parallel"
@@ -706,6 +1074,24 @@ class _Parallel(_Combinator):
             raise ValueError(f"{name}: has {len(self.layers)} branches but receives {len(ks)} inputs")
         where = name[len(repr(self)):]
         return tuple(layer._apply(k, f" at parallel[{i}]{where}") for i, (layer, k) in enumerate(zip(self.layers, ks)))
+
+    def _ffinite(self, shapes, name):
+        """Finite: layer i on branch i."""
+        if len(shapes) != len(self.layers):
+            raise ValueError(f"{name}: has {len(self.layers)} branches but receives {len(shapes)} inputs")
+        where = name[len(repr(self)):]
+        subs = [layer._finite(s, f" at parallel[{i}]{where}") for i, (layer, s) in enumerate(zip(self.layers, shapes))]
+        sl = _slices(subs)
+
+        def forward(xp, params, xs):
+            outs = [f.forward(xp, params[s], x) for f, s, x in zip(subs, sl, xs)]
+            return [o[0] for o in outs], [o[1] for o in outs]
+
+        def backward(xp, params, caches, gs, acc, need):
+            return [f.backward(xp, params[s], c, g, acc, need) for f, s, c, g in zip(subs, sl, caches, gs)]
+
+        return _Finite([f.out_shape for f in subs], sum((f.param_shapes for f in subs), []), forward, backward,
+                       sum(f.floats for f in subs))
 
 
 def serial(*layers) -> Layer:
@@ -760,6 +1146,18 @@ class Activation(Layer):
             cov1, cov2 = (self._self_blocks(c, q.reshape(c.shape[0], P), k.spatial, name)
                           for c, q in ((c1, q1), (c2, q2)))
         return replace(k, nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, gaussian=False)
+
+    def _ffinite(self, shape, name):
+        """Finite: phi elementwise; backward, g * phi'(h) (phi' the a.e. derivative)."""
+        act = self.activation
+
+        def forward(xp, params, h):
+            return act(h, xp), act.derivative(h, xp)
+
+        def backward(xp, params, der, g, acc, need):
+            return g * der if need else None
+
+        return _Finite(tuple(shape), [], forward, backward, 2 * _prod(shape))
 
     def _self_blocks(self, cov, q, spatial, name):
         n, P = q.shape
