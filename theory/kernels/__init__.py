@@ -2,5 +2,7 @@
 from limitlab.theory.kernels.dual import Dual, dual
 from limitlab.theory.kernels.mlp import MLP, Kernels
 from limitlab.theory.kernels import stax  # noqa: F401  composable layers: stax.serial, stax.Conv, ...
+from limitlab.theory.kernels.normalization import LayerNorm, Dropout  # noqa: F401  stax layers
+from limitlab.theory.kernels.attention import GlobalSelfAttention  # noqa: F401  stax layer
 
 __all__ = ["Dual", "dual", "MLP", "Kernels"]
