@@ -145,6 +145,8 @@ class Dropout(Layer):
     times ``1/rate`` (Srivastava et al. 2014, Sec. 2: independent masks, ``E[m^2]/rate^2 = 1/rate``).
     With ``X2`` given, ``K(X1, X2)`` is unchanged (independent masks for the two batches),
     even when X2 holds the same values as X1: pass ``X2=None`` for the same-batch kernel.
+    Unlike neural-tangents, Dropout directly on the inputs is allowed: the same rule holds there
+    (the input kernel is a channel average too).
     """
 
     def __init__(self, rate, mode="train"):

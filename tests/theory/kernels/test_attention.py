@@ -115,7 +115,8 @@ def test_sqrt_scaled_identity_attention_on_inputs():
 @SETTINGS
 def test_uniform_softmax_attention_is_global_average_pooling(seed, ov, b):
     """With zero key variance the softmax weights are 1/P: every output pixel is the mean of the values,
-    K'[s, s'] = o v mean_{t,t'} K + b, which is GlobalAvgPool's kernel, and Theta' = o v mean Theta + 2 o v mean K + b."""
+    K'[s, s'] = o v mean_{t,t'} K + b, which is GlobalAvgPool's kernel, and
+    Theta' = o v mean Theta + 2 o v mean K + b."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((3, 5, 2))
     body = [stax.Conv(4, (2,), padding="SAME", bias_var=0.1), stax.Relu(), stax.Conv(4, (3,), padding="CIRCULAR")]

@@ -251,3 +251,12 @@ def test_layernorm_zero_variance_without_eps():
     X = np.zeros((2, 4, 3))
     with pytest.raises(ValueError, match=r"LayerNorm.*zero variance.*eps=0.*\(2, 4, 5\)"):
         stax.serial(stax.Conv(5, (1,)), LayerNorm(eps=0.0)).kernels(X)
+
+
+def test_dropout_on_the_inputs_scales_the_input_gram_diagonal():
+    """y_c = m_c x_c / rate: E[y . y / d] = |x|^2 / (d rate) on the diagonal, x . x' / d off it."""
+    X = np.random.default_rng(5).standard_normal((4, 6))
+    rate = 0.6
+    K = stax.serial(Dropout(rate), stax.Dense(3, 1.0, 0.0)).nngp(X)
+    G = X @ X.T / 6
+    np.testing.assert_allclose(K, G + np.diag(np.diag(G)) * (1 / rate - 1), rtol=1e-14)
