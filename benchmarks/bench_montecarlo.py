@@ -329,8 +329,11 @@ def main(argv=None):
         else:
             print(f"  neural-tangents [{c}]: failed ({v['error']})")
             continue
+        comp = v["compile_seconds"]
+        comp = (f"compile ~{comp:.1f} s" if comp > 0 else
+                "compile time not resolved: the warm call took longer than the first")
         print(f"  neural-tangents [{c}]".ljust(56) + f" {v['per_network_median'] * 1e3:8.1f} ms/network  ({how}; "
-              f"compile ~{v['compile_seconds']:.1f} s; mean NTK[0,0] {v['k00']:.4f})")
+              f"{comp}; mean NTK[0,0] {v['k00']:.4f})")
     results["neural_tangents"] = nt
     timed = {c: v for c, v in nt.items() if v["times"]}
     if timed:
