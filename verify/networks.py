@@ -185,12 +185,12 @@ class FiniteNetworks:
         return nngp, ntk, f
 
 
-def _setup(body_desc, readout_desc, in_shape):
-    body = body_desc._finite(in_shape, "")
+def _setup(body_desc, readout_desc, in_shape, cond=None):
+    body = body_desc._finite(in_shape, "", cond)
     feat = body.out_shape
     if isinstance(feat, list) or len(feat) != 1:
         raise ValueError(f"{readout_desc!r} (the readout): needs flat features (N, F), got per-input shape {feat}; "
-                         "add Flatten(), GlobalAvgPool() or FanInSum()/FanInConcat() before it")
+                         "add Flatten() or GlobalAvgPool() before it")
     return body, readout_desc._finite(feat, " (the readout)")
 
 
@@ -246,12 +246,21 @@ def _auto_batch(bk: Backend, body, readout, N: int, n_networks: int) -> int:
 
 
 def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks: int = 64, seed: SeedLike = 0,
-                   backend="auto", batch_size: Optional[int] = None, keep_device: bool = False) -> KernelSamples:
+                   backend="auto", method: str = "auto", batch_size: Optional[int] = None,
+                   keep_device: bool = False) -> KernelSamples:
     """Empirical NNGP and NTK of ``n_networks`` independent finite networks ``at_width(net, width)``
-    on X1 (and X2), as montecarlo.sample_kernels' :class:`KernelSamples` (``method="weights"``;
-    ``width`` the tuple of the hidden width, ``meta`` the batch size and the per-input shape).
-    Network i's parameters depend only on ``(seed, i)``, never on ``batch_size``."""
+    on X1 (and X2), as montecarlo.sample_kernels' :class:`KernelSamples` (``width`` the tuple of
+    the hidden width, ``meta`` the batch size, the per-input shape and the architecture).
+
+    ``method="weights"`` materializes every parameter (the networks of
+    :meth:`FiniteNetworks.sample`, same draws); ``"conditional"`` samples each Dense/Conv layer
+    whose N P_out patch rows are fewer than its fan-in and fan-out by Gaussian conditioning
+    (stax's ``_conditional_affine``: exact in distribution, O(N P n) normals instead of
+    O(k n^2)); ``"auto"``: conditional for N <= 64 inputs (batched QR is slow beyond), else
+    weights. Network i's parameters depend only on ``(seed, i, method)``, never on ``batch_size``."""
     _check_net(net)
+    if method not in ("auto", "weights", "conditional"):
+        raise ValueError(f"method: expected 'auto', 'weights' or 'conditional', got {method!r}")
     X1 = stax._check_inputs(X1, "X1")
     N1 = X1.shape[0]
     if X2 is not None:
@@ -265,7 +274,9 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     bk = get_backend(backend)
     n_networks = _positive_int(n_networks, "n_networks")
     seeds = network_seeds(seed, n_networks)
-    body, readout = _setup(*_split_body(fin), in_shape)
+    if method == "auto":
+        method = "conditional" if X.shape[0] <= 64 else "weights"
+    body, readout = _setup(*_split_body(fin), in_shape, X.shape[0] if method == "conditional" else None)
     bs = (_positive_int(batch_size, "batch_size") if batch_size
           else _auto_batch(bk, body, readout, X.shape[0], n_networks))
     xp = bk.xp
@@ -287,5 +298,5 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     bk.synchronize()
     widths = () if width is None else (int(width),)
     return KernelSamples(cat(0), cat(1), cat(2), widths, seed if isinstance(seed, (int, np.integer)) else None,
-                         bk.name, "weights", time.perf_counter() - t0,
+                         bk.name, method, time.perf_counter() - t0,
                          {"batch_size": bs, "in_shape": tuple(in_shape), "architecture": repr(fin)})

@@ -384,16 +384,18 @@ def _along(xp, M, x, ax):
     return xp.permute_dims(y, tuple(list(range(ax)) + [nd - 1] + list(range(ax, nd - 1))))
 
 
-def _shared_ntk(xp, A, G, cw, cb):
+def _shared_ntk(xp, A, G, cw, cb, mode=None):
     """NTK part of a weight shared over P positions, (B, N, N): ``cw sum_{p,p'} (A_p.A'_p')(G_p.G'_p')
     + cb (sum_p G_p).(sum_p' G'_p')`` for patches A (B, N, P, F) and output gradients G (B, N, P, O)
     (the Gram of the per-input gradients dW = A^T G, taken pairwise or with dW materialized,
-    whichever costs fewer flops)."""
+    whichever costs fewer flops; ``mode="pairwise"``/``"materialized"`` forces one)."""
     B, N, P, F = A.shape
     O = G.shape[-1]
     gs = xp.sum(G, axis=2)
     out = cb * xp.matmul(gs, xp.matrix_transpose(gs)) if cb != 0.0 else None
-    if P == 1 or N * P * P * (F + O) <= P * F * O + N * F * O:
+    if mode is None:
+        mode = "pairwise" if P == 1 or N * P * P * (F + O) <= P * F * O + N * F * O else "materialized"
+    if mode == "pairwise":
         a = xp.reshape(A, (B, N * P, F))
         g = xp.reshape(G, (B, N * P, O))
         prod = xp.matmul(a, xp.matrix_transpose(a)) * xp.matmul(g, xp.matrix_transpose(g))
@@ -405,13 +407,22 @@ def _shared_ntk(xp, A, G, cw, cb):
     return w if out is None else w + out
 
 
-def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, out_spatial):
-    """Dense (k = 1, patches = the pixels) and Conv: h = sqrt(w / (k C)) patches(x) W + sqrt(b) b."""
+def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, out_spatial, cond=None):
+    """Dense (k = 1, patches = the pixels) and Conv: h = sqrt(w / (k C)) patches(x) W + sqrt(b) b.
+
+    With ``cond = N`` (the number of inputs) and M = N P_out rows of patches fewer than both
+    fan_in and fan_out, W is never materialized: Gaussian conditioning as in
+    limitlab.verify.montecarlo's ``method="conditional"`` (Yang 2019, "Tensor Programs I"),
+    exact in distribution."""
     C = shape[-1]
     fan_in = k * C
     sw, sb = math.sqrt(weight_var / fan_in), math.sqrt(bias_var)
     cw, cb = weight_var / fan_in, bias_var
     P_out = _prod(out_spatial)
+    if cond is not None:
+        M = int(cond) * P_out
+        if M < fan_in and M < out_dim and M * (fan_in + out_dim) * 2 <= fan_in * out_dim:
+            return _conditional_affine(fan_in, out_dim, sw, sb, cw, cb, patches, patches_T, out_spatial, M)
 
     def forward(xp, params, x):
         W, b = params
@@ -433,6 +444,46 @@ def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, 
     fin = _Finite((*out_spatial, out_dim), [(fan_in, out_dim), (out_dim,)], forward, backward,
                   P_out * (fan_in + out_dim))
     fin.coef = (weight_var, bias_var)  # the readout's NNGP: (w / F) a.a' + b
+    return fin
+
+
+def _conditional_affine(F, O, sw, sb, cw, cb, patches, patches_T, out_spatial, M):
+    """The affine layer by Gaussian conditioning on its M x F patch matrix A (M < F, O).
+
+    With A^T = Q R (thin QR, Q: F x M), W = Q U + (I - Q Q^T) W' where U = Q^T W (M x O) and W'
+    are independent N(0, 1) arrays: the forward pass needs only A W = R^T U; the backward pass
+    G W^T = (G U^T) Q^T + V (I - Q Q^T) with V = G W'^T, whose rows have covariance G G^T given
+    G (which does not depend on W'): V = R_g^T Z from G^T = Q_g R_g, Z (M x F) N(0, 1).
+    Parameters: U (M, O), Z (M, F), b (O,)."""
+    P_out = _prod(out_spatial)
+
+    def forward(xp, params, x):
+        U, _, b = params
+        A = patches(xp, x)
+        N = A.shape[1]
+        Am = xp.reshape(A, (A.shape[0], N * P_out, F))
+        Q, R = xp.linalg.qr(xp.matrix_transpose(Am))
+        h = sw * xp.matmul(xp.matrix_transpose(R), U) + sb * b[:, None, :]
+        return xp.reshape(h, (h.shape[0], N, *out_spatial, O)), (A, Q)
+
+    def backward(xp, params, cache, g, acc, need):
+        U, Z, _ = params
+        A, Q = cache
+        B_, N = g.shape[0], g.shape[1]
+        G = xp.reshape(g, (B_, N, P_out, O))
+        acc.append(_shared_ntk(xp, A, G, cw, cb))
+        if not need:
+            return None
+        Gm = xp.reshape(G, (B_, N * P_out, O))
+        QT = xp.matrix_transpose(Q)
+        _, Rg = xp.linalg.qr(xp.matrix_transpose(Gm))
+        V = xp.matmul(xp.matrix_transpose(Rg), Z)
+        V = V - xp.matmul(xp.matmul(V, Q), QT)
+        gA = sw * (xp.matmul(xp.matmul(Gm, xp.matrix_transpose(U)), QT) + V)
+        return patches_T(xp, xp.reshape(gA, (B_, N, P_out, F)))
+
+    fin = _Finite((*out_spatial, O), [(M, O), (M, F), (O,)], forward, backward, P_out * (F + O) + F * M)
+    fin.coef = (cw * F, cb)
     return fin
 
 
@@ -458,17 +509,18 @@ class Layer:
                              f"got one input of shape {k.shape}")
         return self._kernel(k, name)
 
-    def _ffinite(self, shape, name: str) -> _Finite:  # pragma: no cover - abstract
+    def _ffinite(self, shape, name: str, cond=None) -> _Finite:  # pragma: no cover - abstract
         raise NotImplementedError(f"{name}: no finite-width network")
 
-    def _finite(self, shape, where: str) -> _Finite:
-        """The finite network of this layer on per-input shape ``shape`` (see "finite side")."""
+    def _finite(self, shape, where: str, cond=None) -> _Finite:
+        """The finite network of this layer on per-input shape ``shape`` (see "finite side");
+        ``cond``: the number of inputs N for the Gaussian-conditioning sampler (None: weights)."""
         name = f"{self!r}{where}"
         if self.n_in == 1:
             _fexpect_one(shape, name)
         if self.n_in is None:
             _fexpect_branches(shape, name)
-        return self._ffinite(shape, name)
+        return self._ffinite(shape, name, cond)
 
     # -- public ---------------------------------------------------------------------
     def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk")) -> Kernels:
@@ -575,7 +627,7 @@ class Dense(Layer):
             out = replace(out, ntk=out.nngp + w * k.ntk)
         return replace(out, width=self.out_dim, gaussian=True)
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: h = sqrt(w / C) x W + sqrt(b) b per pixel (W shared over pixels), fan_in = C."""
         C = shape[-1]
         if self.in_dim is not None and self.in_dim != C:
@@ -590,7 +642,8 @@ class Dense(Layer):
         def patches_T(xp, gA):
             return xp.reshape(gA, (gA.shape[0], gA.shape[1], *sp, C))
 
-        return _affine_finite(shape, 1, self.out_dim, self.weight_var, self.bias_var, patches, patches_T, sp)
+        return _affine_finite(shape, 1, self.out_dim, self.weight_var, self.bias_var, patches, patches_T, sp,
+                              cond)
 
 
 def _check_declared(k, declared, arg, name):
@@ -642,7 +695,7 @@ class Conv(Layer):
                         for n, f, s in zip(k.spatial, self.filter_shape, self.strides))
         return replace(out, spatial=spatial, width=self.out_chan, gaussian=True)
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: h = sqrt(w / (k C)) patches(x) W + sqrt(b) b, k = prod(filter_shape): im2col by
         0/1 selection matrices per spatial axis (zero rows: SAME padding; wrapped: CIRCULAR), the
         patch axes ordered (filter offsets..., channel) like W's rows."""
@@ -677,7 +730,8 @@ class Conv(Layer):
                 y = _along(xp, _xp_matrix(xp, M.T, y), y, 2 + i)
             return y
 
-        return _affine_finite(shape, k, self.out_chan, self.weight_var, self.bias_var, patches, patches_T, outs)
+        return _affine_finite(shape, k, self.out_chan, self.weight_var, self.bias_var, patches, patches_T, outs,
+                              cond)
 
 
 def _check_spatial(k, window, padding, name, arg):
@@ -719,7 +773,7 @@ class _Pool(Layer):
                         for n, f, s in zip(k.spatial, self.window_shape, self.strides))
         return replace(out, spatial=spatial)
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: y = the window sum (/ window size, or / in-image count), one axis at a time."""
         _fcheck_spatial(shape, self.window_shape, self.padding, name, "window_shape")
         mats = [_pool_matrix(n, k, st, self.padding, self._average, self.normalize_edges)
@@ -772,7 +826,7 @@ class _GlobalPool(Layer):
         out = k.map_all(lambda a, bnd: red(a, axis=tuple(range(bnd, a.ndim))))
         return replace(out, spatial=())
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: the mean (sum) over all spatial positions."""
         if len(shape) < 2:
             raise ValueError(f"{name}: needs inputs with spatial axes (N, T, C), (N, H, W, C) or (N, D, H, W, C), "
@@ -820,7 +874,7 @@ class Flatten(Layer):
 
         return replace(k.map_all(trace), spatial=(), width=k.width * P, gaussian=False)
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: the reshape to P C features; the next Dense has fan_in = P C, so its covariance is
         w/(P C) sum_{s,c} x_sc x'_sc = w * (the kernel rule's mean of K[s, s] over pixels)."""
         shape = tuple(shape)
@@ -838,7 +892,7 @@ class Identity(Layer):
     def _kernel(self, k, name):
         return k
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         return _no_params_finite(tuple(shape), lambda xp, x: x, lambda xp, g: g)
 
 
@@ -854,7 +908,7 @@ class FanOut(Layer):
     def _kernel(self, k, name):
         return (k,) * self.num
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: n copies; backward, the branches' gradients add."""
         def bwd(xp, gs):
             out = gs[0]
@@ -888,7 +942,7 @@ class FanInSum(Layer):
                              f"kernels to add; branches ending Gaussian: {[k.gaussian for k in ks]}")
         return _combine(ks, [1.0] * len(ks), all(k.gaussian for k in ks))
 
-    def _ffinite(self, shapes, name):
+    def _ffinite(self, shapes, name, cond=None):
         """Finite: the sum of the branches; backward, the same gradient to each."""
         if any(tuple(s) != tuple(shapes[0]) for s in shapes[1:]):
             raise ValueError(f"{name}: branches must have equal per-input shapes, got {[tuple(s) for s in shapes]}")
@@ -944,7 +998,7 @@ class FanInConcat(Layer):
                              f"shape {ks[0].shape}")
         return self._spatial(ks, axis - 1, name)
 
-    def _ffinite(self, shapes, name):
+    def _ffinite(self, shapes, name, cond=None):
         """Finite: concatenation along the axis; backward, the gradient's slices."""
         shapes = [tuple(s) for s in shapes]
         ndim = len(shapes[0]) + 1  # with the batch axis N
@@ -1029,10 +1083,10 @@ class _Serial(_Combinator):
             k = layer._apply(k, f" at {self._name}[{i}]{where}")
         return k
 
-    def _finite(self, shape, where):
+    def _finite(self, shape, where, cond=None):
         subs = []
         for i, layer in enumerate(self.layers):
-            subs.append(layer._finite(shape, f" at {self._name}[{i}]{where}"))
+            subs.append(layer._finite(shape, f" at {self._name}[{i}]{where}", cond))
             shape = subs[-1].out_shape
         return _chain_finite(shape, subs)
 
@@ -1075,12 +1129,12 @@ class _Parallel(_Combinator):
         where = name[len(repr(self)):]
         return tuple(layer._apply(k, f" at parallel[{i}]{where}") for i, (layer, k) in enumerate(zip(self.layers, ks)))
 
-    def _ffinite(self, shapes, name):
+    def _ffinite(self, shapes, name, cond=None):
         """Finite: layer i on branch i."""
         if len(shapes) != len(self.layers):
             raise ValueError(f"{name}: has {len(self.layers)} branches but receives {len(shapes)} inputs")
         where = name[len(repr(self)):]
-        subs = [layer._finite(s, f" at parallel[{i}]{where}") for i, (layer, s) in enumerate(zip(self.layers, shapes))]
+        subs = [layer._finite(s, f" at parallel[{i}]{where}", cond) for i, (layer, s) in enumerate(zip(self.layers, shapes))]
         sl = _slices(subs)
 
         def forward(xp, params, xs):
@@ -1147,7 +1201,7 @@ class Activation(Layer):
                           for c, q in ((c1, q1), (c2, q2)))
         return replace(k, nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, gaussian=False)
 
-    def _ffinite(self, shape, name):
+    def _ffinite(self, shape, name, cond=None):
         """Finite: phi elementwise; backward, g * phi'(h) (phi' the a.e. derivative)."""
         act = self.activation
 

@@ -1,0 +1,296 @@
+"""Finite stax networks (verify/networks.py and the finite side of theory/kernels/stax.py) against
+independent computations: loop-written convolutions and pools, finite-difference Jacobians,
+the limiting kernels, the MLP engine (verify/montecarlo.py) and the array-api-strict backend."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from limitlab.theory.kernels import MLP
+from limitlab.theory.kernels import stax
+from limitlab.verify import montecarlo as mc
+from limitlab.verify import networks as nw
+
+WB = dict(weight_var=1.5, bias_var=0.1)
+
+
+# --------------------------------------------------------------------------------------
+# the forward pass against loops written from the definitions
+# --------------------------------------------------------------------------------------
+
+def _pads(n, k, st, padding):
+    """XLA's rule, written out: VALID none; SAME/CIRCULAR out = ceil(n / st), lo = total // 2."""
+    if padding == "VALID":
+        return (n - k) // st + 1, 0
+    out = math.ceil(n / st)
+    total = max((out - 1) * st + k - n, 0)
+    return out, total // 2
+
+
+def _pixel(x, pos, padding):
+    """x[pos] of one image (*S, C) with zero (SAME) or periodic (CIRCULAR) extension."""
+    sp = x.shape[:-1]
+    if padding == "CIRCULAR":
+        pos = tuple(p % n for p, n in zip(pos, sp))
+    if all(0 <= p < n for p, n in zip(pos, sp)):
+        return x[pos]
+    return np.zeros(x.shape[-1])
+
+
+def _loop_conv(x, W, b, strides, padding, weight_var, bias_var):
+    """h[s] = sqrt(w / (k C)) sum_{o, c} x[st s + o - lo, c] W[o, c] + sqrt(b) b, one image."""
+    filt = W.shape[:-2]
+    C = x.shape[-1]
+    geo = [_pads(n, k, st, padding) for n, k, st in zip(x.shape[:-1], filt, strides)]
+    out = np.zeros(tuple(o for o, _ in geo) + (W.shape[-1],))
+    scale = math.sqrt(weight_var / (C * np.prod(filt)))
+    for s in itertools.product(*(range(o) for o, _ in geo)):
+        acc = np.zeros(W.shape[-1])
+        for off in itertools.product(*(range(k) for k in filt)):
+            pos = tuple(st * si + oi - lo for si, oi, st, (_, lo) in zip(s, off, strides, geo))
+            acc += _pixel(x, pos, padding) @ W[off]
+        out[s] = scale * acc + math.sqrt(bias_var) * b
+    return out
+
+
+def _loop_pool(x, window, strides, padding, average, normalize_edges=False):
+    geo = [_pads(n, k, st, padding) for n, k, st in zip(x.shape[:-1], window, strides)]
+    out = np.zeros(tuple(o for o, _ in geo) + (x.shape[-1],))
+    for s in itertools.product(*(range(o) for o, _ in geo)):
+        acc, count = 0.0, 0
+        for off in itertools.product(*(range(k) for k in window)):
+            pos = tuple(st * si + oi - lo for si, oi, st, (_, lo) in zip(s, off, strides, geo))
+            acc = acc + _pixel(x, pos, padding)
+            count += all(0 <= p < n for p, n in zip(pos, x.shape[:-1]))
+        out[s] = acc / (count if normalize_edges else np.prod(window)) if average else acc
+    return out
+
+
+def _run_layer(layer, x, params):
+    """One layer's finite forward pass on a batch of images x (N, *S, C), one network."""
+    fin = layer._finite(x.shape[1:], "")
+    import array_api_compat.numpy as xp
+
+    y, _ = fin.forward(xp, [p[None] for p in params], x[None])
+    return np.asarray(y[0])
+
+
+CONV_CASES = [((7, 3), (3,), (1,), "VALID"), ((7, 3), (3,), (2,), "SAME"), ((6, 2), (4,), (3,), "CIRCULAR"),
+              ((5, 4, 2), (3, 2), (2, 1), "SAME"), ((4, 5, 2), (3, 3), (1, 2), "CIRCULAR"),
+              ((3, 4, 3, 2), (2, 2, 3), (1, 2, 1), "SAME"), ((3, 3, 3, 1), (2, 2, 2), (1, 1, 1), "VALID"),
+              ((3, 2), (5,), (1,), "CIRCULAR")]  # a filter wider than the sequence wraps more than once
+
+
+@pytest.mark.parametrize("shape,filt,strides,padding", CONV_CASES)
+def test_conv_forward_equals_loops_over_positions_and_offsets(shape, filt, strides, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2,) + shape)
+    layer = stax.Conv(3, filt, strides=strides, padding=padding, **WB)
+    C = shape[-1]
+    W = rng.standard_normal(filt + (C, 3))
+    b = rng.standard_normal(3)
+    y = _run_layer(layer, x, [W.reshape(-1, 3), b])
+    for n in range(2):
+        np.testing.assert_allclose(y[n], _loop_conv(x[n], W, b, strides, padding, 1.5, 0.1), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("cls,normalize", [(stax.AvgPool, False), (stax.AvgPool, True), (stax.SumPool, False)])
+@pytest.mark.parametrize("shape,window,strides,padding", [((6, 5, 2), (2, 3), (2, 1), "SAME"),
+                                                          ((7, 2), (3,), (2,), "VALID"),
+                                                          ((5, 2), (2,), (1,), "CIRCULAR")])
+def test_pools_equal_loops(cls, normalize, shape, window, strides, padding):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2,) + shape)
+    layer = cls(window, strides, padding, normalize) if cls is stax.AvgPool else cls(window, strides, padding)
+    y = _run_layer(layer, x, [])
+    for n in range(2):
+        ref = _loop_pool(x[n], window, strides, padding, cls is stax.AvgPool, normalize and padding == "SAME")
+        np.testing.assert_allclose(y[n], ref, rtol=1e-13, atol=1e-14)
+
+
+def test_flatten_global_pools_and_concat_forward():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 4, 5))
+    np.testing.assert_array_equal(_run_layer(stax.Flatten(), x, []), x.reshape(2, -1))
+    np.testing.assert_allclose(_run_layer(stax.GlobalAvgPool(), x, []), x.mean(axis=(1, 2)), rtol=1e-14)
+    np.testing.assert_allclose(_run_layer(stax.GlobalSumPool(), x, []), x.sum(axis=(1, 2)), rtol=1e-14)
+    net = stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.Relu()), stax.FanInConcat(axis=1))
+    np.testing.assert_array_equal(_run_layer(net, x, []), np.concatenate([x, np.maximum(x, 0)], axis=1))
+
+
+# --------------------------------------------------------------------------------------
+# the empirical NTK against the Gram of a finite-difference Jacobian
+# --------------------------------------------------------------------------------------
+
+def _fd_ntk(nets, X, eps=1e-5):
+    """Theta = J J^T with J the central-difference Jacobian of the outputs in every N(0, 1)
+    parameter (NTK parametrization: the trained variables are the draws), all networks at once."""
+    P = [np.array(p, dtype=float) for p in nets.params]
+    cols = []
+    for j, p in enumerate(P):
+        for idx in np.ndindex(p.shape[1:]):
+            plus, minus = list(P), list(P)
+            plus[j], minus[j] = p.copy(), p.copy()
+            plus[j][(slice(None),) + idx] += eps
+            minus[j][(slice(None),) + idx] -= eps
+            cols.append((np.asarray(nets.forward(X, plus)) - np.asarray(nets.forward(X, minus))) / (2 * eps))
+    J = np.stack(cols, axis=-1)  # (B, N, n_params)
+    return np.einsum("bnp,bmp->bnm", J, J)
+
+
+FD_NETS = {
+    "conv": (stax.serial(stax.Conv(3, (3, 2), strides=(2, 1), padding="SAME", **WB), stax.Erf(),
+                         stax.Conv(3, (2, 2), padding="CIRCULAR", **WB), stax.Tanh(), stax.Flatten(),
+                         stax.Dense(1, **WB)), (5, 4, 2)),
+    "conv3d": (stax.serial(stax.Conv(2, (2, 2, 2), padding="SAME", **WB), stax.Gelu(), stax.GlobalAvgPool(),
+                           stax.Dense(1, **WB)), (3, 3, 2, 1)),
+    "residual": (stax.serial(stax.Conv(3, (3,), padding="SAME", **WB),
+                             stax.FanOut(2),
+                             stax.parallel(stax.serial(stax.Relu(), stax.Conv(3, (3,), padding="SAME", **WB)),
+                                           stax.Identity()),
+                             stax.FanInSum(), stax.Tanh(), stax.Flatten(), stax.Dense(1, **WB)), (5, 2)),
+    "pooled": (stax.serial(stax.Conv(3, (2, 2), padding="VALID", **WB), stax.Erf(),
+                           stax.AvgPool((2, 2), padding="SAME", normalize_edges=True),
+                           stax.FanOut(2), stax.parallel(stax.Dense(2, **WB), stax.Conv(3, (2, 2), padding="SAME", **WB)),
+                           stax.FanInConcat(), stax.Tanh(), stax.SumPool((2, 1), strides=(2, 1)),
+                           stax.GlobalAvgPool(), stax.Dense(1, **WB)), (4, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FD_NETS))
+def test_empirical_ntk_equals_finite_difference_jacobian_gram(name):
+    net, shape = FD_NETS[name]
+    X = np.random.default_rng(3).standard_normal((3,) + shape)
+    nets = nw.FiniteNetworks.sample(net, shape, n_networks=2, seed=11, backend="numpy")
+    nngp, ntk, f = (np.asarray(a) for a in nets.kernels(X))
+    ref = _fd_ntk(nets, X)
+    scale = np.abs(ref).max()
+    assert np.abs(ntk - ref).max() <= 1e-6 * scale
+    # and the NNGP is the readout's part of it: (w / F) a.a' + b from the penultimate features
+    import array_api_compat.numpy as xp
+
+    a, _ = nets.body.forward(xp, nets.params[:nets.body.n_params], X[None].repeat(2, 0))
+    a = np.asarray(a)
+    np.testing.assert_allclose(nngp, 1.5 / a.shape[-1] * np.einsum("bnf,bmf->bnm", a, a) + 0.1, rtol=1e-12)
+    np.testing.assert_allclose(f, np.asarray(nets.forward(X)), rtol=1e-12)
+
+
+def test_both_ntk_contractions_of_a_shared_weight_equal_the_per_input_gradient_gram():
+    """Pairwise sum and materialized dW = A^T G per input: both equal the Gram of dW written out."""
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(4)
+    A, G = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 5, 6))
+    dW = np.einsum("bnpf,bnpo->bnfo", A, G).reshape(2, 3, -1)
+    ref = 0.7 * np.einsum("bnk,bmk->bnm", dW, dW) + 0.2 * np.einsum("bno,bmo->bnm", G.sum(2), G.sum(2))
+    for mode in ("pairwise", "materialized", None):
+        np.testing.assert_allclose(stax._shared_ntk(xp, A, G, 0.7, 0.2, mode), ref, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# the MLP engine, the limit, the conditional sampler, backends, seeds
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth,activation", [(1, "relu"), (2, "erf")])
+def test_mlp_kernels_equal_montecarlo_for_the_same_draws(depth, activation):
+    X = np.random.default_rng(5).standard_normal((4, 5))
+    layers = []
+    for _ in range(depth):
+        layers += [stax.Dense(7, **WB), stax.Activation(activation)]
+    net = stax.serial(*layers, stax.Dense(1, **WB))
+    ours = nw.sample_kernels(net, X, width=16, n_networks=6, seed=3, backend="numpy", method="weights")
+    ref = mc.sample_kernels(MLP(depth, activation, **WB), X, width=16, n_networks=6, seed=3, backend="numpy",
+                            method="weights")
+    for a, b in ((ours.nngp, ref.nngp), (ours.ntk, ref.ntk), (ours.outputs, ref.outputs)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def _limit_test(samples, theory, z=5.0):
+    """|mean - theory| <= z SE + 1/n-size bias allowance is asserted by the caller; returns max |err|/SE."""
+    m = samples.mean(0)
+    se = samples.std(0, ddof=1) / math.sqrt(samples.shape[0])
+    return np.max(np.abs(m - theory) / se)
+
+
+@pytest.mark.parametrize("name", ["cnn-gp", "cntk-pool", "resnet"])
+def test_ensemble_mean_converges_to_the_stax_limit(name):
+    from limitlab.verify.kernels import architectures as arch
+
+    net, X = arch.architecture(name), arch.inputs(name)
+    K = nw.limit(net, X)
+    ks = nw.sample_kernels(net, X, width=256, n_networks=400, seed=1, backend="numpy")
+    for emp, th in ((ks.nngp, K.nngp), (ks.ntk, K.ntk)):
+        # statistical agreement: the 1/n bias at width 256 is well inside 5 SE (SE ~ 0.1/sqrt(400) rel.)
+        assert _limit_test(emp, th) < 5.0
+        assert _limit_test(emp, 1.1 * th) > 5.0  # the same criterion rejects a 10% error
+
+
+def test_conditional_sampler_matches_materialized_weights_in_distribution():
+    """Means and variances of the per-network kernels agree (two-sample z-scores) where the
+    conditional sampler applies (2 inputs: 4 patch rows < fan-in 3n and fan-out n)."""
+    from limitlab.verify.kernels import architectures as arch
+
+    net, X = arch.architecture("cnn-gp"), arch.inputs("cnn-gp")[:2]
+    w = nw.sample_kernels(net, X, width=24, n_networks=6000, seed=1, backend="numpy", method="weights")
+    c = nw.sample_kernels(net, X, width=24, n_networks=6000, seed=2, backend="numpy", method="conditional")
+    assert c.method == "conditional" and w.method == "weights"
+    for a, b in ((w.nngp, c.nngp), (w.ntk, c.ntk)):
+        zm = (a.mean(0) - b.mean(0)) / np.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
+        sev = [((x - x.mean(0)) ** 2).std(0) / math.sqrt(len(x)) for x in (a, b)]
+        zv = (a.var(0) - b.var(0)) / np.sqrt(sev[0] ** 2 + sev[1] ** 2)
+        assert np.abs(zm).max() < 4.5 and np.abs(zv).max() < 4.5, (zm, zv)
+    # and the variance would be seen: one network's NTK fluctuates by ~40% at this width
+    assert np.sqrt(w.ntk[:, 0, 0].var()) > 0.2 * abs(w.ntk[:, 0, 0].mean())
+
+
+@pytest.mark.parametrize("method", ["weights", "conditional"])
+def test_array_api_strict_matches_numpy(method):
+    pytest.importorskip("array_api_strict")
+    net, shape = FD_NETS["residual"]
+    X = np.random.default_rng(6).standard_normal((3,) + shape)
+    a = nw.sample_kernels(net, X, width=12, n_networks=4, seed=2, backend="numpy", method=method)
+    b = nw.sample_kernels(net, X, width=12, n_networks=4, seed=2, backend="array-api-strict", method=method)
+    assert b.backend == "array-api-strict"
+    for x, y in ((a.nngp, b.nngp), (a.ntk, b.ntk), (a.outputs, b.outputs)):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_seeds_batches_and_cross_kernels():
+    net, shape = FD_NETS["pooled"]
+    X = np.random.default_rng(7).standard_normal((4,) + shape)
+    a = nw.sample_kernels(net, X, width=5, n_networks=5, seed=9, backend="numpy", batch_size=2)
+    b = nw.sample_kernels(net, X, width=5, n_networks=5, seed=9, backend="numpy")
+    np.testing.assert_array_equal(a.ntk, b.ntk)  # network i depends on (seed, i) only
+    c = nw.sample_kernels(net, X, width=5, n_networks=5, seed=10, backend="numpy")
+    assert not np.allclose(a.ntk, c.ntk)
+    d = nw.sample_kernels(net, X[:2], X[2:], width=5, n_networks=5, seed=9, backend="numpy")
+    np.testing.assert_allclose(d.ntk, a.ntk[:, :2, 2:], rtol=1e-12)
+    np.testing.assert_allclose(d.nngp, a.nngp[:, :2, 2:], rtol=1e-12)
+    assert a.ntk.shape == (5, 4, 4) and a.outputs.shape == (5, 4) and a.width == (5,)
+
+
+def test_bad_inputs_name_the_layer_argument_and_shape():
+    X = np.zeros((2, 6, 2))
+    with pytest.raises(ValueError, match=r"Conv.*serial\[0\].*filter_shape.*\(N, H, W, C\).*\(N, 6, 2\)"):
+        nw.sample_kernels(stax.serial(stax.Conv(3, (2, 2)), stax.Flatten(), stax.Dense(1)), X, width=4, n_networks=1)
+    with pytest.raises(ValueError, match=r"readout.*flat features.*\(5, 4\)"):
+        nw.sample_kernels(stax.serial(stax.Conv(3, (2,)), stax.Relu(), stax.Conv(4, (1,)), stax.Dense(1)), X,
+                          n_networks=1)
+    with pytest.raises(ValueError, match=r"last layer must be a Dense readout.*GlobalAvgPool"):
+        nw.sample_kernels(stax.serial(stax.Conv(3, (2,)), stax.GlobalAvgPool()), X, width=4, n_networks=1)
+    with pytest.raises(ValueError, match=r"FanInSum.*equal per-input shapes.*\(5, 4\).*\(6, 2\)"):
+        net = stax.serial(stax.FanOut(2), stax.parallel(stax.Conv(4, (2,)), stax.Identity()), stax.FanInSum(),
+                          stax.Flatten(), stax.Dense(1))
+        nw.sample_kernels(net, X, n_networks=1)
+    with pytest.raises(ValueError, match=r"Dense.*serial\[1\].*declared in_dim=3.*12 channels.*\(12,\)"):
+        nw.sample_kernels(stax.serial(stax.Flatten(), stax.Dense(4, in_dim=3), stax.Dense(1)), X, n_networks=1)
+    with pytest.raises(ValueError, match=r"Relu|relu.*receives 2 branches"):
+        nw.sample_kernels(stax.serial(stax.FanOut(2), stax.Relu(), stax.Dense(1)), X, n_networks=1)
+    with pytest.raises(ValueError, match="method"):
+        nw.sample_kernels(stax.Dense(1), X[:, 0], n_networks=1, method="autodiff")
+    with pytest.raises(ValueError, match=r"X: per-input shape \(6, 3\).*\(6, 2\)"):
+        nets = nw.FiniteNetworks.sample(stax.serial(stax.Flatten(), stax.Dense(1)), (6, 2), seed=0, backend="numpy")
+        nets.forward(np.zeros((2, 6, 3)))
+    with pytest.raises(TypeError, match="net: expected a stax layer"):
+        nw.sample_kernels("relu", X, n_networks=1)
