@@ -22,13 +22,14 @@ Procedure: (1) screening: every neural-tangents configuration is compiled and ru
 network (the first call: compilation plus one network), then called warm on one network
 (the better of two calls when under 20 s; a configuration with a screening call over
 ``--nt-screen-timeout`` seconds is stopped and reported so); its compile time is the
-first call minus the warm one. (2) ``--repeats`` rounds alternate the peers: each limitlab method, then each
-neural-tangents configuration whose screening time is within ``--keep`` times the best
-one's (its ``--nt-networks``-network function compiled and run once beforehand). (3) per
-network medians over the rounds. A configuration left out of the rounds is reported with
-its one-network screening time, marked so. The ratio is neural-tangents' best configuration (least median) over
-limitlab's ``method="auto"``. On a shared machine timings are noisy: medians over
-alternating rounds are what is compared, never a best-of.
+first call minus the warm one. (2) ``--repeats`` rounds alternate the peers: each limitlab
+method, then each neural-tangents configuration whose screening time is within ``--keep``
+times the best one's (its ``--nt-networks``-network function compiled and run once
+beforehand). (3) per-network medians over the rounds. A configuration left out of the
+rounds is reported with its one-network screening time, marked so. The ratio is
+neural-tangents' best configuration (least median) over limitlab's ``method="auto"``. On a
+shared machine timings are noisy: medians over alternating rounds are what is compared,
+never a best-of. Measured figures: docs/benchmarks.md.
 """
 from __future__ import annotations
 
