@@ -47,6 +47,7 @@ from typing import Optional
 
 import numpy as np
 
+from limitlab.numerics import arrays
 from limitlab.theory.kernels import stax
 from limitlab.verify.backend import Backend, get_backend
 from limitlab.verify.montecarlo import KernelSamples, SeedLike, network_seeds
@@ -283,16 +284,19 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     Xb = bk.asarray(X)
     t0 = time.perf_counter()
     parts = []
-    for s in range(0, n_networks, bs):
-        sd = seeds[s:s + bs]
-        params = _draw(bk, sd, body.param_shapes + readout.param_shapes)
-        x = xp.broadcast_to(xp.reshape(Xb, (1, *Xb.shape)), (len(sd), *Xb.shape))
-        nngp, ntk, f = _kernels(bk, body, readout, params, x)
-        if X2 is not None:
-            nngp, ntk = nngp[:, :N1, N1:], ntk[:, :N1, N1:]
-        if not keep_device:
-            nngp, ntk, f = bk.to_numpy(nngp), bk.to_numpy(ntk), bk.to_numpy(f)
-        parts.append((nngp, ntk, f))
+    # the products are small (N P rows): on the CPU, single-threaded BLAS (threaded BLAS spin-waits
+    # on shared cores, as montecarlo notes); on a GPU the context is a no-op for the device
+    with arrays.single_threaded_blas():
+        for s in range(0, n_networks, bs):
+            sd = seeds[s:s + bs]
+            params = _draw(bk, sd, body.param_shapes + readout.param_shapes)
+            x = xp.broadcast_to(xp.reshape(Xb, (1, *Xb.shape)), (len(sd), *Xb.shape))
+            nngp, ntk, f = _kernels(bk, body, readout, params, x)
+            if X2 is not None:
+                nngp, ntk = nngp[:, :N1, N1:], ntk[:, :N1, N1:]
+            if not keep_device:
+                nngp, ntk, f = bk.to_numpy(nngp), bk.to_numpy(ntk), bk.to_numpy(f)
+            parts.append((nngp, ntk, f))
     cat = (lambda i: xp.concat([p[i] for p in parts], axis=0)) if keep_device else (
         lambda i: np.concatenate([p[i] for p in parts]))
     bk.synchronize()

@@ -111,3 +111,5 @@ for _a in ACTIVATIONS:
     for _d in DEPTHS:
         for _p in PARAMETRIZATIONS:
             _register(_a, _d, _p)
+
+from limitlab.verify.kernels import architectures  # noqa: E402,F401  (conv/pool/residual checks)
