@@ -40,6 +40,15 @@ The input layer is ``K = sum_c x_{s,c} x'_{s',c} / C``, ``Theta = 0``. Rules:
   average weighted by the branches' channel counts (neural-tangents' convention); along a
   spatial axis: block-diagonal (independent branches), the branches' blocks on the diagonal.
 
+Finite networks
+---------------
+Each layer also carries its finite-width network beside its kernel rule (``Layer._finite``, see
+"finite side" below): init (N(0, 1) draws, NTK parametrization), forward pass on the array API
+(Conv and pools as per-axis 0/1 selection matrices, then im2col and a matmul; Flatten a
+reshape, consistent with the kernel rule's mean over pixels since the next Dense has fan_in
+= P C) and a hand-written backward pass giving the exact per-network empirical NTK.
+``limitlab.verify.networks`` samples ensembles of them (``sample_kernels``) for the verify checks.
+
 Cost
 ----
 The covariance is an ``N1 N2 P^2`` array. The patch sum over the filter's k = prod_i k_i
@@ -1134,7 +1143,8 @@ class _Parallel(_Combinator):
         if len(shapes) != len(self.layers):
             raise ValueError(f"{name}: has {len(self.layers)} branches but receives {len(shapes)} inputs")
         where = name[len(repr(self)):]
-        subs = [layer._finite(s, f" at parallel[{i}]{where}", cond) for i, (layer, s) in enumerate(zip(self.layers, shapes))]
+        subs = [layer._finite(s, f" at parallel[{i}]{where}", cond)
+                for i, (layer, s) in enumerate(zip(self.layers, shapes))]
         sl = _slices(subs)
 
         def forward(xp, params, xs):
