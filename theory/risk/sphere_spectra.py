@@ -67,11 +67,12 @@ def multiplicity(d, degree):
         raise ValueError(f"degree: must be integers >= 0, got {degree!r}")
     if d == 2:
         return np.where(l == 0, 1.0, 2.0)
-    lf = l.astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logc = gammaln(lf + d - 2) - gammaln(lf) - gammaln(d - 1.0)  # log C(l + d - 3, l - 1)
-        val = (2 * lf + d - 2) / lf * np.exp(logc)
-    out = np.where(l == 0, 1.0, np.round(val) if np.all(val < 2 ** 53) else val)
+    lf = np.where(l == 0, 1.0, l.astype(float))  # degree 0 handled below (no 0/0: a NaN there once
+    # made the all(val < 2^53) test below fail for every array holding degree 0, so no count was rounded)
+    logc = gammaln(lf + d - 2) - gammaln(lf) - gammaln(d - 1.0)  # log C(l + d - 3, l - 1)
+    val = (2 * lf + d - 2) / lf * np.exp(logc)
+    val = np.where(val < 2 ** 53, np.round(val), val)  # exact integers where a float can hold them
+    out = np.where(l == 0, 1.0, val)
     return out if out.ndim else float(out)
 
 

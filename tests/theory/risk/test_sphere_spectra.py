@@ -30,6 +30,12 @@ def test_multiplicities_match_the_harmonic_count(d):
     for l in range(0, 12):
         ref = comb(l + d - 1, d - 1, exact=True) - (comb(l + d - 3, d - 1, exact=True) if l >= 2 else 0)
         assert multiplicity(d, l) == ref
+    # as an array holding degree 0 (the form sphere_spectrum uses): exact integers, elementwise
+    refs = [comb(l + d - 1, d - 1, exact=True) - (comb(l + d - 3, d - 1, exact=True) if l >= 2 else 0)
+            for l in range(0, 200)]
+    got = multiplicity(d, np.arange(200))
+    assert got.tolist() == refs and np.all(got.astype(np.int64) == refs)
+    assert np.all(sphere_spectrum(np.exp, d, 30).multiplicities.astype(np.int64) == refs[:31])
 
 
 def test_legendre_d3_is_legendre_and_d2_is_chebyshev():
