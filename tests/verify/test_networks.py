@@ -302,3 +302,11 @@ def test_layers_without_a_finite_side_say_so():
 
     with pytest.raises(NotImplementedError, match=r"LayerNorm.*serial\[1\].*no finite-width network"):
         nw.sample_kernels(stax.serial(stax.Dense(4), LayerNorm(), stax.Dense(1)), np.ones((2, 3)), n_networks=1)
+
+
+def test_a_lone_dense_readout_is_the_linear_model_whose_kernels_are_exact():
+    """f(x) = sqrt(w/d) x.W + sqrt(b) beta: NNGP = NTK = w x.x'/d + b for every network."""
+    X = np.random.default_rng(8).standard_normal((3, 4))
+    ks = nw.sample_kernels(stax.Dense(5, 2.0, 0.3), X, n_networks=3, seed=0, backend="numpy")
+    for k in (ks.nngp, ks.ntk):
+        np.testing.assert_allclose(k, np.broadcast_to(2.0 * X @ X.T / 4 + 0.3, (3, 3, 3)), rtol=1e-13)
