@@ -79,8 +79,10 @@ def test_every_kernel_check_has_power(activation, depth, parametrization, seed):
 
 
 def test_registry_has_every_kernel_check_with_a_default_subset():
-    names = [n for n in all_checks() if n.startswith("kernels.")]
+    names = [n for n, c in all_checks().items() if n.startswith("kernels.") and "architectures" not in c.tags]
     assert len(names) == len(kc.ACTIVATIONS) * len(kc.DEPTHS) * len(kc.PARAMETRIZATIONS)
+    families = [n for n, c in all_checks().items() if "architectures" in c.tags]
+    assert sorted(families) == ["kernels.cnn-gp", "kernels.cntk-pool", "kernels.resnet"]
     defaults = [n for n in names if all_checks()[n].default]
     assert 3 <= len(defaults) <= 8
     c = all_checks()["kernels.tanh.d3.standard"]
