@@ -1,6 +1,6 @@
 """limitlab.theory.kernels.stax: composable infinite-width layers (kernel side).
 
-Checked against (1) neural-tangents 0.6.5 on 24 architectures (fixture made by
+Checked against (1) neural-tangents 0.6.5 on 29 architectures, Myrtle-5/7/10 among them (fixture made by
 tests/fixtures/make_stax_fixtures.py), (2) limitlab's MLP, (3) closed forms computed here from
 the images themselves (im2col patches, explicitly pooled images), and (4) exact properties
 (symmetry, PSD, circular translation invariance, pooling identities).
@@ -48,6 +48,19 @@ def rel_err(ours, theirs):
 def test_fixture_is_small_and_broad():
     assert (Path(__file__).parents[2] / "fixtures" / "stax_kernels.npz").stat().st_size < 2_000_000
     assert len(CASES) >= 20
+
+
+def test_fixture_has_the_myrtle_networks():
+    """Myrtle-5/7/10 (Shankar et al. 2020) on 8x8x3 images: 3x3 SAME conv + ReLU stages, 2x2
+    average pools, a final pool to 1x1 (a 2x2 pool + Flatten, or GlobalAvgPool), Dense(10)."""
+    by_key = {c["key"]: c for c in CASES}
+    for depth, n_conv in ((5, 4), (7, 6), (10, 9)):
+        case = by_key[f"myrtle{depth}"]
+        assert case["input"] == "img8" and FIX["img8_X1"].shape == (4, 8, 8, 3)
+        names = [layer[0] for layer in case["layers"]]
+        assert names.count("Conv") == n_conv and names.count("Relu") == n_conv and names[-1] == "Dense"
+        assert all(layer[2]["padding"] == "SAME" and layer[1][1] == [3, 3] for layer in case["layers"]
+                   if layer[0] == "Conv")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["key"] for c in CASES])
