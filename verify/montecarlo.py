@@ -27,8 +27,14 @@ Two samplers give the same distribution of these per-network kernels:
   (``a W = R^T U``) and the backward pass ``g W^T = (g U^T) Q^T + V (I - Q Q^T)`` with
   ``V = g W'^T`` sampled as ``R_g^T Z`` from the thin QR ``g^T = Q_g R_g``. Exact in
   distribution (Gaussian conditioning, as in Yang 2019, "Tensor Programs I", Lemma on
-  conditioning), at O(N^2 n) per layer: far cheaper when the inputs are few (``method="auto"``
-  uses it for N <= 64 inputs and widths >= 2N).
+  conditioning), at O(N^2 n) per layer. Computed without QR: with the Cholesky factor
+  ``L L^T = a a^T`` (the Gram matrix, also one of the NTK's terms), ``R = L^T`` and
+  ``Q = a^T L^-T``, so ``a W = L U`` and ``g W^T = V + [(g U^T) - (V a^T) L^-T] L^-1 a``
+  with ``V = L_g Z`` (``L_g L_g^T = g g^T``): five N x N x n products a hidden layer, Q never
+  formed. A network whose Gram matrices are singular or ill-conditioned (more inputs than
+  units; dead or proportional rows) is redone by thin QR from the same draws; repeated
+  inputs are evaluated once. ``method="auto"`` picks it where it was measured faster (see
+  :func:`_auto_method`).
 
 For kernels, the weights sampler keeps each weight matrix as its N(0, 1) draws and applies
 the scale to the (N x fan_out) products rather than to the matrix. On the NumPy backend,
@@ -321,19 +327,21 @@ class Networks:
         return f, loss
 
 
-def _assemble(xp, spec, coef, acts, gs, d_in):
-    """NNGP and NTK (B, N, N) from the layer inputs acts[0..L] and signals gs[0..L-1]."""
+def _assemble(xp, spec, coef, acts, gs, d_in, A=None, G=None):
+    """NNGP and NTK (B, N, N) from the layer inputs acts[0..L] and signals gs[0..L-1]; ``A[l]``
+    and ``G[l]``, where given (not None), are the Gram matrices of acts[l] and gs[l] already
+    computed."""
     L = spec.depth
-    A = [_gram(xp, a) for a in acts]  # A[l]: Gram of the input of Dense layer l
+    A = [_gram(xp, a) if A is None or A[l] is None else A[l] for l, a in enumerate(acts)]
     w_out = spec.weight_var[L]
     b_out = 0.0 if spec.bias_var is None else spec.bias_var[L]
     nngp = (w_out / acts[L].shape[-1]) * A[L] + b_out
     cW, cb = coef[L]
     ntk = cW * A[L] + cb
     for l in range(L):
-        G = _gram(xp, gs[l])
+        Gl = _gram(xp, gs[l]) if G is None or G[l] is None else G[l]
         cW, cb = coef[l]
-        ntk = ntk + (cW * A[l] + cb) * G
+        ntk = ntk + (cW * A[l] + cb) * Gl
     return nngp, ntk
 
 
@@ -429,26 +437,148 @@ def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds, scrat
 # Gaussian-conditioning sampler (method="conditional")
 # --------------------------------------------------------------------------------------
 
-def _conditional_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
-    """Per-network (NNGP, NTK, outputs) by Gaussian conditioning; see the module docstring."""
-    xp, act = bk.xp, spec.activation
-    N, d = X.shape
-    L, n = spec.depth, spec.widths
-    B = len(seeds)
-    bias = spec.has_bias
+# largest accepted ||L||_F ||L^-1||_F of a layer input's Gram factor (bounds sqrt(cond_2(a a^T))):
+# beyond it a network is redone by thin QR, which is stable at any rank
+_COND_LIMIT = 1e4
+
+
+def _conditional_draws(spec: NetworkSpec, N: int, d: int):
+    """Shapes of a network's draws, in a fixed order: layer-1 weights (bias row last), per
+    hidden-to-hidden layer U and Z, the readout (bias last)."""
+    L, n, bias = spec.depth, spec.widths, spec.has_bias
     fans = spec.fan_ins(d)
-    # shapes of all draws, in a fixed order: layer-1 weights, per hidden layer U and Z, readout
     shapes = [(d + bias, n[0])]
     for l in range(1, L):
         m = fans[l] + bias
         shapes += [(min(m, N), n[l]), (min(n[l], N), m)]
     shapes.append((fans[L] + bias,))
-    z = _split(xp, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
-    Xb = bk.asarray(X)
+    return shapes
+
+
+def _conditional_first_layer(spec, Xb, bk, z):
+    xp = bk.xp
+    d = Xb.shape[-1]
     W1 = z[0]
     h = math.sqrt(spec.weight_var[0] / d) * xp.matmul(Xb, W1[:, :d, :])
-    if bias:
+    if spec.has_bias:
         h = h + math.sqrt(spec.bias_var[0]) * W1[:, d:, :]
+    return h
+
+
+def _conditional_readout(spec, acts, ders, z, xp):
+    """Outputs and the readout's backpropagated signal g^L."""
+    L, bias = spec.depth, spec.has_bias
+    fL = acts[L].shape[-1]
+    v = z[-1]
+    s = math.sqrt(spec.weight_var[L] / fL)
+    f = s * xp.matmul(acts[L], v[:, :fL, None])[..., 0]
+    if bias:
+        f = f + math.sqrt(spec.bias_var[L]) * v[:, fL:]
+    return f, (s * v[:, None, :fL]) * ders[L - 1]
+
+
+def _tril_matmul(xp, bk: Backend, Lc, M):
+    """Lc @ M for lower-triangular Lc (B, N, N): on NumPy in four row bands, each skipping the
+    zero upper block (5/8 of the dense product's flops; BLAS's own trmm is slower here)."""
+    N = Lc.shape[-1]
+    if bk.name != "numpy" or N < 64:
+        return xp.matmul(Lc, M)
+    out = np.empty(Lc.shape[:-1] + M.shape[-1:], dtype=np.result_type(Lc, M))
+    step = -(-N // 4)
+    for i in range(0, N, step):
+        e = min(i + step, N)
+        np.matmul(Lc[..., i:e, :e], M[..., :e, :], out=out[..., i:e, :])
+    return out
+
+
+def _conditional_cholesky(spec: NetworkSpec, Xb, bk: Backend, z):
+    """(NNGP, NTK, outputs, ok) by Gaussian conditioning with Cholesky factors of Gram matrices.
+
+    Layer l's input ``at`` (N x m, with the bias as a constant column) has Gram ``G = at at^T = L L^T``;
+    then ``Q = at^T L^-T`` is an orthonormal basis of its row space (``at^T = Q L^T``: the thin
+    QR with R = L^T), and with ``U = Q^T W`` the forward pass is ``at W = L U``. Backward, with
+    ``V = L_g Z`` (``L_g L_g^T = g g^T``), ``g W^T = (g U^T) Q^T + V (I - Q Q^T)
+    = V + [(g U^T) - (V at^T) L^-T] L^-1 at``: Q is never formed, and every product is a GEMM
+    of N x N by N x n or N x n by n x N. ``ok[i]`` is False where a factor of network i is
+    ill-conditioned (its result is then not used); a failed factorization raises.
+    """
+    xp, act = bk.xp, spec.activation
+    N, d = Xb.shape
+    L = spec.depth
+    B = z[0].shape[0]
+    bias = spec.has_bias
+    fans = spec.fan_ins(d)
+    h = _conditional_first_layer(spec, Xb, bk, z)
+    acts, ders = [xp.broadcast_to(Xb, (B, N, d))], []
+    A, Linvs = [None] * (L + 1), [None] * L
+    ok = np.ones(B, dtype=bool)
+    for l in range(1, L + 1):
+        a, der = _act_and_derivative(act, h, xp, bk)
+        del h
+        acts.append(a)
+        ders.append(der)
+        if l == L:
+            break
+        sigma = math.sqrt(spec.weight_var[l] / fans[l])
+        Ga = _gram(xp, a)
+        A[l] = Ga
+        c = (math.sqrt(spec.bias_var[l]) / sigma if sigma > 0 else 0.0) if bias else 0.0
+        Lc = xp.linalg.cholesky(Ga + c * c if c != 0.0 else Ga)
+        Li = xp.linalg.inv(Lc)
+        Linvs[l] = Li
+        cond = xp.sqrt(xp.sum(xp.reshape(Lc * Lc, (B, -1)), axis=1) * xp.sum(xp.reshape(Li * Li, (B, -1)), axis=1))
+        ok &= np.asarray(bk.to_numpy(cond)) <= _COND_LIMIT
+        U = z[1 + 2 * (l - 1)]
+        h = _tril_matmul(xp, bk, Lc, U)
+        h *= sigma
+    f, g = _conditional_readout(spec, acts, ders, z, xp)
+    gs, G = [g], [None] * L
+    for l in range(L - 1, 0, -1):
+        sigma = math.sqrt(spec.weight_var[l] / fans[l])
+        c = (math.sqrt(spec.bias_var[l]) / sigma if sigma > 0 else 0.0) if bias else 0.0
+        U, Z = z[1 + 2 * (l - 1)], z[2 + 2 * (l - 1)]
+        a, Li, n_in = acts[l], Linvs[l], fans[l]
+        Gg = _gram(xp, g)
+        G[l] = Gg
+        Lg = xp.linalg.cholesky(Gg)
+        # a backend that returns NaN for a failed factorization (CuPy) rather than raising
+        ok &= np.isfinite(np.asarray(bk.to_numpy(xp.sum(xp.linalg.diagonal(Lg), axis=-1))))
+        V = _tril_matmul(xp, bk, Lg, Z)  # (B, N, m): g W'^T in distribution
+        T2 = xp.matmul(V[..., :n_in], _T(xp, a))  # V at^T
+        if bias:
+            T2 = T2 + c * V[..., n_in:]
+        M = xp.matmul(g, _T(xp, U)) - xp.matmul(T2, _T(xp, Li))
+        g = V[..., :n_in] + xp.matmul(xp.matmul(M, Li), a)
+        g *= ders[l - 1]
+        g *= sigma
+        gs.append(g)
+    gs = gs[::-1]
+    nngp, ntk = _assemble(xp, spec, spec.coefficients(d), acts, gs, d, A=A, G=G)
+    return nngp, ntk, f, ok
+
+
+def _qr_positive(xp, M):
+    """Thin QR with R's diagonal made >= 0 (columns of Q and rows of R flipped together): then
+    R^T is the Cholesky factor of M^T M where that exists, and the QR and Cholesky paths give
+    the same numbers from the same draws."""
+    Q, R = xp.linalg.qr(M)
+    r = R.shape[-2]
+    sgn = xp.where(xp.linalg.diagonal(R[..., :r, :r]) < 0, -1.0, 1.0)
+    sgn = xp.astype(sgn, R.dtype)
+    return Q * sgn[..., None, :], R * sgn[..., :, None]
+
+
+def _conditional_qr(spec: NetworkSpec, Xb, bk: Backend, z):
+    """Per-network (NNGP, NTK, outputs) by Gaussian conditioning with thin QR factorizations
+    (stable at any rank: more inputs than units, duplicate or dependent rows); see the module
+    docstring."""
+    xp, act = bk.xp, spec.activation
+    N, d = Xb.shape
+    L = spec.depth
+    B = z[0].shape[0]
+    bias = spec.has_bias
+    fans = spec.fan_ins(d)
+    h = _conditional_first_layer(spec, Xb, bk, z)
     acts, ders, Qs = [xp.broadcast_to(Xb, (B, N, d))], [], []
     for l in range(1, L + 1):
         a = act(h, xp)
@@ -461,24 +591,18 @@ def _conditional_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
         if bias:  # the bias as one more input column, scaled to the weights' variance
             c = math.sqrt(spec.bias_var[l]) / sigma if sigma > 0 else 0.0
             at = xp.concat([a, c * xp.ones((B, N, 1), dtype=bk.dtype, device=bk.device)], axis=-1)
-        Q, R = xp.linalg.qr(_T(xp, at))  # at^T = Q R, Q (B, m, r)
+        Q, R = _qr_positive(xp, _T(xp, at))  # at^T = Q R, Q (B, m, r)
         Qs.append(Q)
         U = z[1 + 2 * (l - 1)]
         h = sigma * xp.matmul(_T(xp, R), U)
-    v = z[-1]
-    fL = fans[L]
-    f = math.sqrt(spec.weight_var[L] / fL) * xp.matmul(acts[L], v[:, :fL, None])[..., 0]
-    if bias:
-        f = f + math.sqrt(spec.bias_var[L]) * v[:, fL:]
-    # backward: g^L = sqrt(w/n) v * phi'(h^L), then through the conditioned hidden layers
-    g = math.sqrt(spec.weight_var[L] / fL) * v[:, None, :fL] * ders[L - 1]
+    f, g = _conditional_readout(spec, acts, ders, z, xp)
     gs = [g]
     for l in range(L - 1, 0, -1):
         sigma = math.sqrt(spec.weight_var[l] / fans[l])
         Q = Qs[l - 1]
         U, Z = z[1 + 2 * (l - 1)], z[2 + 2 * (l - 1)]
         t = xp.matmul(xp.matmul(g, _T(xp, U)), _T(xp, Q))
-        _, Rg = xp.linalg.qr(_T(xp, g))  # g^T = Q_g R_g: V = g W'^T ~ R_g^T Z
+        _, Rg = _qr_positive(xp, _T(xp, g))  # g^T = Q_g R_g: V = g W'^T ~ R_g^T Z
         V = xp.matmul(_T(xp, Rg), Z)
         V = V - xp.matmul(xp.matmul(V, Q), _T(xp, Q))
         g = (sigma * (t + V))[..., :fans[l]] * ders[l - 1]
@@ -486,6 +610,57 @@ def _conditional_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds):
     gs = gs[::-1]
     nngp, ntk = _assemble(xp, spec, spec.coefficients(d), acts, gs, d)
     return nngp, ntk, f
+
+
+def _conditional_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds, scratch=None):
+    """Per-network (NNGP, NTK, outputs) by Gaussian conditioning; see the module docstring.
+
+    Cholesky factors of the N x N Gram matrices where every hidden width is at least N and
+    every factor is well conditioned; otherwise (per network, so that a network's result
+    never depends on the batching) thin QR factorizations, from the same draws.
+    """
+    xp = bk.xp
+    N, d = X.shape
+    B = len(seeds)
+    shapes = _conditional_draws(spec, N, d)
+    z = _split(xp, _normals(bk, seeds, sum(int(np.prod(s)) for s in shapes), scratch), shapes)
+    Xb = bk.asarray(X)
+    if N > min(spec.widths):  # rank-deficient Gram matrices: QR throughout
+        return _conditional_qr(spec, Xb, bk, z)
+    try:
+        nngp, ntk, f, ok = _conditional_cholesky(spec, Xb, bk, z)
+    except Exception as exc:  # a failed Cholesky factorization (a singular Gram matrix)
+        if not _is_linalg_error(exc):
+            raise
+        if B == 1:
+            return _conditional_qr(spec, Xb, bk, z)
+        ok = None
+    if ok is not None and ok.all():
+        return nngp, ntk, f
+    parts = []
+    for i in range(B):  # network by network: its own Cholesky factors if they serve, else QR
+        if ok is not None and ok[i]:
+            parts.append((nngp[i:i + 1], ntk[i:i + 1], f[i:i + 1]))
+            continue
+        zi = [t[i:i + 1] for t in z]
+        r = None
+        if ok is None:  # the batch's factorization failed somewhere: this network's own
+            try:
+                *r, oki = _conditional_cholesky(spec, Xb, bk, zi)
+                r = tuple(r) if oki[0] else None
+            except Exception as exc:
+                if not _is_linalg_error(exc):
+                    raise
+                r = None
+        parts.append(r if r is not None else _conditional_qr(spec, Xb, bk, zi))
+    return tuple(xp.concat([p[k] for p in parts], axis=0) for k in range(3))
+
+
+def _is_linalg_error(exc) -> bool:
+    """A failed factorization, whichever the backend: NumPy's LinAlgError, torch's
+    torch.linalg.LinAlgError (a RuntimeError), CuPy's."""
+    return isinstance(exc, np.linalg.LinAlgError) or "LinAlgError" in type(exc).__name__ or \
+        "positive-definite" in str(exc) or "not positive definite" in str(exc)
 
 
 # --------------------------------------------------------------------------------------
@@ -531,9 +706,12 @@ class KernelSamples:
 
 
 def _auto_method(N: int, widths) -> str:
-    # conditional costs ~ 8 N^2 n per layer plus two thin QRs of (n x N) matrices, weights ~ 4 N n^2 and
-    # n^2 normals; LAPACK's batched QR is slow (numpy: seconds at N = 256), so keep it to few inputs
-    return "conditional" if N <= 64 and 2 * N <= min(widths) else "weights"
+    """The faster sampler on the CPU, by measurement (NumPy, float64, depth 3, 2 cores, December
+    2026; weights / conditional time per network): at N = n/4 conditional is faster (n = 256:
+    1.16x, 1024: 1.26-1.35x, 2048: 1.28x), at N = 3n/8 (n = 1024) and N = n/2 (n = 256, 1024,
+    2048) slower (0.88x, 0.64x, 0.69x, ...). Conditional costs ~10 N^2 n per hidden layer plus
+    N x N factorizations and N (2n + 1) draws, weights 4 N n^2 and n^2 draws."""
+    return "conditional" if 4 * N <= min(widths) else "weights"
 
 
 def _auto_batch(bk: Backend, spec: NetworkSpec, N: int, d: int, method: str, n_networks: int) -> int:
@@ -582,9 +760,20 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
     N, d = X.shape
     bk = get_backend(backend)
     n_networks = _positive_int(n_networks, "n_networks")
-    method = _auto_method(N, spec.widths) if method == "auto" else method
+    # repeated inputs: the networks are evaluated once per distinct input (the kernels' rows and
+    # columns of a repeated input are copies); for the conditional sampler this keeps the Gram
+    # matrices nonsingular. Distinct rows keep their order of first appearance.
+    Xu, expand = X, None
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    if len(first) < N:
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        Xu, expand = X[first[order]], rank[np.ravel(inverse)]
+    Nu = Xu.shape[0]
+    method = _auto_method(Nu, spec.widths) if method == "auto" else method
     seeds = network_seeds(seed, n_networks)
-    bs = _positive_int(batch_size, "batch_size") if batch_size else _auto_batch(bk, spec, N, d, method, n_networks)
+    bs = _positive_int(batch_size, "batch_size") if batch_size else _auto_batch(bk, spec, Nu, d, method, n_networks)
     nngps, ntks, fs = [], [], []
     t0 = time.perf_counter()
     bar = None
@@ -597,11 +786,18 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
 
     scratch = threading.local()  # per worker thread: the weights sampler's normals buffer
 
+    idx = None if expand is None else bk.xp.asarray(expand, device=bk.device)
+
     def chunk(sd):
         if method == "weights":
-            nngp, ntk, f = _weights_kernels(spec, X, bk, sd, scratch)
+            nngp, ntk, f = _weights_kernels(spec, Xu, bk, sd, scratch)
         else:
-            nngp, ntk, f = _conditional_kernels(spec, X, bk, sd)
+            nngp, ntk, f = _conditional_kernels(spec, Xu, bk, sd, scratch)
+        if idx is not None:
+            take = bk.xp.take
+            nngp = take(take(nngp, idx, axis=1), idx, axis=2)
+            ntk = take(take(ntk, idx, axis=1), idx, axis=2)
+            f = take(f, idx, axis=1)
         nngp, ntk = _slice_cross(nngp, ntk, N1, X2 is not None)
         if not keep_device:
             nngp, ntk, f = bk.to_numpy(nngp), bk.to_numpy(ntk), bk.to_numpy(f)

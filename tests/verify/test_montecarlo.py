@@ -277,3 +277,119 @@ def test_theory_mlp_is_accepted_and_its_width_used():
     assert mc.as_spec(m, 64).widths == (64, 64)
     ks = mc.sample_kernels(m, X3, n_networks=2, backend="numpy")
     assert ks.ntk.shape == (2, 3, 3) and ks.width == (32, 32)
+
+
+# --------------------------------------------------------------------------------------
+# The conditional sampler's Cholesky path, its QR fallback and repeated inputs
+# --------------------------------------------------------------------------------------
+
+def _draws(spec, N, d, seeds):
+    bk = mc.get_backend("numpy")
+    shapes = mc._conditional_draws(spec, N, d)
+    return bk, mc._split(np, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
+
+
+@pytest.mark.parametrize("activation,bias_var,N", [("relu", 0.1, 80), ("erf", None, 70), ("gelu", 0.3, 5)])
+def test_conditional_cholesky_path_equals_thin_qr_path_on_the_same_draws(activation, bias_var, N):
+    """With R's diagonal made positive, R^T is the Gram matrix's Cholesky factor: the two ways of
+    conditioning are the same map from draws to kernels (N >= 64 exercises the banded products)."""
+    spec = mc.as_spec(None, 2 * N + 7, depth=3, activation=activation, weight_var=1.6, bias_var=bias_var)
+    X = np.random.default_rng(N).standard_normal((N, 6))
+    bk, z = _draws(spec, N, 6, [3, 4])
+    nngp, ntk, f, ok = mc._conditional_cholesky(spec, X, bk, z)
+    assert ok.all()
+    q_nngp, q_ntk, q_f = mc._conditional_qr(spec, X, bk, z)
+    np.testing.assert_allclose(ntk, q_ntk, rtol=1e-9, atol=1e-12 * np.abs(q_ntk).max())
+    np.testing.assert_allclose(nngp, q_nngp, rtol=1e-9, atol=1e-12 * np.abs(q_nngp).max())
+    np.testing.assert_allclose(f, q_f, rtol=1e-9, atol=1e-12 * np.abs(q_f).max())
+
+
+def _z(x, y):
+    """z-scores of the difference of the per-entry means of two independent samples."""
+    return (x.mean(0) - y.mean(0)) / np.sqrt(x.var(0, ddof=1) / len(x) + y.var(0, ddof=1) / len(y))
+
+
+def test_conditional_sampler_matches_weights_and_the_limit_and_detects_a_2_percent_variance_error():
+    """ReLU: E[|a^l(x)|^2 / n] follows the limit exactly at any width (E[relu(h)^2 | q] = q/2 is
+    linear), so the NNGP diagonal's mean is the limit's; a 2% error in a hidden layer's weight
+    variance moves it by exactly 2%. Means and second moments of every entry of both kernels
+    agree between the samplers; the same statistics reject a sampler with that 2% error."""
+    from limitlab.theory.kernels import MLP
+
+    X = np.random.default_rng(3).standard_normal((3, 5))
+    kw = dict(depth=3, activation="relu", bias_var=0.2)
+    spec = mc.as_spec(None, 192, weight_var=1.8, **kw)
+    S = 4000
+    w = mc.sample_kernels(spec, X, n_networks=S, seed=1, method="weights", backend="numpy")
+    c = mc.sample_kernels(spec, X, n_networks=S, seed=2, method="conditional", backend="numpy")
+    bad = mc.sample_kernels(mc.as_spec(None, 192, weight_var=(1.8, 1.8 * 1.02, 1.8, 1.8), **kw), X,
+                            n_networks=S, seed=2, method="conditional", backend="numpy")
+    lim = np.diag(MLP(3, "relu", weight_var=1.8, bias_var=0.2).nngp(X))
+    for ks in (w, c):
+        d = np.diagonal(ks.nngp, axis1=1, axis2=2)
+        z = (d.mean(0) - lim) / (d.std(0, ddof=1) / math.sqrt(S))
+        assert np.all(np.abs(z) < 4.5), z
+    for q in ("nngp", "ntk"):
+        x, y = getattr(w, q), getattr(c, q)
+        for fx, fy in ((x, y), (x * x, y * y)):
+            assert np.all(np.abs(_z(fx, fy)) < 4.5), (q, _z(fx, fy))
+    # power: the 2%-wrong variance fails both the limit and the comparison with the weights sampler
+    d = np.diagonal(bad.nngp, axis1=1, axis2=2)
+    assert np.all((d.mean(0) - lim) / (d.std(0, ddof=1) / math.sqrt(S)) > 4.5)
+    assert np.all(_z(bad.nngp, w.nngp)[np.diag_indices(3)] > 4.5)
+    assert np.all(_z(bad.nngp ** 2, w.nngp ** 2)[np.diag_indices(3)] > 4.5)
+
+
+def test_conditional_sampler_with_repeated_inputs():
+    """Repeated rows (and X2 sharing rows with X1) give exactly the kernels of the distinct rows,
+    copied; the QR fallback (the Gram matrices of repeated rows are singular) is exact too."""
+    rng = np.random.default_rng(5)
+    U = rng.standard_normal((4, 5))
+    X = U[[0, 1, 0, 2, 3, 1, 1]]
+    spec = mc.as_spec(None, 64, depth=3, activation="relu", weight_var=2.0, bias_var=0.1)
+    a = mc.sample_kernels(spec, X, n_networks=5, seed=3, method="conditional", backend="numpy")
+    b = mc.sample_kernels(spec, U, n_networks=5, seed=3, method="conditional", backend="numpy")
+    inv = np.array([0, 1, 0, 2, 3, 1, 1])
+    assert np.all(np.isfinite(a.ntk))
+    np.testing.assert_array_equal(a.ntk, b.ntk[:, inv][:, :, inv])
+    np.testing.assert_array_equal(a.nngp, b.nngp[:, inv][:, :, inv])
+    np.testing.assert_array_equal(a.outputs, b.outputs[:, inv])
+    c = mc.sample_kernels(spec, U[:2], U[[1, 3, 0]], n_networks=5, seed=3, method="conditional", backend="numpy")
+    e = mc.sample_kernels(spec, U[[0, 1, 3]], n_networks=5, seed=3, method="conditional", backend="numpy")
+    np.testing.assert_array_equal(c.ntk, e.ntk[:, :2][:, :, [1, 2, 0]])
+    np.testing.assert_array_equal(c.outputs, e.outputs[:, [0, 1, 1, 2, 0]])
+    # the sampler itself on repeated rows: Cholesky fails, every network is redone by QR, and
+    # its kernels at a repeated input are that input's (to rounding)
+    nngp, ntk, f = mc._conditional_kernels(spec, X, mc.get_backend("numpy"), [11, 12, 13])
+    assert np.all(np.isfinite(ntk))
+    np.testing.assert_allclose(ntk[:, 0, 0], ntk[:, 2, 2], rtol=1e-10)
+    np.testing.assert_allclose(ntk[:, 1, :], ntk[:, 6, :], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f[:, 1], f[:, 5], rtol=1e-10)
+
+
+def test_conditional_qr_fallback_on_singular_grams_has_the_right_distribution():
+    """ReLU without bias is positively homogeneous: inputs x and 2x give proportional rows at
+    every layer (singular Gram matrices, not caught by removing repeated rows). The fallback
+    keeps the exact scaling and matches the weights sampler in distribution."""
+    x = np.random.default_rng(8).standard_normal((2, 4))
+    X = np.concatenate([x, 2 * x[:1]])
+    spec = mc.as_spec(None, 12, depth=3, activation="relu", weight_var=2.0, bias_var=None)
+    c = mc.sample_kernels(spec, X, n_networks=6000, seed=4, method="conditional", backend="numpy")
+    np.testing.assert_allclose(c.nngp[:, 2, 2], 4 * c.nngp[:, 0, 0], rtol=1e-9)
+    np.testing.assert_allclose(c.ntk[:, 2, 1], 2 * c.ntk[:, 0, 1], rtol=1e-9)
+    w = mc.sample_kernels(spec, X, n_networks=6000, seed=5, method="weights", backend="numpy")
+    for q in ("nngp", "ntk"):
+        x_, y_ = getattr(w, q), getattr(c, q)
+        for fx, fy in ((x_, y_), (x_ * x_, y_ * y_)):
+            assert np.all(np.abs(_z(fx, fy)) < 4.5), (q, _z(fx, fy))
+
+
+def test_conditional_fallbacks_do_not_depend_on_batch_size():
+    # width 6, ReLU: many networks have singular or ill-conditioned Gram matrices (dead units)
+    spec = mc.as_spec(None, 6, depth=3, activation="relu", bias_var=None)
+    X = np.random.default_rng(2).standard_normal((4, 3))
+    runs = [mc.sample_kernels(spec, X, n_networks=9, seed=5, method="conditional", batch_size=bs, backend="numpy")
+            for bs in (9, 4, 1)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.ntk, runs[0].ntk)
+        np.testing.assert_array_equal(r.outputs, runs[0].outputs)
