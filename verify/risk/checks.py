@@ -5,7 +5,9 @@
 * ``risk.linear-ridge`` — Hastie et al.'s risk against simulated isotropic ridge regressions.
 * ``risk.kernel-ridge`` — kernel ridge regression with the limiting NTK of an MLP
   (``limitlab.theory.kernels.MLP(...).ntk``) on sphere data against the eigenframework
-  prediction from the kernel's exact Funk–Hecke spectrum.
+  prediction from the kernel's exact Funk–Hecke spectrum. At full sizes (256 regressions per
+  size) it FAILS: the eigenframework is ~2% above the simulated risk at n = 400..1600 on S^3,
+  a real limit of the framework there, not a bug (see the check and docs/verify.md).
 
 The test risk of one random-features or linear regression fluctuates by O(size^-1/2) around
 its limit (and the test-set average adds O(size^-1/2) noise): rate -0.5. The kernel-ridge
@@ -99,7 +101,10 @@ def kernel_ridge_theory(n):
         raise RuntimeError("kernel-ridge check: a target degree has a non-positive eigenvalue")
     # the spectrum's tail (degrees above max_degree and dropped eigenvalues; eigenvalues ~1e-12, far
     # below kappa ~ 5e-5) enters sum lambda/(lambda + kappa) as tail/kappa: an extra ridge equal to its
-    # trace, k(1) - sum N lambda = 5.3e-4, half the ridge 1e-3 (leaving it out put the theory ~0.4% high)
+    # trace, k(1) - sum N lambda = 5.3e-4, half the ridge 1e-3 (leaving it out put the theory ~0.4% high).
+    # Exact within the eigenframework (the tail's L_i <= 5e-8), and what the regression does: with the
+    # kernel cut at degree 30 or 80 plus (ridge + tail) I, the simulated risk moves by 1.6e-5 and 4e-7
+    # (n = 800, 200 paired regressions; tests/verify/risk/test_checks.py)
     tail = max(spec.trace - float(np.sum(lam[keep] * mult[keep])), 0.0)
     return kernel_ridge(lam[keep], target[keep], n, s["ridge"] + tail, s["noise"],
                         multiplicities=mult[keep]).test_risk
@@ -134,7 +139,19 @@ def kernel_ridge_sample(n, rng, n_test=None):
 # No rate test here: the test MSE mixes the excess risk, whose fluctuations fall faster than
 # n^-1/2 as it decays (measured slope -1.1 over n = 100..800), with test-set noise ~ n^-1/2, so
 # the RMS error follows no single power law over these sizes; the level test (a) decides.
-@check("risk.kernel-ridge", sizes=(100, 200, 400, 800), quick_sizes=(100, 200, 400), samples=16, quick_samples=8,
+#
+# Samples: one regression's test MSE scatters by 3.2% (n = 800) and 4.6% (n = 400). With 256 per
+# size, z*SE at n = 800 is ~0.6% and a theory off by a constant 2% gets a bias allowance of ~1%
+# (half the n = 400 error), so it is rejected (~1.6% tolerance; measured on one full run: the
+# theory x 0.98, matching the simulation, passes, x 0.96 and x 1.0 fail); with the former 16 samples the
+# tolerance was ~3.7% and a 2% error passed unseen. Known and open: the eigenframework itself is
+# 1.9% above the simulation at n = 400 and 800 (200 regressions each: -5.8 and -8.2 SE; +6% at
+# n = 100, -0.2% at 200), so at full sizes this check fails. Located (docs/verify.md): with the
+# kernel cut at degree 10 or 20 (+ tail as ridge) Gaussian features reproduce the theory (+0.06%,
+# -0.19%) while the sphere's harmonics do so only at degree 10 (-0.3%), not at 20 (-1.8%): the
+# degree 11-20 harmonics on S^3 (eigenvalues below kappa, 2805 of them for 800 points) are not
+# Gaussian-equivalent, which the framework assumes.
+@check("risk.kernel-ridge", sizes=(100, 200, 400, 800), quick_sizes=(100, 200, 400), samples=256, quick_samples=8,
        rate=None, size_name="n", default=True, min_size=50, seconds_quick=6.0,
        min_size_reason="the eigenframework is an n -> infinity statement; below 50 samples not even the target's "
                        "degree-1 and -2 harmonics (4 + 9 functions on S^3) are well resolved",
