@@ -2,8 +2,9 @@
 
 One description, three products: ``net = serial(Conv(8, (3,)), Relu(), Flatten(), Dense(1))``
 gives the limiting NNGP/NTK (``net.kernels(X)``), the finite network of width n
-(:func:`at_width`: every hidden Dense/Conv gets n outputs, channels counting as width, and the
-final Dense readout one) and its per-network empirical kernels (:func:`sample_kernels`),
+(:func:`at_width`: every hidden Dense/Conv gets n outputs, channels counting as width, attention
+its output, key/value dimensions or heads (see :func:`at_width`), and the final Dense readout
+one) and its per-network empirical kernels (:func:`sample_kernels`),
 which converge to the limit as n grows.
 
 Conventions (those of :mod:`limitlab.verify.montecarlo`, extended to every layer):
@@ -49,6 +50,7 @@ import numpy as np
 
 from limitlab.numerics import arrays
 from limitlab.theory.kernels import stax
+from limitlab.theory.kernels.attention import GlobalSelfAttention
 from limitlab.verify.backend import Backend, get_backend
 from limitlab.verify.montecarlo import KernelSamples, SeedLike, network_seeds
 
@@ -76,7 +78,14 @@ def _leaves(net) -> list:
 def at_width(net, width: Optional[int] = None):
     """The finite network's description: every Dense/Conv's out_dim/out_chan set to ``width``
     (declared in_dim/in_chan dropped, as they name the original widths) except the readout, the
-    final Dense, which gets 1 output. ``width=None`` keeps the declared widths (readout: 1)."""
+    final Dense, which gets 1 output. ``width=None`` keeps the declared widths (readout: 1).
+
+    GlobalSelfAttention: ``n_chan_out = width``; with ``linear_scaling=True`` also ``n_chan_key =
+    n_chan_val = width`` and ``n_heads`` as declared (the logits ``Q K^T / (C d_k)`` concentrate
+    on ``c(x)`` as d_k and C grow, Hron et al. 2020); with ``linear_scaling=False`` (identity
+    mechanism) ``n_heads = width`` and ``n_chan_key``/``n_chan_val`` as declared (each head's
+    logits ``Q K^T / (C sqrt(d_k))`` stay Gaussian at any d_k, so only the average over heads
+    converges to the kernel rule's expectation; growing d_k and d_v as well would cost n^3)."""
     _check_net(net)
     if width is not None:
         width = _positive_int(width, "width")
@@ -104,6 +113,14 @@ def at_width(net, width: Optional[int] = None):
         if width is not None and isinstance(layer, stax.Conv):
             new = copy.copy(layer)
             new.out_chan, new.in_chan = width, None
+            return new
+        if width is not None and isinstance(layer, GlobalSelfAttention):
+            new = copy.copy(layer)
+            new.n_chan_out = width
+            if layer.linear_scaling:  # logits concentrate as d_k grows; heads as declared
+                new.n_chan_key = new.n_chan_val = width
+            else:  # each head's logits stay Gaussian: only the average over heads concentrates
+                new.n_heads = width
             return new
         return layer
 

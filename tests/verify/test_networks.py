@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from limitlab.theory.kernels import MLP
+from limitlab.theory.kernels import MLP, Dropout, GlobalSelfAttention, LayerNorm
 from limitlab.theory.kernels import stax
 from limitlab.verify import montecarlo as mc
 from limitlab.verify import networks as nw
@@ -119,6 +119,47 @@ def test_flatten_global_pools_and_concat_forward():
     np.testing.assert_array_equal(_run_layer(net, x, []), np.concatenate([x, np.maximum(x, 0)], axis=1))
 
 
+@pytest.mark.parametrize("axis,eps", [(-1, 1e-12), ((1, -1), 0.3), ((1, 2, 3), 1e-12)])
+def test_layernorm_forward_is_the_normalization_over_its_axes(axis, eps):
+    """y = (h - mean) / sqrt(var + eps) over the axes (Ba et al. 2016, eq. (4)), np.var written out."""
+    x = np.random.default_rng(12).standard_normal((3, 4, 2, 5)) * 2.0 + 0.7
+    ax = tuple(a % 4 for a in ((axis,) if isinstance(axis, int) else axis))
+    mu = x.mean(axis=ax, keepdims=True)
+    ref = (x - mu) / np.sqrt(((x - mu) ** 2).mean(axis=ax, keepdims=True) + eps)
+    np.testing.assert_allclose(_run_layer(LayerNorm(axis, eps), x, []), ref, rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(_run_layer(Dropout(0.3, "test"), x, []), x)
+
+
+@pytest.mark.parametrize("linear,mech", [(True, "softmax"), (True, "relu"), (True, "abs"), (True, "identity"),
+                                         (False, "identity")])
+def test_attention_forward_equals_the_per_head_formula(linear, mech):
+    """y = sqrt(o v / (d_v H C)) [A_1 x W_V1, ..., A_H x W_VH] W_O + sqrt(b) beta with A_h =
+    f(sqrt(q k) (x W_Qh)(x W_Kh)^T / (C d_k^a)), written per input and head with loops (Hron et al.
+    2020; neural-tangents' GlobalSelfAttention), parameters in the drawn order W_Q b [W_K b] W_V b W_O b."""
+    rng = np.random.default_rng(13)
+    N, S, C, H, dk, dv, O = 2, (2, 3), 3, 2, 4, 5, 6
+    q, k, v, o, b = 1.3, 0.8, 1.1, 0.9, 0.2
+    x = rng.standard_normal((N, *S, C))
+    layer = GlobalSelfAttention(O, dk, dv, H, linear, k, v, q, o, b, mech)
+    WQ = rng.standard_normal((C, H * dk))
+    WK = WQ if linear else rng.standard_normal((C, H * dk))
+    WV, WO, beta = rng.standard_normal((C, H * dv)), rng.standard_normal((H * dv, O)), rng.standard_normal(O)
+    z = lambda m: rng.standard_normal(m)  # noqa: E731  (the projections' unused biases)
+    params = [WQ, z(H * dk)] + ([] if linear else [WK, z(H * dk)]) + [WV, z(H * dv), WO, beta]
+    y = _run_layer(layer, x, params)
+    f = {"softmax": lambda a: np.exp(a) / np.exp(a).sum(-1, keepdims=True), "relu": lambda a: np.maximum(a, 0),
+         "abs": np.abs, "identity": lambda a: a}[mech]
+    for n in range(N):
+        xs = x[n].reshape(-1, C)  # positions flattened in C order
+        heads = []
+        for h in range(H):
+            cols = slice(h * dk, (h + 1) * dk)
+            logits = math.sqrt(q * k) * (xs @ WQ[:, cols]) @ (xs @ WK[:, cols]).T / (C * dk ** (1.0 if linear else 0.5))
+            heads.append(f(logits) @ (xs @ WV[:, h * dv:(h + 1) * dv]))
+        ref = math.sqrt(o * v / (dv * H * C)) * np.concatenate(heads, axis=1) @ WO + math.sqrt(b) * beta
+        np.testing.assert_allclose(y[n], ref.reshape(*S, O), rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------
 # the empirical NTK against the Gram of a finite-difference Jacobian
 # --------------------------------------------------------------------------------------
@@ -156,6 +197,22 @@ FD_NETS = {
                            stax.parallel(stax.Dense(2, **WB), stax.Conv(3, (2, 2), padding="SAME", **WB)),
                            stax.FanInConcat(), stax.Tanh(), stax.SumPool((2, 1), strides=(2, 1)),
                            stax.GlobalAvgPool(), stax.Dense(1, **WB)), (4, 5, 2)),
+    "layernorm": (stax.serial(stax.Conv(3, (2,), padding="SAME", **WB), LayerNorm(), stax.Erf(),
+                              stax.Dense(3, **WB), LayerNorm(axis=(1, -1), eps=1e-3), stax.Tanh(), Dropout(0.7, "test"),
+                              stax.Flatten(), stax.Dense(1, **WB)), (4, 2)),
+    "attention-softmax": (stax.serial(stax.Dense(3, **WB),
+                                      stax.FanOut(2),
+                                      stax.parallel(GlobalSelfAttention(3, 2, 2, 2, True, 1.3, 0.9, 1.1, 1.2, 0.1),
+                                                    stax.Identity()),
+                                      stax.FanInSum(), LayerNorm(), stax.Tanh(), stax.GlobalAvgPool(),
+                                      stax.Dense(1, **WB)), (4, 2)),
+    "attention-identity": (stax.serial(stax.Conv(3, (2, 1), padding="SAME", **WB),
+                                       GlobalSelfAttention(3, 2, 2, 2, False, 1.3, 0.9, 1.1, 1.2, 0.1, "identity"),
+                                       stax.Tanh(), stax.Flatten(), stax.Dense(1, **WB)), (2, 3, 2)),
+    "attention-relu-abs": (stax.serial(stax.Dense(3, **WB),
+                                       GlobalSelfAttention(3, 2, 2, 2, True, 1.3, 0.9, 1.1, 1.2, None, "relu"),
+                                       GlobalSelfAttention(3, 2, 2, 1, True, attention_mechanism="abs"),
+                                       stax.Flatten(), stax.Dense(1, **WB)), (3, 2)),
 }
 
 
@@ -214,7 +271,7 @@ def _limit_test(samples, theory):
     return np.max(np.abs(m - theory) / se)
 
 
-@pytest.mark.parametrize("name", ["cnn-gp", "cntk-pool", "resnet"])
+@pytest.mark.parametrize("name", ["cnn-gp", "cntk-pool", "resnet", "layernorm", "attention"])
 def test_ensemble_mean_converges_to_the_stax_limit(name):
     from limitlab.verify.kernels import architectures as arch
 
@@ -225,6 +282,78 @@ def test_ensemble_mean_converges_to_the_stax_limit(name):
         # statistical agreement: the 1/n bias at width 256 is well inside 5 SE (SE ~ 0.1/sqrt(400) rel.)
         assert _limit_test(emp, th) < 5.0
         assert _limit_test(emp, 1.1 * th) > 5.0  # the same criterion rejects a 10% error
+
+
+def _transformer():
+    """A post-norm transformer block on a Conv stem: residual 2-head softmax attention (linear
+    scaling), LayerNorm over (positions, channels), a per-position Dense + ReLU, GlobalAvgPool."""
+    att = GlobalSelfAttention(1, 1, 1, 2, True, 1.5, 1.5, 1.5, 1.5, 0.1, "softmax")
+    return stax.serial(stax.Conv(1, (1,), **WB), stax.FanOut(2), stax.parallel(att, stax.Identity()), stax.FanInSum(),
+                       LayerNorm(axis=(1, -1)), stax.Dense(1, **WB), stax.Relu(), stax.GlobalAvgPool(),
+                       stax.Dense(1, **WB))
+
+
+def test_at_width_scales_attention_dims_with_linear_scaling_and_heads_without():
+    lin = GlobalSelfAttention(3, 4, 5, 2, True)
+    sq = GlobalSelfAttention(3, 4, 5, 2, False, attention_mechanism="identity")
+    a, b = (nw.at_width(stax.serial(layer, stax.GlobalAvgPool(), stax.Dense(7)), 64).layers[0] for layer in (lin, sq))
+    assert (a.n_chan_out, a.n_chan_key, a.n_chan_val, a.n_heads) == (64, 64, 64, 2)
+    assert (b.n_chan_out, b.n_chan_key, b.n_chan_val, b.n_heads) == (64, 4, 5, 64)
+    assert (lin.n_chan_out, lin.n_chan_key, sq.n_heads) == (3, 4, 2)  # the description is not changed
+
+
+def test_transformer_block_ensemble_mean_converges_to_the_stax_limit():
+    from limitlab.verify.kernels import architectures as arch
+
+    net, X = _transformer(), arch.inputs("resnet")
+    K = nw.limit(net, X)
+    ks = nw.sample_kernels(net, X, width=256, n_networks=400, seed=1, backend="numpy")
+    assert ks.method == "conditional"
+    for emp, th in ((ks.nngp, K.nngp), (ks.ntk, K.ntk)):
+        assert _limit_test(emp, th) < 5.0
+        assert _limit_test(emp, 1.1 * th) > 5.0
+
+
+def test_square_root_scaled_identity_attention_converges_like_one_over_width():
+    """d^-1/2 scaling: each head's logits stay Gaussian, so the ensemble mean carries an O(1/H)
+    bias (H = width heads; measured ~7/n on the NNGP, up to ~16/n on the NTK). The Richardson
+    extrapolation (4 m(256) - m(64)) / 3 removes it: within 5 SE of the limit, 10% off outside,
+    while the width-64 mean alone is outside (the bias is real and shrinks)."""
+    from limitlab.verify.kernels import architectures as arch
+
+    att = GlobalSelfAttention(1, 1, 1, 1, False, 1.0, 1.5, 1.0, 1.5, 0.1, "identity")
+    net = stax.serial(stax.Conv(1, (1,), **WB), att, stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1, **WB))
+    X = arch.inputs("resnet")
+    K = nw.limit(net, X)
+    lo, hi = (nw.sample_kernels(net, X, width=n, n_networks=1600, seed=s, backend="numpy")
+              for n, s in ((64, 1), (256, 2)))
+    assert nw.at_width(net, 256).layers[1].n_heads == 256
+    for a, b, th in ((lo.nngp, hi.nngp, K.nngp), (lo.ntk, hi.ntk, K.ntk)):
+        ext = (4 * b.mean(0) - a.mean(0)) / 3
+        se = np.sqrt(16 * b.var(0, ddof=1) / len(b) + a.var(0, ddof=1) / len(a)) / 3
+        assert np.max(np.abs(ext - th) / se) < 5.0
+        assert np.max(np.abs(ext - 1.1 * th) / se) > 5.0
+        assert _limit_test(a, th) > 5.0
+
+
+def test_conditional_sampler_matches_materialized_weights_for_attention_and_layernorm():
+    """As below, for the transformer block: the conditional sampler conditions the attention's
+    query/key, value and output maps (2 inputs x 4 positions = 8 rows < n = 24 < 2n)."""
+    from limitlab.verify.kernels import architectures as arch
+
+    X = arch.inputs("resnet")[:2]
+    w = nw.sample_kernels(_transformer(), X, width=24, n_networks=4000, seed=1, backend="numpy", method="weights")
+    c = nw.sample_kernels(_transformer(), X, width=24, n_networks=4000, seed=2, backend="numpy", method="conditional")
+    fin = nw.at_width(_transformer(), 24)
+    body, _ = nw.FiniteNetworks.structure(fin, X.shape[1:])
+    cond_body = fin._finite(X.shape[1:], "", 2)
+    assert len(cond_body.param_shapes) > len(body.param_shapes)  # U, Z, b per conditioned map
+    for a, b in ((w.nngp, c.nngp), (w.ntk, c.ntk)):
+        zm = (a.mean(0) - b.mean(0)) / np.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
+        sev = [((x - x.mean(0)) ** 2).std(0) / math.sqrt(len(x)) for x in (a, b)]
+        zv = (a.var(0) - b.var(0)) / np.sqrt(sev[0] ** 2 + sev[1] ** 2)
+        assert np.abs(zm).max() < 4.5 and np.abs(zv).max() < 4.5, (zm, zv)
+    assert np.sqrt(w.ntk[:, 0, 0].var()) > 0.1 * abs(w.ntk[:, 0, 0].mean())
 
 
 def test_conditional_sampler_matches_materialized_weights_in_distribution():
@@ -245,10 +374,11 @@ def test_conditional_sampler_matches_materialized_weights_in_distribution():
     assert np.sqrt(w.ntk[:, 0, 0].var()) > 0.2 * abs(w.ntk[:, 0, 0].mean())
 
 
+@pytest.mark.parametrize("name", ["residual", "layernorm", "attention-softmax", "attention-identity"])
 @pytest.mark.parametrize("method", ["weights", "conditional"])
-def test_array_api_strict_matches_numpy(method):
+def test_array_api_strict_matches_numpy(method, name):
     pytest.importorskip("array_api_strict")
-    net, shape = FD_NETS["residual"]
+    net, shape = FD_NETS[name]
     X = np.random.default_rng(6).standard_normal((3,) + shape)
     a = nw.sample_kernels(net, X, width=12, n_networks=4, seed=2, backend="numpy", method=method)
     b = nw.sample_kernels(net, X, width=12, n_networks=4, seed=2, backend="array-api-strict", method=method)
@@ -297,11 +427,26 @@ def test_bad_inputs_name_the_layer_argument_and_shape():
         nw.sample_kernels("relu", X, n_networks=1)
 
 
-def test_layers_without_a_finite_side_say_so():
-    from limitlab.theory.kernels import LayerNorm
-
-    with pytest.raises(NotImplementedError, match=r"LayerNorm.*serial\[1\].*no finite-width network"):
-        nw.sample_kernels(stax.serial(stax.Dense(4), LayerNorm(), stax.Dense(1)), np.ones((2, 3)), n_networks=1)
+def test_layer_options_without_a_finite_network_say_so():
+    X = np.ones((2, 4, 3))
+    tail = (stax.Flatten(), stax.Dense(1))
+    with pytest.raises(NotImplementedError, match=r"Dropout\(0.5, mode='train'\).*serial\[1\].*per input.*"
+                                                  r"\(N, 4, 5\).*mode='test'"):
+        nw.sample_kernels(stax.serial(stax.Dense(5), Dropout(0.5), *tail), X, n_networks=1)
+    with pytest.raises(NotImplementedError, match=r"LayerNorm.*serial\[1\].*batch axis 0.*\(N, 4, 5\)"):
+        nw.sample_kernels(stax.serial(stax.Dense(5), LayerNorm(axis=(0, -1)), *tail), X, n_networks=1)
+    with pytest.raises(ValueError, match=r"LayerNorm.*serial\[1\].*must include the channel axis.*\(N, 4, 5\)"):
+        nw.sample_kernels(stax.serial(stax.Dense(5), LayerNorm(axis=1), *tail), X, n_networks=1)
+    with pytest.raises(ValueError, match=r"LayerNorm.*axis 3 is out of range.*\(N, 4, 5\)"):
+        nw.sample_kernels(stax.serial(stax.Dense(5), LayerNorm(axis=(3, -1)), *tail), X, n_networks=1)
+    with pytest.raises(NotImplementedError, match=r"GlobalSelfAttention.*serial\[0\].*pos_emb_type='sum'.*"
+                                                  r"\(N, 4, 3\)"):
+        nw.sample_kernels(stax.serial(GlobalSelfAttention(2, 2, 2, 1, pos_emb_type="sum"), *tail), X, n_networks=1)
+    with pytest.raises(NotImplementedError, match=r"GlobalSelfAttention.*linear_scaling=False with "
+                                                  r"attention_mechanism='softmax'"):
+        nw.sample_kernels(stax.serial(GlobalSelfAttention(2, 2, 2, 1, False), *tail), X, n_networks=1)
+    with pytest.raises(ValueError, match=r"GlobalSelfAttention.*spatial positions.*per-input shape \(3,\)"):
+        nw.sample_kernels(stax.serial(GlobalSelfAttention(2, 2, 2, 1), stax.Dense(1)), X[:, 0], n_networks=1)
 
 
 def test_a_lone_dense_readout_is_the_linear_model_whose_kernels_are_exact():

@@ -50,6 +50,20 @@ neural-tangents (Hron et al. 2020, their section on positional encodings).
 
 Cost: the weights ``G`` are ``N P^2``; ``K'`` is two batched ``P x P`` matrix products per input
 pair, ``O(N1 N2 P^3)``.
+
+Finite side (``_ffinite``, beside the kernel rule as in stax; the formula above): the query/key
+(tied with ``linear_scaling``), value and output maps are stax's affine finite layers (N(0, 1)
+weights, drawn in the order W_Q [, W_K], W_V, W_O, each followed by its bias draw: only the
+output's bias is used, ``sqrt(b) beta``; the projections' are multiplied by 0), so the
+conditional (Gaussian-conditioning) sampler applies to each of them; ``Q~ = x W_Q / sqrt(C)``,
+``A_h = f(sqrt(q k) Q~_h K~_h^T / d_k^a)``, ``y = sqrt(o v / (H d_v)) [A_h V~_h]_h W_O +
+sqrt(b) beta``. The backward pass is written out: ``dV~_h = A_h^T dZ_h``, ``dA_h = dZ_h V~_h^T``,
+the logits' gradient ``f'(L) dA`` (softmax: ``A (dA - sum_t A dA)``), ``dQ~_h = c dL K~_h``,
+``dK~_h = c dL^T Q~_h``. The finite network converges to the kernel rule as the widths grow:
+with ``linear_scaling`` the logits concentrate as ``d_k`` grows (``n_heads`` may stay fixed); with
+the d^-1/2 scaling the logits of each head stay Gaussian and only their average over heads
+concentrates, so ``n_heads`` must grow (``limitlab.verify.networks.at_width`` does each).
+Positional embeddings have no finite side yet (NotImplementedError).
 """
 from __future__ import annotations
 
@@ -60,7 +74,7 @@ from dataclasses import replace
 import numpy as np
 
 from limitlab.theory.kernels.normalization import _check_batch_channel
-from limitlab.theory.kernels.stax import Layer, _prod
+from limitlab.theory.kernels.stax import Layer, _affine_finite, _Finite, _prod
 
 __all__ = ["GlobalSelfAttention"]
 
@@ -93,6 +107,24 @@ _MECH = {
     "abs": np.abs,
     "relu": lambda a: np.maximum(a, 0.0),
 }
+
+
+def _xp_softmax(xp, a):
+    a = a - xp.max(a, axis=-1, keepdims=True)
+    e = xp.exp(a)
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+def _mechanism_finite(mech):
+    """(f, backward) on the array API: f(xp, L) -> A; back(xp, L, A, gA) -> gL."""
+    if mech == "softmax":
+        return _xp_softmax, lambda xp, L, A, gA: A * (gA - xp.sum(A * gA, axis=-1, keepdims=True))
+    if mech == "identity":
+        return (lambda xp, L: L), (lambda xp, L, A, gA: gA)
+    if mech == "abs":
+        return (lambda xp, L: xp.abs(L)), (lambda xp, L, A, gA: gA * xp.sign(L))
+    return ((lambda xp, L: xp.where(L > 0, L, xp.zeros_like(L))),
+            (lambda xp, L, A, gA: xp.where(L > 0, gA, xp.zeros_like(gA))))
 
 
 class GlobalSelfAttention(Layer):
@@ -159,6 +191,92 @@ class GlobalSelfAttention(Layer):
         return (f"GlobalSelfAttention({self.n_chan_out}, {self.n_chan_key}, {self.n_chan_val}, {self.n_heads}, "
                 f"linear_scaling={self.linear_scaling}, attention_mechanism={self.attention_mechanism!r}, "
                 f"pos_emb_type={self.pos_emb_type!r})")
+
+    # -- finite side ----------------------------------------------------------------
+    def _ffinite(self, shape, name, cond=None):
+        """Finite: the multi-head attention of the module docstring ("Finite side"): projections
+        and output as stax affine layers, the per-head mixing and its backward written out."""
+        shape = tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(f"{name}: attends over spatial positions, so it needs inputs of shape (N, T, C), "
+                             f"(N, H, W, C) or (N, D, H, W, C); got per-input shape {shape}")
+        mech = self.attention_mechanism
+        if not self.linear_scaling and mech != "identity":
+            raise NotImplementedError(
+                f"{name}: linear_scaling=False with attention_mechanism={mech!r} has no closed-form limiting kernel "
+                f"to converge to (Hron et al. 2020); use linear_scaling=True, or attention_mechanism='identity'")
+        if self.pos_emb_type != "none":
+            raise NotImplementedError(f"{name}: pos_emb_type={self.pos_emb_type!r}: positional embeddings have no "
+                                      f"finite network yet; use pos_emb_type='none' (input shape (N, "
+                                      f"{', '.join(map(str, shape))}))")
+        sp, C = shape[:-1], shape[-1]
+        P = _prod(sp)
+        H, dk, dv, O = self.n_heads, self.n_chan_key, self.n_chan_val, self.n_chan_out
+        tied = self.linear_scaling
+        scale = math.sqrt(self.query_weight_var * self.key_weight_var) / (dk if tied else math.sqrt(dk))
+        b = 0.0 if self.bias_var is None else self.bias_var
+        f, f_back = _mechanism_finite(mech)
+
+        def pix(xp, x):  # (B, N, *S, C) -> (B, N, P, C)
+            return xp.reshape(x, (x.shape[0], x.shape[1], P, x.shape[-1]))
+
+        def pix_T(xp, g):
+            return xp.reshape(g, (g.shape[0], g.shape[1], *sp, g.shape[-1]))
+
+        def flat(xp, z):
+            return z
+
+        proj = lambda width: _affine_finite(shape, 1, width, 1.0, 0.0, pix, pix_T, (P,), cond)  # noqa: E731
+        subs = [proj(H * dk)] + ([] if tied else [proj(H * dk)]) + [proj(H * dv)]
+        subs.append(_affine_finite((P, H * dv), 1, O, self.out_weight_var * self.value_weight_var, b, flat, flat, sp,
+                                   cond))
+        offs = [0]
+        for s_ in subs:
+            offs.append(offs[-1] + s_.n_params)
+        par = lambda params, i: params[offs[i]:offs[i + 1]]  # noqa: E731
+
+        def heads(xp, h, d):  # (B, N, P, H d) -> (B, N, H, P, d)
+            return xp.permute_dims(xp.reshape(h, (h.shape[0], h.shape[1], P, H, d)), (0, 1, 3, 2, 4))
+
+        def unheads(xp, h):  # (B, N, H, P, d) -> (B, N, P, H d)
+            y = xp.permute_dims(h, (0, 1, 3, 2, 4))
+            return xp.reshape(y, (y.shape[0], y.shape[1], P, H * y.shape[-1]))
+
+        def forward(xp, params, x):
+            caches = []
+            outs = []
+            for i in range(len(subs) - 1):
+                y, c = subs[i].forward(xp, par(params, i), x)
+                outs.append(y)
+                caches.append(c)
+            Qh = heads(xp, outs[0], dk)
+            Kh = Qh if tied else heads(xp, outs[1], dk)
+            Vh = heads(xp, outs[-1], dv)
+            L = scale * xp.matmul(Qh, xp.matrix_transpose(Kh))  # (B, N, H, P, P)
+            A = f(xp, L)
+            Z = unheads(xp, xp.matmul(A, Vh))
+            y, c = subs[-1].forward(xp, par(params, len(subs) - 1), Z)
+            caches.append(c)
+            return y, (caches, Qh, Kh, Vh, L, A)
+
+        def backward(xp, params, cache, g, acc, need):
+            caches, Qh, Kh, Vh, L, A = cache
+            gZ = subs[-1].backward(xp, par(params, len(subs) - 1), caches[-1], g, acc, True)
+            gZ = heads(xp, gZ, dv)
+            gV = xp.matmul(xp.matrix_transpose(A), gZ)
+            gL = scale * f_back(xp, L, A, xp.matmul(gZ, xp.matrix_transpose(Vh)))
+            gQ = xp.matmul(gL, Kh)
+            gK = xp.matmul(xp.matrix_transpose(gL), Qh)
+            grads = [unheads(xp, gQ + gK)] if tied else [unheads(xp, gQ), unheads(xp, gK)]
+            grads.append(unheads(xp, gV))
+            gx = None
+            for i, gi in enumerate(grads):
+                r = subs[i].backward(xp, par(params, i), caches[i], gi, acc, need)
+                gx = r if gx is None else gx + r
+            return gx if need else None
+
+        floats = P * (C + 2 * H * dk + H * dv + 2 * H * P + H * dv + O) + sum(s_.floats for s_ in subs)
+        return _Finite((*sp, O), sum((s_.param_shapes for s_ in subs), []), forward, backward, floats)
 
     # -- pieces -----------------------------------------------------------------------
     def _pos_cov(self, spatial, name):

@@ -28,6 +28,16 @@ probability. ``mode="test"`` is the identity. ``mode="train"``: ``y = m h / rate
 Bernoulli(rate) masks per input, pixel and channel, so ``E[y y'] = E[h h']`` off the diagonal
 and ``E[h^2] / rate`` on it: the entries ``(x, s; x, s)`` of the per-input covariances, and of
 ``K`` and ``Theta`` when X2 is None (the same batch on both sides), are multiplied by ``1/rate``.
+
+Finite side (``_ffinite``, as stax's layers; see stax's "finite side" comment): LayerNorm is
+the finite normalization itself, ``y = (h - mean h) / sqrt(eps + var h)`` over the normalized
+channel (and spatial) axes of each input, no parameters (Ba et al. 2016, eq. (4), without the
+gain and bias; neural-tangents' LayerNorm), with the exact backward pass
+``dL/dh = (g - mean g - y mean(g y)) / sqrt(eps + var h)``. Its channel average converges to
+the kernel rule's normalizer at rate n^-1/2 (the mean subtraction adds an O(1/n) bias).
+Normalizing over the batch axis couples the inputs (the network is then not a function of
+each input), so it has no finite network. Dropout in "test" mode is the identity; "train" mode
+has no finite network (see :class:`Dropout`).
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from limitlab.theory.kernels.stax import Layer, _prod
+from limitlab.theory.kernels.stax import Layer, _Finite, _no_params_finite, _prod
 
 __all__ = ["LayerNorm", "Dropout"]
 
@@ -137,6 +147,47 @@ class LayerNorm(Layer):
             cov1, cov2 = k.cov1 / own(r1), k.cov2 / own(r2)
         return replace(k, nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
 
+    def _ffinite(self, shape, name, cond=None):
+        """Finite: ``y = (h - mu) / s``, ``s = sqrt(eps + sigma^2)``, the mean ``mu`` and (biased)
+        variance ``sigma^2`` over the normalized axes of each input (Ba et al. 2016, eq. (4)); no
+        parameters. Backward: ``dL/dh = (g - mean g - y mean(g y)) / s`` over the same axes."""
+        shape = tuple(shape)
+        full = ("N",) + shape
+        ndim = len(full)
+        desc = f"(N, {', '.join(map(str, shape))})"
+        canon = []
+        for a in self.axis:
+            if not -ndim <= a < ndim:
+                raise ValueError(f"{name}: axis {a} is out of range for an input of shape {desc} (rank {ndim})")
+            canon.append(a % ndim)
+        if len(set(canon)) != len(canon):
+            raise ValueError(f"{name}: axis {self.axis} repeats an axis of the input of shape {desc}")
+        if ndim - 1 not in canon:
+            raise ValueError(f"{name}: axis {self.axis} must include the channel axis (-1 = {ndim - 1}) of its input "
+                             f"of shape {desc}: only the channel average converges in the infinite-width limit")
+        if 0 in canon:
+            raise NotImplementedError(
+                f"{name}: normalizing over the batch axis 0 couples the inputs (the output for one input depends on "
+                f"the others), so there is no finite network of per-input functions (input shape {desc}); the "
+                f"kernel side supports it")
+        axes = tuple(sorted(a + 1 for a in canon))  # (B, N, *S, C): per-input axis a -> array axis a + 1
+        eps = self.eps
+
+        def forward(xp, params, h):
+            mu = xp.mean(h, axis=axes, keepdims=True)
+            c = h - mu
+            s = xp.sqrt(xp.mean(c * c, axis=axes, keepdims=True) + eps)
+            y = c / s
+            return y, (y, s)
+
+        def backward(xp, params, cache, g, acc, need):
+            if not need:
+                return None
+            y, s = cache
+            return (g - xp.mean(g, axis=axes, keepdims=True) - y * xp.mean(g * y, axis=axes, keepdims=True)) / s
+
+        return _Finite(shape, [], forward, backward, 2 * _prod(shape))
+
 
 class Dropout(Layer):
     """Dropout ``Dropout(rate, mode="train")``: ``rate`` in (0, 1] is the keep probability
@@ -147,6 +198,12 @@ class Dropout(Layer):
     even when X2 holds the same values as X1: pass ``X2=None`` for the same-batch kernel.
     Unlike neural-tangents, Dropout directly on the inputs is allowed: the same rule holds there
     (the input kernel is a channel average too).
+
+    Finite networks (``limitlab.verify.networks``): ``mode="test"`` is the identity.
+    ``mode="train"`` raises NotImplementedError there: its masks are drawn per input (that is what
+    makes only the same-input diagonal scale), so their number depends on the batch and the
+    output is not a function of the input, while the finite engine's parameters are per-network
+    arrays of fixed shapes and its NTK assumes per-input functions.
     """
 
     def __init__(self, rate, mode="train"):
@@ -182,3 +239,13 @@ class Dropout(Layer):
         if k.symmetric:
             return replace(k, nngp=pairs(k.nngp), ntk=pairs(k.ntk), gaussian=False)
         return replace(k, cov1=own(k.cov1), cov2=own(k.cov2), gaussian=False)
+
+    def _ffinite(self, shape, name, cond=None):
+        """Finite: "test" mode, the identity; "train" mode raises (see the class docstring)."""
+        if self.mode == "train":
+            raise NotImplementedError(
+                f"{name}: mode='train' has no finite network here: its Bernoulli(rate) masks are drawn per input "
+                f"(their number depends on the batch, and the output is not a function of the input alone), while "
+                f"the finite engine draws per-network parameters of fixed shapes (input shape (N, "
+                f"{', '.join(map(str, shape))})); use mode='test' (the identity) in finite networks")
+        return _no_params_finite(tuple(shape), lambda xp, x: x, lambda xp, g: g)

@@ -1,4 +1,5 @@
-"""Verify checks of the limiting kernels of convolutional, pooled and residual architectures.
+"""Verify checks of the limiting kernels of convolutional, pooled, residual, layer-normalized and
+attention architectures.
 
 One stax description per family gives both sides of each check: its limiting NNGP and NTK
 (``limitlab.theory.kernels.stax``) and its finite networks at width n (every hidden Dense/Conv
@@ -13,6 +14,17 @@ samples; every entry of the upper triangle of each kernel is one quantity.
 * ``kernels.resnet``: a Conv stem, one residual block ``FanOut(2) -> parallel(serial(Relu(),
   Conv), Identity()) -> FanInSum()``, ReLU, GlobalAvgPool, Dense(1) (He et al. 2016's block in
   neural-tangents' combinators; its kernel is the sum of the branches' kernels).
+* ``kernels.layernorm``: a SAME 1-D Conv, LayerNorm over the channels, ReLU, GlobalAvgPool,
+  Dense(1) (Ba, Kiros & Hinton 2016, "Layer normalization", eq. (4); its limit divides by the
+  deterministic normalizer ``sqrt(eps + K(x, s; x, s))``, Hron et al. 2020).
+* ``kernels.attention``: 2-head softmax GlobalSelfAttention with linear scaling (tied
+  keys/queries; output, key and value dimensions n, 2 heads) on the inputs, ReLU,
+  GlobalAvgPool, Dense(1) (Hron, Bahri, Sohl-Dickstein & Novak 2020, "Infinite attention: NNGP
+  and NTK for deep attention networks": the logits concentrate on ``sqrt(q k) c(x)``). The
+  attention acts on the inputs (2 channels) rather than after a Conv stem: with a stem the
+  attention's maps are n x n (2.5x the normals per network) and one network's entries fluctuate
+  1.3x more (measured), so the power asked would need 2048 networks and ~6 s; the finite tests in
+  tests/verify/test_networks.py cover attention after a stem (a transformer block).
 
 The fluctuation of one network's kernel is O(n^-1/2) and the ensemble-mean bias O(1/n), as for
 MLPs (Hanin & Nica 2020; Roberts, Yaida & Hanin 2022, ch. 8 and 11): rate -0.5, bias_rate 1.
@@ -66,6 +78,18 @@ def _net(name):
                             stax.FanInSum())
         return stax.serial(stax.Conv(1, (3,), padding="SAME", **wb), block, stax.Relu(), stax.GlobalAvgPool(),
                            stax.Dense(1, **wb))
+    if name == "layernorm":
+        from limitlab.theory.kernels import LayerNorm
+
+        return stax.serial(stax.Conv(1, (3,), padding="SAME", **wb), LayerNorm(), stax.Relu(), stax.GlobalAvgPool(),
+                           stax.Dense(1, **wb))
+    if name == "attention":
+        from limitlab.theory.kernels import GlobalSelfAttention
+
+        att = GlobalSelfAttention(1, 1, 1, 2, linear_scaling=True, key_weight_var=WEIGHT_VAR,
+                                  value_weight_var=WEIGHT_VAR, query_weight_var=WEIGHT_VAR, out_weight_var=WEIGHT_VAR,
+                                  bias_var=BIAS_VAR, attention_mechanism="softmax")
+        return stax.serial(att, stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1, **wb))
     raise KeyError(name)
 
 
@@ -85,6 +109,14 @@ ARCHITECTURES = {
     "resnet": Family("resnet", "Conv stem, residual block FanOut/parallel(Relu+Conv, Identity)/FanInSum, ReLU, "
                                "GlobalAvgPool, Dense(1) on 3 sequences of 4x2",
                      (3, 4, 2), SIZES, QUICK_SIZES, 2048, 1024, 32, _DEPTH_REASON.format(m=32, d=2), 2.0),
+    "layernorm": Family("layernorm", "SAME Conv(3), LayerNorm over channels, ReLU, GlobalAvgPool, Dense(1) on 3 "
+                                     "sequences of 4x2",
+                        (3, 4, 2), SIZES, QUICK_SIZES, 2048, 1024, 32, _DEPTH_REASON.format(m=32, d=1), 1.0),
+    # one network's entries fluctuate by ~2.3/sqrt(width) (measured); a 2% error still ends 1.5-1.9
+    # tolerances away at the quick sizes (measured over 4 seeds; cnn-gp and resnet: 1.4-1.7)
+    "attention": Family("attention", "2-head softmax GlobalSelfAttention (linear scaling; output/key/value dims n) "
+                                     "on the inputs, ReLU, GlobalAvgPool, Dense(1) on 3 sequences of 4x2",
+                        (3, 4, 2), SIZES, QUICK_SIZES, 2048, 1024, 32, _DEPTH_REASON.format(m=32, d=1), 2.0),
 }
 
 

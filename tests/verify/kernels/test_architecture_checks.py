@@ -1,5 +1,6 @@
-"""Power of the architecture checks (kernels.cnn-gp, kernels.cntk-pool, kernels.resnet) at their
-quick sizes and samples: the stax limit is accepted, a theory off by 2% either way is rejected."""
+"""Power of the architecture checks (kernels.cnn-gp, kernels.cntk-pool, kernels.resnet, kernels.layernorm,
+kernels.attention) at their quick sizes and samples: the stax limit is accepted, a theory off by 2% either
+way is rejected."""
 from functools import lru_cache
 
 import numpy as np
