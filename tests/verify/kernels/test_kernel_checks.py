@@ -82,7 +82,8 @@ def test_registry_has_every_kernel_check_with_a_default_subset():
     names = [n for n, c in all_checks().items() if n.startswith("kernels.") and "architectures" not in c.tags]
     assert len(names) == len(kc.ACTIVATIONS) * len(kc.DEPTHS) * len(kc.PARAMETRIZATIONS)
     families = [n for n, c in all_checks().items() if "architectures" in c.tags]
-    assert sorted(families) == ["kernels.cnn-gp", "kernels.cntk-pool", "kernels.resnet"]
+    assert sorted(families) == ["kernels.attention", "kernels.cnn-gp", "kernels.cntk-pool", "kernels.layernorm",
+                                "kernels.resnet"]
     defaults = [n for n in names if all_checks()[n].default]
     assert 3 <= len(defaults) <= 8
     c = all_checks()["kernels.tanh.d3.standard"]
