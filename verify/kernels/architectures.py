@@ -120,6 +120,11 @@ ARCHITECTURES = {
 }
 
 
+# in the quick default set of `limitlab verify`: the CNTK of Arora et al. 2019 (conv + global pooling),
+# one architecture beside the MLPs, ~1-2 s
+DEFAULT = ("cntk-pool",)
+
+
 def architecture(name: str):
     """The stax description of a family (hidden widths are set by the check's size)."""
     return _net(name)
@@ -180,7 +185,7 @@ def _register(fam: Family):
 
     fn.__name__ = f"kernels_{fam.name.replace('-', '_')}"
     check(f"kernels.{fam.name}", sizes=fam.sizes, quick_sizes=fam.quick_sizes, samples=fam.samples,
-          quick_samples=fam.quick_samples, rate=-0.5, bias_rate=1.0, default=False,
+          quick_samples=fam.quick_samples, rate=-0.5, bias_rate=1.0, default=fam.name in DEFAULT,
           tags=("kernels", "architectures", fam.name), min_size=fam.min_size, min_size_reason=fam.min_size_reason,
           seconds_quick=fam.seconds_quick,
           description=f"NNGP and NTK of {fam.description} (stax limit; weight_var={WEIGHT_VAR}, "
