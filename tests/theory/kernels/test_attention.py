@@ -14,37 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from limitlab.theory.kernels import attention, normalization, stax
+from fixtures.stax_cases import DECAYS, check_case, load  # tests/ is on pytest's pythonpath
+from limitlab.theory.kernels import stax
 from limitlab.theory.kernels.attention import GlobalSelfAttention
 from limitlab.theory.kernels.normalization import LayerNorm
 
 FIX_PATH = Path(__file__).parents[2] / "fixtures" / "stax_extra_kernels.npz"
-FIX = np.load(FIX_PATH)
-CASES = json.loads(str(FIX["cases"]))
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-DECAYS = {"exp_half": lambda d: np.exp(-d / 2.0), "inverse": lambda d: 1.0 / (1.0 + d)}
+FIX, CASES = load(FIX_PATH.name)
 MECHS = ["softmax", "identity", "abs", "relu"]
-
-
-def build(spec):
-    """Our network from the fixture's JSON architecture (neural-tangents' names and argument order)."""
-    if spec[0] in ("serial", "parallel"):
-        return getattr(stax, spec[0])(*[build(s) for s in spec[1]])
-    name, args, kwargs = spec
-    args = [tuple(a) if isinstance(a, list) else a for a in args]
-    kwargs = {k: (DECAYS[v] if k == "pos_emb_decay_fn" else v) for k, v in kwargs.items()}
-    for module in (normalization, attention, stax):
-        if hasattr(module, name):
-            return getattr(module, name)(*args, **kwargs)
-    raise KeyError(name)
-
-
-def nt_layout(a):
-    """neural-tangents' interleaved axes (N1, N2, H, H', W, W', ...) -> ours (N1, N2, H, W, ..., H', W', ...)."""
-    d = (a.ndim - 2) // 2
-    return a.transpose((0, 1) + tuple(2 + 2 * i for i in range(d)) + tuple(3 + 2 * i for i in range(d)))
-
-
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MINE = [c for c in CASES if "attention" in json.dumps(c["layers"]).lower() or c["key"].startswith("attn_")]
 
 
@@ -58,19 +36,7 @@ def test_fixture_covers_every_supported_combination():
 
 @pytest.mark.parametrize("case", MINE, ids=[c["key"] for c in MINE])
 def test_matches_neural_tangents_to_1e10(case):
-    net = build(["serial", case["layers"]])
-    X1, X2 = FIX[f"{case['input']}_X1"], FIX[f"{case['input']}_X2"]
-    k12, k11 = net.kernels(X1, X2), net.kernels(X1)
-    off = ~np.eye(X1.shape[0], dtype=bool)
-    for ours, name in [(k12.nngp, "nngp12"), (k12.ntk, "ntk12"), (k11.nngp, "nngp11"), (k11.ntk, "ntk11")]:
-        theirs = nt_layout(FIX[f"{case['key']}_{name}"])
-        assert ours.shape == theirs.shape
-        ref = np.max(np.abs(theirs))
-        if name.endswith("11"):  # the batch diagonal to neural-tangents' arctan2 accuracy (see test_stax)
-            np.testing.assert_allclose(ours[off], theirs[off], rtol=1e-10, atol=1e-10 * ref)
-            np.testing.assert_allclose(ours[~off], theirs[~off], rtol=1e-7)
-        else:
-            np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10 * ref)
+    check_case(FIX, case)
 
 
 # ---------------------------------------------------------------------------------------

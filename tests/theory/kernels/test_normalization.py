@@ -5,7 +5,6 @@ by tests/fixtures/make_stax_extra_fixtures.py), (2) closed forms computed here f
 (3) a finite-width Monte Carlo LayerNorm, and (4) exact properties (invariance to the input
 scale, unit normalized variance, symmetry, PSD).
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,54 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from limitlab.theory.kernels import attention, normalization, stax
+from fixtures.stax_cases import check_case, load  # tests/ is on pytest's pythonpath
+from limitlab.theory.kernels import stax
 from limitlab.theory.kernels.normalization import Dropout, LayerNorm
 
 FIX_PATH = Path(__file__).parents[2] / "fixtures" / "stax_extra_kernels.npz"
-FIX = np.load(FIX_PATH)
-CASES = json.loads(str(FIX["cases"]))
+FIX, CASES = load(FIX_PATH.name)
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-DECAYS = {"exp_half": lambda d: np.exp(-d / 2.0), "inverse": lambda d: 1.0 / (1.0 + d)}
-
-
-def build(spec):
-    """Our network from the fixture's JSON architecture (neural-tangents' names and argument order)."""
-    if spec[0] in ("serial", "parallel"):
-        return getattr(stax, spec[0])(*[build(s) for s in spec[1]])
-    name, args, kwargs = spec
-    args = [tuple(a) if isinstance(a, list) else a for a in args]
-    kwargs = {k: (DECAYS[v] if k == "pos_emb_decay_fn" else v) for k, v in kwargs.items()}
-    for module in (normalization, attention, stax):
-        if hasattr(module, name):
-            return getattr(module, name)(*args, **kwargs)
-    raise KeyError(name)
-
-
-def nt_layout(a):
-    """neural-tangents' interleaved axes (N1, N2, H, H', W, W', ...) -> ours (N1, N2, H, W, ..., H', W', ...)."""
-    d = (a.ndim - 2) // 2
-    return a.transpose((0, 1) + tuple(2 + 2 * i for i in range(d)) + tuple(3 + 2 * i for i in range(d)))
-
-
-def check_case(case):
-    net = build(["serial", case["layers"]])
-    X1, X2 = FIX[f"{case['input']}_X1"], FIX[f"{case['input']}_X2"]
-    k12, k11 = net.kernels(X1, X2), net.kernels(X1)
-    key = case["key"]
-    off = ~np.eye(X1.shape[0], dtype=bool)
-    for ours, name in [(k12.nngp, "nngp12"), (k12.ntk, "ntk12"), (k11.nngp, "nngp11"), (k11.ntk, "ntk11")]:
-        theirs = nt_layout(FIX[f"{key}_{name}"])
-        assert ours.shape == theirs.shape
-        ref = np.max(np.abs(theirs))
-        if name.endswith("11"):
-            # off the batch diagonal to 1e-10; on it neural-tangents takes arctan2 of a rounding-level
-            # Cauchy-Schwarz gap (~1e-8 angles) where ours snaps it (as in test_stax)
-            np.testing.assert_allclose(ours[off], theirs[off], rtol=1e-10, atol=1e-10 * ref)
-            np.testing.assert_allclose(ours[~off], theirs[~off], rtol=1e-7)
-        else:
-            np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10 * ref)
-
-
 MINE = [c for c in CASES if c["key"].startswith(("ln_", "dropout_"))]
 
 
@@ -72,7 +30,7 @@ def test_fixture_is_small_and_covers_the_layers():
 
 @pytest.mark.parametrize("case", MINE, ids=[c["key"] for c in MINE])
 def test_matches_neural_tangents_to_1e10(case):
-    check_case(case)
+    check_case(FIX, case)
 
 
 # ---------------------------------------------------------------------------------------
