@@ -61,8 +61,18 @@ are independent), Flatten and global pools ``O(N1 N2 P^2)``. An activation evalu
 map once per entry, ``O(N1 N2 P^2)``, on the ``(N1 P) x (N2 P)`` matrix view of ``K`` (the
 engine's matrix mode for numerical maps); the per-input covariances cost ``O((N1 + N2)
 P^2)`` more. Memory: a few arrays of ``N1 N2 P^2`` float64. Measured (2 shared cores): 10
-images of 8x8x3 through three 3x3 SAME conv + ReLU layers and a global pool, 0.35 s; a
-compiled path is future work.
+images of 8x8x3 through three 3x3 SAME conv + ReLU layers and a global pool, 0.35 s (before
+the compiled paths below).
+
+Compiled paths and blocks: the Conv rule runs as one Numba pass per spatial axis on the
+covariance in place (no padded copies, the bias / NTK sum fused in; the same operations in the
+same order as the NumPy rule, so bit-identical), and on states of at least ``_COMPILED_MIN``
+entries a closed-form activation runs as one Numba pass in the state's own layout (no
+``(N1 P) x (N2 P)`` matrix copies; the NTK product fused in). ``kernels(..., batch_size=b)``
+computes the pairs in ``b x b`` blocks (with X2 None only the blocks on and above the
+diagonal), so the working set is a few ``b^2 P^2`` arrays whatever N; by default the blocks
+hold at most ``_BLOCK_BYTES`` of covariance when every layer acts on each input alone.
+Blocks and the compiled map agree with the one-block NumPy path to 1e-14 (tests).
 """
 from __future__ import annotations
 
@@ -71,6 +81,7 @@ import numbers
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
+import numba as nb
 import numpy as np
 import sympy as sp
 
@@ -242,6 +253,63 @@ def _conv_cov(a, bnd, filt, strides, padding):
             acc = a[tuple(idx)].copy() if acc is None else acc + a[tuple(idx)]
         a = acc / filt[i]
     return a
+
+
+def _conv_cov_compiled(a, bnd, filt, strides, padding, w=1.0, b=0.0, add=None):
+    """``w * _conv_cov(a, ...) + b`` (``+ add`` instead of ``+ b`` when add is given), with the
+    same operations in the same order (taps summed in offset order, skipped where SAME pads a
+    zero: x + 0 = x; then / k per axis), one compiled pass per spatial axis, no padded copies."""
+    d = len(filt)
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    for i in range(d):
+        ax1, ax2 = bnd + i, bnd + d + i
+        n = a.shape[ax1]
+        out, (lo, _) = _out_and_pads(n, filt[i], strides[i], padding)
+        shape = a.shape
+        pre, mid, post = _prod(shape[:ax1]), _prod(shape[ax1 + 1:ax2]), _prod(shape[ax2 + 1:])
+        last = i == d - 1
+        mode = 0 if not last else (2 if add is not None else 1)
+        new_shape = list(shape)
+        new_shape[ax1] = new_shape[ax2] = out
+        extra = np.ascontiguousarray(add, dtype=np.float64).reshape(pre, out, mid, out, post) \
+            if mode == 2 else _EMPTY5
+        a = _conv_axis(a.reshape(pre, n, mid, n, post), filt[i], strides[i], lo, out, padding == "CIRCULAR",
+                       mode, w, b, extra).reshape(new_shape)
+    return a
+
+
+_EMPTY5 = np.zeros((1, 1, 1, 1, 1))
+
+
+@nb.njit(parallel=True, cache=True)
+def _conv_axis(src, k, st, lo, out, circular, mode, w, b, extra):
+    """One axis pair (j, j') of _conv_cov on the view (pre, n, mid, n, post); mode 0: / k;
+    1: w * (. / k) + b; 2: w * (. / k) + extra."""
+    pre, n, mid, post = src.shape[0], src.shape[1], src.shape[2], src.shape[4]
+    dst = np.empty((pre, out, mid, out, post))
+    for pj in nb.prange(pre * out):
+        p, j = pj // out, pj % out
+        for m in range(mid):
+            for jj in range(out):
+                o0, o1 = 0, k  # the taps inside the image on both members (all when circular)
+                if not circular:
+                    o0 = max(0, lo - st * j, lo - st * jj)
+                    o1 = min(k, n + lo - st * j, n + lo - st * jj)
+                for q in range(post):
+                    acc = 0.0
+                    for o in range(o0, o1):
+                        r1, r2 = st * j + o - lo, st * jj + o - lo
+                        if circular:
+                            r1, r2 = r1 % n, r2 % n
+                        v = src[p, r1, m, r2, q]
+                        acc = v if o == o0 else acc + v
+                    acc = acc / k
+                    if mode == 1:
+                        acc = w * acc + b
+                    elif mode == 2:
+                        acc = w * acc + extra[p, j, m, jj, q]
+                    dst[p, j, m, jj, q] = acc
+    return dst
 
 
 def _pool_cov(a, bnd, window, strides, padding, average, normalize_edges):
@@ -532,11 +600,17 @@ class Layer:
         return self._ffinite(shape, name, cond)
 
     # -- public ---------------------------------------------------------------------
-    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk")) -> Kernels:
+    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), batch_size=None) -> Kernels:
         """NNGP and NTK between the inputs X1 and X2 (X2=None: X1 with itself).
 
         Returns ``Kernels(nngp, ntk)``, each ``(N1, N2)`` when the network ends with a
         Flatten/global pool/Dense on flat inputs, else ``(N1, N2, *S, *S)``.
+
+        ``batch_size``: the pairs are computed in blocks of batch_size x batch_size inputs, so
+        that the working set (a few ``batch_size^2 P^2`` arrays) does not grow with N; with
+        X2 None only the blocks on and above the diagonal (the rest by symmetry). None: blocks
+        of at most _BLOCK_BYTES bytes of covariance when the network's layers act on each input
+        alone (every layer here; LayerNorm only over axes without the batch), else one block.
         """
         if isinstance(get, str):
             get = (get,)
@@ -548,23 +622,71 @@ class Layer:
         X2 = X1 if symmetric else _check_inputs(X2, "X2")
         if X1.shape[1:] != X2.shape[1:]:
             raise ValueError(f"X2: per-input shape {X2.shape[1:]} does not match X1's {X1.shape[1:]}")
-        k = _input_state(X1, X2, symmetric, "ntk" in get)
+        n1, n2 = X1.shape[0], X2.shape[0]
+        if batch_size is None:
+            P = _prod(X1.shape[1:-1])
+            b = max(1, math.isqrt(max(_BLOCK_BYTES // (8 * P * P), 1)))
+            batch_size = b if max(n1, n2) > b and _per_input(self) else max(n1, n2)
+        b = _pos_int(batch_size, "kernels", "batch_size")
+        if n1 <= b and n2 <= b:
+            nngp, ntk, spatial = self._run(X1, X2, symmetric, get)
+        else:  # blocks of pairs; with X2 None the lower blocks are the upper ones transposed
+            nngp = ntk = None
+            for i in range(0, n1, b):
+                for j in range(0, n2, b):
+                    if symmetric and j < i:
+                        continue
+                    same = symmetric and i == j
+                    parts = self._run(X1[i:i + b], None if same else X2[j:j + b], same, get)
+                    spatial = parts[2]
+                    d = len(spatial)
+                    perm = (1, 0) + tuple(range(2 + d, 2 + 2 * d)) + tuple(range(2, 2 + d))
+                    if nngp is None and ntk is None:
+                        full = (n1, n2) + spatial * 2
+                        nngp, ntk = (None if a is None else np.empty(full) for a in parts[:2])
+                    for dst, a in zip((nngp, ntk), parts[:2]):
+                        if a is not None:
+                            dst[i:i + b, j:j + b] = a
+                            if symmetric and not same:
+                                dst[j:j + b, i:i + b] = a.transpose(perm)
+        if symmetric:  # exactly symmetric: sums over pixels (pools) round differently for (n, m), (m, n)
+            d = len(spatial)
+            perm = (1, 0) + tuple(range(2 + d, 2 + 2 * d)) + tuple(range(2, 2 + d))
+            nngp, ntk = (None if a is None else 0.5 * (a + a.transpose(perm)) for a in (nngp, ntk))
+        return Kernels(nngp, ntk)
+
+    def _run(self, X1, X2, symmetric, get):
+        """(nngp, ntk, output spatial shape) of one block (X2 None when symmetric)."""
+        k = _input_state(X1, X1 if symmetric else X2, symmetric, "ntk" in get)
         out = self._apply(k, "")
         if isinstance(out, tuple):
             raise ValueError(f"{self!r}: the network ends with {len(out)} unjoined branches; "
                              "add FanInSum() or FanInConcat()")
-        nngp, ntk = (out.nngp if "nngp" in get else None), (out.ntk if "ntk" in get else None)
-        if symmetric:  # exactly symmetric: sums over pixels (pools) round differently for (n, m), (m, n)
-            d = len(out.spatial)
-            perm = (1, 0) + tuple(range(2 + d, 2 + 2 * d)) + tuple(range(2, 2 + d))
-            nngp, ntk = (None if a is None else 0.5 * (a + a.transpose(perm)) for a in (nngp, ntk))
-        return Kernels(nngp, ntk)
+        return (out.nngp if "nngp" in get else None), (out.ntk if "ntk" in get else None), out.spatial
 
     def nngp(self, X1, X2=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("nngp",)).nngp
 
     def ntk(self, X1, X2=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("ntk",)).ntk
+
+
+# automatic blocks of pairs (Layer.kernels): at most this many bytes of one covariance array
+_BLOCK_BYTES = 1 << 28
+
+
+def _per_input(layer) -> bool:
+    """Whether every layer of the network maps each pair of inputs on its own (so the pairs can
+    be computed in blocks): the layers of this module, Dropout, GlobalSelfAttention, and LayerNorm
+    over axes that cannot be the batch axis (positive ones, or -1); any other layer: False."""
+    if isinstance(layer, _Combinator):
+        return all(_per_input(sub) for sub in layer.layers)
+    cls = type(layer)
+    if cls.__module__ == __name__:
+        return True
+    if cls.__name__ == "LayerNorm":
+        return all(a >= 1 or a == -1 for a in getattr(layer, "axis", (0,)))
+    return cls.__name__ in ("Dropout", "GlobalSelfAttention")
 
 
 def _check_inputs(X, name):
@@ -696,10 +818,11 @@ class Conv(Layer):
         _check_spatial(k, self.filter_shape, self.padding, name, "filter_shape")
         _check_declared(k, self.in_chan, "in_chan", name)
         w, b = self.weight_var, self.bias_var
-        conv = lambda a, bnd: _conv_cov(a, bnd, self.filter_shape, self.strides, self.padding)  # noqa: E731
-        out = k.map_all(lambda a, bnd: w * conv(a, bnd) + b, lambda a, bnd: w * conv(a, bnd))
-        if out.ntk is not None:
-            out = replace(out, ntk=out.ntk + out.nngp)
+        conv = lambda a, bnd, **kw: _conv_cov_compiled(a, bnd, self.filter_shape, self.strides,  # noqa: E731
+                                                       self.padding, w, **kw)
+        out = k.map_all(lambda a, bnd: conv(a, bnd, b=b), lambda a, bnd: a)
+        if out.ntk is not None:  # w * conv(Theta) + K', as w * conv(Theta) then + K'
+            out = replace(out, ntk=conv(k.ntk, 2, add=out.nngp))
         spatial = tuple(_out_and_pads(n, f, s, self.padding)[0]
                         for n, f, s in zip(k.spatial, self.filter_shape, self.strides))
         return replace(out, spatial=spatial, width=self.out_chan, gaussian=True)
@@ -1201,10 +1324,20 @@ class Activation(Layer):
         c1, c2 = k.covs()
         q1 = c1.reshape(n1, P * P)[:, :: P + 1].reshape(-1)
         q2 = c2.reshape(n2, P * P)[:, :: P + 1].reshape(-1)
-        C = _to_matrix(k.nngp, n1, n2, P)
-        A, Ad = self._maps(q1, q2, C, k.symmetric, want1, name)
-        nngp = _from_matrix(A, n1, n2, k.spatial)
-        ntk = None if not want1 else k.ntk * _from_matrix(Ad, n1, n2, k.spatial)
+        run = None
+        if k.nngp.size >= _COMPILED_MIN and self.activation.has_closed_form and q1.all() and q2.all():
+            run = _compiled_map(self.activation)
+        if run is not None:  # the same numbers, one compiled pass, no matrix-layout copies
+            nngp, ntk = _run_compiled(run, q1.reshape(n1, P), q2.reshape(n2, P), k, want1)
+            if not np.all(np.isfinite(nngp)) or (want1 and not np.all(np.isfinite(ntk))):
+                raise ValueError(f"{name}: the kernel map of {self.activation.name} is not finite for these inputs "
+                                 "(e.g. gaussian(a, b > 0) needs 1 - 2 b q > 0); reduce weight_var or the input "
+                                 "scale")
+        else:
+            C = _to_matrix(k.nngp, n1, n2, P)
+            A, Ad = self._maps(q1, q2, C, k.symmetric, want1, name)
+            nngp = _from_matrix(A, n1, n2, k.spatial)
+            ntk = None if not want1 else k.ntk * _from_matrix(Ad, n1, n2, k.spatial)
         cov1 = cov2 = None
         if not k.symmetric:
             cov1, cov2 = (self._self_blocks(c, q.reshape(c.shape[0], P), k.spatial, name)
@@ -1319,8 +1452,91 @@ def _closed_map(act):
                 out = f(s1_, s2_, c, r_, np.arctan2(r_, c))
             return tuple(np.broadcast_to(np.asarray(o, dtype=float), c.shape).copy() for o in out)
 
+        evaluate.scalar = sp.lambdify((s1, s2, cc, r, theta), tuple(maps), modules=["numpy", "scipy"])
         _CLOSED_MAPS[key] = evaluate
     return _CLOSED_MAPS[key]
+
+
+# The closed-form maps compiled (Numba) into one pass over the kernel state in its own layout
+# (N1, N2, P, P): per entry exactly the operations of _closed_map's NumPy evaluator (the
+# Cauchy-Schwarz snap, atan2, the lambdified map), the symmetric call's averaging of the
+# (x, s; x', s') and (x', s'; x, s) entries, and the NTK product, with no (N1 P, N2 P) matrix
+# copies or broadcast temporaries. Used on states of at least _COMPILED_MIN entries (smaller
+# ones keep the NumPy path and skip the compile); equal to the NumPy path to libm rounding.
+_COMPILED_MIN = 1 << 16
+_COMPILED_MAPS: dict = {}
+
+
+def _compiled_map(act):
+    """The compiled kernel of act's closed-form maps, or None when its map does not compile."""
+    key = (act.name, act.params, sp.srepr(act.expr))
+    if key not in _COMPILED_MAPS:
+        _COMPILED_MAPS[key] = None
+        try:
+            _COMPILED_MAPS[key] = _compile_closed_map(act)
+        except Exception:  # a map Numba cannot type (e.g. a SciPy special function): NumPy path
+            pass
+    return _COMPILED_MAPS[key]
+
+
+def _compile_closed_map(act):
+    import numba as nb
+
+    g = nb.njit(_closed_map(act).scalar, error_model="numpy")
+    eps16 = 16 * np.finfo(float).eps
+
+    @nb.njit(inline="always", error_model="numpy")
+    def ev(s1, s2, c):
+        t = s1 * s2
+        d = (t - c) * (t + c)
+        if d <= eps16 * (t * t):
+            c, r = np.copysign(t, c), 0.0
+        else:
+            r = np.sqrt(max(d, 0.0))
+        return g(s1, s2, c, r, np.arctan2(r, c))
+
+    @nb.njit(parallel=True, error_model="numpy")
+    def run(q1, q2, K, T, want1, sym, A, Tout):
+        n1, n2, P = K.shape[0], K.shape[1], K.shape[2]
+        for blk in nb.prange(n1 * n2):
+            a, b = blk // n2, blk % n2
+            if sym and b < a:
+                continue
+            for s in range(P):
+                s1 = np.sqrt(q1[a, s])
+                for t in range(P):
+                    if not sym:
+                        x, xd = ev(s1, np.sqrt(q2[b, t]), K[a, b, s, t])
+                        A[a, b, s, t] = x
+                        if want1:
+                            Tout[a, b, s, t] = T[a, b, s, t] * xd
+                    elif a != b or t >= s:
+                        x, xd = ev(s1, np.sqrt(q2[b, t]), K[a, b, s, t])
+                        y, yd = ev(np.sqrt(q1[b, t]), np.sqrt(q2[a, s]), K[b, a, t, s])
+                        v = 0.5 * (x + y)
+                        A[a, b, s, t] = v
+                        A[b, a, t, s] = v
+                        if want1:
+                            vd = 0.5 * (xd + yd)
+                            Tout[a, b, s, t] = T[a, b, s, t] * vd
+                            Tout[b, a, t, s] = T[b, a, t, s] * vd
+
+    z = np.ones((1, 1))
+    run(z, z, z.reshape(1, 1, 1, 1), z.reshape(1, 1, 1, 1), True, True, np.empty((1, 1, 1, 1)),
+        np.empty((1, 1, 1, 1)))  # compile now, so a failure falls back at once
+    return run
+
+
+def _run_compiled(run, q1, q2, k, want1):
+    n1, n2 = k.nngp.shape[:2]
+    P = q1.shape[1]
+    K = np.ascontiguousarray(k.nngp).reshape(n1, n2, P, P)
+    T = np.ascontiguousarray(k.ntk).reshape(n1, n2, P, P) if want1 else K
+    A = np.empty_like(K)
+    Tout = np.empty_like(K) if want1 else A
+    run(np.ascontiguousarray(q1), np.ascontiguousarray(q2), K, T, want1, k.symmetric, A, Tout)
+    shape = k.nngp.shape
+    return A.reshape(shape), (Tout.reshape(shape) if want1 else None)
 
 
 def Relu():

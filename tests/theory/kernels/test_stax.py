@@ -499,3 +499,55 @@ def test_relu_diagonal_is_the_exact_length_map():
     k = net.kernels(X)
     np.testing.assert_allclose(np.diag(k.nngp), q.mean(axis=(1, 2)), rtol=1e-14)
     np.testing.assert_allclose(np.diag(k.ntk), t.mean(axis=(1, 2)), rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------
+# compiled hot paths and blocks of pairs: the same numbers as the NumPy rules
+# ---------------------------------------------------------------------------------------
+
+def test_compiled_conv_equals_numpy_rule():
+    """_conv_cov_compiled (one Numba pass per axis, no padded copies) = w * _conv_cov + b (or
+    + an addend) exactly, over 1-3 spatial axes, every padding, strides, both batch ranks."""
+    rng = np.random.default_rng(0)
+    for d in (1, 2, 3):
+        for pad in ("SAME", "VALID", "CIRCULAR"):
+            for _ in range(3):
+                spatial = tuple(int(n) for n in rng.integers(3, 6, size=d))
+                filt = tuple(int(f) for f in rng.integers(1, 4, size=d))
+                strides = tuple(int(s) for s in rng.integers(1, 3, size=d))
+                for bnd in (1, 2):
+                    a = rng.standard_normal(tuple(int(n) for n in rng.integers(1, 4, size=bnd)) + spatial * 2)
+                    ref = stax._conv_cov(a, bnd, filt, strides, pad)
+                    add = rng.standard_normal(ref.shape)
+                    assert np.array_equal(stax._conv_cov_compiled(a, bnd, filt, strides, pad, 1.7, b=0.3),
+                                          1.7 * ref + 0.3)
+                    assert np.array_equal(stax._conv_cov_compiled(a, bnd, filt, strides, pad, 1.7, add=add),
+                                          1.7 * ref + add)
+
+
+def _myrtle5_8x8(b_std=0.2):
+    conv = lambda: stax.Conv(4, (3, 3), padding="SAME", W_std=2 ** 0.5, b_std=b_std)  # noqa: E731
+    pool = lambda: stax.AvgPool((2, 2), (2, 2))  # noqa: E731
+    return stax.serial(conv(), stax.Relu(), conv(), stax.Relu(), pool(), conv(), stax.Relu(), pool(), conv(),
+                       stax.Relu(), pool(), stax.Flatten(), stax.Dense(10, W_std=2 ** 0.5))
+
+
+def test_compiled_activation_and_blocks_equal_numpy_path(monkeypatch):
+    """The compiled ReLU map (states >= _COMPILED_MIN entries) and blocks of pairs (batch_size)
+    give the NumPy path's numbers to 1e-14, symmetric and cross calls, NNGP and NTK."""
+    rng = np.random.default_rng(1)
+    X1, X2 = rng.standard_normal((5, 8, 8, 3)), rng.standard_normal((3, 8, 8, 3))
+    net = _myrtle5_8x8()
+    monkeypatch.setattr(stax, "_COMPILED_MIN", 1 << 62)
+    ref = [net.kernels(X1), net.kernels(X1, X2)]
+    monkeypatch.setattr(stax, "_COMPILED_MIN", 0)
+    for bs in (None, 1, 2):
+        got = [net.kernels(X1, batch_size=bs), net.kernels(X1, X2, batch_size=bs)]
+        for g, r in zip(got, ref):
+            for a, b in ((g.nngp, r.nngp), (g.ntk, r.ntk)):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14 * np.max(np.abs(b)))
+        assert np.array_equal(got[0].ntk, got[0].ntk.T)
+    assert stax._per_input(net)
+    from limitlab.theory.kernels import LayerNorm
+    assert not stax._per_input(stax.serial(stax.Conv(2, (1, 1)), LayerNorm(axis=(0, -1))))
