@@ -41,8 +41,13 @@ def _lazy_to_rich(nb, text):
     assert "max |DMFT(gamma0=0) - NTK descent|" in text and "ratio of NTK changes" in text
 
 
+def _cntk_digits(nb, text):
+    assert "CNTK accuracy" in text and "MLP NTK accuracy" in text
+
+
 CHECKS = {"relu_arccos_kernel": (_relu_arccos, 1), "collapse": (_collapse, 1),
-          "double_descent": (_double_descent, 3), "lazy_to_rich": (_lazy_to_rich, 1)}  # (check, inline figures)
+          "double_descent": (_double_descent, 3), "lazy_to_rich": (_lazy_to_rich, 1),
+          "cntk_digits": (_cntk_digits, 1)}  # (check, inline figures)
 
 
 def test_every_notebook_is_checked():
