@@ -6,6 +6,8 @@
 
 Both sides compute the per-network empirical NTK of a ReLU MLP (NTK parametrization,
 W_std^2 = 2, b_std^2 = 0.1) in float64 (JAX with ``jax_enable_x64``) on the same inputs.
+limitlab is timed with ``method="auto"`` (on the CPU case, 256 inputs <= width/4: the
+Gaussian-conditioning sampler) and, by default, also with ``method="weights"``.
 
 neural-tangents runs in its own interpreter (``--nt-python``, or the ``NT_PYTHON``
 environment variable; docs/benchmarks.md says how to build it); it is never imported here.
@@ -234,7 +236,8 @@ def main(argv=None):
                          "one's take part in the alternating rounds")
     ap.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
     ap.add_argument("--repeats", type=int, default=5, help="alternating timed rounds (medians reported)")
-    ap.add_argument("--methods", default="auto", help="limitlab samplers to time (auto, weights, conditional)")
+    ap.add_argument("--methods", default="auto,weights",
+                    help="limitlab samplers to time, comma-separated (auto, weights, conditional)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
     width = a.width or (4096 if a.gpu else 1024)

@@ -722,11 +722,12 @@ class KernelSamples:
 
 
 def _auto_method(N: int, widths) -> str:
-    """The faster sampler on the CPU, by measurement (NumPy, float64, depth 3, 2 cores, December
-    2026; weights / conditional time per network): at N = n/4 conditional is faster (n = 256:
-    1.16x, 1024: 1.26-1.35x, 2048: 1.28x), at N = 3n/8 (n = 1024) and N = n/2 (n = 256, 1024,
-    2048) slower (0.88x, 0.64x, 0.69x, ...). Conditional costs ~10 N^2 n per hidden layer plus
-    N x N factorizations and N (2n + 1) draws, weights 4 N n^2 and n^2 draws."""
+    """The faster sampler on the CPU, by measurement (NumPy, float64, ReLU depth 3, 2 shared
+    cores, December 2026; weights time / conditional time per network): at N = n/4 conditional
+    is faster (n = 256: 1.16x, 1024: 1.26x, 2048: 1.28x), at N = 3n/8 (n = 1024: 0.88x) and
+    N = n/2 (n = 256, 1024, 2048: 0.64x, 0.69x, 0.59x) slower; docs/benchmarks.md. Conditional
+    costs ~10 N^2 n per hidden layer plus N x N factorizations and N (2n + 1) draws, weights
+    4 N n^2 and n^2 draws."""
     return "conditional" if 4 * N <= min(widths) else "weights"
 
 
