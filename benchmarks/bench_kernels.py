@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/bench_kernels.py [--quick] [--no-peer] [--pairs N]
 
 Prints, for each case, limitlab's time and neural-tangents' time (its jitted kernel_fn, run
-in its private interpreter from ../shared/baselines/neural-tangents.sh; each the best of
+in its private interpreter (docs/benchmarks.md, "Building the peer"); each the best of
 three calls after a first, compiling one), the ratio, the BLAS
 Gram floor, and peak memory (max RSS growth of a fresh process) as a multiple of the output.
-Targets (DEVELOPERS/issue 2): ReLU depth-3 NTK N=8000 >= 10x faster than neural-tangents and
+Targets (docs/benchmarks.md): ReLU depth-3 NTK N=8000 >= 10x faster than neural-tangents and
 peak memory <= 1.5x the output; tanh depth-3 NNGP N=1000 >= 100x faster than
 ElementwiseNumerical(deg=25) at better accuracy; first call with a warm disk cache < 1 s.
 """

@@ -8,6 +8,9 @@ tests; so the docs' blocks are the tests. Fenced blocks are read by their info s
 * ``console``: the lines after a ``$ `` prompt are commands, the rest is shown output;
 * anything else (no info string, ``text``, ``json``, ``latex``) is output and is not run.
 
+A block whose fence is preceded by the line ``<!-- slow: REASON -->`` (say, one that builds the
+peer's private environment, minutes of downloads) runs with the slow cases (``-m slow``).
+
 Commands run as a user runs them, from the top of a checkout, but one whose outputs land in a
 fresh temporary directory: it links every top-level entry of the repository (docs/, README.md,
 the packages), so ``python docs/reproductions/x.py`` runs and ``--out results/`` writes into
@@ -37,12 +40,19 @@ SETUP = re.compile(r"^python3? -m venv (?P<venv>\S+) && (?P=venv)/bin/pip instal
 GPU_NOTE = "# needs a CUDA GPU"
 
 
-def blocks(page: Path):
-    """(language, first line number, body) of every fenced block of ``page``."""
+SLOW_NOTE = re.compile(r"<!--\s*slow:[^>]*-->\s*$")
+
+
+def blocks(page: Path, with_slow: bool = False):
+    """(language, first line number, body[, slow]) of every fenced block of ``page``."""
     text = page.read_text()
     for m in FENCE.finditer(text):
         lang = m.group("info").strip().split()[0].lower() if m.group("info").strip() else ""
-        yield lang, text.count("\n", 0, m.start()) + 2, m.group("body")
+        line = text.count("\n", 0, m.start()) + 2
+        if with_slow:
+            yield lang, line, m.group("body"), bool(SLOW_NOTE.search(text[:m.start()].rstrip() + " "))
+        else:
+            yield lang, line, m.group("body")
 
 
 def commands(lang: str, body: str) -> list:
@@ -82,14 +92,17 @@ def _cases():
     cases = []
     for page in PAGES:
         rel = page.relative_to(ROOT).as_posix()
-        py = [(line, body) for lang, line, body in blocks(page) if lang == "python"]
+        py = [(line, body) for lang, line, body, _ in blocks(page, True) if lang == "python"]
+        slow_py = any(slow for lang, _, _, slow in blocks(page, True) if lang == "python")
         if py:
-            cases.append(pytest.param(page, "python", py, id=f"{rel}:python"))
-        for lang, line, body in blocks(page):
+            cases.append(pytest.param(page, "python", py, id=f"{rel}:python",
+                                      marks=[pytest.mark.slow] if slow_py else []))
+        for lang, line, body, slow in blocks(page, True):
             if lang in ("bash", "sh", "shell", "console"):
                 cmds = [(line + k, cmd) for k, cmd in commands(lang, body)]
                 if cmds:  # one case a block: its commands run in order in one directory, as a reader runs them
-                    cases.append(pytest.param(page, "shell", cmds, id=f"{rel}:{line}:{cmds[0][1][:50]}"))
+                    cases.append(pytest.param(page, "shell", cmds, id=f"{rel}:{line}:{cmds[0][1][:50]}",
+                                              marks=[pytest.mark.slow] if slow else []))
     return cases
 
 
@@ -119,8 +132,9 @@ def _local(cmd: str) -> str | None:
     environment the tests run in; None for the test command itself (it is running now)."""
     m = SETUP.match(cmd)
     if m:
-        venv = m.group("venv")
-        cmd = cmd[m.end():].replace(f"{venv}/bin/", f"{BIN}/")
+        cmd = cmd[m.end():]
+    # the README's virtual environment is, here, the one the tests run in
+    cmd = re.sub(r"(?<![\w./-])\.venv/bin/", f"{BIN}/", cmd)
     if re.search(r"(^|/)python3? -m pytest\b|(^|\s)pytest\b", cmd):
         return None
     return cmd
