@@ -1,6 +1,6 @@
 """DMFT solver timings and their growth with P and T (run: python benchmarks/bench_dmft.py).
 
-Targets (issue 4): two-layer tanh, P = 16, T = 200, 1e5 single sites: < 5 s on 2 cores;
+Targets: two-layer tanh, P = 16, T = 200, 1e5 single sites: < 5 s on 2 cores;
 deep linear, depth 5, P = 20, T = 100: < 5 s. The reference method (Bordelon & Pehlevan
 2022) costs O(P^3 T^3) per iteration. Ours: two-layer O(samples P^2 T) (no outer loop);
 deep linear: one causal pass over time in compact form, O(L P T^3) (``method="march"``);
