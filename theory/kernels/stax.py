@@ -273,15 +273,18 @@ def _conv_cov_compiled(a, bnd, filt, strides, padding, w=1.0, b=0.0, add=None):
         new_shape[ax1] = new_shape[ax2] = out
         extra = np.ascontiguousarray(add, dtype=np.float64).reshape(pre, out, mid, out, post) \
             if mode == 2 else _EMPTY5
-        a = _conv_axis(a.reshape(pre, n, mid, n, post), filt[i], strides[i], lo, out, padding == "CIRCULAR",
-                       mode, w, b, extra).reshape(new_shape)
+        kernel = _conv_axis_par if pre * out * mid * out * post >= _PARALLEL_MIN else _conv_axis_ser
+        a = kernel(a.reshape(pre, n, mid, n, post), filt[i], strides[i], lo, out, padding == "CIRCULAR",
+                   mode, w, b, extra).reshape(new_shape)
     return a
 
 
 _EMPTY5 = np.zeros((1, 1, 1, 1, 1))
+# passes over fewer entries run on one thread: waking Numba's OpenMP workers costs more there
+# (on 2 shared cores, ~10 ms a pass: 16x slower on 8x8 images)
+_PARALLEL_MIN = 1 << 22
 
 
-@nb.njit(parallel=True, cache=True)
 def _conv_axis(src, k, st, lo, out, circular, mode, w, b, extra):
     """One axis pair (j, j') of _conv_cov on the view (pre, n, mid, n, post); mode 0: / k;
     1: w * (. / k) + b; 2: w * (. / k) + extra."""
@@ -310,6 +313,10 @@ def _conv_axis(src, k, st, lo, out, circular, mode, w, b, extra):
                         acc = w * acc + extra[p, j, m, jj, q]
                     dst[p, j, m, jj, q] = acc
     return dst
+
+
+_conv_axis_par = nb.njit(parallel=True, cache=True)(_conv_axis)
+_conv_axis_ser = nb.njit(cache=True)(_conv_axis)
 
 
 def _pool_cov(a, bnd, window, strides, padding, average, normalize_edges):
@@ -1495,7 +1502,6 @@ def _compile_closed_map(act):
             r = np.sqrt(max(d, 0.0))
         return g(s1, s2, c, r, np.arctan2(r, c))
 
-    @nb.njit(parallel=True, error_model="numpy")
     def run(q1, q2, K, T, want1, sym, A, Tout):
         n1, n2, P = K.shape[0], K.shape[1], K.shape[2]
         for blk in nb.prange(n1 * n2):
@@ -1521,10 +1527,12 @@ def _compile_closed_map(act):
                             Tout[a, b, s, t] = T[a, b, s, t] * vd
                             Tout[b, a, t, s] = T[b, a, t, s] * vd
 
+    runs = (nb.njit(error_model="numpy")(run), nb.njit(parallel=True, error_model="numpy")(run))
     z = np.ones((1, 1))
-    run(z, z, z.reshape(1, 1, 1, 1), z.reshape(1, 1, 1, 1), True, True, np.empty((1, 1, 1, 1)),
-        np.empty((1, 1, 1, 1)))  # compile now, so a failure falls back at once
-    return run
+    for r in runs:  # compile now, so a failure falls back at once
+        r(z, z, z.reshape(1, 1, 1, 1), z.reshape(1, 1, 1, 1), True, True, np.empty((1, 1, 1, 1)),
+          np.empty((1, 1, 1, 1)))
+    return runs
 
 
 def _run_compiled(run, q1, q2, k, want1):
@@ -1534,7 +1542,8 @@ def _run_compiled(run, q1, q2, k, want1):
     T = np.ascontiguousarray(k.ntk).reshape(n1, n2, P, P) if want1 else K
     A = np.empty_like(K)
     Tout = np.empty_like(K) if want1 else A
-    run(np.ascontiguousarray(q1), np.ascontiguousarray(q2), K, T, want1, k.symmetric, A, Tout)
+    run[K.size >= _PARALLEL_MIN](np.ascontiguousarray(q1), np.ascontiguousarray(q2), K, T, want1, k.symmetric, A,
+                                Tout)
     shape = k.nngp.shape
     return A.reshape(shape), (Tout.reshape(shape) if want1 else None)
 
