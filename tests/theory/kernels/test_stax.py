@@ -5,7 +5,6 @@ tests/fixtures/make_stax_fixtures.py), (2) limitlab's MLP, (3) closed forms comp
 the images themselves (im2col patches, explicitly pooled images), and (4) exact properties
 (symmetry, PSD, circular translation invariance, pooling identities).
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +13,12 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fixtures.stax_cases import check_case, load  # tests/ is on pytest's pythonpath
 from limitlab.theory.kernels import MLP
 from limitlab.theory.kernels import stax
 
-FIX = np.load(Path(__file__).parents[2] / "fixtures" / "stax_kernels.npz")
-CASES = json.loads(str(FIX["cases"]))
+FIX, CASES = load("stax_kernels.npz")
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def build(spec):
-    """Our network from the fixture's JSON architecture (neural-tangents' names and argument order)."""
-    if spec[0] in ("serial", "parallel"):
-        return getattr(stax, spec[0])(*[build(s) for s in spec[1]])
-    name, args, kwargs = spec
-    args = [tuple(a) if isinstance(a, list) else a for a in args]
-    return getattr(stax, name)(*args, **kwargs)
-
-
-def nt_layout(a):
-    """neural-tangents' interleaved axes (N1, N2, H, H', W, W', ...) -> ours (N1, N2, H, W, ..., H', W', ...)."""
-    d = (a.ndim - 2) // 2
-    return a.transpose((0, 1) + tuple(2 + 2 * i for i in range(d)) + tuple(3 + 2 * i for i in range(d)))
 
 
 def rel_err(ours, theirs):
@@ -65,26 +49,7 @@ def test_fixture_has_the_myrtle_networks():
 
 @pytest.mark.parametrize("case", CASES, ids=[c["key"] for c in CASES])
 def test_matches_neural_tangents_to_1e10(case):
-    net = build(["serial", case["layers"]])
-    X1, X2 = FIX[f"{case['input']}_X1"], FIX[f"{case['input']}_X2"]
-    k12, k11 = net.kernels(X1, X2), net.kernels(X1)
-    key = case["key"]
-    n = X1.shape[0]
-    off = ~np.eye(n, dtype=bool)
-    for ours, name in [(k12.nngp, "nngp12"), (k12.ntk, "ntk12"), (k11.nngp, "nngp11"), (k11.ntk, "ntk11")]:
-        theirs = nt_layout(FIX[f"{key}_{name}"])
-        assert ours.shape == theirs.shape
-        if name.endswith("11"):
-            # off the batch diagonal only: on it neural-tangents takes arctan2 of a rounding-level
-            # Cauchy-Schwarz gap (~1e-8 angles); ours snaps it (see test_mlp's diagonal test)
-            ours, theirs, ref = ours[off], theirs[off], theirs
-        else:
-            ref = theirs
-        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10 * np.max(np.abs(ref)))
-    # the batch diagonal of the symmetric call, to neural-tangents' accuracy there
-    for ours, name in [(k11.nngp, "nngp11"), (k11.ntk, "ntk11")]:
-        theirs = nt_layout(FIX[f"{key}_{name}"])
-        np.testing.assert_allclose(ours[~off], theirs[~off], rtol=1e-7)
+    check_case(FIX, case)
 
 
 # ---------------------------------------------------------------------------------------
