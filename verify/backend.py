@@ -51,6 +51,17 @@ class Backend:
     def to_numpy(self, a) -> np.ndarray:
         return arrays.to_numpy(a)
 
+    def batch_budget(self) -> int:
+        """Bytes one batch of networks may use: 256 MB on the host (cache-friendly, leaves room
+        for the caller), 30% of the free memory of a CUDA device."""
+        if self.name == "torch" and str(self.device).startswith("cuda"):
+            import torch
+
+            return int(0.3 * torch.cuda.mem_get_info(self.device)[0])
+        if self.name == "cupy":
+            return int(0.3 * self._mod.cuda.runtime.memGetInfo()[0])
+        return 256 * 2 ** 20
+
     def synchronize(self):
         """Wait for queued device work (for timings)."""
         if self.name == "torch" and self.device is not None and str(self.device).startswith("cuda"):

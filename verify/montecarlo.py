@@ -391,7 +391,7 @@ def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds, scrat
     """
     xp, act = bk.xp, spec.activation
     N, d = X.shape
-    L, B = spec.depth, len(seeds)
+    L = spec.depth
     bias = spec.has_bias
     fans = spec.fan_ins(d)
     outs = list(spec.widths) + [1]
@@ -737,14 +737,7 @@ def _auto_batch(bk: Backend, spec: NetworkSpec, N: int, d: int, method: str, n_n
     per = (3 * L + 4) * N * n + N * N * (L + 4)
     per += (d + 1) * n + (L * 2 * (n + 1) * min(N, n) if method == "conditional" else L * (n + 1) * n)
     per *= 8 if "64" in str(bk.dtype) else 4
-    budget = 256 * 2 ** 20
-    if bk.name == "torch" and str(bk.device).startswith("cuda"):
-        import torch
-
-        budget = int(0.3 * torch.cuda.mem_get_info(bk.device)[0])
-    elif bk.name == "cupy":
-        budget = int(0.3 * bk._mod.cuda.runtime.memGetInfo()[0])
-    return max(1, min(n_networks, budget // max(per, 1)))
+    return max(1, min(n_networks, bk.batch_budget() // max(per, 1)))
 
 
 def _cpu_workers(bk: Backend, n_networks: int) -> int:

@@ -42,7 +42,6 @@ than channels). Networks run in batches sized to a 256 MB budget (30% of free me
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Optional
 
@@ -253,14 +252,7 @@ def _device(a):
 def _auto_batch(bk: Backend, body, readout, N: int, n_networks: int) -> int:
     n_par = sum(int(np.prod(s, dtype=np.int64)) for s in body.param_shapes + readout.param_shapes)
     per = 8 * (2 * n_par + 4 * N * (body.floats + readout.floats))
-    budget = 256 * 2 ** 20
-    if bk.name == "torch" and str(bk.device).startswith("cuda"):
-        import torch
-
-        budget = int(0.3 * torch.cuda.mem_get_info(bk.device)[0])
-    elif bk.name == "cupy":
-        budget = int(0.3 * bk._mod.cuda.runtime.memGetInfo()[0])
-    return max(1, min(n_networks, budget // max(per, 1)))
+    return max(1, min(n_networks, bk.batch_budget() // max(per, 1)))
 
 
 def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks: int = 64, seed: SeedLike = 0,
