@@ -77,6 +77,16 @@ def _std_to_var(std, name: str):
     return vals ** 2 if vals.ndim else float(vals) ** 2
 
 
+def check_get(get) -> tuple:
+    """``get`` as a tuple of kernel names ('nngp', 'ntk'; a single name allowed)."""
+    if isinstance(get, str):
+        get = (get,)
+    bad = set(get) - {"nngp", "ntk"}
+    if bad or not get:
+        raise ValueError(f"get: allowed values are 'nngp' and 'ntk', got {tuple(get)!r}")
+    return tuple(get)
+
+
 def _check_inputs(X, name: str) -> np.ndarray:
     try:
         X = np.asarray(X)
@@ -173,11 +183,7 @@ class MLP:
         times float32's rounding. A float32 result therefore peaks at the float64 matrix plus
         its float32 copy.
         """
-        if isinstance(get, str):
-            get = (get,)
-        bad = set(get) - {"nngp", "ntk"}
-        if bad or not get:
-            raise ValueError(f"get: allowed values are 'nngp' and 'ntk', got {tuple(get)!r}")
+        get = check_get(get)
         X1 = _check_inputs(X1, "X1")
         symmetric = X2 is None
         X2 = X1 if symmetric else _check_inputs(X2, "X2")

@@ -88,7 +88,7 @@ import sympy as sp
 from limitlab.numerics import codegen, gaussian, recursion
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
-from limitlab.theory.kernels.mlp import Kernels
+from limitlab.theory.kernels.mlp import Kernels, check_get
 
 __all__ = [
     "serial", "parallel", "Dense", "Conv", "AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool",
@@ -619,11 +619,7 @@ class Layer:
         of at most _BLOCK_BYTES bytes of covariance when the network's layers act on each input
         alone (every layer here; LayerNorm only over axes without the batch), else one block.
         """
-        if isinstance(get, str):
-            get = (get,)
-        bad = set(get) - {"nngp", "ntk"}
-        if bad or not get:
-            raise ValueError(f"get: allowed values are 'nngp' and 'ntk', got {tuple(get)!r}")
+        get = check_get(get)
         X1 = _check_inputs(X1, "X1")
         symmetric = X2 is None
         X2 = X1 if symmetric else _check_inputs(X2, "X2")
