@@ -39,11 +39,8 @@ def versions() -> dict:
 def _check_sizes(widths, name="widths"):
     if widths is None:
         return None
-    if isinstance(widths, str):
-        try:
-            widths = [int(w) for w in widths.replace(" ", "").split(",") if w]
-        except ValueError as exc:
-            raise ValueError(f"{name}: expected comma-separated positive integers, got {widths!r}") from exc
+    if isinstance(widths, str):  # the command line parses "64,256" (cli.parse_sizes); here a sequence
+        raise ValueError(f"{name}: expected a sequence of distinct positive integers, got the string {widths!r}")
     try:
         ws = [int(w) for w in widths]
     except (TypeError, ValueError) as exc:
