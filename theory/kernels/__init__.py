@@ -4,5 +4,6 @@ from limitlab.theory.kernels.mlp import MLP, Kernels
 from limitlab.theory.kernels import stax  # noqa: F401  composable layers: stax.serial, stax.Conv, ...
 from limitlab.theory.kernels.normalization import LayerNorm, Dropout  # noqa: F401  stax layers
 from limitlab.theory.kernels.attention import GlobalSelfAttention  # noqa: F401  stax layer
+from limitlab.theory.kernels.finite_width import finite_width, FiniteWidth
 
-__all__ = ["Dual", "dual", "MLP", "Kernels"]
+__all__ = ["Dual", "dual", "MLP", "Kernels", "finite_width", "FiniteWidth"]

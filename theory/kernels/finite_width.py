@@ -1,0 +1,371 @@
+"""Finite-width (1/n) corrections of MLPs: the NLO kernel K1 and the four-point vertex V.
+
+Conventions (docs/finite_width.md). ``MLP(depth=L)`` with every hidden layer of width n;
+pre-activations of layer l are z^l (l = 1..L hidden, l = L + 1 the scalar readout). The
+*stochastic metric* of layer l + 1 is
+
+    Ghat^{l+1}_ab = b_l + (w_l / n) sum_i phi(z^l_{i;a}) phi(z^l_{i;b}),   Ghat^1 = w_0 x_a.x_b / d + b_0,
+
+with (w_l, b_l) = (weight_var, bias_var) of Dense layer l (0-based; Roberts, Yaida & Hanin
+2022, "The Principles of Deep Learning Theory" (PDLT), write C_W = w_l, C_b = b_l). Given
+Ghat^l, the n neurons of layer l are iid N(0, Ghat^l), and the readout is N(0, Ghat^{L+1}):
+Ghat^{L+1} is exactly the readout-integrated empirical NNGP of one network that
+``limitlab.verify.montecarlo.sample_kernels`` returns. Over random networks
+
+    E[Ghat^l_ab]                   = K^l_ab + K1^l_ab / n + O(1/n^2),
+    n Cov[Ghat^l_ab, Ghat^l_cd]    = V^l_(ab)(cd) + O(1/n),
+
+K^l the limiting NNGP. The recursions (PDLT eqs. (4.90) for V and (4.115)/(4.118) for the
+NLO metric K1, all widths equal; re-derived in docs/finite_width.md by the law of total
+covariance and a second-order expansion of <phi_a phi_b>_G about G = K):
+
+    V^{l+1}_(ab)(cd) = w^2 [<phi_a phi_b phi_c phi_d>_K - <phi_a phi_b>_K <phi_c phi_d>_K]
+                       + w^2 sum_{e, g} d<phi_a phi_b>/dK_e  d<phi_c phi_d>/dK_g  V^l_(e)(g),
+    K1^{l+1}_ab      = w [ sum_e d<phi_a phi_b>/dK_e K1^l_e + 1/2 sum_{e, g} d2<phi_a phi_b>/dK_e dK_g V^l_(e)(g) ],
+
+sums over the independent entries e in {(aa), (bb), (ab)}, g in {(cc), (dd), (cd)};
+K1^1 = 0 and V^1 = 0. The same forward pass serves both parametrizations, so these NNGP
+quantities are the same for ``parametrization="ntk"`` and ``"standard"``.
+
+Numerics: one-input expectations by the Gaussian-expectation engine
+(:func:`limitlab.numerics.gaussian.expect`), two to four inputs by nested quadrature
+(:mod:`limitlab.numerics.gaussian_moments`), covariance derivatives by the score function
+(no derivatives of phi, so kinks are exact). The output's connected four-point function
+is exact in the readout: z | Ghat ~ N(0, Ghat), so
+E[z_a z_b z_c z_d]_conn = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n + O(1/n^2).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import sympy as sp
+
+from limitlab.numerics import gaussian, gaussian_moments
+from limitlab.theory.kernels.mlp import MLP, _check_inputs
+
+__all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recursion", "single_input_closed_form",
+           "MAX_FULL_INPUTS"]
+
+# the full four-point vertex takes one r-dimensional quadrature per set of r distinct inputs,
+# r <= 4 (0.1 s at r = 3, seconds at r = 4): by default it is computed for up to three inputs,
+# beyond that only K1 and the two-input blocks of V
+MAX_FULL_INPUTS = 3
+# inputs whose correlation at some layer is within this of +-1 have no finite score weights
+# (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
+RHO_MAX = 1.0 - 1e-6
+
+
+@dataclass(frozen=True)
+class FiniteWidthLayer:
+    """The finite-width quantities of the pre-activations of one layer (1-based; L + 1: the output)."""
+
+    layer: int
+    nngp: np.ndarray  # K^l (N, N)
+    nngp_correction: np.ndarray  # K1^l (N, N)
+    four_point: Optional[np.ndarray]  # V^l (N, N, N, N), or None when not computed
+
+
+@dataclass(frozen=True)
+class FiniteWidth:
+    """``finite_width(net, X)``: K, K1 and V at the output and per layer (module docstring).
+
+    ``layers[l - 1]`` holds layer l's pre-activations (l = 1..depth + 1); the top-level
+    fields are those of the output (``layers[-1]``).
+    """
+
+    depth: int
+    nngp: np.ndarray
+    nngp_correction: np.ndarray
+    four_point: Optional[np.ndarray]
+    layers: tuple
+    # the two-input blocks of V at the output: four_point_pairs[e, g, a, b] = V_(e)(g) for e, g in
+    # ((aa), (bb), (ab)) -- all that K1 needs, computed even when the full V is not
+    four_point_pairs: np.ndarray = None
+
+    def depth_to_width(self, width) -> float:
+        """L / n, the ratio that controls the corrections (PDLT ch. 5)."""
+        return self.depth / _width(width)
+
+    def expected_nngp(self, width) -> np.ndarray:
+        """E[Ghat] = K + K1 / n to order 1/n."""
+        return self.nngp + self.nngp_correction / _width(width)
+
+    def nngp_covariance(self, width) -> np.ndarray:
+        """Cov[Ghat_ab, Ghat_cd] = V_(ab)(cd) / n to leading order."""
+        return self._need_v() / _width(width)
+
+    def connected_four_point(self, width=None) -> np.ndarray:
+        """The output's connected four-point function: (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n
+        (times n when ``width`` is None)."""
+        V = self._need_v()
+        out = V + V.transpose(0, 2, 1, 3) + V.transpose(0, 3, 2, 1)
+        return out if width is None else out / _width(width)
+
+    def excess_kurtosis(self, width=None) -> np.ndarray:
+        """Per input, E[z^4] / E[z^2]^2 - 3 = 3 V_(aa)(aa) / (n K_aa^2) at order 1/n (times n when
+        ``width`` is None)."""
+        V = np.diagonal(self.four_point_pairs[0, 0])
+        k = 3 * V / np.diagonal(self.nngp) ** 2
+        return k if width is None else k / _width(width)
+
+    def _need_v(self):
+        if self.four_point is None:
+            raise ValueError(f"four_point: not computed for {self.nngp.shape[0]} inputs (more than "
+                             f"MAX_FULL_INPUTS = {MAX_FULL_INPUTS}); pass four_point=True to compute it")
+        return self.four_point
+
+
+def _width(width) -> float:
+    if isinstance(width, bool) or not isinstance(width, (int, float, np.integer, np.floating)) or not width >= 1:
+        raise ValueError(f"width: must be a number >= 1, got {width!r}")
+    return float(width)
+
+
+# --------------------------------------------------------------------------------------
+# one layer of the recursion
+# --------------------------------------------------------------------------------------
+
+_DIRECTIONS = [np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[0.0, 0.0], [0.0, 1.0]]),
+               np.array([[0.0, 1.0], [1.0, 0.0]])]  # K_aa, K_bb, K_ab
+
+
+def _diag_moments(act, q):
+    """Per input variance q: <phi^2>, d/dq, d2/dq2 (Hermite weights He2, He4 of the density) and <phi^4>."""
+    phi = act.__call__
+    kinks = act.kinks
+    m2 = np.empty(q.size)
+    d1 = np.empty(q.size)
+    d2 = np.empty(q.size)
+    m4 = np.empty(q.size)
+    for i, qi in enumerate(q):
+        m2[i] = gaussian.expect(lambda t: phi(t) ** 2, qi, kinks)
+        m4[i] = gaussian.expect(lambda t: phi(t) ** 4, qi, kinks)
+        # d/dq E[phi(x)^2], x ~ N(0, q): E[phi^2 (xi^2 - 1)] / (2q); second: E[phi^2 He4(xi)] / (4 q^2)
+        d1[i] = gaussian.expect(lambda t: phi(t) ** 2 * (t * t / qi - 1.0), qi, kinks) / (2 * qi)
+        d2[i] = gaussian.expect(lambda t: phi(t) ** 2 * ((t * t / qi) ** 2 - 6 * t * t / qi + 3.0), qi, kinks) / (
+            4 * qi * qi)
+    return m2, d1, d2, m4
+
+
+def _pair_moments(act, K, a, b):
+    """For inputs a != b at covariance K: <phi_a phi_b>, its first derivatives (aa, bb, ab) and
+    second derivatives (3 x 3), and <phi_a^2 phi_b^2>, <phi_a^3 phi_b>, <phi_a phi_b^3>."""
+    cov = np.array([[K[a, a], K[a, b]], [K[a, b], K[b, b]]])
+    kinks = [act.kinks, act.kinks]
+    z, xi, w = gaussian_moments.nested_nodes(cov, kinks)
+    pa, pb = act(z[:, 0]), act(z[:, 1])
+    F = pa * pb
+    S, T = gaussian_moments.score_weights(cov, xi, _DIRECTIONS)
+    Fw = F * w
+    return (float(Fw.sum()), Fw @ S, np.einsum("m,meg->eg", Fw, T),
+            float((F * F) @ w), float((pa ** 3 * pb) @ w), float((pa * pb ** 3) @ w))
+
+
+def _four_moments(act, K, N):
+    """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric)."""
+    M4 = np.empty((N,) * 4)
+    for ms in itertools.combinations_with_replacement(range(N), 4):
+        idx = sorted(set(ms))
+        powers = [ms.count(i) for i in idx]
+        cov = K[np.ix_(idx, idx)]
+        fs = [(lambda p: (lambda t: act(t) ** p))(p) for p in powers]
+        if len(idx) == 1:
+            v = gaussian.expect(fs[0], cov[0, 0], act.kinks)
+        else:
+            v = gaussian_moments.product_expectation(fs, cov, [act.kinks] * len(idx))
+        for perm in set(itertools.permutations(ms)):
+            M4[perm] = v
+    return M4
+
+
+def _layer_step(act, w, b, K, K1, V, full):
+    """(K, K1, V) of layer l -> layer l + 1 (module docstring). ``full``: V as (N,)*4; else
+    V is the dict of two-input blocks {'d': V_(aa)(aa) (N,), 'p': (N, N, 6)} (see _pair_block)."""
+    N = K.shape[0]
+    m2, d1, d2, m4 = _diag_moments(act, np.diagonal(K).copy())
+    M2 = np.diag(m2)
+    D = np.zeros((3, N, N))  # derivative of M2[a, b] wrt K_aa, K_bb, K_ab
+    H = np.zeros((3, 3, N, N))
+    D[0, np.arange(N), np.arange(N)] = d1
+    H[0, 0, np.arange(N), np.arange(N)] = d2
+    P4 = np.zeros((3, N, N))  # <phi_a^2 phi_b^2>, <phi_a^3 phi_b>, <phi_a phi_b^3>
+    for a in range(N):
+        for c_ in range(3):
+            P4[c_, a, a] = m4[a]
+        for bb in range(a + 1, N):
+            _check_corr(K, a, bb)
+            v, g, h, s22, s31, s13 = _pair_moments(act, K, a, bb)
+            M2[a, bb] = M2[bb, a] = v
+            D[:, a, bb] = g
+            D[0, bb, a], D[1, bb, a], D[2, bb, a] = g[1], g[0], g[2]
+            H[:, :, a, bb] = h
+            perm = [1, 0, 2]
+            H[:, :, bb, a] = h[np.ix_(perm, perm)]
+            P4[0, a, bb] = P4[0, bb, a] = s22
+            P4[1, a, bb], P4[2, a, bb] = s31, s13
+            P4[1, bb, a], P4[2, bb, a] = s13, s31
+    Kn = w * M2 + b
+    # K1: first-order propagation of K1 plus the second-order response to V (two-input blocks only)
+    Vb = _pair_block(V, N) if full else V
+    K1n = w * (D[0] * np.diagonal(K1)[:, None] + D[1] * np.diagonal(K1)[None, :] + D[2] * K1
+               + 0.5 * np.einsum("egab,egab->ab", H, Vb))
+    if full:
+        M4 = _four_moments(act, K, N)
+        U = (np.einsum("cd,xyc->xycd", D[0], np.einsum("xycc->xyc", V))
+             + np.einsum("cd,xyd->xycd", D[1], np.einsum("xycc->xyc", V)) + D[2][None, None] * V)
+        Uaa = np.einsum("aacd->acd", U)
+        T = D[0][:, :, None, None] * Uaa[:, None] + D[1][:, :, None, None] * Uaa[None, :] + D[2][:, :, None, None] * U
+        Vn = w * w * (M4 - M2[:, :, None, None] * M2[None, None]) + w * w * T
+        return Kn, K1n, Vn
+    # the two-input blocks of V at layer l + 1 from those of layer l (closed under the recursion)
+    Vn = _pair_step(w, M2, P4, D, Vb, m4)
+    return Kn, K1n, Vn
+
+
+def _pair_block(V, N):
+    """Vb[e, g, a, b] = V_(e)(g) for e, g in {(aa), (bb), (ab)} of the pair (a, b), from the full V."""
+    i = np.arange(N)
+    A, B = np.meshgrid(i, i, indexing="ij")
+    pairs = [(A, A), (B, B), (A, B)]
+    out = np.empty((3, 3, N, N))
+    for e, (p, q) in enumerate(pairs):
+        for g, (r, s) in enumerate(pairs):
+            out[e, g] = V[p, q, r, s]
+    return out
+
+
+def _pair_step(w, M2, P4, D, Vb, m4):
+    """The two-input blocks Vb (3, 3, N, N) at the next layer (same rule as the full V)."""
+    N = M2.shape[0]
+    i = np.arange(N)
+    diag = np.diagonal(M2)
+    # <phi_e1 phi_e2 phi_g1 phi_g2> for e, g in {aa, bb, ab}: powers of (a, b) sum to 4
+    A4 = {(4, 0): m4[:, None] * np.ones(N)[None, :], (0, 4): m4[None, :] * np.ones(N)[:, None],
+          (2, 2): P4[0], (3, 1): P4[1], (1, 3): P4[2]}
+    pw = [(2, 0), (0, 2), (1, 1)]
+    m2e = [diag[:, None] * np.ones(N)[None, :], diag[None, :] * np.ones(N)[:, None], M2]
+    out = np.empty_like(Vb)
+    for e in range(3):
+        for g in range(3):
+            key = (pw[e][0] + pw[g][0], pw[e][1] + pw[g][1])
+            cov = A4[key] - m2e[e] * m2e[g]
+            # derivative term: sum over e', g' of D_e(e') D_g(g') Vb[e', g'], where D_e is the
+            # derivative of M2 at the pair e: (aa) -> diag derivative of a, (bb) of b, (ab) -> D
+            De = _derivs_of(e, D, i)
+            Dg = _derivs_of(g, D, i)
+            term = np.einsum("xab,yab,xyab->ab", De, Dg, Vb)
+            out[e, g] = w * w * (cov + term)
+    return out
+
+
+def _derivs_of(e, D, i):
+    """The derivatives of M2 at pair e of (a, b) with respect to (K_aa, K_bb, K_ab), (3, N, N)."""
+    N = D.shape[1]
+    out = np.zeros((3, N, N))
+    if e == 0:
+        out[0] = np.diagonal(D[0])[:, None]
+    elif e == 1:
+        out[1] = np.diagonal(D[0])[None, :]
+    else:
+        out[:] = D
+    return out
+
+
+def _check_corr(K, a, b):
+    rho = K[a, b] / math.sqrt(K[a, a] * K[b, b])
+    if abs(rho) > RHO_MAX:
+        raise ValueError(f"X: inputs {a} and {b} are (anti)parallel at some layer (correlation {rho:.9f}); the 1/n "
+                         "corrections are computed for distinct directions (merge repeated inputs)")
+
+
+def finite_width(net: MLP, X, *, four_point: Optional[bool] = None) -> FiniteWidth:
+    """K, K1 and V of an MLP on the rows of X, at the output and per layer (module docstring).
+
+    ``four_point``: compute the full vertex V (N^4 entries); default: when N <= MAX_FULL_INPUTS.
+    Without it, K1 is computed from the two-input blocks of V, which close under the
+    recursion (V^{l+1} on inputs {a, b} needs V^l on {a, b} only); ``four_point`` is then None
+    and single entries come from ``finite_width(net, X[[a, b, c, d]])``.
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"net: expected a limitlab.theory.kernels.MLP, got {type(net).__name__}")
+    X = np.asarray(_check_inputs(X, "X"), dtype=float)
+    N, d = X.shape
+    if len(np.unique(X, axis=0)) < N:
+        raise ValueError("X: repeated rows; the 1/n corrections are computed for distinct inputs (pass each once)")
+    full = N <= MAX_FULL_INPUTS if four_point is None else bool(four_point)
+    act = net.activation
+    w, b = net._w, net._b
+    K = w[0] * (X @ X.T) / d + b[0]
+    K1 = np.zeros((N, N))
+    V = np.zeros((N,) * 4) if full else np.zeros((3, 3, N, N))
+    layers = [FiniteWidthLayer(1, K, K1, V if full else None)]
+    for l in range(net.depth):
+        K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full)
+        layers.append(FiniteWidthLayer(l + 2, K, K1, V if full else None))
+    return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V)
+
+
+# --------------------------------------------------------------------------------------
+# symbolic: the single-input recursion and the closed forms
+# --------------------------------------------------------------------------------------
+
+def single_input_recursion(activation):
+    """The one-input recursion as sympy (PDLT eqs. (4.90), (4.115) with one input):
+
+        K' = C_W <phi^2>_K + C_b,
+        V' = C_W^2 (<phi^4>_K - <phi^2>_K^2) + (C_W d<phi^2>_K/dK)^2 V,
+        K1' = C_W (d<phi^2>_K/dK K1 + 1/2 d2<phi^2>_K/dK^2 V),
+
+    with <phi^p>_K = E[phi(sqrt(K) z)^p] evaluated by sympy where it can (polynomials, ReLU),
+    else left as the Gaussian integral. Returns (dict of the three right-hand sides, symbols
+    (K, V, K1, C_W, C_b)).
+    """
+    from limitlab.theory import activations as _act
+
+    act = _act.get(activation)
+    K, V, K1 = sp.symbols("K V K1", positive=True)
+    Cw, Cb = sp.symbols("C_W C_b", nonnegative=True)
+    zz = sp.Symbol("z", real=True)
+    dens = sp.exp(-zz ** 2 / 2) / sp.sqrt(2 * sp.pi)
+
+    def moment(p):
+        integrand = (act.expr.subs(_act.x, sp.sqrt(K) * zz)) ** p * dens
+        if act.has_closed_form:
+            val = sp.integrate(sp.piecewise_fold(integrand), (zz, -sp.oo, sp.oo))
+            if not val.has(sp.Integral):
+                return sp.simplify(val)
+        return sp.Integral(integrand, (zz, -sp.oo, sp.oo))
+
+    m2, m4 = moment(2), moment(4)
+    rhs = {"K": Cw * m2 + Cb,
+           "V": Cw ** 2 * (m4 - m2 ** 2) + (Cw * sp.diff(m2, K)) ** 2 * V,
+           "K1": Cw * (sp.diff(m2, K) * K1 + sp.Rational(1, 2) * sp.diff(m2, K, 2) * V)}
+    return rhs, (K, V, K1, Cw, Cb)
+
+
+def single_input_closed_form(activation: str, depth, width=None):
+    """Closed forms of the one-input output statistics without biases (any weight_var):
+
+    * linear: V^{L+1} / K^2 = 2 L, K1 = 0; ReLU: V^{L+1} / K^2 = 5 L, K1 = 0 (PDLT eqs. (5.59)-(5.62)
+      at criticality; the ratio does not depend on C_W since both sides scale alike);
+    * exactly at width n (Hanin & Nica 2020, "Products of many large random matrices and gradients
+      in deep neural networks"; here from E[Ghat'^2 | Ghat] = (C_W/n)^2 Ghat^2 (n m4 + n(n-1) m2^2)):
+      E[Ghat^{L+1 2}] / E[Ghat^{L+1}]^2 = (1 + c / n)^L with c = 2 (linear), 5 (ReLU), so the
+      output's excess kurtosis is 3 ((1 + c/n)^L - 1) ~ 3 c L / n.
+
+    Returns a dict of sympy expressions in L (and n): 'V_over_K2', 'K1', 'kurtosis' (order 1/n),
+    'kurtosis_exact' (finite n).
+    """
+    name = str(activation).lower()
+    c = {"linear": 2, "identity": 2, "relu": 5}.get(name)
+    if c is None:
+        raise ValueError(f"activation: closed forms exist for 'linear' and 'relu', got {activation!r}")
+    L, n = sp.symbols("L n", positive=True)
+    out = {"V_over_K2": c * L, "K1": sp.Integer(0), "kurtosis": 3 * c * L / n,
+           "kurtosis_exact": 3 * ((1 + sp.Integer(c) / n) ** L - 1)}
+    subs = {L: depth} if width is None else {L: depth, n: width}
+    return {k: v.subs(subs) for k, v in out.items()}
