@@ -173,8 +173,11 @@ class MLP:
     def dual(self) -> Dual:
         return Dual(self.activation)
 
-    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), dtype=None) -> Kernels:
+    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), dtype=None, chunks=None) -> Kernels:
         """NNGP and NTK between the rows of X1 and X2 (X2=None: X1 with itself, symmetric).
+
+        ``chunks`` (a tile size, a pair, or "auto"): lazy dask arrays of tiles instead
+        (:func:`limitlab.theory.kernels.scale.lazy_kernels`; store them with ``write_kernels``).
 
         ``dtype=None`` follows the inputs' precision: float32 (or float16) inputs give float32
         kernels, anything else float64. Either way everything is computed in float64 (the
@@ -183,6 +186,9 @@ class MLP:
         times float32's rounding. A float32 result therefore peaks at the float64 matrix plus
         its float32 copy.
         """
+        if chunks is not None:
+            from limitlab.theory.kernels.scale import lazy_kernels
+            return lazy_kernels(self, X1, X2, get=get, chunks=chunks, dtype=dtype)
         get = check_get(get)
         X1 = _check_inputs(X1, "X1")
         symmetric = X2 is None

@@ -607,7 +607,7 @@ class Layer:
         return self._ffinite(shape, name, cond)
 
     # -- public ---------------------------------------------------------------------
-    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), batch_size=None) -> Kernels:
+    def kernels(self, X1, X2=None, get: Sequence[str] = ("nngp", "ntk"), batch_size=None, chunks=None) -> Kernels:
         """NNGP and NTK between the inputs X1 and X2 (X2=None: X1 with itself).
 
         Returns ``Kernels(nngp, ntk)``, each ``(N1, N2)`` when the network ends with a
@@ -618,7 +618,13 @@ class Layer:
         X2 None only the blocks on and above the diagonal (the rest by symmetry). None: blocks
         of at most _BLOCK_BYTES bytes of covariance when the network's layers act on each input
         alone (every layer here; LayerNorm only over axes without the batch), else one block.
+
+        ``chunks`` (a tile size, a pair, or "auto"): lazy dask arrays of tiles instead
+        (:func:`limitlab.theory.kernels.scale.lazy_kernels`; store them with ``write_kernels``).
         """
+        if chunks is not None:
+            from limitlab.theory.kernels.scale import lazy_kernels
+            return lazy_kernels(self, X1, X2, get=get, chunks=chunks, dtype=np.float64)
         get = check_get(get)
         X1 = _check_inputs(X1, "X1")
         symmetric = X2 is None

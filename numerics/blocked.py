@@ -1,0 +1,306 @@
+"""Blocked linear algebra over a symmetric positive definite matrix stored in tiles.
+
+The matrix ``A`` (``N x N``) may be larger than memory: a zarr array (its chunks are the
+tiles), a dask array, or a NumPy array with a tile size. Every product ``A V`` streams the
+tiles once through Dask (the local threaded scheduler, or a ``dask.distributed`` client)
+and accumulates in float64 whatever the storage precision (float32 tiles are upcast
+exactly, tile by tile). Three solvers:
+
+* :func:`solve` ``(A + reg I) X = B``:
+  - ``method="cg"``: conjugate gradients with a block-Jacobi preconditioner (the Cholesky
+    factors of the diagonal blocks), one column of B per independent CG run, all columns
+    sharing each pass over the tiles (Hestenes & Stiefel 1952; Golub & Van Loan,
+    "Matrix Computations", 4th ed., Alg. 11.5.1 and sec. 11.5.2 for block-Jacobi);
+  - ``method="cholesky"``: Dask's tiled Cholesky factorization and triangular solves
+    (Golub & Van Loan, sec. 4.2.9), for a matrix whose factor fits in memory;
+  - ``method="auto"``: Cholesky when ``8 N^2 <= max_dense_bytes``, else CG.
+* :func:`apply_function` ``f(A + reg I) B`` for a smooth spectral function ``f`` by the
+  Lanczos approximation ``|b| Q_m f(T_m) e_1`` with full reorthogonalization (Saad 1992,
+  "Analysis of some Krylov subspace approximations to the matrix exponential operator",
+  SIAM J. Numer. Anal. 29; Hochbruck & Lubich 1997).
+* :func:`matmul` ``A V`` itself.
+
+Both solvers return a :class:`~limitlab.numerics.solvers.SolverResult` whose ``residual`` is
+measured afresh at the end (``|B - (A + reg I) X| / |B|`` per column, one extra pass; for
+:func:`apply_function` the change of the last Lanczos update), and raise
+:class:`~limitlab.numerics.solvers.ConvergenceError` when ``strict=True`` and a column did
+not reach ``tol``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import scipy.linalg as sla
+
+from limitlab.numerics.solvers import ConvergenceError, SolverResult
+
+__all__ = ["as_tiled", "matmul", "solve", "apply_function"]
+
+
+def as_tiled(A, block: Optional[int] = None):
+    """``A`` as a square dask array of square tiles (zarr chunks, dask chunks, or ``block``)."""
+    import dask.array as da
+
+    if isinstance(A, da.Array):
+        arr = A
+    elif hasattr(A, "chunks") and hasattr(A, "shape") and hasattr(A, "dtype") and not isinstance(A, np.ndarray):
+        arr = da.from_zarr(A) if type(A).__module__.startswith("zarr") else da.from_array(A, chunks=A.chunks)
+    else:
+        A = np.asarray(A)
+        if A.ndim != 2:
+            raise ValueError(f"A: expected a square matrix, got shape {A.shape}")
+        arr = da.from_array(A, chunks=block or min(A.shape[0], 2048))
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"A: expected a square matrix, got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise TypeError(f"A: expected a real floating-point matrix, got dtype {arr.dtype}")
+    if block is not None:
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise ValueError(f"block: expected an integer >= 1 or None, got {block!r}")
+        if arr.chunks[0] != arr.chunks[1] or arr.chunks[0][0] != block:
+            arr = arr.rechunk((block, block))
+    elif arr.chunks[0] != arr.chunks[1]:
+        arr = arr.rechunk((arr.chunks[0][0],) * 2)
+    return arr
+
+
+def _compute(x, client):
+    import dask
+
+    if client is not None:
+        return client.compute(x, sync=True)
+    return dask.compute(x)[0]
+
+
+def matmul(A, V, client=None) -> np.ndarray:
+    """``A V`` for a stored ``A`` (zarr, dask, or NumPy; any shape ``M x N``) and an in-memory ``V``,
+    accumulated in float64 tile by tile."""
+    import dask.array as da
+
+    if isinstance(A, da.Array):
+        T = A
+    elif isinstance(A, np.ndarray) or not hasattr(A, "chunks"):
+        A = np.asarray(A)
+        if A.ndim != 2:
+            raise ValueError(f"A: expected a matrix, got shape {A.shape}")
+        T = da.from_array(A, chunks=(min(A.shape[0], 2048), min(A.shape[1], 2048)))
+    else:
+        T = da.from_zarr(A) if type(A).__module__.startswith("zarr") else da.from_array(A, chunks=A.chunks)
+    V = np.asarray(V, dtype=np.float64)
+    vec = V.ndim == 1
+    V2 = V.reshape(V.shape[0], -1)
+    if V2.shape[0] != T.shape[1]:
+        raise ValueError(f"V: expected {T.shape[1]} rows, got shape {V.shape}")
+    out = _compute(T.astype(np.float64) @ da.from_array(V2, chunks=(T.chunks[1], V2.shape[1])), client)
+    return out[:, 0] if vec else out
+
+
+def _rhs(B, n):
+    B = np.asarray(B)
+    if B.dtype.kind not in "biuf":
+        raise TypeError(f"B: expected real numbers, got dtype {B.dtype}")
+    B = B.astype(np.float64)
+    if B.ndim not in (1, 2) or B.shape[0] != n:
+        raise ValueError(f"B: expected shape ({n},) or ({n}, k), got {B.shape}")
+    if not np.all(np.isfinite(B)):
+        raise ValueError("B: contains non-finite values")
+    return B.reshape(n, -1), B.ndim == 1
+
+
+def _check_common(reg, tol, maxiter, n):
+    if not np.isscalar(reg) or not np.isfinite(reg) or reg < 0:
+        raise ValueError(f"reg: must be a finite number >= 0, got {reg!r}")
+    if not np.isscalar(tol) or not np.isfinite(tol) or tol <= 0:
+        raise ValueError(f"tol: must be a finite number > 0, got {tol!r}")
+    if maxiter is None:
+        return n
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+        raise ValueError(f"maxiter: must be an integer >= 1 or None, got {maxiter!r}")
+    return int(maxiter)
+
+
+def _finish(X, res, it, tol, vec, strict, what, note=""):
+    mask = res <= tol
+    conv = bool(mask.all())
+    if conv:
+        msg = f"converged: relative residual {res.max():.3g} <= tol {tol:.3g} after {it} iterations ({what})"
+    else:
+        msg = (f"did not converge: relative residual {res.max():.3g} > tol {tol:.3g} in {int((~mask).sum())} of "
+               f"{mask.size} columns after {it} iterations ({what}){note}")
+    result = SolverResult(X[:, 0] if vec else X, res[0] if vec else res, it, conv, mask[0] if vec else mask, msg)
+    if strict and not conv:
+        raise ConvergenceError(msg, result)
+    return result
+
+
+def _block_jacobi(T, reg, block, client):
+    """Cholesky factors of the diagonal blocks of ``A + reg I`` (float64), one per block."""
+    n = T.shape[0]
+    b = block or T.chunks[0][0]
+    starts = list(range(0, n, b))
+    diag = _compute([T[s:s + b, s:s + b].astype(np.float64) for s in starts], client)
+    factors = []
+    for s, D in zip(starts, diag):
+        D = np.array(D)
+        D[np.diag_indices_from(D)] += reg
+        try:
+            factors.append((s, sla.cho_factor(D, lower=True, check_finite=False)))
+        except np.linalg.LinAlgError:
+            raise ValueError(f"A: the diagonal block at rows {s}:{s + D.shape[0]} of A + reg I is not positive "
+                             "definite; the matrix is not a kernel matrix, or needs reg > 0") from None
+    return factors
+
+
+def solve(A, B, *, reg: float = 0.0, method: str = "auto", tol: float = 1e-10, maxiter: Optional[int] = None,
+          block: Optional[int] = None, precondition_block: Optional[int] = None, client=None, strict: bool = False,
+          max_dense_bytes: int = 1 << 30, progress: Optional[Callable[[int, float], None]] = None) -> SolverResult:
+    """Solve ``(A + reg I) X = B`` for a symmetric positive definite tiled ``A`` (see the module docstring).
+
+    Args:
+        A: zarr array, dask array, or NumPy array (tiles of ``block``).
+        B: right-hand sides, ``(N,)`` or ``(N, k)``.
+        reg: a ridge added to the diagonal.
+        method: "cg", "cholesky" or "auto".
+        tol: relative residual ``|B - (A + reg I) X| / |B|`` to reach, per column.
+        maxiter: CG iterations (None: N).
+        precondition_block: size of the block-Jacobi blocks (None: the tile size).
+        strict: raise ConvergenceError when a column misses ``tol``.
+        progress: called as ``progress(iteration, largest relative residual)`` after each CG step.
+    """
+    if method not in ("auto", "cg", "cholesky"):
+        raise ValueError(f"method: must be 'auto', 'cg' or 'cholesky', got {method!r}")
+    T = as_tiled(A, block)
+    n = T.shape[0]
+    B2, vec = _rhs(B, n)
+    maxiter = _check_common(reg, tol, maxiter, n)
+    if method == "auto":
+        method = "cholesky" if 8 * n * n <= max_dense_bytes else "cg"
+    bnorm = np.linalg.norm(B2, axis=0)
+    bnorm = np.where(bnorm > 0, bnorm, 1.0)
+    if method == "cholesky":
+        X = _cholesky_solve(T, B2, reg, client)
+        res = np.linalg.norm(B2 - matmul(T, X, client) - reg * X, axis=0) / bnorm
+        return _finish(X, res, 1, tol, vec, strict, "blocked Cholesky")
+    return _pcg(T, B2, reg, tol, maxiter, precondition_block, client, vec, strict, bnorm, progress)
+
+
+def _cholesky_solve(T, B2, reg, client):
+    import dask.array as da
+
+    n, t = T.shape[0], T.chunks[0][0]
+    pad = -n % t  # Dask's Cholesky wants equal tiles: pad with an identity block (its own factor)
+    M = da.pad(T.astype(np.float64), ((0, pad), (0, pad))).rechunk(t)
+    shift = np.concatenate([np.full(n, float(reg)), np.ones(pad)])
+    if reg or pad:
+        M = M + da.diag(da.from_array(shift, chunks=t))
+    L = da.linalg.cholesky(M, lower=True)
+    rhs = da.from_array(np.pad(B2, ((0, pad), (0, 0))), chunks=(t, B2.shape[1]))
+    Y = da.linalg.solve_triangular(L, rhs, lower=True)
+    try:
+        return np.asarray(_compute(da.linalg.solve_triangular(L.T, Y, lower=False), client))[:n]
+    except np.linalg.LinAlgError:
+        raise ValueError("A: A + reg I is not positive definite (the blocked Cholesky failed); the matrix is not a "
+                         "kernel matrix, or needs reg > 0; method='cg' reports how far it gets") from None
+
+
+def _pcg(T, B, reg, tol, maxiter, pblock, client, vec, strict, bnorm, progress):
+    """Preconditioned CG on every column of B at once (independent scalars per column)."""
+    factors = _block_jacobi(T, reg, pblock, client)
+
+    def precondition(R):
+        Z = np.empty_like(R)
+        for s, f in factors:
+            e = s + f[0].shape[0]
+            Z[s:e] = sla.cho_solve(f, R[s:e], check_finite=False)
+        return Z
+
+    def operator(V):
+        return matmul(T, V, client) + reg * V
+
+    X = np.zeros_like(B)
+    R = B.copy()
+    Z = precondition(R)
+    P = Z.copy()
+    rz = np.einsum("ij,ij->j", R, Z)
+    active = np.linalg.norm(R, axis=0) / bnorm > tol
+    it, note = 0, ""
+    while active.any() and it < maxiter:
+        Q = operator(P)
+        pq = np.einsum("ij,ij->j", P, Q)
+        if np.any(pq[active] <= 0):
+            note = "; A + reg I is not positive definite along a search direction (add reg)"
+            break
+        alpha = np.where(active, rz / np.where(active, pq, 1.0), 0.0)
+        X += alpha * P
+        R -= alpha * Q
+        it += 1
+        rel = np.linalg.norm(R, axis=0) / bnorm
+        if progress is not None:
+            progress(it, float(rel.max()))
+        active &= rel > tol
+        Z = precondition(R)
+        rz_new = np.einsum("ij,ij->j", R, Z)
+        beta = np.where(active, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
+        P = Z + beta * P
+        rz = rz_new
+    # the residual measured afresh (the recursive one drifts in floating point)
+    res = np.linalg.norm(B - operator(X), axis=0) / bnorm
+    return _finish(X, res, it, tol, vec, strict, "block-Jacobi preconditioned CG", note)
+
+
+def apply_function(A, B, f: Callable[[np.ndarray], np.ndarray], *, reg: float = 0.0, tol: float = 1e-10,
+                   maxiter: Optional[int] = None, block: Optional[int] = None, client=None, strict: bool = False,
+                   check_every: int = 5) -> SolverResult:
+    """``f(A + reg I) B`` for a symmetric ``A`` by Lanczos with full reorthogonalization.
+
+    ``f`` maps an array of eigenvalues to values (vectorized). The Krylov approximation of
+    order m is ``|b| Q_m f(T_m) e_1``; iterations stop when ``check_every`` more steps change it
+    by at most ``tol`` relative, which is reported as the residual (or at an invariant
+    subspace, where it is exact).
+    """
+    T = as_tiled(A, block)
+    n = T.shape[0]
+    B2, vec = _rhs(B, n)
+    maxiter = _check_common(reg, tol, maxiter, n)
+    out = np.zeros_like(B2)
+    res = np.zeros(B2.shape[1])
+    iters = 0
+    for c in range(B2.shape[1]):
+        out[:, c], res[c], m = _lanczos(T, B2[:, c], f, reg, tol, maxiter, client, check_every)
+        iters = max(iters, m)
+    return _finish(out, res, iters, tol, vec, strict, "Lanczos")
+
+
+def _lanczos(T, b, f, reg, tol, maxiter, client, check_every):
+    nb_ = np.linalg.norm(b)
+    if nb_ == 0:
+        return np.zeros_like(b), 0.0, 0
+    Q = [b / nb_]
+    alpha, beta = [], []
+    prev = None
+    change = math.inf
+    for m in range(1, maxiter + 1):
+        w = matmul(T, Q[-1], client) + reg * Q[-1]
+        a = float(Q[-1] @ w)
+        w -= a * Q[-1] + (beta[-1] * Q[-2] if beta else 0.0)
+        Qm = np.array(Q)
+        w -= Qm.T @ (Qm @ w)  # full reorthogonalization, twice is enough (Parlett's "twice is enough")
+        w -= Qm.T @ (Qm @ w)
+        alpha.append(a)
+        bnext = float(np.linalg.norm(w))
+        exact = bnext <= 1e-14 * max(abs(a), 1.0)
+        if m % check_every == 0 or exact or m == maxiter:
+            theta, S = sla.eigh_tridiagonal(np.array(alpha), np.array(beta))
+            approx = nb_ * (Qm.T @ (S @ (f(theta) * S[0])))
+            if exact:
+                return approx, 0.0, m
+            if prev is not None:
+                change = float(np.linalg.norm(approx - prev) / max(np.linalg.norm(approx), np.finfo(float).tiny))
+                if change <= tol:
+                    return approx, change, m
+            prev = approx
+        beta.append(bnext)
+        Q.append(w / bnext)
+    return prev, change, maxiter
