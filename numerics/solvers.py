@@ -19,9 +19,11 @@ Brent, "Algorithms for Minimization without Derivatives" (1973), ch. 4 (safeguar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
+
+from limitlab.numerics import validation as validate
 
 __all__ = ["SolverResult", "ConvergenceError", "fixed_point", "find_root"]
 
@@ -55,18 +57,6 @@ class ConvergenceError(RuntimeError):
         self.result = result
 
 
-def _check_positive(name, value, allow_zero=False):
-    if not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value) \
-            or (value < 0 if allow_zero else value <= 0):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: must be a finite number {bound}, got {value!r}")
-
-
-def _check_maxiter(maxiter):
-    if not isinstance(maxiter, (int, np.integer)) or isinstance(maxiter, bool) or maxiter < 1:
-        raise ValueError(f"maxiter: must be an integer >= 1, got {maxiter!r}")
-
-
 def _pack(value, residual, it, mask, scalar, what):
     conv = bool(np.all(mask))
     msg = "converged" if conv else f"{int(np.size(mask) - np.count_nonzero(mask))} element(s) did not converge ({what})"
@@ -87,10 +77,9 @@ def fixed_point(fn: Callable, x0, damping: float = 0.0, tol: float = 1e-12, maxi
     """
     if not callable(fn):
         raise TypeError(f"fn: must be callable, got {type(fn).__name__}")
-    if not isinstance(damping, (int, float, np.floating)) or not 0.0 <= damping < 1.0:
-        raise ValueError(f"damping: must be in [0, 1), got {damping!r}")
-    _check_positive("tol", tol)
-    _check_maxiter(maxiter)
+    validate.real(damping, "damping", at_least=0.0, below=1.0)
+    validate.positive(tol, "tol")
+    validate.integer(maxiter, "maxiter", minimum=1)
     x = np.array(x0, dtype=np.result_type(np.asarray(x0).dtype, np.float64), copy=True)
     scalar = x.ndim == 0
     x = np.atleast_1d(x)
@@ -146,11 +135,11 @@ def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.fi
         a, b = bracket
     except (TypeError, ValueError):
         raise TypeError(f"bracket: must be a pair (a, b), got {bracket!r}") from None
-    _check_positive("tol", tol, allow_zero=True)
-    _check_positive("rtol", rtol, allow_zero=True)
+    validate.real(tol, "tol", at_least=0.0)
+    validate.real(rtol, "rtol", at_least=0.0)
     if tol == 0 and rtol == 0:
-        raise ValueError("tol, rtol: at least one must be > 0")
-    _check_maxiter(maxiter)
+        raise ValueError("tol, rtol: at least one must be > 0, got 0 and 0")
+    validate.integer(maxiter, "maxiter", minimum=1)
     a, b = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     scalar = a.ndim == 0
     a, b = np.atleast_1d(a).copy(), np.atleast_1d(b).copy()

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from limitlab.numerics import arrays
+from limitlab.numerics import validation as validate
 
 x = sp.Symbol("x", real=True)
 q1, q2, c = sp.symbols("q1 q2 c", real=True)
@@ -189,7 +189,7 @@ def abrelu(a: float = 0.0, b: float = 1.0, name: Optional[str] = None) -> Activa
 
 def rectified_monomial(degree: int) -> Activation:
     """phi(x) = max(x, 0)^n; arc-cosine kernel of degree n (Cho & Saul 2009, eqs. 6-7)."""
-    n = _check_degree(degree, "degree")
+    n = validate.integer(degree, "degree", minimum=0)
 
     def dual(q1_, q2_, c_):
         th = _theta(q1_, q2_, c_)
@@ -363,25 +363,19 @@ def polynomial(coefficients: Sequence[float], name: Optional[str] = None) -> Act
 
 def monomial(degree: int) -> Activation:
     """phi(x) = x^n (neural-tangents Monomial)."""
-    n = _check_degree(degree, "degree")
+    n = validate.integer(degree, "degree", minimum=0)
     return polynomial([0] * n + [1], name=f"monomial({n})")
 
 
 def hermite(degree: int) -> Activation:
     """phi(x) = He_n(x)/sqrt(n!), the normalized probabilists' Hermite polynomial."""
-    n = _check_degree(degree, "degree")
+    n = validate.integer(degree, "degree", minimum=0)
     coeffs = sp.Poly(sp.hermite_prob(n, x) / sp.sqrt(sp.factorial(n)), x).all_coeffs()[::-1]
     return polynomial(coeffs, name=f"hermite({n})")
 
 
 def identity() -> Activation:
     return polynomial([0, 1], name="identity")
-
-
-def _check_degree(degree, arg):
-    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
-        raise ValueError(f"{arg}: must be a non-negative integer, got {degree!r}")
-    return int(degree)
 
 
 # ----------------------------------------------------------------------------------

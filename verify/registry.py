@@ -29,6 +29,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from limitlab.numerics import validation as validate
+
 __all__ = ["Check", "Context", "Measurement", "Series", "check", "registry", "get_check", "all_checks", "select",
            "suggest", "PILLARS"]
 
@@ -128,8 +130,7 @@ def check(name: str, *, sizes: Sequence[int], quick_sizes: Optional[Sequence[int
     def deco(fn):
         if name in registry:
             raise ValueError(f"check {name!r} registered twice")
-        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
-            raise ValueError(f"min_size: must be a positive integer, got {min_size!r} for check {name!r}")
+        validate.integer(min_size, "min_size", minimum=1, meaning=f"check {name!r}")
         small = [n for n in tuple(sizes) + tuple(quick_sizes or ()) if n < min_size]
         if small:
             raise ValueError(f"sizes: {small} of check {name!r} are below its min_size {min_size}")

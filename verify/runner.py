@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import Optional, Sequence, Union
 
+from limitlab.numerics import validation as validate
 from limitlab.verify.registry import Context, select, suggest
 from limitlab.verify import stats
 from limitlab.verify.backend import get_backend
@@ -115,10 +116,9 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
     """
     if isinstance(checks, str):
         checks = [checks]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
-        raise ValueError(f"samples: must be an integer >= 2, got {samples!r}")
+    seed = validate.integer(seed, "seed", minimum=0)
+    if samples is not None:
+        samples = validate.integer(samples, "samples", minimum=2)
     widths = _check_sizes(widths)
     if resume and out is None:
         raise ValueError("resume: needs out=DIR holding the report.json of the run to continue")

@@ -27,7 +27,6 @@ number of samples. NC4 needs the final class means and hence a second pass
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -35,6 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from limitlab.numerics import arrays
+from limitlab.numerics import validation as validate
 
 from . import _kernels
 
@@ -87,18 +87,6 @@ def _check_labels(labels, n, num_classes):
         bad = y[(y < 0) | (y >= num_classes)][0]
         raise ValueError(f"labels: value {int(bad)} out of range; allowed 0 <= label < num_classes={num_classes}")
     return y.astype(np.intp, copy=False)
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-    return int(value)
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r}: allowed values are {allowed}")
-    return value
 
 
 def _std(values, ddof):
@@ -166,9 +154,9 @@ class CollapseAccumulator:
     """
 
     def __init__(self, num_classes: int, dim: int, *, chunk_size: int = 16384):
-        self.num_classes = _check_int("num_classes", num_classes, 2)
-        self.dim = _check_int("dim", dim, 1)
-        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
+        self.num_classes = validate.integer(num_classes, "num_classes", minimum=2)
+        self.dim = validate.integer(dim, "dim", minimum=1)
+        self.chunk_size = validate.integer(chunk_size, "chunk_size", minimum=1)
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
         self.means = np.zeros((self.num_classes, self.dim))
         self.within_scatter = np.zeros((self.dim, self.dim))
@@ -282,7 +270,7 @@ class CollapseAccumulator:
 
     def global_mean(self, weighting: str = "weighted") -> np.ndarray:
         """``weighted``: mean of all samples (Papyan et al.'s code); ``unweighted``: mean of the class means."""
-        _check_choice("global_mean", weighting, _GLOBAL_MEANS)
+        validate.choice(weighting, "global_mean", _GLOBAL_MEANS)
         self._require_all_classes()
         if weighting == "weighted":
             return self.counts @ self.means / self.num_samples
@@ -320,7 +308,7 @@ class CollapseAccumulator:
         return self._nc1(form, global_mean, divide_by_classes, rtol)
 
     def _nc1(self, form, global_mean, divide_by_classes, rtol=None):
-        _check_choice("nc1 form", form, _NC1_FORMS)
+        validate.choice(form, "nc1 form", _NC1_FORMS)
         C = self.num_classes
         if divide_by_classes is None:
             divide_by_classes = form != "trace"
@@ -357,12 +345,12 @@ class CollapseAccumulator:
         code; 0: numpy's default). ``nc4``: a value from :class:`NCCAgreement` (second pass).
         Classes of one sample: see :meth:`nc1` (ValueError if all, warning if some).
         """
-        _check_choice("global_mean", global_mean, _GLOBAL_MEANS)
+        validate.choice(global_mean, "global_mean", _GLOBAL_MEANS)
         self._require_within_samples()
         return self._metrics(classifier, nc1, global_mean, divide_by_classes, ddof, nc4)
 
     def _metrics(self, classifier, nc1, global_mean, divide_by_classes, ddof, nc4):
-        _check_choice("global_mean", global_mean, _GLOBAL_MEANS)
+        validate.choice(global_mean, "global_mean", _GLOBAL_MEANS)
         if ddof not in (0, 1):
             raise ValueError(f"ddof={ddof!r}: allowed values are 0 and 1")
         C = self.num_classes
@@ -429,7 +417,7 @@ class NCCAgreement:
             self.b = _host(bias, "bias").astype(np.float64).reshape(-1)
             if self.b.shape != (self.num_classes,) or not np.isfinite(self.b).all():
                 raise ValueError(f"bias: expected {self.num_classes} finite values, got shape {self.b.shape}")
-        self.chunk_size = _check_int("chunk_size", chunk_size, 1)
+        self.chunk_size = validate.integer(chunk_size, "chunk_size", minimum=1)
         self.mismatch = np.zeros(self.num_classes, dtype=np.int64)
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
         self._stack = None
@@ -471,7 +459,7 @@ class NCCAgreement:
         return self._stack[1], self._stack[2]
 
     def value(self, average: str = "samples") -> float:
-        _check_choice("nc4 average", average, _AVERAGES)
+        validate.choice(average, "nc4 average", _AVERAGES)
         if self.counts.sum() == 0:
             raise ValueError("features: no samples were passed to NCCAgreement.update")
         if average == "samples":
@@ -497,7 +485,7 @@ def metrics(features, labels=None, classifier=None, bias=None, *, num_classes: O
     raises ValueError (NC1 = CDNV = 0 by construction would look like perfect collapse);
     when some classes have one sample it warns (``SingleSampleClassWarning``).
     """
-    _check_choice("nc4_average", nc4_average, _AVERAGES)
+    validate.choice(nc4_average, "nc4_average", _AVERAGES)
     if callable(features):
         if labels is not None:
             raise ValueError("labels: must be None when features is a callable yielding (features, labels) chunks")

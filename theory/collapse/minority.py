@@ -20,12 +20,13 @@ solution with correct predictions), and minimize with BFGS from a few starts.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
+
+from limitlab.numerics import validation as validate
 
 __all__ = ["MinorityCollapse", "minority_collapse", "lpm_loss"]
 
@@ -53,18 +54,6 @@ class MinorityCollapse:
     @property
     def minority_angle(self) -> float:
         return float(np.arccos(np.clip(self.minority_cosine, -1.0, 1.0)))
-
-
-def _check_int(name, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise ValueError(f"{name}={v!r}: must be an integer >= {minimum}")
-    return int(v)
-
-
-def _check_pos(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v <= 0:
-        raise ValueError(f"{name}={v!r}: must be a positive finite number")
-    return float(v)
 
 
 def lpm_loss(W, H, counts):
@@ -145,12 +134,12 @@ def minority_collapse(ratio: float, k_A: int = 5, k_B: int = 5, *, E_W: float = 
                       n_B: float = 1.0, starts: int = 4, seed=0) -> MinorityCollapse:
     """Symmetric optimum of the layer-peeled model at imbalance ratio ``ratio`` = n_A / n_B
     (Fang et al. 2021, eq. (9)); its ``minority_angle`` is Fig. 2's quantity."""
-    R = _check_pos("ratio", ratio)
-    kA, kB = _check_int("k_A", k_A, 1), _check_int("k_B", k_B, 1)
+    R = validate.positive(ratio, "ratio")
+    kA, kB = validate.integer(k_A, "k_A", minimum=1), validate.integer(k_B, "k_B", minimum=1)
     if kA + kB < 2:
         raise ValueError("k_A + k_B must be >= 2")
-    EW, EH, nB = _check_pos("E_W", E_W), _check_pos("E_H", E_H), _check_pos("n_B", n_B)
-    starts = _check_int("starts", starts, 1)
+    EW, EH, nB = validate.positive(E_W, "E_W"), validate.positive(E_H, "E_H"), validate.positive(n_B, "n_B")
+    starts = validate.integer(starts, "starts", minimum=1)
     nA = R * nB
     rng = np.random.default_rng(seed)
 

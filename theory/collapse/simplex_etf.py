@@ -10,18 +10,13 @@ Deep Linear Networks", Theorem 2.1 (orthogonal frame for bias-free MSE).
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 import sympy as sp
 
+from limitlab.numerics import validation as validate
+
 __all__ = ["simplex_etf", "orthogonal_frame", "simplex_etf_gram", "orthogonal_frame_gram"]
-
-
-def _check_classes(num_classes, minimum=2):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < minimum:
-        raise ValueError(f"num_classes={num_classes!r}: must be an integer >= {minimum}")
-    return int(num_classes)
 
 
 def _check_dtype(dtype):
@@ -29,7 +24,7 @@ def _check_dtype(dtype):
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"dtype={dtype!r}: not a NumPy dtype; allowed: a floating dtype "
+        raise TypeError(f"dtype: must be a floating NumPy dtype, got {dtype!r} "
                         "(float16, float32, float64, longdouble)") from None
     if dt.kind != "f":
         raise TypeError(f"dtype={dtype!r}: the frame has irrational entries; allowed: a floating dtype "
@@ -53,13 +48,11 @@ def simplex_etf(num_classes: int, dim: int | None = None, *, scale: float = 1.0,
     (the frame spans a (C-1)-dimensional subspace). With ``seed`` the frame is rotated
     by a Haar-random orthogonal matrix of R^dim. ``dtype``: a floating dtype (TypeError otherwise).
     """
-    C = _check_classes(num_classes)
+    C = validate.integer(num_classes, "num_classes", minimum=2)
     dtype = _check_dtype(dtype)
     dim = C if dim is None else dim
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C - 1:
-        raise ValueError(f"dim={dim!r}: a simplex ETF of {C} classes needs an integer dim >= C - 1 = {C - 1}")
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale={scale!r}: must be a positive finite number")
+    validate.integer(dim, "dim", minimum=C - 1, meaning=f"a simplex ETF of {C} classes needs dim >= C - 1")
+    validate.positive(scale, "scale")
     centred = np.eye(C) - np.full((C, C), 1.0 / C)
     if dim >= C:
         frame = np.zeros((C, dim))
@@ -76,13 +69,11 @@ def orthogonal_frame(num_classes: int, dim: int | None = None, *, scale: float =
                      dtype=np.float64) -> np.ndarray:
     """C orthonormal vectors (times ``scale``) in R^dim, ``dim >= C`` (Dang et al. 2023, Thm 2.1);
     ``dtype`` a floating dtype (TypeError otherwise)."""
-    C = _check_classes(num_classes, minimum=1)
+    C = validate.integer(num_classes, "num_classes", minimum=1)
     dtype = _check_dtype(dtype)
     dim = C if dim is None else dim
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C:
-        raise ValueError(f"dim={dim!r}: an orthogonal frame of {C} classes needs an integer dim >= C = {C}")
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale={scale!r}: must be a positive finite number")
+    validate.integer(dim, "dim", minimum=C, meaning=f"an orthogonal frame of {C} classes needs dim >= C")
+    validate.positive(scale, "scale")
     frame = np.eye(C, dim)
     if seed is not None:
         frame = frame @ _rotation(dim, seed).T
@@ -98,7 +89,7 @@ def simplex_etf_gram(num_classes):
     if isinstance(num_classes, sp.Basic) and not num_classes.is_Integer:
         C = num_classes
         return C / (C - 1) * (sp.Identity(C) - sp.OneMatrix(C, C) / C)
-    C = _check_classes(int(num_classes) if isinstance(num_classes, sp.Integer) else num_classes)
+    C = validate.integer(int(num_classes) if isinstance(num_classes, sp.Integer) else num_classes, "num_classes", minimum=2)
     return sp.Rational(C, C - 1) * (sp.eye(C) - sp.ones(C, C) / C)
 
 
@@ -106,5 +97,6 @@ def orthogonal_frame_gram(num_classes):
     """Gram matrix of the orthonormal frame: the identity (sympy; a Symbol gives ``Identity(C)``)."""
     if isinstance(num_classes, sp.Basic) and not num_classes.is_Integer:
         return sp.Identity(num_classes)
-    C = _check_classes(int(num_classes) if isinstance(num_classes, sp.Integer) else num_classes, minimum=1)
+    C = validate.integer(int(num_classes) if isinstance(num_classes, sp.Integer) else num_classes, "num_classes",
+                         minimum=1)
     return sp.eye(C)

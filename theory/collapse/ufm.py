@@ -24,12 +24,12 @@ the root exists, so each class is decided by comparing f_k at the root with f_k(
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
 
+from limitlab.numerics import validation as validate
 from limitlab.numerics.solvers import find_root
 
 from .metrics import _check_labels
@@ -37,24 +37,12 @@ from .metrics import _check_labels
 __all__ = ["UFMGeometry", "ufm_global_minimizer", "ufm_thresholds", "ufm_objective", "ufm_realize", "ufm_sympy"]
 
 
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r}: must be a positive finite number")
-    return float(value)
-
-
-def _check_depth(depth):
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
-        raise ValueError(f"depth={depth!r}: must be an integer >= 1 (number of linear layers M)")
-    return int(depth)
-
-
 def _check_counts(counts):
     n = np.asarray(counts)
     if n.ndim != 1 or n.size < 1 or n.dtype.kind not in "iuf":
-        raise ValueError(f"counts={counts!r}: expected a 1-D sequence of class sizes")
+        raise ValueError(f"counts: must be a 1-D sequence of class sizes, got {counts!r}")
     if not np.all(np.isfinite(n)) or np.any(n <= 0):
-        raise ValueError(f"counts={counts!r}: every class size must be positive (an empty class has no features)")
+        raise ValueError(f"counts: every class size must be > 0, got {counts!r} (an empty class has no features)")
     return n.astype(np.float64)
 
 
@@ -110,8 +98,8 @@ def ufm_thresholds(num_samples, lambda_W, lambda_H, depth=1):
     minimum iff n_k > n_collapse. For M = 1 both equal N^2 lambda_W lambda_H; for M >= 2,
     n_collapse = b M / (M-1)^((M-1)/M) > n_root = b / max_x M x^(M-1)/(x^M+1)^2.
     """
-    N = _check_positive("num_samples", num_samples)
-    lw, lh, M = _check_positive("lambda_W", lambda_W), _check_positive("lambda_H", lambda_H), _check_depth(depth)
+    N = validate.positive(num_samples, "num_samples")
+    lw, lh, M = validate.positive(lambda_W, "lambda_W"), validate.positive(lambda_H, "lambda_H"), validate.integer(depth, "depth", minimum=1, meaning="number of linear layers M")
     b = M * N * lw * (N * lh) ** (1.0 / M)
     n_root = b if M == 1 else b / _phi_max(M)[0]
     return n_root, b / _r_crit(M)
@@ -121,7 +109,7 @@ def ufm_global_minimizer(counts, lambda_W: float, lambda_H: float, depth: int = 
     """The global minimizer's geometry of the bias-free MSE UFM with an M-layer linear head
     (Dang et al. 2023, Thm 3.1; balanced counts give Thm 2.1's orthogonal frame)."""
     n = _check_counts(counts)
-    lw, lh, M = _check_positive("lambda_W", lambda_W), _check_positive("lambda_H", lambda_H), _check_depth(depth)
+    lw, lh, M = validate.positive(lambda_W, "lambda_W"), validate.positive(lambda_H, "lambda_H"), validate.integer(depth, "depth", minimum=1, meaning="number of linear layers M")
     N = n.sum()
     b = M * N * lw * (N * lh) ** (1.0 / M)
     r = b / n
@@ -157,7 +145,7 @@ def ufm_objective(weights, features, labels, lambda_W, lambda_H, num_classes=Non
     gradients ``(dW_1, ..., dW_M), dH``. ``weights`` = [W_1, ..., W_M], ``features`` (N, d),
     ``labels`` (N,) integers in [0, num_classes) (``num_classes`` defaults to the rows of
     W_M); anything else raises (a label -1 would otherwise index the last class)."""
-    lw, lh = _check_positive("lambda_W", lambda_W), _check_positive("lambda_H", lambda_H)
+    lw, lh = validate.positive(lambda_W, "lambda_W"), validate.positive(lambda_H, "lambda_H")
     Ws = [np.asarray(W, dtype=np.float64) for W in weights]
     if not Ws:
         raise ValueError("weights: need at least one layer")
@@ -166,10 +154,8 @@ def ufm_objective(weights, features, labels, lambda_W, lambda_H, num_classes=Non
         raise ValueError(f"features: expected shape (N, d), got shape {H.shape}")
     if num_classes is None:
         C = Ws[-1].shape[0]
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: must be an integer >= 1")
     else:
-        C = int(num_classes)
+        C = validate.integer(num_classes, "num_classes", minimum=1)
     y = _check_labels(labels, H.shape[0], C)  # integers in [0, C): -1 is not "the last class"
     N = H.shape[0]
     Y = np.zeros((N, C))
@@ -204,8 +190,7 @@ def ufm_realize(geometry: UFMGeometry, labels, dim: int, *, seed=None):
     layer is sum_k s_k u_k u_k^T on an orthonormal frame u_1..u_C (Haar-random with
     ``seed``), h_i = ||h_{y_i}|| u_{y_i}."""
     C = geometry.counts.size
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < C:
-        raise ValueError(f"dim={dim!r}: the UFM minimizer needs dim >= num_classes = {C}")
+    validate.integer(dim, "dim", minimum=C, meaning="the UFM minimizer needs dim >= num_classes")
     y0 = np.asarray(labels)
     if y0.ndim != 1:
         raise ValueError(f"labels: expected a 1-D array of class indices, got shape {y0.shape}")
@@ -231,7 +216,7 @@ def ufm_sympy(depth: int = 1) -> dict:
     ``feature_sq_norm_closed``, ``alignment_closed``, ``objective_closed`` (Piecewise:
     zero when n_k <= N^2 lambda_W lambda_H; Dang et al. 2023, Thm 3.1 with M = 1).
     """
-    M = _check_depth(depth)
+    M = validate.integer(depth, "depth", minimum=1, meaning="number of linear layers M")
     n, N, lw, lh, x = sp.symbols("n_k N lambda_W lambda_H x", positive=True)
     b = M * N * lw * (N * lh) ** sp.Rational(1, M)
     out = dict(symbols=dict(n_k=n, N=N, lambda_W=lw, lambda_H=lh, x=x), b=b,

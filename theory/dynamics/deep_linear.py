@@ -21,6 +21,7 @@ import numpy as np
 from scipy import integrate
 
 from limitlab.numerics import solvers
+from limitlab.numerics import validation as validate
 
 __all__ = ["mode_rate", "learning_time", "mode_trajectory", "network_map", "balanced_init"]
 
@@ -28,10 +29,8 @@ __all__ = ["mode_rate", "learning_time", "mode_trajectory", "network_map", "bala
 def _check(s, u0, depth, tau):
     s = np.asarray(s, dtype=float)
     u0 = np.asarray(u0, dtype=float)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: number of weight matrices must be an integer >= 1, got {depth!r}")
-    if not np.isscalar(tau) or not np.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau: must be a positive number (1 / learning rate), got {tau!r}")
+    validate.integer(depth, "depth", minimum=1, meaning="number of weight matrices")
+    validate.positive(tau, "tau", meaning="1 / learning rate")
     if np.any(~np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"s: mode strengths (singular values of Sigma^31) must be > 0, got {s!r}")
     if np.any(~np.isfinite(u0)) or np.any(u0 <= 0) or (depth > 1 and np.any(u0 >= s)):

@@ -60,6 +60,8 @@ from scipy import linalg as sla
 from limitlab.numerics import codegen, solvers
 from limitlab.theory import activations as _act
 
+from limitlab.numerics import validation as validate
+
 from .gradient_flow import _real_array
 
 __all__ = ["TwoLayerResult", "DeepResult", "two_layer", "deep_linear", "deep", "two_layer_linear_whitened",
@@ -99,20 +101,10 @@ def _check_common(kx, y, gamma0, T, dt):
     root = _psd_sqrt(kx, "kx")
     if y.shape != (kx.shape[0],) or not np.all(np.isfinite(y)):
         raise ValueError(f"y: expected finite targets of shape ({kx.shape[0]},), got {y.shape}")
-    if not np.isscalar(gamma0) or not np.isfinite(gamma0) or gamma0 < 0:
-        raise ValueError(f"gamma0: richness must be a finite number >= 0, got {gamma0!r}")
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T: number of time steps must be an integer >= 1, got {T!r}")
-    if not np.isscalar(dt) or not np.isfinite(dt) or dt <= 0:
-        raise ValueError(f"dt: time step must be a positive number, got {dt!r}")
-    return root, kx, y, float(gamma0), int(T), float(dt)
-
-
-def _check_growth(max_error_growth):
-    if isinstance(max_error_growth, bool) or not isinstance(max_error_growth, (int, float, np.integer, np.floating)) \
-            or not max_error_growth > 1 or not np.isfinite(max_error_growth):
-        raise ValueError(f"max_error_growth: must be a finite number > 1, got {max_error_growth!r}")
-    return float(max_error_growth)
+    gamma0 = validate.real(gamma0, "gamma0", at_least=0.0, meaning="richness")
+    T = validate.integer(T, "T", minimum=1, meaning="number of time steps")
+    dt = validate.positive(dt, "dt", meaning="time step")
+    return root, kx, y, gamma0, T, dt
 
 
 def _divergence(f, y, dt, growth, ntk0):
@@ -311,13 +303,11 @@ def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: f
     and a ``message``; with ``strict=True`` it raises ``ConvergenceError``.
     """
     root, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
-    growth = _check_growth(max_error_growth)
+    growth = validate.real(max_error_growth, "max_error_growth", above=1.0)
     act = _act.get(activation)
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
-        raise ValueError(f"samples: must be an integer >= 2, got {samples!r}")
+    validate.integer(samples, "samples", minimum=2)
     if isinstance(snapshots, (int, np.integer)) and not isinstance(snapshots, bool):
-        if snapshots < 1:
-            raise ValueError(f"snapshots: must be >= 1, got {snapshots}")
+        validate.integer(snapshots, "snapshots", minimum=1)
         steps = np.unique(np.round(np.linspace(0, T, int(snapshots))).astype(np.int64))
     else:
         steps = np.asarray(snapshots, dtype=np.int64)
@@ -690,11 +680,9 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
     ``maxiter`` and ``continuation`` apply to it only.
     """
     _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: number of hidden layers must be an integer >= 1, got {depth!r}")
-    if not 0 <= damping < 1:
-        raise ValueError(f"damping: must be in [0, 1), got {damping!r}")
-    growth = _check_growth(max_error_growth)
+    validate.integer(depth, "depth", minimum=1, meaning="number of hidden layers")
+    validate.real(damping, "damping", at_least=0.0, below=1.0)
+    growth = validate.real(max_error_growth, "max_error_growth", above=1.0)
     if method == "picard":
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite sweeps are reported, not warned about
             res = _deep_linear_picard(kx, y, int(depth), gamma0, T, dt, damping, tol, maxiter, False, continuation,
@@ -865,14 +853,12 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     diverging trajectory is reported as non-convergence (module docstring, "Divergence").
     """
     _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
-    growth = _check_growth(max_error_growth)
+    growth = validate.real(max_error_growth, "max_error_growth", above=1.0)
     if gamma0 == 0:
         raise ValueError("gamma0: the deep single-site solver needs gamma0 > 0; gamma0 = 0 is the static NTK "
                          "(use gradient_flow with MLP(depth).ntk)")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: number of hidden layers must be an integer >= 1, got {depth!r}")
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
-        raise ValueError(f"samples: must be an integer >= 2, got {samples!r}")
+    validate.integer(depth, "depth", minimum=1, meaning="number of hidden layers")
+    validate.integer(samples, "samples", minimum=2)
     act = _act.get(activation)
     L, P, T1, S = int(depth), y.size, T + 1, int(samples)
     n = T1 * P

@@ -28,6 +28,8 @@ from typing import Optional
 
 import numpy as np
 
+from limitlab.numerics import validation as validate
+
 __all__ = ["Gaussian", "gradient_descent_mse_ensemble", "predict_mlp", "check_psd"]
 
 
@@ -40,17 +42,8 @@ class Gaussian:
 
 
 def _real_array(a, name):
-    """``a`` as a float64 array; TypeError for complex values (a silent cast would drop the imaginary part)."""
-    try:
-        raw = np.asarray(a)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a numeric array, got {type(a).__name__}") from None
-    if raw.dtype.kind == "c":
-        raise TypeError(f"{name}: must be real, got complex dtype {raw.dtype} (the dynamics are real; "
-                        "pass the real part explicitly if that is what is meant)")
-    if raw.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected real numbers, got dtype {raw.dtype}")
-    return raw.astype(np.float64, copy=False)
+    """``a`` as a float64 array, finite or not (``validation.real_array``; kept for theory/dynamics/scale.py)."""
+    return validate.real_array(a, name, finite=False)
 
 
 def _as_matrix(a, name, shape0=None, square=False):

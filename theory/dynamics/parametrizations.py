@@ -20,21 +20,20 @@ Theta(1) (SGD: an update sums over fan-in coordinates; Adam normalises each entr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
 
+from limitlab.numerics import validation as validate
+
 __all__ = ["ABC", "Classification", "classify", "preset", "PRESETS", "symmetry", "mup_table",
            "mup_scalings", "require_trainable"]
 
 
 def _frac(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float, Fraction, np.integer, np.floating)) \
-            or not math.isfinite(float(v)):
-        raise ValueError(f"{name}: must be a finite number, got {v!r}")
+    validate.real(v, name)
     return Fraction(v).limit_denominator(10_000) if not isinstance(v, Fraction) else v
 
 
@@ -122,8 +121,7 @@ def preset(name: str, depth: int) -> ABC:
     ``"ntp"``: NTK, a = (0, 1/2, ..., 1/2), b = 0, c = 0; ``"mup"``: a = (-1/2, 0, ..., 0, 1/2),
     b = 1/2, c = 0; ``"mf"``: mean field, two-layer only, a = (0, 1), b = 0, c = -1.
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: must be an integer >= 1, got {depth!r}")
+    validate.integer(depth, "depth", minimum=1)
     h = Fraction(1, 2)
     L = int(depth)
     key = str(name).lower()
@@ -199,11 +197,9 @@ def mup_scalings(width, base_width, depth: int, optimizer: str = "sgd", output_m
     ``lr`` (multiplying the base learning rate), all as (width / base_width)^exponent: a
     configuration tuned at base_width transfers to width (microsoft/mup convention).
     """
-    for name, v in (("width", width), ("base_width", base_width)):
-        if not np.isscalar(v) or not np.isfinite(v) or v <= 0:
-            raise ValueError(f"{name}: must be a positive number, got {v!r}")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: must be an integer >= 1, got {depth!r}")
+    validate.positive(width, "width")
+    validate.positive(base_width, "base_width")
+    validate.integer(depth, "depth", minimum=1)
     ratio = float(width) / float(base_width)
     table = mup_table(optimizer, output_multiplier)
     kinds = ["input"] + ["hidden"] * (depth - 1) + ["output"]

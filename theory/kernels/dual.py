@@ -16,6 +16,7 @@ import numpy as np
 import sympy as sp
 
 from limitlab.numerics import gaussian
+from limitlab.numerics import validation as validate
 from limitlab.theory import activations as _act
 from limitlab.theory.activations import c, q1, q2
 
@@ -85,10 +86,8 @@ class Dual:
 
     def evaluate(self, q1_, q2_, c_, tol: float = 1e-13):
         """Numeric (E[phi phi], E[phi' phi']) on broadcast arrays of q1, q2, c (float64)."""
-        for name, v in (("q1", q1_), ("q2", q2_), ("c", c_)):
-            if np.iscomplexobj(v):
-                raise TypeError(f"{name}: must be real, got a complex value (its imaginary part would be dropped)")
-        a, b, cc = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (q1_, q2_, c_)))
+        a, b, cc = np.broadcast_arrays(*(validate.real_array(v, name, finite=False)
+                                         for name, v in (("q1", q1_), ("q2", q2_), ("c", c_))))
         _check_cov(a, b, cc)
         if self.closed_form:
             f = self._numpy_closed

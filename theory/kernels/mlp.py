@@ -29,6 +29,7 @@ import numpy as np
 import sympy as sp
 
 from limitlab.numerics import arrays, gaussian, recursion
+from limitlab.numerics import validation as validate
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
 
@@ -136,8 +137,7 @@ class MLP:
     parameterization: str = field(default=_UNSET, kw_only=True, repr=False)
 
     def __post_init__(self):
-        if isinstance(self.depth, bool) or not isinstance(self.depth, (int, np.integer)) or self.depth < 1:
-            raise ValueError(f"depth: must be an integer >= 1, got {self.depth!r}")
+        validate.integer(self.depth, "depth", minimum=1)
         object.__setattr__(self, "activation", _act.get(self.activation))
         # neural-tangents' spellings: W_std, b_std (standard deviations) and parameterization
         for ours, theirs, square, default in (("weight_var", "W_std", True, 1.0), ("bias_var", "b_std", True, 0.0),

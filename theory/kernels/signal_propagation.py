@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from limitlab.numerics import gaussian
+from limitlab.numerics import validation as validate
 from limitlab.numerics.solvers import find_root, fixed_point
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
@@ -50,18 +51,11 @@ class SignalPropagation:
     phase: str  # "ordered" (chi_1 < 1), "chaotic" (chi_1 > 1) or "critical"
 
 
-def _check_var(value, name):
-    v = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(v)) or np.any(v < 0):
-        raise ValueError(f"{name}: must be finite and >= 0, got {value!r}")
-    return v
-
-
 def length_map(activation, q, weight_var=1.0, bias_var=0.0):
     """q -> w E[phi(sqrt(q) z)^2] + b, elementwise over arrays (broadcast)."""
     act = _act.get(activation)
-    q, w, b = np.broadcast_arrays(_check_var(q, "q"), _check_var(weight_var, "weight_var"),
-                                  _check_var(bias_var, "bias_var"))
+    q, w, b = np.broadcast_arrays(validate.real_array(q, "q", at_least=0.0), validate.real_array(weight_var, "weight_var", at_least=0.0),
+                                  validate.real_array(bias_var, "bias_var", at_least=0.0))
     return w * gaussian.expect(lambda t: act(t) ** 2, q, act.kinks) + b
 
 
@@ -85,8 +79,8 @@ def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e
                        maxiter: int = 20_000) -> SignalPropagation:
     """q*, chi_1, chi_q, c*, chi_c and the depth scales for one (weight_var, bias_var)."""
     act = _act.get(activation)
-    w = float(_check_var(weight_var, "weight_var"))
-    b = float(_check_var(bias_var, "bias_var"))
+    w = float(validate.real_array(weight_var, "weight_var", at_least=0.0))
+    b = float(validate.real_array(bias_var, "bias_var", at_least=0.0))
     res = _q_star(act, w, b, tol=tol, maxiter=maxiter)
     q = float(res.value)
     at_zero = _critical_at_zero(act, w, b, q)
@@ -154,7 +148,7 @@ def _critical_at_zero(act, w, b, q_last):
 def edge_of_chaos(activation, bias_var, weight_var_bracket=(0.5, 10.0), tol: float = 1e-12):
     """(weight_var, converged): the critical line chi_1 = 1 at each bias_var, by bracketed root finding."""
     act = _act.get(activation)
-    b = np.atleast_1d(_check_var(bias_var, "bias_var"))
+    b = np.atleast_1d(validate.real_array(bias_var, "bias_var", at_least=0.0))
     # E[phi'(sqrt(q) z)^2] at three scales: zero means chi_1 = 0 for every w (step, sign); one
     # constant means phi' is scale free (ReLU, leaky ReLU, abs: phi positively homogeneous),
     # so chi_1 = w E[phi'^2] whatever q*, and the edge is w = 1/E[phi'^2] at every b (ReLU:

@@ -34,6 +34,7 @@ from functools import cached_property
 import numpy as np
 import sympy as sp
 
+from limitlab.numerics import validation as validate
 from limitlab.numerics.solvers import find_root
 
 __all__ = ["KernelRidgeRisk", "RandomFeatureRidgeRisk", "kernel_ridge", "random_feature_ridge", "tuned_ridge",
@@ -63,20 +64,6 @@ def _spectrum(eigenvalues, target, multiplicities=None):
     if w.shape != lam.shape or np.any(~np.isfinite(w)) or np.any(w < 1):
         raise ValueError(f"multiplicities: must be finite, >= 1 and shaped like eigenvalues {lam.shape}")
     return lam, v, w
-
-
-def _count(name, value):
-    a = np.asarray(value, dtype=float)
-    if np.any(~np.isfinite(a)) or np.any(a < 1):
-        raise ValueError(f"{name}: must be finite and >= 1, got {value!r}")
-    return a
-
-
-def _nonneg(name, value):
-    a = np.asarray(value, dtype=float)
-    if np.any(~np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"{name}: must be finite and >= 0, got {value!r}")
-    return a
 
 
 def _out(a):
@@ -150,7 +137,7 @@ def _solve_kappa(lam, n, delta, w=None):
 def effective_regularization(eigenvalues, n, ridge=0.0, multiplicities=None):
     """kappa solving sum_i l_i/(l_i + kappa) + ridge/kappa = n (Simon et al. 2021, eq. (4))."""
     lam, _, w = _spectrum(eigenvalues, np.zeros(np.shape(eigenvalues)), multiplicities)
-    return _out(_solve_kappa(lam, _count("n", n), _nonneg("ridge", ridge), w))
+    return _out(_solve_kappa(lam, validate.real_array(n, "n", at_least=1.0), validate.real_array(ridge, "ridge", at_least=0.0), w))
 
 
 @dataclass
@@ -183,9 +170,9 @@ def kernel_ridge(eigenvalues, target, n, ridge, noise=0.0, multiplicities=None) 
     whole eigenspace (the risk depends on nothing else).
     """
     lam, v, w = _spectrum(eigenvalues, target, multiplicities)
-    n = _count("n", n)
-    delta = _nonneg("ridge", ridge)
-    s2 = _nonneg("noise", noise)
+    n = validate.real_array(n, "n", at_least=1.0)
+    delta = validate.real_array(ridge, "ridge", at_least=0.0)
+    s2 = validate.real_array(noise, "noise", at_least=0.0)
     n, delta, s2 = np.broadcast_arrays(n, delta, s2)
     kappa = _solve_kappa(lam, n, delta, w)
     L = lam / (lam + kappa[..., None])
@@ -291,10 +278,10 @@ def random_feature_ridge(eigenvalues, target, n, features, ridge, noise=0.0,
     delta in (K_rf + delta I_n); ``n``, ``features``, ``ridge``, ``noise`` broadcast.
     """
     lam, v, w = _spectrum(eigenvalues, target, multiplicities)
-    n = _count("n", n)
-    k = _count("features", features)
-    delta = _nonneg("ridge", ridge)
-    s2 = _nonneg("noise", noise)
+    n = validate.real_array(n, "n", at_least=1.0)
+    k = validate.real_array(features, "features", at_least=1.0)
+    delta = validate.real_array(ridge, "ridge", at_least=0.0)
+    s2 = validate.real_array(noise, "noise", at_least=0.0)
     n, k, delta, s2 = np.broadcast_arrays(n, k, delta, s2)
     gamma, kappa = _solve_rf(lam, n, k, delta, w)
     L = lam / (lam + gamma[..., None])

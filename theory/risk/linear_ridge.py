@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from .random_features import _check_array
+from limitlab.numerics import validation as validate
 
 __all__ = ["LinearRidgeRisk", "linear_ridge", "linear_ridge_optimal", "mp_stieltjes", "linear_ridge_equations"]
 
@@ -77,10 +77,10 @@ def linear_ridge(gamma, ridge, signal=1.0, noise=1.0) -> LinearRidgeRisk:
     Arrays broadcast; ``ridge = 0`` is the ridgeless (minimum-norm) limit, +inf at gamma = 1
     when noise > 0 (the interpolation peak).
     """
-    g = _check_array("gamma", gamma, positive=True)
-    lam = _check_array("ridge", ridge, positive=False)
-    r2 = _check_array("signal", signal, positive=False)
-    s2 = _check_array("noise", noise, positive=False)
+    g = validate.real_array(gamma, "gamma", above=0.0)
+    lam = validate.real_array(ridge, "ridge", at_least=0.0)
+    r2 = validate.real_array(signal, "signal", at_least=0.0)
+    s2 = validate.real_array(noise, "noise", at_least=0.0)
     g, lam, r2, s2 = np.broadcast_arrays(g, lam, r2, s2)
     pos = lam > 0
     lam_safe = np.where(pos, lam, 1.0)
@@ -102,9 +102,9 @@ def linear_ridge(gamma, ridge, signal=1.0, noise=1.0) -> LinearRidgeRisk:
 def linear_ridge_optimal(gamma, signal=1.0, noise=1.0):
     """(optimal ridge, its risk): lambda* = gamma sigma^2 / r^2, risk = sigma^2 gamma m(-lambda*)
     (Hastie et al. 2022, Corollary 5; Dobriban & Wager 2018, Thm 2.1)."""
-    g = _check_array("gamma", gamma, positive=True)
-    r2 = _check_array("signal", signal, positive=True)
-    s2 = _check_array("noise", noise, positive=False)
+    g = validate.real_array(gamma, "gamma", above=0.0)
+    r2 = validate.real_array(signal, "signal", above=0.0)
+    s2 = validate.real_array(noise, "noise", at_least=0.0)
     lam = g * s2 / r2
     pos = lam > 0
     lam_safe = np.where(pos, lam, 1.0)

@@ -39,6 +39,7 @@ import numba as nb
 import numpy as np
 import sympy as sp
 
+from limitlab.numerics import validation as validate
 from limitlab.numerics.gaussian import expect
 from limitlab.theory import activations as _activations
 
@@ -257,18 +258,6 @@ class RandomFeaturesRisk:
     converged: bool = True
 
 
-def _check_array(name, value, positive, allow_inf=False):
-    a = np.asarray(value, dtype=float) if not isinstance(value, np.ndarray) else value.astype(float)
-    if np.iscomplexobj(np.asarray(value)):
-        raise TypeError(f"{name}: must be real, got {value!r}")
-    bad = np.isnan(a) | (~np.isfinite(a) if not allow_inf else False) | ((a <= 0) if positive else (a < 0))
-    if np.any(bad):
-        v = float(a[bad].ravel()[0]) if a.ndim else float(a)
-        rule = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name}: must be finite and {rule}, got {v!r}")
-    return a
-
-
 def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_signal=0.0, noise=0.0,
                     mu=None, **activation_params) -> RandomFeaturesRisk:
     """Asymptotic test risk of random-features ridge regression (Mei & Montanari 2019, Theorem 1).
@@ -284,12 +273,12 @@ def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_
     ``bias = 0``; ``noise = nonlinear_signal = 0`` gives ``variance = 0``), so the risk is
     ``inf`` unless there is nothing to fit, never NaN.
     """
-    p1 = _check_array("psi1", psi1, positive=True)
-    p2 = _check_array("psi2", psi2, positive=True)
-    lam = _check_array("ridge", ridge, positive=False)
-    F1 = _check_array("signal", signal, positive=False)
-    Fs = _check_array("nonlinear_signal", nonlinear_signal, positive=False)
-    tau = _check_array("noise", noise, positive=False)
+    p1 = validate.real_array(psi1, "psi1", above=0.0)
+    p2 = validate.real_array(psi2, "psi2", above=0.0)
+    lam = validate.real_array(ridge, "ridge", at_least=0.0)
+    F1 = validate.real_array(signal, "signal", at_least=0.0)
+    Fs = validate.real_array(nonlinear_signal, "nonlinear_signal", at_least=0.0)
+    tau = validate.real_array(noise, "noise", at_least=0.0)
     if mu is None:
         mu = activation_coefficients(activation, **activation_params)
     else:

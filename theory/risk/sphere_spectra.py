@@ -44,14 +44,10 @@ import numpy as np
 from scipy.linalg import eigvalsh_tridiagonal
 from scipy.special import gammaln
 
+from limitlab.numerics import validation as validate
+
 __all__ = ["SphereSpectrum", "sphere_spectrum", "multiplicity", "legendre_d", "dot_product_kernel",
            "gegenbauer_quadrature"]
-
-
-def _check_dimension(d):
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 2:
-        raise ValueError(f"d: the sphere S^(d-1) lies in R^d with d an integer >= 2, got {d!r}")
-    return int(d)
 
 
 def multiplicity(d, degree):
@@ -59,7 +55,7 @@ def multiplicity(d, degree):
 
     ``d`` is an integer >= 2 (S^1 is the circle); ``degree`` integers >= 0 (array or scalar).
     """
-    d = _check_dimension(d)
+    d = validate.integer(d, "d", minimum=2, meaning="the sphere S^(d-1) lies in R^d")
     l = np.asarray(degree)
     if l.dtype.kind not in "iu" and not (l.dtype.kind == "f" and np.all(l == np.round(l))):
         raise TypeError(f"degree: must be integers, got {degree!r}")
@@ -118,10 +114,8 @@ def gegenbauer_quadrature(nodes, d):
     polynomials of degree < 2 ``nodes``. Golub–Welsch (module docstring): eigenvalues of
     the Jacobi matrix, Christoffel weights; d = 2 is Gauss–Chebyshev.
     """
-    d = _check_dimension(d)
-    if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 1:
-        raise ValueError(f"nodes: must be an integer >= 1, got {nodes!r}")
-    n = int(nodes)
+    d = validate.integer(d, "d", minimum=2, meaning="the sphere S^(d-1) lies in R^d")
+    n = validate.integer(nodes, "nodes", minimum=1)
     if d == 2:
         t = np.cos((2 * np.arange(n, 0, -1) - 1) * np.pi / (2 * n))
         return t, np.full(n, 1.0 / n)
@@ -176,9 +170,8 @@ def sphere_spectrum(kernel, d, max_degree, nodes=None) -> SphereSpectrum:
     (default max(4 max_degree, 1024)). Any integer d >= 2 works (Golub–Welsch nodes, see the
     module docstring); eigenvalues below ~1e-14 k(1) are rounding noise.
     """
-    d = _check_dimension(d)
-    if isinstance(max_degree, bool) or not isinstance(max_degree, (int, np.integer)) or max_degree < 0:
-        raise ValueError(f"max_degree: must be an integer >= 0, got {max_degree!r}")
+    d = validate.integer(d, "d", minimum=2, meaning="the sphere S^(d-1) lies in R^d")
+    validate.integer(max_degree, "max_degree", minimum=0)
     if not callable(kernel):
         kernel = dot_product_kernel(kernel, "ntk")
     t, w = gegenbauer_quadrature(max(4 * max_degree, 1024) if nodes is None else nodes, d)

@@ -1,0 +1,67 @@
+"""numerics/validation.py: one message style, "<name>: must be <allowed>, got <value>", and no bool as a number."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limitlab.numerics import validation as validate
+
+
+@given(st.integers(-10**6, 10**6), st.integers(-100, 100))
+def test_integer_accepts_exactly_the_integers_at_or_above_the_minimum(v, minimum):
+    if v >= minimum:
+        assert validate.integer(v, "n", minimum=minimum) == v
+        assert type(validate.integer(np.int64(v), "n", minimum=minimum)) is int
+    else:
+        with pytest.raises(ValueError, match=rf"^n: must be an integer >= {minimum}, got {v}$"):
+            validate.integer(v, "n", minimum=minimum)
+
+
+@pytest.mark.parametrize("bad", [True, False, 2.0, "3", None, np.float64(2.0)])
+def test_integer_refuses_bool_float_and_strings(bad):
+    with pytest.raises(ValueError, match=r"^depth: must be an integer >= 1, got .* \(number of hidden layers\)$"):
+        validate.integer(bad, "depth", minimum=1, meaning="number of hidden layers")
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_real_bounds_are_strict_or_inclusive_as_named(v):
+    inside = np.isfinite(v) and 0.0 <= v < 1.0
+    if inside:
+        assert validate.real(v, "damping", at_least=0.0, below=1.0) == v
+    else:
+        with pytest.raises(ValueError, match=r"^damping: must be a finite number in \[0, 1\), got "):
+            validate.real(v, "damping", at_least=0.0, below=1.0)
+
+
+def test_real_refuses_bool_nan_and_allows_inf_only_when_asked():
+    for bad in (True, np.nan, "1", None, 1j):
+        with pytest.raises(ValueError, match="^tol: must be a finite number > 0, got"):
+            validate.positive(bad, "tol")
+    assert validate.real(np.inf, "x", above=0.0, finite=False) == np.inf
+    with pytest.raises(ValueError, match="not NaN"):
+        validate.real(np.nan, "x", finite=False)
+
+
+def test_choice_and_flag():
+    assert validate.choice("ntk", "get", ("nngp", "ntk")) == "ntk"
+    with pytest.raises(ValueError, match="^get: must be one of 'nngp', 'ntk', got 'x'$"):
+        validate.choice("x", "get", ("nngp", "ntk"))
+    with pytest.raises(ValueError, match="got"):
+        validate.choice([1], "get", ("nngp",))  # unhashable: refused, not a TypeError from `in`
+    assert validate.flag(np.bool_(True), "strict") is True
+    with pytest.raises(TypeError, match="^strict: must be True or False, got 1$"):
+        validate.flag(1, "strict")
+
+
+def test_real_array_names_the_first_bad_entry_and_refuses_complex():
+    np.testing.assert_array_equal(validate.real_array([1, 2], "psi1", above=0.0), [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^psi1: must be finite and > 0, got -2.0$"):
+        validate.real_array([1.0, -2.0, -3.0], "psi1", above=0.0)
+    with pytest.raises(ValueError, match=r"^ridge: must be finite and >= 0, got nan$"):
+        validate.real_array(np.nan, "ridge", at_least=0.0)
+    with pytest.raises(TypeError, match="^y: must be real, got complex dtype complex128"):
+        validate.real_array(np.array([1 + 1j]), "y")
+    with pytest.raises(TypeError, match="^y: must be real numbers, got dtype <U1"):
+        validate.real_array(["a"], "y")
+    a = validate.real_array([np.inf, np.nan], "x", finite=False)  # kind only
+    assert np.isinf(a[0]) and np.isnan(a[1])
