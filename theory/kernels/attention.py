@@ -15,7 +15,9 @@ with ``q, k, v, o, b`` the query/key/value/output/bias variances, ``d_k = n_chan
 positions, identity, abs or relu); with ``linear_scaling`` the key and query weights are tied
 (``W_Q = W_K``). The kernels below are the limits as ``H``, ``d_k``, ``d_v`` and the input
 width go to infinity (Hron, Bahri, Sohl-Dickstein & Novak 2020, "Infinite attention: NNGP and
-NTK for deep attention networks", ICML; neural-tangents 0.6.5 ``stax.GlobalSelfAttention``),
+NTK for deep attention networks", ICML, arXiv:2006.10540: the multi-head limit as the number of
+heads grows, cited by result since no equation number was checked, see docs/architectures.md;
+neural-tangents 0.6.5 ``stax.GlobalSelfAttention``),
 written with the per-input covariance ``c(x)[s, t] = K(x, s; x, t)`` and ``K``, ``Theta`` the
 input kernels:
 

@@ -14,7 +14,8 @@ at pixel ``s`` to ``K(x, s; x, s)``, so the normalizer of input ``x`` at pixel `
 
 (the pixels sharing ``s``'s coordinates on the axes not normalized), and the layer divides by a
 deterministic constant (Hron et al. 2020, "Infinite attention: NNGP and NTK for deep attention
-networks", ICML, its discussion of layer normalisation; neural-tangents ``stax.LayerNorm``):
+networks", ICML, arXiv:2006.10540, its discussion of layer normalisation, cited by topic: no
+equation number was checked, see docs/architectures.md; neural-tangents ``stax.LayerNorm``):
 
     K'[x, x', s, s'] = K[x, x', s, s'] / sqrt(v(x, s) v(x', s')),   Theta' = Theta / sqrt(v(x, s) v(x', s')).
 

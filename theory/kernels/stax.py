@@ -32,13 +32,17 @@ The input layer is ``K = sum_c x_{s,c} x'_{s',c} / C``, ``Theta = 0``. Rules:
   :mod:`limitlab.theory.kernels.dual`'s (closed forms evaluated by NumPy, every other
   activation by the Gaussian-expectation engine ``limitlab.numerics.gaussian``, 1e-10).
 * AvgPool / SumPool: ``K'[s, s'] = sum_{o, o' in window} K[st s + o, st s' + o'] / |window|^2``
-  (or without the division), both offsets independent.
-* GlobalAvgPool / GlobalSumPool: the mean / sum over all pixel pairs ``(s, s')``.
+  (or without the division), both offsets independent (neural-tangents' AvgPool; the Myrtle
+  kernels' pooling, Shankar et al. 2020).
+* GlobalAvgPool / GlobalSumPool: the mean / sum over all pixel pairs ``(s, s')`` (Novak et al.
+  2019's global-average-pooling readout; Arora et al. 2019's CNTK-GAP).
 * Flatten: the mean of ``K[s, s]`` over the pixels (the trace / P: what a Dense layer on the
-  flattened vector sees, neural-tangents' Flatten).
-* FanInSum: the sum of the branches' kernels; FanInConcat along the channel axis: their
-  average weighted by the branches' channel counts (neural-tangents' convention); along a
-  spatial axis: block-diagonal (independent branches), the branches' blocks on the diagonal.
+  flattened vector sees, neural-tangents' Flatten; Novak et al. 2019's vectorization readout,
+  Arora et al. 2019's CNTK-V). Readouts and pools are cited by result: docs/architectures.md.
+* FanInSum: the sum of the branches' kernels (residual CNNs, Garriga-Alonso et al. 2019);
+  FanInConcat along the channel axis: their average weighted by the branches' channel counts
+  (neural-tangents' convention); along a spatial axis: block-diagonal (independent branches),
+  the branches' blocks on the diagonal.
 
 Finite networks
 ---------------
