@@ -64,7 +64,7 @@ def deep_linear(quick, full):
     r = runs[-1][0]
     wall, cpu = min(x[1] for x in runs), min(x[2] for x in runs)
     print(f"deep linear (march) L={L} P=20 T=100 gamma0=0.5: wall {wall:.3f} s, cpu {cpu:.3f} s (min of {reps}; "
-          f"target < 5 s), finite={r.converged}, residual {r.residual:.1e}")
+          f"target < 5 s), finite={r.solver.converged}, residual {r.solver.residual:.1e}")
     _, wall_m, cpu_m = timed(lambda: [r.Phi[L], r.A[L - 1], r.B[1], r.G[1]])
     print(f"  + building every full ((T+1)P)^2 matrix Phi, G, A, B on first access: wall {wall_m:.2f} s, "
           f"cpu {cpu_m:.2f} s")
@@ -87,7 +87,7 @@ def deep_linear(quick, full):
         rr, wall, cpu = timed(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02, method="picard"))
         tr.append(wall)
         tm = best(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02))
-        print(f"  reference picard T={T}: wall {wall:.2f} s, {rr.iterations} sweeps (march {tm:.4f} s)")
+        print(f"  reference picard T={T}: wall {wall:.2f} s, {rr.solver.iterations} sweeps (march {tm:.4f} s)")
     e = slope(Tr, tr)
     print(f"  reference growth T^{e:.2f}; extrapolated to T=100: {tr[-1] * (100 / Tr[-1]) ** e:.0f} s")
 

@@ -28,15 +28,15 @@ def main(n=200, repeats=5, d=400):
         r = random_features(p[:, None], p[None, :], 1e-3, **kw)
         times.append(time.perf_counter() - t)
     assert r.risk.shape == (n, n) and np.all(np.isfinite(r.risk))
-    assert np.all(r.residual <= 1e-12), "a point did not converge"
+    assert np.all(r.solver.residual <= 1e-12), "a point did not converge"
     best = min(times)
     ridgeless = min(_timeit(lambda: random_features(p[:, None], p[None, :], 0.0, **kw)) for _ in range(repeats))
     t = time.perf_counter()
     random_features_regression(d, 1.5, 1.5, 1e-3, seed=0, n_test=4 * d, **{k: v for k, v in kw.items()})
     sim = time.perf_counter() - t
     print(f"threads={os.environ['NUMBA_NUM_THREADS']}  surface {n}x{n} (ridge 1e-3): {best:.3f} s  "
-          f"({best / n ** 2 * 1e6:.2f} us/point, max residual {r.residual.max():.1e}, "
-          f"max iterations {r.iterations})")
+          f"({best / n ** 2 * 1e6:.2f} us/point, max residual {r.solver.residual.max():.1e}, "
+          f"max iterations {r.solver.iterations})")
     print(f"ridgeless surface: {ridgeless:.3f} s")
     print(f"one simulated RF regression at d={d} (N = n = 600, 1600 test points): {sim:.3f} s "
           f"= {sim / (best / n ** 2):.2e} theory points")

@@ -9,15 +9,20 @@ Every pillar that solves a self-consistent equation uses these two entry points:
   no root outside the bracket can be returned), vectorized: ``a``, ``b`` may be arrays
   of independent brackets and ``fn`` is evaluated on the whole array at once.
 
-Both return a :class:`SolverResult` (value, residual, iterations, converged) and raise
-:class:`ConvergenceError` (carrying the result) when ``strict=True`` and some element did
-not converge. Bad arguments raise ValueError/TypeError naming the argument.
+Both return a :class:`SolverResult` (value, residual, iterations, converged, message) and
+raise :class:`ConvergenceError` (carrying the result) when ``strict=True`` and some element
+did not converge. Bad arguments raise ValueError/TypeError naming the argument.
+
+The same :class:`SolverResult` is the diagnostics object of every iterative result in the
+package: a result (DMFT, signal propagation, random-features risk) has a ``solver`` field
+holding it, and ``strict=True`` raises through :meth:`SolverResult.check`.
 
 References: Dahlquist & Bjorck, "Numerical Methods" (1974), sec. 6.2 (Illinois method);
 Brent, "Algorithms for Minimization without Derivatives" (1973), ch. 4 (safeguarding).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from limitlab.numerics import validation as validate
 
-__all__ = ["SolverResult", "ConvergenceError", "fixed_point", "find_root"]
+__all__ = ["SolverResult", "ConvergenceError", "HasSolver", "fixed_point", "find_root"]
 
 
 @dataclass
@@ -35,7 +40,8 @@ class SolverResult:
     value: the solution (array shaped like the input, or a float for scalar input);
     residual: |fn(x) - x| (fixed point) or |fn(x)| (root), shaped like ``value``;
     iterations: iterations used (the maximum over elements);
-    converged: True when every element met the tolerance (``converged_mask`` per element).
+    converged: True when every element met the tolerance (``converged_mask`` per element);
+    message: why it did not converge ("" when it did).
     """
 
     value: Any
@@ -48,6 +54,30 @@ class SolverResult:
     def __bool__(self):  # `if result:` reads as "did it converge"
         return bool(self.converged)
 
+    def check(self, strict: bool, who: str) -> "SolverResult":
+        """``self``; with ``strict`` a :class:`ConvergenceError` ``"<who>: <message>"`` when not converged."""
+        if strict and not self.converged:
+            raise ConvergenceError(f"{who}: {self.message or 'did not converge'}", self)
+        return self
+
+
+class HasSolver:
+    """Base of results that carry a ``solver`` field (a :class:`SolverResult`).
+
+    The flat names that some results used to have (``result.converged``, ``.iterations``,
+    ``.residual``, ``.message``) read through to ``result.solver``, with a DeprecationWarning.
+    """
+
+    def _solver_alias(self, name):
+        warnings.warn(f"{type(self).__name__}.{name} is deprecated; use {type(self).__name__}.solver.{name}",
+                      DeprecationWarning, stacklevel=3)
+        return getattr(self.solver, name)
+
+    converged = property(lambda self: self._solver_alias("converged"), doc="Deprecated: ``solver.converged``.")
+    iterations = property(lambda self: self._solver_alias("iterations"), doc="Deprecated: ``solver.iterations``.")
+    residual = property(lambda self: self._solver_alias("residual"), doc="Deprecated: ``solver.residual``.")
+    message = property(lambda self: self._solver_alias("message"), doc="Deprecated: ``solver.message``.")
+
 
 class ConvergenceError(RuntimeError):
     """A strict solve did not converge; ``.result`` holds the last iterate."""
@@ -59,7 +89,7 @@ class ConvergenceError(RuntimeError):
 
 def _pack(value, residual, it, mask, scalar, what):
     conv = bool(np.all(mask))
-    msg = "converged" if conv else f"{int(np.size(mask) - np.count_nonzero(mask))} element(s) did not converge ({what})"
+    msg = "" if conv else f"{int(np.size(mask) - np.count_nonzero(mask))} element(s) did not converge ({what})"
     if scalar:
         return SolverResult(value.item(), residual.item(), it, conv, bool(mask.item()), msg)
     return SolverResult(value, residual, it, conv, mask, msg)
@@ -113,9 +143,7 @@ def fixed_point(fn: Callable, x0, damping: float = 0.0, tol: float = 1e-12, maxi
             break
     mask = residual <= tol * (1.0 + np.abs(x))
     result = _pack(x, residual, it, mask, scalar, f"|fn(x) - x| > {tol:g} (1 + |x|) after {it} iterations")
-    if strict and not result.converged:
-        raise ConvergenceError(f"fixed_point: {result.message}", result)
-    return result
+    return result.check(strict, "fixed_point")
 
 
 def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.finfo(float).eps,
@@ -222,6 +250,4 @@ def find_root(fn: Callable, bracket, tol: float = 1e-14, rtol: float = 4 * np.fi
     x = np.take_along_axis(cands, best[None], 0)[0]
     residual = np.take_along_axis(vals, best[None], 0)[0]
     result = _pack(x, residual, it, mask, scalar, f"bracket wider than tol after {it} iterations")
-    if strict and not result.converged:
-        raise ConvergenceError(f"find_root: {result.message}", result)
-    return result
+    return result.check(strict, "find_root")

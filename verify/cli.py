@@ -366,7 +366,7 @@ def _random_features(args):
         raise ValueError("--simulate: the dimension D must be >= 2 (or 0 for no simulation), got 1")
     kw = dict(activation=args.activation, signal=args.signal, nonlinear_signal=args.nonlinear_signal, noise=args.noise)
     P1, P2, L = np.meshgrid(p1, p2, lam, indexing="ij")
-    r = random_features(P1, P2, L, **kw)
+    r = random_features(P1, P2, L, strict=True, **kw)
     tables = [_Table("theory", ["psi1", "psi2", "ridge", "risk", "bias", "variance"],
                      zip(P1.ravel(), P2.ravel(), L.ravel(), np.ravel(r.risk), np.ravel(r.bias), np.ravel(r.variance)))]
     surface = p1.size > 1 and p2.size > 1

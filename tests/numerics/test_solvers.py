@@ -80,3 +80,22 @@ def test_find_root_strict_with_too_few_iterations_raises():
 def test_find_root_finds_the_unique_root_of_a_monotone_function(r, k, lo, hi):
     res = find_root(lambda x: np.arctan(k * (x - r)) + 0.1 * (x - r), bracket=(r - lo, r + hi), strict=True)
     assert abs(res.value - r) <= 1e-13 * (1 + abs(r)) / min(k, 1.0) + 1e-14
+
+
+def test_results_carry_one_solver_object_and_old_names_warn():
+    # one diagnostics object (SolverResult) on every iterative result; the flat names read through, deprecated
+    from dataclasses import dataclass
+
+    from limitlab.numerics.solvers import HasSolver, SolverResult
+
+    @dataclass
+    class Result(HasSolver):
+        solver: SolverResult
+
+    r = Result(SolverResult(1.0, 1e-3, 7, False, message="stalled"))
+    for name, value in (("converged", False), ("iterations", 7), ("residual", 1e-3), ("message", "stalled")):
+        with pytest.warns(DeprecationWarning, match=f"Result.{name} is deprecated; use Result.solver.{name}"):
+            assert getattr(r, name) == value
+    assert r.solver.check(False, "who") is r.solver
+    with pytest.raises(ConvergenceError, match="^who: stalled$"):
+        r.solver.check(True, "who")

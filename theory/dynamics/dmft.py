@@ -49,7 +49,7 @@ so larger gamma0 can diverge at smaller dt.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Optional
 
@@ -241,14 +241,15 @@ def _two_layer_kernel(act):
 
 
 @dataclass
-class TwoLayerResult:
+class TwoLayerResult(solvers.HasSolver):
     """Two-layer DMFT: f (T+1, P) at steps 0..T and two-time kernels on the snapshot steps.
 
     ``Phi[i, j]``, ``G[i, j]``, ``K[i, j]`` are P x P matrices Phi(t_i, t_j) etc. for
     ``snapshot_steps`` t_i; ``ntk0`` the exact initial NTK; ``times = dt * steps``.
-    ``converged`` is False, with the reason in ``message``, when gradient descent diverged
-    (module docstring, "Divergence"); the kernels of such a run are not computed and are NaN
-    (``f`` keeps the diverging trajectory).
+    ``solver.converged`` is False, with the reason in ``solver.message``, when gradient descent
+    diverged (module docstring, "Divergence"); the kernels of such a run are not computed and
+    are NaN (``f`` keeps the diverging trajectory). The march is one pass (``solver.iterations``
+    1, ``solver.residual`` 0: nothing is iterated).
     """
 
     times: np.ndarray
@@ -261,8 +262,7 @@ class TwoLayerResult:
     gamma0: float
     samples: int
     seed: object = None
-    converged: bool = True
-    message: str = ""
+    solver: solvers.SolverResult = None
 
     def equal_time(self, name: str = "K") -> np.ndarray:
         """Phi(t, t), G(t, t) or K(t, t) at the snapshot steps, shape (n_snapshots, P, P)."""
@@ -335,8 +335,7 @@ def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: f
     with np.errstate(over="ignore", invalid="ignore"):
         mod.run(h, w, np.ascontiguousarray(kx), y, mcv, dt, gamma0, T, steps, snap_h, snap_w, f_out, 64)
     message = _divergence(f_out, y, dt, growth, ntk0)
-    if message and strict:
-        raise solvers.ConvergenceError(f"two_layer: {message}", solvers.SolverResult(f_out, np.inf, T, False))
+    solver = solvers.SolverResult(f_out, 0.0, 1, not message, message=message).check(strict, "two_layer")
     # two-time kernels on the snapshot grid, Gram matrices over samples in blocks
     n = steps.size
     Phi = np.zeros((n * P, n * P))
@@ -357,8 +356,7 @@ def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: f
         Phi = Phi + (phi0 - phi_mc)
         Gm = Gm + (dphi0 - g_mc)
     K = Phi + kx * Gm
-    return TwoLayerResult(dt * np.arange(T + 1), f_out, steps, Phi, Gm, K, ntk0, gamma0, S, seed,
-                          converged=not message, message=message)
+    return TwoLayerResult(dt * np.arange(T + 1), f_out, steps, Phi, Gm, K, ntk0, gamma0, S, seed, solver)
 
 
 def two_layer_linear_whitened(t, y: float, gamma0: float):
@@ -396,17 +394,19 @@ def two_layer_linear_whitened(t, y: float, gamma0: float):
 
 # ------------------------------------------------------------------------- deep linear
 @dataclass
-class DeepResult:
+class DeepResult(solvers.HasSolver):
     """Deep DMFT solution on steps 0..T.
 
     ``f`` (T+1, P); ``Phi[l]``, ``G[l]`` for l = 1..L as ((T+1) P x (T+1) P) matrices in
     time-major order (index t * P + mu), with ``Phi[0] = K^x`` and ``G[L+1] = 1`` added for
     the NTK; ``A[l]``, ``B[l]`` the discrete response operators; ``ntk(t, s)`` gives
-    K(t, s) = sum_l G^{l+1}(t, s) * Phi^l(t, s); ``solver`` the fixed-point report. From the
-    marching deep-linear solver ``Phi``, ``G``, ``A``, ``B`` are read-only mappings {layer: matrix}
-    that build each matrix on first access; ``extra`` says which method made the result.
-    ``converged`` is False, with the reason in ``message``, when the solver failed or gradient
-    descent diverged (module docstring, "Divergence").
+    K(t, s) = sum_l G^{l+1}(t, s) * Phi^l(t, s). ``method`` says which solver made the result
+    ("march", "picard" or "fixed-point"); from the march ``Phi``, ``G``, ``A``, ``B`` are read-only
+    mappings {layer: matrix} that build each matrix on first access and ``compact`` holds its
+    compact arrays. ``solver`` (a :class:`~limitlab.numerics.solvers.SolverResult`) reports
+    iterations and residual; ``solver.converged`` is False, with the reason in
+    ``solver.message``, when the solver failed or gradient descent diverged (module docstring,
+    "Divergence").
     """
 
     times: np.ndarray
@@ -418,12 +418,18 @@ class DeepResult:
     depth: int
     P: int
     gamma0: float
-    converged: bool
-    iterations: int
-    residual: float
-    solver: object = None
-    extra: dict = field(default_factory=dict)
-    message: str = ""
+    solver: solvers.SolverResult
+    method: str = ""
+    compact: Optional[dict] = None
+
+    @property
+    def extra(self) -> dict:
+        """Deprecated: ``{"method": method, "compact": compact}``."""
+        import warnings
+
+        warnings.warn("DeepResult.extra is deprecated; use DeepResult.method and DeepResult.compact",
+                      DeprecationWarning, stacklevel=2)
+        return {"method": self.method, **({"compact": self.compact} if self.compact is not None else {})}
 
     def block(self, M, t, s):
         P = self.P
@@ -703,9 +709,9 @@ def deep_linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: fl
     if not finite:
         resid = float("inf")
     Phi, G, A, B = _march_matrices(kx, L, gamma0, dt, cp)
-    res = DeepResult(dt * np.arange(T + 1), cp["f"], Phi, G, A, B, L, y.size, gamma0, finite, 1, resid,
-                     extra={"method": "march", "compact": cp},
-                     message="" if finite else "the march produced non-finite values")
+    solver = solvers.SolverResult(cp["f"], resid, 1, finite,
+                                  message="" if finite else "the march produced non-finite values")
+    res = DeepResult(dt * np.arange(T + 1), cp["f"], Phi, G, A, B, L, y.size, gamma0, solver, "march", cp)
     return _report_divergence(res, "deep_linear", y, dt, growth, (L + 1) * kx, strict)  # NTK(0) = (L+1) K^x
 
 
@@ -713,18 +719,18 @@ def _report_divergence(res, who, y, dt, growth, ntk0, strict):
     """Mark a DeepResult whose trajectory diverged as not converged (module docstring,
     "Divergence"); with ``strict`` raise ConvergenceError for any non-converged result."""
     message = _divergence(res.f, y, dt, growth, ntk0)
-    if res.extra.get("method") == "march":  # exact, no iteration: non-finite values are the dynamics' own
+    sol = res.solver
+    if res.method == "march":  # exact, no iteration: non-finite values are the dynamics' own
         if message:
-            res.converged, res.message = False, message
-    elif not res.converged:  # an iterative solver that failed: its last iterate says nothing about the dynamics
-        res.message = (f"the solver did not converge: non-finite iterate after {res.iterations} iterations"
+            sol.converged, sol.message = False, message
+    elif not sol.converged:  # an iterative solver that failed: its last iterate says nothing about the dynamics
+        sol.message = (f"the solver did not converge: non-finite iterate after {sol.iterations} iterations"
                        if not np.all(np.isfinite(res.f)) else
-                       f"the solver did not converge after {res.iterations} iterations (change {res.residual:.3g})")
+                       f"the solver did not converge after {sol.iterations} iterations "
+                       f"(change {float(np.max(sol.residual)):.3g})")
     elif message:
-        res.converged, res.message = False, message
-    if strict and not res.converged:
-        raise solvers.ConvergenceError(f"{who}: {res.message}",
-                                       solvers.SolverResult(res.f, res.residual, res.iterations, False))
+        sol.converged, sol.message = False, message
+    sol.check(strict, who)
     return res
 
 
@@ -750,7 +756,7 @@ def _deep_linear_picard(kx, y, depth, gamma0, T, dt, damping=0.0, tol=1e-10, max
     B = {l: np.zeros((n, n)) for l in range(1, L + 1)}
     if _start is None and continuation and gamma0 > continuation:
         _start = _deep_linear_picard(kx, y, depth, gamma0 / 2, T, dt, damping, tol, maxiter, False, continuation)
-        if not _start.converged:
+        if not _start.solver.converged:
             _start = None
     if _start is not None:  # warm start from a solution at smaller gamma0
         f = _start.f.copy()
@@ -813,12 +819,9 @@ def _deep_linear_picard(kx, y, depth, gamma0, T, dt, damping=0.0, tol=1e-10, max
         if change <= tol * (1 + np.abs(y).max()):
             converged = True
             break
-    res = DeepResult(dt * np.arange(T1), f, Phi, G, A, B, L, P, gamma0, converged, it, float(change),
-                     extra={"method": "picard"})
-    if strict and not converged:
-        raise solvers.ConvergenceError(f"deep_linear: no convergence after {it} sweeps (change {change:.3g})",
-                                       solvers.SolverResult(f, change, it, False))
-    return res
+    message = "" if converged else f"no convergence after {it} sweeps (change {change:.3g})"
+    solver = solvers.SolverResult(f, float(change), it, converged, message=message).check(strict, "deep_linear")
+    return DeepResult(dt * np.arange(T1), f, Phi, G, A, B, L, P, gamma0, solver, "picard")
 
 
 # ---------------------------------------------------------------------- deep nonlinear
@@ -973,9 +976,9 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     G = {L + 1: ones, **{l: st[("G", l)] for l in range(1, L + 1)}}
     A = {l: st[("A", l)] for l in range(1, L)}
     B = {l: st[("B", l)] for l in range(1, L)}
-    resid = float(np.max(res.residual))
-    out = DeepResult(dt * np.arange(T1), st[("f", 0)], Phi, G, A, B, L, P, gamma0, bool(res.converged),
-                     res.iterations, resid, solver=res)
+    solver = solvers.SolverResult(st[("f", 0)], float(np.max(res.residual)), res.iterations, bool(res.converged),
+                                  message=res.message)
+    out = DeepResult(dt * np.arange(T1), st[("f", 0)], Phi, G, A, B, L, P, gamma0, solver, "fixed-point")
     return _report_divergence(out, "deep", y, dt, growth, _lazy_ntk(act, kx, L), strict)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from limitlab.numerics import gaussian
 from limitlab.numerics import validation as validate
-from limitlab.numerics.solvers import find_root, fixed_point
+from limitlab.numerics.solvers import HasSolver, SolverResult, find_root, fixed_point
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
 
@@ -35,8 +35,12 @@ __all__ = ["SignalPropagation", "signal_propagation", "length_map", "correlation
 
 
 @dataclass
-class SignalPropagation:
-    """Mean-field quantities at the length-map fixed point (see the module docstring)."""
+class SignalPropagation(HasSolver):
+    """Mean-field quantities at the length-map fixed point (see the module docstring).
+
+    ``solver`` reports the fixed-point iteration of q* (and the root of c*): converged,
+    iterations, residual, message.
+    """
 
     q_star: float
     chi_1: float
@@ -45,10 +49,8 @@ class SignalPropagation:
     chi_c: float
     xi_q: float
     xi_c: float
-    converged: bool
-    iterations: int
-    residual: float
     phase: str  # "ordered" (chi_1 < 1), "chaotic" (chi_1 > 1) or "critical"
+    solver: SolverResult
 
 
 def length_map(activation, q, weight_var=1.0, bias_var=0.0):
@@ -76,8 +78,10 @@ def correlation_map(activation, c, q_star, weight_var=1.0, bias_var=0.0):
 
 
 def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e-13,
-                       maxiter: int = 20_000) -> SignalPropagation:
-    """q*, chi_1, chi_q, c*, chi_c and the depth scales for one (weight_var, bias_var)."""
+                       maxiter: int = 20_000, strict: bool = False) -> SignalPropagation:
+    """q*, chi_1, chi_q, c*, chi_c and the depth scales for one (weight_var, bias_var).
+
+    ``strict=True`` raises ``ConvergenceError`` when q* or c* was not found."""
     act = _act.get(activation)
     w = float(validate.real_array(weight_var, "weight_var", at_least=0.0))
     b = float(validate.real_array(bias_var, "bias_var", at_least=0.0))
@@ -88,8 +92,11 @@ def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e
         return at_zero
     if not res.converged or not math.isfinite(q) or q <= 0:
         nan = float("nan")
-        return SignalPropagation(q if math.isfinite(q) else math.inf, nan, nan, nan, nan, nan, nan, False,
-                                 res.iterations, float(res.residual), "unbounded" if q > 1 else "collapsed")
+        phase = "unbounded" if q > 1 else "collapsed"
+        solver = SolverResult(q, float(res.residual), res.iterations, False,
+                              message=res.message or f"the length map has no positive fixed point ({phase})")
+        return SignalPropagation(q if math.isfinite(q) else math.inf, nan, nan, nan, nan, nan, nan, phase,
+                                 solver.check(strict, "signal_propagation"))
     s = math.sqrt(q)
     chi_1 = w * gaussian.expect(lambda t: act.derivative(t) ** 2, q, act.kinks)
     chi_q = w * gaussian.expect(lambda t: (t / s) * act(t) * act.derivative(t), q, act.kinks) / s
@@ -97,7 +104,7 @@ def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e
     # c = 1 is always fixed; it is the attractor iff chi_1 <= 1 (Poole et al. 2016, sec. 3).
     # Otherwise the stable c* < 1 is the root of map(c) - c on [-1, 1 - delta], a sign change
     # since map(-1) >= -1 and the slope at 1 is chi_1 > 1.
-    converged_c = True
+    converged_c, message_c = True, ""
     if chi_1 <= 1 + 1e-12:
         c_star = 1.0
     else:
@@ -107,14 +114,15 @@ def signal_propagation(activation, weight_var=1.0, bias_var=0.0, tol: float = 1e
             c_star = -1.0
         else:
             cres = find_root(g, (-1.0, hi), tol=tol)
-            c_star, converged_c = float(cres.value), cres.converged
+            c_star, converged_c, message_c = float(cres.value), cres.converged, cres.message
     _, Adot = d.evaluate(q, q, c_star * q)
     chi_c = w * float(Adot)
     xi = lambda chi: math.inf if chi >= 1 or chi <= 0 else -1.0 / math.log(chi)  # noqa: E731
     phase = "critical" if abs(chi_1 - 1) < 1e-9 else ("ordered" if chi_1 < 1 else "chaotic")
-    return SignalPropagation(q, chi_1, chi_q, c_star, chi_c, xi(chi_q), xi(chi_c),
-                             bool(res.converged and converged_c), res.iterations,
-                             float(res.residual), phase)
+    solver = SolverResult(q, float(res.residual), res.iterations, bool(res.converged and converged_c),
+                          message=res.message or (f"c*: {message_c}" if message_c else ""))
+    return SignalPropagation(q, chi_1, chi_q, c_star, chi_c, xi(chi_q), xi(chi_c), phase,
+                             solver.check(strict, "signal_propagation"))
 
 
 def _phi0(act):
@@ -142,7 +150,7 @@ def _critical_at_zero(act, w, b, q_last):
         return None  # a positive fixed point below 1e-3, not 0
     xi = math.inf if chi >= 1 else -1.0 / math.log(chi) if chi > 0 else 0.0
     phase = "critical" if abs(chi - 1) < 1e-9 else "ordered"
-    return SignalPropagation(0.0, chi, chi, 1.0, chi, xi, xi, True, 0, 0.0, phase)
+    return SignalPropagation(0.0, chi, chi, 1.0, chi, xi, xi, phase, SolverResult(0.0, 0.0, 0, True))
 
 
 def edge_of_chaos(activation, bias_var, weight_var_bracket=(0.5, 10.0), tol: float = 1e-12):

@@ -41,6 +41,7 @@ import sympy as sp
 
 from limitlab.numerics import validation as validate
 from limitlab.numerics.gaussian import expect
+from limitlab.numerics.solvers import HasSolver, SolverResult
 from limitlab.theory import activations as _activations
 
 __all__ = ["RandomFeaturesRisk", "random_features", "activation_coefficients", "random_features_equations",
@@ -178,13 +179,13 @@ def chi_ridgeless(psi1, psi2, zeta):
     return -2.0 * m / (b + np.sqrt(b * b + 4.0 * z2 * m))
 
 
-def solve_chi(psi1, psi2, lambda_bar, zeta, tol=1e-15, maxiter=200):
+def solve_chi(psi1, psi2, lambda_bar, zeta, tol=1e-15, maxiter=200, strict: bool = False):
     """chi = nu1 nu2 at xi = i sqrt(psi1 psi2 lambda_bar) on the Im nu > 0 branch (arrays broadcast).
 
-    Returns (chi, nu1, nu2, iterations, residual); raises ConvergenceError if a point fails.
+    Returns (chi, nu1, nu2, solver): ``solver`` a :class:`SolverResult` (value chi, residual per
+    point, iterations the most any point took, ``converged_mask`` per point); ``strict=True``
+    raises ConvergenceError if a point fails.
     """
-    from limitlab.numerics.solvers import ConvergenceError, SolverResult
-
     p1, p2, lb, z = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (psi1, psi2, lambda_bar, zeta)))
     shape = p1.shape
     p1, p2, lb, z = (np.ascontiguousarray(v).ravel() for v in (p1, p2, lb, z))
@@ -204,15 +205,17 @@ def solve_chi(psi1, psi2, lambda_bar, zeta, tol=1e-15, maxiter=200):
     y2 = np.where(p1 >= p2, y_small, y_big)
     residual = _residual(p1, p2, s, z2, P, y1, y2)
     bad = ~ok | ~(residual <= 1e-9)
+    message = ""
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        res = SolverResult(-P.reshape(shape), residual.reshape(shape), int(iters.max()), False, ~bad.reshape(shape))
-        raise ConvergenceError(f"random_features: chi did not converge at psi1={p1[i]!r}, psi2={p2[i]!r}, "
-                               f"lambda_bar={lb[i]!r}, zeta={z[i]!r} (residual {residual[i]:.3g})", res)
+        message = (f"chi did not converge at {int(bad.sum())} point(s), first psi1={p1[i]!r}, psi2={p2[i]!r}, "
+                   f"lambda_bar={lb[i]!r}, zeta={z[i]!r} (residual {residual[i]:.3g})")
+    solver = SolverResult(-P.reshape(shape), residual.reshape(shape), int(iters.max(initial=0)), not bad.any(),
+                          ~bad.reshape(shape), message).check(strict, "random_features")
     nu1 = np.zeros(shape, dtype=complex)
     nu2 = np.zeros(shape, dtype=complex)
     nu1.imag, nu2.imag = y1.reshape(shape), y2.reshape(shape)  # ridgeless: Im nu = +inf, the xi -> 0 limit
-    return -P.reshape(shape), nu1, nu2, int(iters.max(initial=0)), residual.reshape(shape)
+    return -P.reshape(shape), nu1, nu2, solver
 
 
 def _residual(p1, p2, s, z2, P, y1, y2):
@@ -235,11 +238,12 @@ def _residual(p1, p2, s, z2, P, y1, y2):
 # ----------------------------------------------------------------------------------
 
 @dataclass
-class RandomFeaturesRisk:
+class RandomFeaturesRisk(HasSolver):
     """Asymptotic risk of RF ridge regression; arrays broadcast over the inputs.
 
     risk = bias + variance + approximation, with bias = F1^2 B, variance = (tau^2 + F*^2) V,
-    approximation = F*^2 (the nonlinear part no RF model with N, n ~ d can fit).
+    approximation = F*^2 (the nonlinear part no RF model with N, n ~ d can fit). ``solver``
+    reports the solve for chi (:func:`solve_chi`): residual per point, converged (mask per point).
     """
 
     risk: np.ndarray
@@ -253,19 +257,18 @@ class RandomFeaturesRisk:
     nu2: np.ndarray
     zeta: float
     mu: tuple
-    residual: np.ndarray
-    iterations: int
-    converged: bool = True
+    solver: SolverResult
 
 
 def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_signal=0.0, noise=0.0,
-                    mu=None, **activation_params) -> RandomFeaturesRisk:
+                    mu=None, strict: bool = False, **activation_params) -> RandomFeaturesRisk:
     """Asymptotic test risk of random-features ridge regression (Mei & Montanari 2019, Theorem 1).
 
     ``psi1 = N/d``, ``psi2 = n/d``, ``ridge = lambda`` in (N lambda/d)||a||^2, ``signal = F1^2``,
     ``nonlinear_signal = F*^2``, ``noise = tau^2``; array arguments broadcast. ``ridge = 0`` uses
     the ridgeless closed form (Theorem 3). ``mu = (mu0, mu1, mu_star)`` overrides the activation's
-    coefficients (computed otherwise by the Gaussian-expectation engine).
+    coefficients (computed otherwise by the Gaussian-expectation engine). ``strict=True`` raises
+    ``ConvergenceError`` when chi was not found at some point (``solver.converged_mask`` says where).
 
     The ridgeless risk diverges at the interpolation threshold ``psi1 = psi2`` (Theorem 3:
     E0 = 0 there): ``B`` and ``V`` are ``inf`` and so is every term with a nonzero
@@ -290,7 +293,7 @@ def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_
         raise ValueError(f"activation: mu_star = {mus!r} must be > 0 (a linear activation gives a linear model; "
                          "use linear_ridge)")
     zeta = abs(mu1) / mus
-    chi, nu1, nu2, iters, residual = solve_chi(p1, p2, lam / mus ** 2, zeta)
+    chi, nu1, nu2, solver = solve_chi(p1, p2, lam / mus ** 2, zeta, strict=strict)
     p1b, p2b = np.broadcast_arrays(p1, p2)
     E0, E1, E2 = _E_polys(chi, zeta, p1b, p2b)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -311,7 +314,7 @@ def random_features(psi1, psi2, ridge, activation="relu", signal=1.0, nonlinear_
     return RandomFeaturesRisk(risk=fix(risk), bias=fix(bias), variance=fix(variance), approximation=fix(Fs * 1.0),
                               B=fix(np.broadcast_to(B, shape)), V=fix(np.broadcast_to(V, shape)),
                               chi=fix(np.broadcast_to(chi, shape)), nu1=nu1, nu2=nu2, zeta=zeta,
-                              mu=(mu0, mu1, mus), residual=residual, iterations=iters)
+                              mu=(mu0, mu1, mus), solver=solver)
 
 
 # ----------------------------------------------------------------------------------

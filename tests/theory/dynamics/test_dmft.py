@@ -65,7 +65,7 @@ def test_deep_linear_ntk_at_initialisation_is_depth_plus_one_input_kernels():
     _, kx, y = _data()
     for L in (1, 3):
         r = dmft.deep_linear(kx, y, L, 1.0, 10, 0.05)
-        assert r.converged
+        assert r.solver.converged
         np.testing.assert_allclose(r.ntk(0), (L + 1) * kx, rtol=1e-12)
 
 
@@ -96,7 +96,7 @@ def test_deep_single_site_linear_agrees_with_closed_equations():
     T, dt = 8, 0.1
     closed = dmft.deep_linear(kx, y, 2, 1.0, T, dt)
     mc = dmft.deep(kx, y, 2, "identity", 1.0, T, dt, samples=20_000, seed=4, damping=0.3, tol=1e-6, maxiter=60)
-    assert mc.converged
+    assert mc.solver.converged
     np.testing.assert_allclose(mc.f, closed.f, atol=1.5e-2)
     np.testing.assert_allclose(mc.A[1], closed.A[1], atol=5e-3)
 
@@ -107,20 +107,20 @@ def test_deep_single_site_one_layer_agrees_with_two_layer_solver():
     T, dt = 10, 0.1
     a = dmft.deep(kx, y, 1, "tanh", 0.8, T, dt, samples=40_000, seed=6)
     b = dmft.two_layer(kx, y, "tanh", 0.8, T, dt, samples=200_000, seed=7)
-    assert a.converged
+    assert a.solver.converged
     np.testing.assert_allclose(a.f, b.f, atol=1e-2)
 
 
 def test_convergence_is_reported_and_strict_mode_raises():
     _, kx, y = _data()
     r = dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, method="picard")
-    assert not r.converged and r.iterations == 1
+    assert not r.solver.converged and r.solver.iterations == 1
     with pytest.raises(ConvergenceError):
         dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, strict=True, method="picard")
     # the march has no iteration: it reports non-finite values (here gradient descent with dt far above
     # 2 / lambda_max of the NTK diverges)
     r = dmft.deep_linear(kx, y, 3, 1.0, 200, 2.0)
-    assert not r.converged and not np.all(np.isfinite(r.f))
+    assert not r.solver.converged and not np.all(np.isfinite(r.f))
     with pytest.raises(ConvergenceError):
         dmft.deep_linear(kx, y, 3, 1.0, 200, 2.0, strict=True)
 
@@ -135,7 +135,7 @@ def test_deep_linear_march_equals_the_picard_reference(depth, gamma0):
     T, dt = 10, 0.05
     ref = dmft.deep_linear(kx, y, depth, gamma0, T, dt, method="picard")
     new = dmft.deep_linear(kx, y, depth, gamma0, T, dt)
-    assert ref.converged and new.converged and new.iterations == 1 and new.residual < 1e-12
+    assert ref.solver.converged and new.solver.converged and new.solver.iterations == 1 and new.solver.residual < 1e-12
     np.testing.assert_allclose(new.f, ref.f, rtol=0, atol=1e-8)
     for name in ("Phi", "G", "A", "B"):
         a, b = getattr(new, name), getattr(ref, name)
@@ -155,7 +155,7 @@ def test_deep_linear_march_lazy_limit_is_exact_and_matrices_are_built_on_demand(
     assert r.Phi[2] is r.Phi[2]  # built once, then kept
     np.testing.assert_allclose(r.Phi[2], r.Phi[2].T, atol=1e-13)
     # compact G is G^l(t, s) without the sample axes (gradients of a linear network do not depend on the sample)
-    np.testing.assert_allclose(r.G[1], np.kron(r.extra["compact"]["G"][1], np.ones((y.size, y.size))))
+    np.testing.assert_allclose(r.G[1], np.kron(r.compact["G"][1], np.ones((y.size, y.size))))
 
 
 def _train_mup_deep_linear(X, y, depth, gamma0, T, dt, N, seed, sign):
@@ -191,7 +191,7 @@ def test_deep_linear_strong_coupling_agrees_with_finite_width_networks():
     X, kx, y = _data()
     L, g, T, dt = 3, 3.0, 20, 0.05
     r = dmft.deep_linear(kx, y, L, g, T, dt)
-    assert r.converged
+    assert r.solver.converged
     runs = np.array([[_train_mup_deep_linear(X, y, L, g, T, dt, 512, s, sg) for sg in (1.0, -1.0)] for s in range(16)])
     pairs = runs.mean(axis=1)
     err = np.abs(pairs.mean(axis=0) - r.f)
@@ -228,17 +228,17 @@ def test_diverging_deep_linear_is_not_reported_converged():
     kx, y = _user_problem()
     r = dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1)
     assert np.all(np.isfinite(r.f)) and np.abs(r.f).max() > 1e20
-    assert not r.converged and "diverges" in r.message and "dt" in r.message
+    assert not r.solver.converged and "diverges" in r.solver.message and "dt" in r.solver.message
     with pytest.raises(ConvergenceError, match="deep_linear: gradient descent diverges"):
         dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, strict=True)
     # the same dynamics before the blow-up stay bounded (|y - f| <= 3 |y|): converged
     early = dmft.deep_linear(kx, y, 2, 5.0, 20, 0.1)
-    assert early.converged and early.message == ""
+    assert early.solver.converged and early.solver.message == ""
     np.testing.assert_array_equal(early.f, r.f[:21])  # causal: the longer run starts with the same steps
     # the threshold is the documented parameter
-    assert dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, max_error_growth=1e30).converged
+    assert dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, max_error_growth=1e30).solver.converged
     stable = dmft.deep_linear(kx, y, 2, 1.0, 30, 0.1, strict=True)
-    assert stable.converged and np.abs(y - stable.f[-1]).max() < 0.05
+    assert stable.solver.converged and np.abs(y - stable.f[-1]).max() < 0.05
 
 
 @pytest.mark.parametrize("factor, diverges", [(1.9, False), (2.5, True)])
@@ -247,25 +247,25 @@ def test_divergence_matches_the_lazy_stability_boundary(factor, diverges):
     _, kx, y = _data()
     lam = np.linalg.eigvalsh(3 * kx).max()
     r = dmft.deep_linear(kx, y, 2, 0.0, 60, factor / lam)
-    assert r.converged is (not diverges)
+    assert r.solver.converged is (not diverges)
     if diverges:
-        assert "diverges" in r.message and f"dt * max eig = {factor:.3g}" in r.message
+        assert "diverges" in r.solver.message and f"dt * max eig = {factor:.3g}" in r.solver.message
 
 
 def test_diverging_two_layer_is_reported():
     kx, y = _user_problem()
     r = dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000)
-    assert not r.converged and "diverges" in r.message
+    assert not r.solver.converged and "diverges" in r.solver.message
     with pytest.raises(ConvergenceError, match="two_layer: gradient descent diverges"):
         dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000, strict=True)
     ok = dmft.two_layer(kx, y, "tanh", 1.0, 20, 0.5, samples=2000, strict=True)
-    assert ok.converged and ok.message == ""
+    assert ok.solver.converged and ok.solver.message == ""
 
 
 def test_picard_failure_is_reported_as_a_solver_failure():
     kx, y = _user_problem()
     r = dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, method="picard", maxiter=20)
-    assert not r.converged and "solver did not converge" in r.message
+    assert not r.solver.converged and "solver did not converge" in r.solver.message
 
 
 @pytest.mark.parametrize("value", [1.0, 0.5, np.nan, np.inf, "big"])
@@ -289,5 +289,5 @@ def test_input_kernel_rejects_empty_and_complex_input():
 def test_diverged_two_layer_kernels_are_nan_and_flagged():
     kx, y = _user_problem()
     r = dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000)
-    assert not r.converged and np.isnan(r.K).all() and np.isnan(r.Phi).all()
+    assert not r.solver.converged and np.isnan(r.K).all() and np.isnan(r.Phi).all()
     assert np.abs(r.f).max() > 1e3 * np.abs(y).max()

@@ -11,7 +11,7 @@ from limitlab.theory.kernels.signal_propagation import correlation_map, edge_of_
 def test_selu_has_the_self_normalizing_fixed_point():
     """Klambauer et al. 2017: with w = 1, b = 0, variance 1 maps to itself."""
     sp_ = signal_propagation("selu", 1.0, 0.0)
-    assert sp_.converged and abs(sp_.q_star - 1) < 1e-12
+    assert sp_.solver.converged and abs(sp_.q_star - 1) < 1e-12
 
 
 @pytest.mark.parametrize("w,b", [(1.5, 0.3), (1.0, 0.5)])
@@ -107,7 +107,7 @@ def test_tanh_exactly_at_the_edge_of_chaos_gives_the_limits_not_nan():
     sp_ = signal_propagation("tanh", 1.0, 0.0)
     assert (sp_.q_star, sp_.chi_1, sp_.chi_q, sp_.c_star, sp_.chi_c) == (0.0, 1.0, 1.0, 1.0, 1.0)
     assert sp_.xi_q == math.inf and sp_.xi_c == math.inf
-    assert sp_.phase == "critical" and sp_.converged
+    assert sp_.phase == "critical" and sp_.solver.converged
     near = signal_propagation("tanh", 1 - 1e-6, 0.0)
     for f in ("q_star", "chi_1", "chi_q", "c_star", "chi_c"):
         assert abs(getattr(near, f) - getattr(sp_, f)) < 1e-5, f
