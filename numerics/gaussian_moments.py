@@ -12,7 +12,7 @@ the covariance. Both are computed here on one rule:
   the points where ``z_k`` crosses a kink of ``f_k`` (they move with the outer nodes), and
   every piece of ``[-Z, Z]`` gets composite Gauss-Legendre panels: the integrand is smooth
   on each piece, so the rule converges exponentially, kinks included (ReLU, step, ...).
-  Z = 10: the standard normal tail beyond it is below 1e-22.
+  Z = 9: the standard normal tail beyond it is below 3e-19.
 * **Derivatives with respect to the covariance without derivatives of f** (the score
   function; PDLT eq. (4.6x) write the recursions this way): for a symmetric direction D,
   with ``A = L^-1 D L^-T``,
@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = ["nested_nodes", "product_expectation", "score_weights", "Z_MAX"]
 
-Z_MAX = 10.0
+Z_MAX = 9.0
 
 
 @lru_cache(maxsize=None)
@@ -67,13 +67,14 @@ def _pieces_nodes(cuts: np.ndarray, panels: int, order: int):
 
 
 def _rule(kinked: bool, r: int):
-    """(panels per piece, Gauss-Legendre order) per level: finer for fewer levels (the
-    accuracy is measured against mpmath in tests/numerics/test_gaussian_moments.py)."""
-    if r <= 2:
-        return (6, 16) if kinked else (10, 16)
-    if r == 3:
-        return (4, 12) if kinked else (6, 12)
-    return (3, 10) if kinked else (5, 10)
+    """(panels per piece, Gauss-Legendre order) per level. Panels of width h = 0.5 resolve tanh's
+    poles at distance pi/(2 sqrt(q)) for q <= 10: two inputs to 6e-11 relative or better against
+    30-digit mpmath (tests/theory/kernels/test_finite_width.py); three inputs (h = 1.0) to ~1e-9
+    against a finer rule, at ~0.5 s an expectation; four inputs (h = 1.5) coarser still."""
+    h = {1: 0.5, 2: 0.5, 3: 1.0}.get(r, 1.5)
+    panels = int(math.ceil(2 * Z_MAX / h))
+    # a kinked level has two pieces (one kink) whose lengths add up to 2 Z
+    return (max(2, int(math.ceil(0.75 * panels))) if kinked else panels), 8
 
 
 def nested_nodes(cov: np.ndarray, kinks: Sequence[Sequence[float]], rule=None):

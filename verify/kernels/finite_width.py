@@ -1,0 +1,130 @@
+"""Verify checks of the finite-width (1/n) theory of MLPs (``limitlab.theory.kernels.finite_width``).
+
+Each network of an ensemble at width n gives its readout-integrated empirical NNGP Ghat on
+the three inputs of the kernel checks (``checks.INPUTS``); every entry of the upper triangle
+is one Ghat_p, p = (a, b).
+
+* ``kernels.finite-width.nngp-mean.<act>``: per network, n (Ghat_p - K_p); theory K1_p
+  (Roberts, Yaida & Hanin 2022, PDLT eq. (4.115)): E[Ghat] = K + K1/n + O(1/n^2), so the
+  ensemble mean tends to K1 with a bias O(1/n) (bias_rate 1), while one network's value
+  spreads like sqrt(n V) (rate +0.5).
+* ``kernels.finite-width.four-point.<act>``: per network and pair of entries (p, q),
+  n (Ghat_p - m_p)(Ghat_q - m_q) with m = K + K1/n the predicted mean; theory V_(p)(q)
+  (PDLT eq. (4.90)): n Cov -> V with a bias O(1/n) (bias_rate 1); one network's product
+  spreads O(1) (rate 0).
+
+The networks are critical (PDLT ch. 5: ReLU at C_W = 2, tanh at C_W = 1, no biases) and of
+depth ``DEPTH``, so that both K1 and the propagated part of V are exercised. A theory wrong
+by a constant factor is rejected with the power measured in
+tests/verify/kernels/test_finite_width_checks.py (docs/finite_width.md, "Verify").
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from limitlab.verify.registry import Context, Measurement, check
+
+__all__ = ["NETWORKS", "spec", "theory", "measure_mean", "measure_four_point", "pairs"]
+
+NETWORKS = {"relu": dict(weight_var=2.0, bias_var=0.0), "tanh": dict(weight_var=1.0, bias_var=0.0)}
+DEPTH = 3
+# the mean: one network's n (Ghat - K) spreads like sqrt(n V), so small widths and many networks
+MEAN_SIZES = (16, 64, 256)
+MEAN_QUICK_SIZES = (16, 32, 64)
+MEAN_SAMPLES = 200_000
+MEAN_QUICK_SAMPLES = 20_000
+# the covariance: one network's product spreads O(1); its O(1/n) bias needs the larger widths
+FOUR_SIZES = (64, 256, 1024)
+FOUR_QUICK_SIZES = (32, 64, 128)
+FOUR_SAMPLES = 100_000
+FOUR_QUICK_SAMPLES = 20_000
+MIN_WIDTH = 16
+MIN_WIDTH_REASON = ("the 1/n expansion needs depth/width small (PDLT ch. 5; Hanin & Nica 2020): 16 keeps "
+                    f"depth/width <= {DEPTH}/16")
+SECONDS_QUICK = {"nngp-mean": 4.0, "four-point": 6.0}
+
+
+def spec(activation: str):
+    from limitlab.theory.kernels import MLP
+
+    return MLP(DEPTH, activation, **NETWORKS[activation])
+
+
+def pairs():
+    from limitlab.verify.kernels.checks import PAIRS
+
+    return PAIRS
+
+
+@lru_cache(maxsize=None)
+def theory(activation: str):
+    """(K, K1, V) of the check's network on ``checks.INPUTS`` (V: (N,)*4)."""
+    from limitlab.theory.kernels import finite_width
+    from limitlab.verify.kernels.checks import INPUTS
+
+    fw = finite_width(spec(activation), INPUTS, four_point=True)
+    return fw.nngp, fw.nngp_correction, fw.four_point
+
+
+def _samples(ctx: Context, activation: str):
+    from limitlab.verify.kernels.checks import INPUTS
+    from limitlab.verify.montecarlo import sample_kernels
+
+    # the weights sampler is the faster one at these small widths (docs/benchmarks.md)
+    method = "weights" if ctx.size <= 32 else "auto"
+    ks = sample_kernels(spec(activation), INPUTS, width=ctx.size, n_networks=ctx.samples, seed=ctx.rng,
+                        backend=ctx.backend, method=method)
+    P = pairs()
+    return np.stack([ks.nngp[:, i, j] for i, j in P], axis=1)  # (S, len(P))
+
+
+def measure_mean(ctx: Context, activation: str, theory_fn=None) -> list:
+    """n (Ghat_p - K_p) per network against K1_p; ``theory_fn() -> (K, K1, V)`` overrides the theory."""
+    K, K1, _ = theory_fn() if theory_fn is not None else theory(activation)
+    G = _samples(ctx, activation)
+    n = ctx.size
+    return [Measurement(f"n(nngp-K)[{i},{j}]", K1[i, j], n * (G[:, q] - K[i, j])) for q, (i, j) in enumerate(pairs())]
+
+
+def measure_four_point(ctx: Context, activation: str, theory_fn=None) -> list:
+    """n (Ghat_p - m_p)(Ghat_q - m_q) per network against V_(p)(q), m = K + K1/n."""
+    K, K1, V = theory_fn() if theory_fn is not None else theory(activation)
+    G = _samples(ctx, activation)
+    n = ctx.size
+    P = pairs()
+    m = np.array([K[i, j] + K1[i, j] / n for i, j in P])
+    D = G - m[None, :]
+    out = []
+    for p, (a, b) in enumerate(P):
+        for q in range(p, len(P)):
+            c, d = P[q]
+            out.append(Measurement(f"V[({a}{b})({c}{d})]", V[a, b, c, d], n * D[:, p] * D[:, q]))
+    return out
+
+
+def _register(activation: str):
+    desc = f"depth-{DEPTH} critical {activation} MLP ({NETWORKS[activation]}) on the kernel checks' 3 inputs"
+
+    def mean_fn(ctx: Context):
+        return measure_mean(ctx, activation)
+
+    def four_fn(ctx: Context):
+        return measure_four_point(ctx, activation)
+
+    mean_fn.__name__ = f"kernels_finite_width_nngp_mean_{activation}"
+    four_fn.__name__ = f"kernels_finite_width_four_point_{activation}"
+    tags = ("kernels", "finite-width", activation)
+    check(f"kernels.finite-width.nngp-mean.{activation}", sizes=MEAN_SIZES, quick_sizes=MEAN_QUICK_SIZES,
+          samples=MEAN_SAMPLES, quick_samples=MEAN_QUICK_SAMPLES, rate=0.5, bias_rate=1.0, tags=tags,
+          min_size=MIN_WIDTH, min_size_reason=MIN_WIDTH_REASON, seconds_quick=SECONDS_QUICK["nngp-mean"],
+          description=f"n (E[empirical NNGP] - K) -> K1 (PDLT eq. 4.115): {desc}")(mean_fn)
+    check(f"kernels.finite-width.four-point.{activation}", sizes=FOUR_SIZES, quick_sizes=FOUR_QUICK_SIZES,
+          samples=FOUR_SAMPLES, quick_samples=FOUR_QUICK_SAMPLES, rate=None, bias_rate=1.0, tags=tags,
+          min_size=MIN_WIDTH, min_size_reason=MIN_WIDTH_REASON, seconds_quick=SECONDS_QUICK["four-point"],
+          description=f"n Cov[empirical NNGP] -> V, the four-point vertex (PDLT eq. 4.90): {desc}")(four_fn)
+
+
+for _a in NETWORKS:
+    _register(_a)
