@@ -31,39 +31,68 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numba as nb
 import numpy as np
 import scipy.linalg as sla
 
 from limitlab.numerics.solvers import ConvergenceError, SolverResult
 
-__all__ = ["as_tiled", "matmul", "solve", "apply_function"]
+__all__ = ["Tiled", "as_tiled", "matmul", "diagonal", "solve", "apply_function"]
 
 
-def as_tiled(A, block: Optional[int] = None):
-    """``A`` as a square dask array of square tiles (zarr chunks, dask chunks, or ``block``)."""
-    import dask.array as da
+class Tiled:
+    """A stored matrix read tile by tile: ``src`` (a zarr array, a NumPy array or a dask array)
+    and its tile size ``tile`` = (rows, columns); zarr and dask arrays bring their own chunks."""
 
-    if isinstance(A, da.Array):
-        arr = A
-    elif hasattr(A, "chunks") and hasattr(A, "shape") and hasattr(A, "dtype") and not isinstance(A, np.ndarray):
-        arr = da.from_zarr(A) if type(A).__module__.startswith("zarr") else da.from_array(A, chunks=A.chunks)
-    else:
+    def __init__(self, src, tile):
+        self.src, self.tile = src, tuple(int(t) for t in tile)
+        self.shape, self.dtype = tuple(src.shape), np.dtype(src.dtype)
+        self.is_dask = type(src).__module__.startswith("dask")
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        block = self.src[rows, cols]
+        return np.asarray(block.compute(scheduler="sync") if self.is_dask else block)
+
+    def row_blocks(self):
+        return [slice(s, min(s + self.tile[0], self.shape[0])) for s in range(0, self.shape[0], self.tile[0])]
+
+    def col_blocks(self):
+        return [slice(s, min(s + self.tile[1], self.shape[1])) for s in range(0, self.shape[1], self.tile[1])]
+
+    def dask(self):
+        """The matrix as a dask array of these tiles (for Dask's own blocked algorithms)."""
+        import dask.array as da
+
+        if self.is_dask:
+            return self.src.rechunk(self.tile)
+        if type(self.src).__module__.startswith("zarr"):
+            return da.from_zarr(self.src).rechunk(self.tile)
+        return da.from_array(self.src, chunks=self.tile)
+
+
+def as_tiled(A, block: Optional[int] = None, square: bool = True, name: str = "A") -> Tiled:
+    """``A`` as a :class:`Tiled` matrix: tiles from zarr/dask chunks, else ``block`` (default 2048)."""
+    if isinstance(A, Tiled):
+        A = A.src
+    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1):
+        raise ValueError(f"block: expected an integer >= 1 or None, got {block!r}")
+    chunked = hasattr(A, "chunks") and hasattr(A, "shape") and not isinstance(A, np.ndarray)
+    if not chunked:
         A = np.asarray(A)
-        if A.ndim != 2:
-            raise ValueError(f"A: expected a square matrix, got shape {A.shape}")
-        arr = da.from_array(A, chunks=block or min(A.shape[0], 2048))
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
-        raise ValueError(f"A: expected a square matrix, got shape {arr.shape}")
-    if arr.dtype.kind != "f":
-        raise TypeError(f"A: expected a real floating-point matrix, got dtype {arr.dtype}")
+    if len(A.shape) != 2 or (square and A.shape[0] != A.shape[1]):
+        raise ValueError(f"{name}: expected a {'square ' if square else ''}matrix, got shape {tuple(A.shape)}")
+    if np.dtype(A.dtype).kind != "f":
+        raise TypeError(f"{name}: expected a real floating-point matrix, got dtype {A.dtype}")
     if block is not None:
-        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-            raise ValueError(f"block: expected an integer >= 1 or None, got {block!r}")
-        if arr.chunks[0] != arr.chunks[1] or arr.chunks[0][0] != block:
-            arr = arr.rechunk((block, block))
-    elif arr.chunks[0] != arr.chunks[1]:
-        arr = arr.rechunk((arr.chunks[0][0],) * 2)
-    return arr
+        tile = (block, block)
+    elif chunked:
+        ch = A.chunks
+        tile = tuple(c[0] if isinstance(c, tuple) else c for c in ch)  # dask: per-axis tuples; zarr: sizes
+    else:
+        tile = (min(A.shape[0], 2048), min(A.shape[1], 2048))
+    if square:
+        tile = (tile[0], tile[0])
+    return Tiled(A, tile)
 
 
 def _compute(x, client):
@@ -74,27 +103,61 @@ def _compute(x, client):
     return dask.compute(x)[0]
 
 
+@nb.njit(cache=True, fastmath=True)
+def _accumulate(A, Vt, out):
+    """out[i, c] += sum_j float64(A[i, j]) Vt[c, j]: a float32 or float64 tile against float64
+    vectors, summed in float64 without a float64 copy of the tile."""
+    for c in range(Vt.shape[0]):
+        v = Vt[c]
+        for i in range(A.shape[0]):
+            row = A[i]
+            acc = 0.0
+            for j in range(row.shape[0]):
+                acc += np.float64(row[j]) * v[j]
+            out[i, c] += acc
+
+
+def _row_product(T: Tiled, rows: slice, Vt: np.ndarray) -> np.ndarray:
+    """One row block of ``T V``: its tiles read one at a time."""
+    out = np.zeros((rows.stop - rows.start, Vt.shape[0]))
+    for cols in T.col_blocks():
+        _accumulate(np.ascontiguousarray(T.read(rows, cols)), np.ascontiguousarray(Vt[:, cols]), out)
+    return out
+
+
 def matmul(A, V, client=None) -> np.ndarray:
     """``A V`` for a stored ``A`` (zarr, dask, or NumPy; any shape ``M x N``) and an in-memory ``V``,
-    accumulated in float64 tile by tile."""
-    import dask.array as da
-
-    if isinstance(A, da.Array):
-        T = A
-    elif isinstance(A, np.ndarray) or not hasattr(A, "chunks"):
-        A = np.asarray(A)
-        if A.ndim != 2:
-            raise ValueError(f"A: expected a matrix, got shape {A.shape}")
-        T = da.from_array(A, chunks=(min(A.shape[0], 2048), min(A.shape[1], 2048)))
-    else:
-        T = da.from_zarr(A) if type(A).__module__.startswith("zarr") else da.from_array(A, chunks=A.chunks)
+    accumulated in float64: one Dask task per row block of tiles."""
+    T = as_tiled(A, square=False)
     V = np.asarray(V, dtype=np.float64)
     vec = V.ndim == 1
     V2 = V.reshape(V.shape[0], -1)
     if V2.shape[0] != T.shape[1]:
         raise ValueError(f"V: expected {T.shape[1]} rows, got shape {V.shape}")
-    out = _compute(T.astype(np.float64) @ da.from_array(V2, chunks=(T.chunks[1], V2.shape[1])), client)
+    from dask.base import tokenize
+
+    token = tokenize(id(T), V2.shape, np.random.random())
+    vkey = ("limitlab-vectors-" + token,)
+    dsk = {vkey: np.ascontiguousarray(V2.T)}
+    keys = []
+    for k, rows in enumerate(T.row_blocks()):
+        key = ("limitlab-rows-" + token, k)
+        dsk[key] = (_row_product, T, rows, vkey)
+        keys.append(key)
+    if client is not None:
+        parts = client.get(dsk, keys, sync=True)
+    else:
+        import dask
+
+        parts = dask.threaded.get(dsk, keys)
+    out = np.vstack(parts)
     return out[:, 0] if vec else out
+
+
+def diagonal(A, client=None) -> np.ndarray:
+    """The diagonal of a stored square matrix, read from its diagonal tiles only (float64)."""
+    T = as_tiled(A)
+    return np.concatenate([np.diagonal(T.read(r, r)).astype(np.float64) for r in T.row_blocks()])
 
 
 def _rhs(B, n):
@@ -114,8 +177,8 @@ def _check_common(reg, tol, maxiter, n):
         raise ValueError(f"reg: must be a finite number >= 0, got {reg!r}")
     if not np.isscalar(tol) or not np.isfinite(tol) or tol <= 0:
         raise ValueError(f"tol: must be a finite number > 0, got {tol!r}")
-    if maxiter is None:
-        return n
+    if maxiter is None:  # N steps are exact only in exact arithmetic; rounding delays CG on kernels
+        return 10 * n
     if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
         raise ValueError(f"maxiter: must be an integer >= 1 or None, got {maxiter!r}")
     return int(maxiter)
@@ -138,12 +201,10 @@ def _finish(X, res, it, tol, vec, strict, what, note=""):
 def _block_jacobi(T, reg, block, client):
     """Cholesky factors of the diagonal blocks of ``A + reg I`` (float64), one per block."""
     n = T.shape[0]
-    b = block or T.chunks[0][0]
-    starts = list(range(0, n, b))
-    diag = _compute([T[s:s + b, s:s + b].astype(np.float64) for s in starts], client)
+    b = block or T.tile[0]
     factors = []
-    for s, D in zip(starts, diag):
-        D = np.array(D)
+    for s in range(0, n, b):
+        D = T.read(slice(s, min(s + b, n)), slice(s, min(s + b, n))).astype(np.float64)
         D[np.diag_indices_from(D)] += reg
         try:
             factors.append((s, sla.cho_factor(D, lower=True, check_finite=False)))
@@ -164,7 +225,7 @@ def solve(A, B, *, reg: float = 0.0, method: str = "auto", tol: float = 1e-10, m
         reg: a ridge added to the diagonal.
         method: "cg", "cholesky" or "auto".
         tol: relative residual ``|B - (A + reg I) X| / |B|`` to reach, per column.
-        maxiter: CG iterations (None: N).
+        maxiter: CG iterations (None: 10 N).
         precondition_block: size of the block-Jacobi blocks (None: the tile size).
         strict: raise ConvergenceError when a column misses ``tol``.
         progress: called as ``progress(iteration, largest relative residual)`` after each CG step.
@@ -189,9 +250,9 @@ def solve(A, B, *, reg: float = 0.0, method: str = "auto", tol: float = 1e-10, m
 def _cholesky_solve(T, B2, reg, client):
     import dask.array as da
 
-    n, t = T.shape[0], T.chunks[0][0]
+    n, t = T.shape[0], T.tile[0]
     pad = -n % t  # Dask's Cholesky wants equal tiles: pad with an identity block (its own factor)
-    M = da.pad(T.astype(np.float64), ((0, pad), (0, pad))).rechunk(t)
+    M = da.pad(T.dask().astype(np.float64), ((0, pad), (0, pad))).rechunk(t)
     shift = np.concatenate([np.full(n, float(reg)), np.ones(pad)])
     if reg or pad:
         M = M + da.diag(da.from_array(shift, chunks=t))

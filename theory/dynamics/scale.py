@@ -68,9 +68,9 @@ def _targets(y, n):
 def _test_rows(K, name, n):
     if K is None:
         return None
-    shape = tuple(K.shape)
-    if len(shape) != 2 or shape[1] != n:
-        raise ValueError(f"{name}: expected a (M, {n}) kernel between test and training points, got shape {shape}")
+    K = blocked.as_tiled(K, square=False, name=name)
+    if K.shape[1] != n:
+        raise ValueError(f"{name}: expected a (M, {n}) kernel between test and training points, got shape {K.shape}")
     return K
 
 
@@ -79,10 +79,7 @@ def _ridge(T, diag_reg, absolute, client):
         raise ValueError(f"diag_reg: must be a finite number >= 0, got {diag_reg!r}")
     if not diag_reg or absolute:
         return float(diag_reg)
-    import dask.array as da
-
-    trace = blocked._compute(da.diagonal(T).astype(np.float64).sum(), client)
-    return float(diag_reg * trace / T.shape[0])
+    return float(diag_reg * blocked.diagonal(T).sum() / T.shape[0])
 
 
 def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *, learning_rate: float = 1.0,
@@ -179,10 +176,4 @@ def nngp_posterior(nngp_train_train, y_train, nngp_test_train=None, nngp_test_te
 
 def _columns(K, client):
     """K(X, x) = K(x, X)^T for a test kernel of few rows, in memory (N x M, float64)."""
-    import dask.array as da
-
-    if isinstance(K, np.ndarray):
-        return np.ascontiguousarray(K.T, dtype=np.float64)
-    arr = K if isinstance(K, da.Array) else (da.from_zarr(K) if type(K).__module__.startswith("zarr")
-                                              else da.from_array(np.asarray(K)))
-    return np.ascontiguousarray(blocked._compute(arr.astype(np.float64), client).T)
+    return np.ascontiguousarray(K.read(slice(0, K.shape[0]), slice(0, K.shape[1])).T, dtype=np.float64)
