@@ -34,7 +34,7 @@ def _common():
 
 
 def test_every_script_is_covered():
-    assert set(SCRIPTS) >= FAST and len(SCRIPTS) == 7, SCRIPTS
+    assert set(SCRIPTS) >= FAST and len(SCRIPTS) == 8, SCRIPTS
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=() if s in FAST else pytest.mark.slow) for s in SCRIPTS])
@@ -78,6 +78,22 @@ def _bordelon_deep_linear(rows):
 
 # where the quick run must still agree with its reference (the theory is exact there)
 EXACT = {"dang2023_imbalanced": _dang, "saxe2014_modes": _saxe, "bordelon2022_deep_linear": _bordelon_deep_linear}
+
+
+def test_arora2019_tiny_run_tables_every_kernel(tmp_path):
+    """The CNN-kernel reproduction end to end at the smallest sizes (its --quick run is slow):
+    one accuracy row per kernel, in percent, and the four depth-free comparisons."""
+    out = tmp_path / "out"
+    r = _run("arora2019_cntk_digits", tmp_path, "--pool", "24", "--depths", "2", "--splits", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = (out / "accuracy.csv").read_text().splitlines()[1:]
+    kernels = {row.split(",")[0] for row in rows}
+    assert kernels == {"CNTK-GAP", "CNTK-V", "CNN-GP-GAP", "CNN-GP-V", "FC-NTK", "FC-NNGP"} and len(rows) == 6
+    assert all(0.0 <= float(row.split(",")[2]) <= 100.0 for row in rows), rows
+    report = json.loads((out / "comparison.json").read_text())
+    assert len(report["rows"]) == 4 and report["settings"]["pool"] == 24, report
+    bad = _run("arora2019_cntk_digits", tmp_path, "--depths", "1", "--out", str(out))
+    assert bad.returncode == 2 and "--depths" in bad.stderr
 
 
 def test_help_and_default_out(tmp_path, _common):
