@@ -636,6 +636,9 @@ class Layer:
         if X1.shape[1:] != X2.shape[1:]:
             raise ValueError(f"X2: per-input shape {X2.shape[1:]} does not match X1's {X1.shape[1:]}")
         n1, n2 = X1.shape[0], X2.shape[0]
+        fused_out = _fused_kernels(self, X1, X2, symmetric, get, batch_size)
+        if fused_out is not None:
+            return fused_out
         if batch_size is None:
             P = _prod(X1.shape[1:-1])
             b = max(1, math.isqrt(max(_BLOCK_BYTES // (8 * P * P), 1)))
@@ -686,6 +689,36 @@ class Layer:
 
 # automatic blocks of pairs (Layer.kernels): at most this many bytes of one covariance array
 _BLOCK_BYTES = 1 << 28
+
+
+def _fused_kernels(net, X1, X2, symmetric, get, batch_size):
+    """Kernels by :mod:`limitlab.theory.kernels.fused`'s pair engine (conv/pool/closed-form
+    activation chains on images), then the flat layers after it by their rules; None when the
+    network or the inputs are not for it (then the layer path runs) or when batch_size is
+    given (blocks of pairs are the layer path's memory control; the pair engine's working set
+    is per thread and does not grow with N)."""
+    from limitlab.theory.kernels import fused
+
+    if batch_size is not None:
+        return None
+    p = fused.plan(net, X1.shape)
+    if p is None:
+        return None
+    want1 = "ntk" in get
+    out = fused.run(p, X1, X2, symmetric, want1)
+    if out is None:
+        return None
+    nngp, ntk, cov1, cov2 = out
+    k = _State(nngp, ntk, cov1, cov2, (), p.width, p.gaussian, symmetric)
+    for layer, where in p.tail:
+        k = layer._apply(k, where)
+    if isinstance(k, tuple):
+        raise ValueError(f"{net!r}: the network ends with {len(k)} unjoined branches; add FanInSum() or FanInConcat()")
+    nngp, ntk = k.nngp, k.ntk
+    if symmetric:
+        nngp = 0.5 * (nngp + nngp.T)
+        ntk = None if ntk is None else 0.5 * (ntk + ntk.T)
+    return Kernels(nngp if "nngp" in get else None, ntk if want1 else None)
 
 
 def _per_input(layer) -> bool:
@@ -1466,6 +1499,7 @@ def _closed_map(act):
             return tuple(np.broadcast_to(np.asarray(o, dtype=float), c.shape).copy() for o in out)
 
         evaluate.scalar = sp.lambdify((s1, s2, cc, r, theta), tuple(maps), modules=["numpy", "scipy"])
+        evaluate.args, evaluate.maps = (s1, s2, cc, r, theta), tuple(maps)  # for other compilers (fused)
         _CLOSED_MAPS[key] = evaluate
     return _CLOSED_MAPS[key]
 

@@ -1,0 +1,586 @@
+"""The pair engine: convolutional kernels one pair of images at a time, in fused compiled passes.
+
+The layer-by-layer path of :mod:`limitlab.theory.kernels.stax` carries the covariance of every
+pair of a block of images, ``(n1, n2, *S, *S)``, through NumPy and Numba passes: each Conv
+axis, each activation and each pool reads and writes the whole block. For the image
+networks theorists benchmark (CNN-GP, CNTK, Myrtle: Novak et al. 2019; Arora et al. 2019;
+Shankar et al. 2020) that is memory traffic, not arithmetic. This module computes the same
+recursion (the rules in stax's module docstring) one pair of images ``(x, x')`` at a time,
+with a fixed per-thread working set:
+
+* the pairs are independent, so each thread takes pairs from a queue (``nogil`` Numba
+  kernels driven by a thread pool), and with ``X2 = None`` only the pairs ``a <= b`` are
+  computed: half of what the block path does;
+* a Conv and the activation after it are one pass: for each output row pair ``(i, i')`` the
+  filter's taps are summed into an L1-resident row of ``W_out x W_out`` entries, then the
+  kernel map (and the NTK product) is applied and written once (no pre-activation array);
+* the covariances live in buffers already padded for the next layer (zeros for SAME, the
+  wrapped entries for CIRCULAR), so the tap loops have no bounds tests and vectorize;
+* the pair angle is :func:`limitlab.numerics.vecmath.angle` (branch-free, SIMD) instead of
+  libm's atan2.
+
+The activations need each image's pixel variances ``K(x, s; x, s)`` at their layer: the
+pairs ``(a, a)`` are computed first (pre-activation covariance stored, its diagonal read),
+then every other pair. A network takes this path when it is a ``serial`` (nested serials
+allowed) of 1-D or 2-D ``Conv``, closed-form activations, ``AvgPool``/``SumPool``, ending the
+spatial part with ``Flatten``/``GlobalAvgPool``/``GlobalSumPool`` (anything flat after it
+runs on stax's layer rules), on inputs of at least ``FUSED_MIN_PIXELS`` pixels; everything
+else (residual branches, LayerNorm, attention, numerical activations, 3-D) takes the layer
+path. Both give the same numbers to rounding (tests/theory/kernels/test_fused.py).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+import numba as nb
+import numpy as np
+
+from limitlab.numerics import vecmath
+
+__all__ = ["plan", "run", "FUSED_MIN_PIXELS"]
+
+# smaller images keep the layer path: there a whole block of pairs per NumPy call beats one
+# pair per compiled call (per-pair overhead ~10 us a layer)
+FUSED_MIN_PIXELS = 144
+
+
+@dataclass
+class _Op:
+    kind: str                 # "conv", "pool", "act" (an activation not right after a conv)
+    in_hw: tuple              # input (H, W) without padding
+    out_hw: tuple             # output (H, W)
+    pad: tuple                # (lo_h, hi_h, lo_w, hi_w) of the input buffer (what this op reads)
+    circular: bool = False
+    window: tuple = (1, 1)
+    strides: tuple = (1, 1)
+    w: float = 1.0            # conv: weight_var / |F|
+    b: float = 0.0
+    act: object = None        # conv (fused) or act: the compiled map kernels
+    div_h: Optional[np.ndarray] = None   # pool: divisor per output index along H, W
+    div_w: Optional[np.ndarray] = None
+    act_slot: int = -1        # index of the per-image standard deviations this op's map reads
+
+
+@dataclass
+class Plan:
+    ops: list
+    terminal: str             # "flatten", "mean", "sum"
+    tail: list                # [(layer, where)] applied to the flat state by stax's rules
+    spatial_in: tuple         # (H, W) of the input, 1-D inputs as (1, T)
+    width: int                # channels after the terminal (FanInConcat weights)
+    gaussian: bool            # the terminal's output is Gaussian (an affine layer's, pooled)
+    n_slots: int
+
+
+def _flatten(layer, where, serial_cls):
+    if isinstance(layer, serial_cls):
+        out = []
+        for i, sub in enumerate(layer.layers):
+            out += _flatten(sub, f" at serial[{i}]{where}", serial_cls)
+        return out
+    return [(layer, where)]
+
+
+def plan(net, X_shape) -> Optional[Plan]:
+    """The fused plan of ``net`` on inputs of shape ``X_shape``, or None (layer path)."""
+    from limitlab.theory.kernels import stax
+
+    if len(X_shape) not in (3, 4):
+        return None
+    spatial = tuple(X_shape[1:-1])
+    hw = (1, spatial[0]) if len(spatial) == 1 else spatial
+    if hw[0] * hw[1] < FUSED_MIN_PIXELS:
+        return None
+    d = len(spatial)
+    items = _flatten(net, "", stax._Serial)
+    ops, gaussian, width, slots = [], False, X_shape[-1], 0
+    for idx, (layer, where) in enumerate(items):
+        cls = type(layer)
+        if cls is stax.Conv or isinstance(layer, stax._Pool):
+            if cls is stax.Conv:
+                window, strides, padding = layer.filter_shape, layer.strides, layer.padding
+            else:
+                window, strides, padding = layer.window_shape, layer.strides, layer.padding
+            if len(window) != d:
+                return None
+            if d == 1:
+                window, strides = (1,) + tuple(window), (1,) + tuple(strides)
+            outs, pads = [], []
+            for n, k, st in zip(hw, window, strides):
+                if padding == "VALID" and k > n:
+                    return None  # the layer path raises its error
+                out, pad = stax._out_and_pads(n, k, st, padding)
+                outs.append(out)
+                pads += list(pad)
+            op = _Op("conv" if cls is stax.Conv else "pool", hw, tuple(outs), tuple(pads),
+                     padding == "CIRCULAR", tuple(window), tuple(strides))
+            if cls is stax.Conv:
+                if layer.in_chan is not None and layer.in_chan != width:
+                    return None
+                op.w, op.b = layer.weight_var / (window[0] * window[1]), layer.bias_var
+                gaussian, width = True, layer.out_chan
+            else:
+                divs = []
+                for n, k, st, out, (lo, _) in zip(hw, window, strides, outs, (pads[:2], pads[2:])):
+                    if not layer._average:
+                        div = np.ones(out)
+                    elif layer.normalize_edges and padding == "SAME":
+                        div = np.array([min(n, st * j + k - lo) - max(0, st * j - lo) for j in range(out)], float)
+                    else:
+                        div = np.full(out, float(k))
+                    divs.append(div)
+                op.div_h, op.div_w = divs
+            ops.append(op)
+            hw = op.out_hw
+        elif isinstance(layer, stax.Activation):
+            if not gaussian or not layer.activation.has_closed_form:
+                return None
+            kern = _act_kernels(layer.activation)
+            if kern is None:
+                return None
+            prev = ops[-1] if ops else None
+            if prev is not None and prev.kind == "conv" and prev.act is None:
+                prev.act, prev.act_slot = kern, slots   # fused into the conv
+            else:
+                ops.append(_Op("act", hw, hw, (0, 0, 0, 0), act=kern, act_slot=slots))
+            slots += 1
+            gaussian = False
+        elif cls in (stax.Flatten, stax.GlobalAvgPool, stax.GlobalSumPool):
+            if not ops or ops[0].kind == "act":
+                return None
+            terminal = {stax.Flatten: "flatten", stax.GlobalAvgPool: "mean", stax.GlobalSumPool: "sum"}[cls]
+            if cls is stax.Flatten:
+                width, gaussian = width * hw[0] * hw[1], False
+            # each op's input buffer is padded for it; the previous op writes into its interior
+            return Plan(ops, terminal, items[idx + 1:], (1, spatial[0]) if d == 1 else spatial, width, gaussian,
+                        slots)
+        else:
+            return None
+    return None  # no terminal: the output keeps its spatial axes (layer path)
+
+
+# ---------------------------------------------------------------------------------------
+# compiled kernels (one pair; 4-D buffers (H, W, H', W'), padded)
+# ---------------------------------------------------------------------------------------
+
+_ACT_KERNELS: dict = {}
+
+
+def _act_kernels(act):
+    """(conv+map, map-in-place) kernels of act's closed-form maps, or None if they do not compile."""
+    from limitlab.theory.kernels import stax
+    import sympy as sp
+
+    key = (act.name, act.params, sp.srepr(act.expr))
+    if key not in _ACT_KERNELS:
+        _ACT_KERNELS[key] = None
+        ev = stax._closed_map(act)
+        # printed for the math module (Max as max(), not NumPy's reduce(maximum, ...), which
+        # Numba cannot type) and inlined at Numba's IR level where it can be (the map's loop then
+        # vectorizes), else with NumPy's printing, else left to LLVM
+        tries = [(sp.lambdify(ev.args, ev.maps, modules="math"), "always"), (ev.scalar, "always"),
+                 (ev.scalar, "never")]
+        for scalar, inline in tries:
+            try:
+                kernels = _compile_act(scalar, inline)
+                _warm(kernels)
+            except Exception:  # a map Numba cannot type: the layer path
+                continue
+            _ACT_KERNELS[key] = kernels
+            break
+    return _ACT_KERNELS[key]
+
+
+def _warm(kernels):
+    """Compile now (on a 1-pixel pair), so that a map that does not compile is known at once."""
+    conv_map, map_inplace = kernels
+    one, z = np.ones(1), np.zeros(1)
+    for t_zero, want_t in ((True, True), (False, True), (False, False)):
+        conv_map(one, one, t_zero, want_t, 1, 1, 1, 1, 1, 1, 1, 1, 1.0, 0.0, one, one, z.copy(), z.copy(), 1, 1, 0,
+                 0, z.copy(), z.copy())
+    map_inplace(one.copy(), one.copy(), True, 1, 1, 1, 1, 0, 0, one, one)
+
+
+def _compile_act(scalar, inline):
+    g = nb.njit(scalar, error_model="numpy", inline=inline)
+    eps16 = 16 * np.finfo(float).eps
+
+    @nb.njit(inline="always", error_model="numpy")
+    def ev(s1, s2, c):
+        # stax._closed_map's evaluator: |c| within 16 ulps of t = s1 s2 snaps to +-t
+        t = s1 * s2
+        d = (t - c) * (t + c)
+        near = d <= eps16 * (t * t)
+        c = np.copysign(t, c) if near else c
+        r = 0.0 if near else np.sqrt(max(d, 0.0))
+        return g(s1, s2, c, r, vecmath.angle(r, c, t))
+
+    @nb.njit(inline="always", error_model="numpy")
+    def block(kin, tin, w, b, case, s1t, s2t, outk, outt, n):
+        # the map over one (i, i') block of n = W W entries, flat and branch-free so that LLVM
+        # vectorizes it: case 0, no NTK; 1, NTK = the pre-activation K (first affine layer);
+        # 2, NTK = K + w Theta_in; 3, NTK = Theta_in (an activation not right after a conv)
+        if case == 0:
+            for m in range(n):
+                x, xd = ev(s1t[m], s2t[m], w * kin[m] + b)
+                outk[m] = x
+        elif case == 1:
+            for m in range(n):
+                k = w * kin[m] + b
+                x, xd = ev(s1t[m], s2t[m], k)
+                outk[m] = x
+                outt[m] = k * xd
+        elif case == 2:
+            for m in range(n):
+                k = w * kin[m] + b
+                x, xd = ev(s1t[m], s2t[m], k)
+                outk[m] = x
+                outt[m] = (k + w * tin[m]) * xd
+        else:
+            for m in range(n):
+                x, xd = ev(s1t[m], s2t[m], kin[m])
+                outk[m] = x
+                outt[m] = tin[m] * xd
+
+    @nb.njit(nogil=True, error_model="numpy")
+    def conv_map(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, w, b, s1, s2, Kout, Tout, Hpo, Wpo,
+                 oh, ow, row, rowt):
+        n = Wo * Wo
+        s1t, s2t, outk, outt = _tiles(s1, s2, Ho, Wo)
+        case = 0 if not want_t else (1 if t_zero else 2)
+        for i in range(Ho):
+            for ii in range(Ho):
+                _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, row, rowt)
+                block(row, rowt, w, b, case, s1t[i], s2t[ii], outk, outt, n)
+                _store(outk, outt, want_t, Kout, Tout, Hpo, Wpo, oh, ow, i, ii, Wo)
+
+    @nb.njit(nogil=True, error_model="numpy")
+    def map_inplace(K, T, want_t, H, W, Hp, Wp, oh, ow, s1, s2):
+        # the map on the interior (offsets oh, ow) of K (and the NTK product on T), in place
+        n = W * W
+        s1t, s2t, outk, outt = _tiles(s1, s2, H, W)
+        kin, tin = np.empty(n), np.empty(n)
+        for i in range(H):
+            for ii in range(H):
+                for j in range(W):
+                    ob = _at(oh + i, ow + j, oh + ii, ow, Hp, Wp)
+                    for jj in range(W):
+                        kin[j * W + jj] = K[ob + jj]
+                        tin[j * W + jj] = T[ob + jj]
+                block(kin, tin, 1.0, 0.0, 3 if want_t else 0, s1t[i], s2t[ii], outk, outt, n)
+                _store(outk, outt, want_t, K, T, Hp, Wp, oh, ow, i, ii, W)
+
+    return conv_map, map_inplace
+
+
+@nb.njit(nogil=True, cache=True)
+def _tiles(s1, s2, H, W):
+    """Per output row i, s1 of entry (j, j') (s1t[i, j W + j'] = s1[i W + j]) and per row i' s2
+    (s2t[i', j W + j'] = s2[i' W + j']): flat operands for the map's block loop; two out rows."""
+    n = W * W
+    s1t, s2t = np.empty((H, n)), np.empty((H, n))
+    for i in range(H):
+        for j in range(W):
+            for jj in range(W):
+                s1t[i, j * W + jj] = s1[i * W + j]
+                s2t[i, j * W + jj] = s2[i * W + jj]
+    return s1t, s2t, np.empty(n), np.empty(n)
+
+
+@nb.njit(inline="always", cache=True)
+def _store(outk, outt, want_t, Kout, Tout, Hp, Wp, oh, ow, i, ii, W):
+    for j in range(W):
+        ob = _at(oh + i, ow + j, oh + ii, ow, Hp, Wp)
+        rb = j * W
+        for jj in range(W):
+            Kout[ob + jj] = outk[rb + jj]
+        if want_t:
+            for jj in range(W):
+                Tout[ob + jj] = outt[rb + jj]
+
+
+@nb.njit(inline="always", cache=True)
+def _at(a, c, e, f, Hp, Wp):
+    """Flat index of (a, c, e, f) in a (Hp, Wp, Hp, Wp) buffer."""
+    return ((a * Wp + c) * Hp + e) * Wp + f
+
+
+@nb.njit(nogil=True, inline="always", cache=True)
+def _taps(Kin, Tin, t_zero, want_t, Hp, Wp, fh, fw, sh, sw, i, ii, Wo, row, rowt):
+    """row[j Wo + j'] = sum_{u, v} Kin[sh i + u, sw j + v, sh i' + u, sw j' + v] (and Tin's): the
+    same offset on both members of the pair (Novak et al. 2019, eq. (7))."""
+    n = Wo * Wo
+    for m in range(n):
+        row[m] = 0.0
+    tt = want_t and not t_zero
+    if tt:
+        for m in range(n):
+            rowt[m] = 0.0
+    for u in range(fh):
+        for v in range(fw):
+            for j in range(Wo):
+                base = _at(sh * i + u, sw * j + v, sh * ii + u, v, Hp, Wp)
+                rb = j * Wo
+                if sw == 1:  # unit stride: contiguous loads, vectorized
+                    for jj in range(Wo):
+                        row[rb + jj] += Kin[base + jj]
+                    if tt:
+                        for jj in range(Wo):
+                            rowt[rb + jj] += Tin[base + jj]
+                else:
+                    for jj in range(Wo):
+                        row[rb + jj] += Kin[base + sw * jj]
+                    if tt:
+                        for jj in range(Wo):
+                            rowt[rb + jj] += Tin[base + sw * jj]
+
+
+@nb.njit(nogil=True, error_model="numpy", cache=True)
+def _conv(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, w, b, Kout, Tout, Hpo, Wpo, oh, ow, row,
+          rowt):
+    for i in range(Ho):
+        for ii in range(Ho):
+            _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, row, rowt)
+            for j in range(Wo):
+                ob = _at(oh + i, ow + j, oh + ii, ow, Hpo, Wpo)
+                rb = j * Wo
+                for jj in range(Wo):
+                    k = w * row[rb + jj] + b
+                    Kout[ob + jj] = k
+                    if want_t:
+                        Tout[ob + jj] = k if t_zero else k + w * rowt[rb + jj]
+
+
+@nb.njit(nogil=True, error_model="numpy", cache=True)
+def _pool(Kin, Tin, want_t, Hpi, Wpi, wh, ww, sh, sw, Ho, Wo, div_h, div_w, Kout, Tout, Hpo, Wpo, oh, ow, row,
+          rowt):
+    """sum_{o, o'} K[st s + o, st s' + o'] / divisors: both offsets independent (pools)."""
+    n = Wo * Wo
+    for i in range(Ho):
+        for ii in range(Ho):
+            for m in range(n):
+                row[m] = 0.0
+                rowt[m] = 0.0
+            for u in range(wh):
+                for u2 in range(wh):
+                    for j in range(Wo):
+                        for v in range(ww):
+                            base = _at(sh * i + u, sw * j + v, sh * ii + u2, 0, Hpi, Wpi)
+                            rb = j * Wo
+                            for jj in range(Wo):
+                                acc = 0.0
+                                for v2 in range(ww):
+                                    acc += Kin[base + sw * jj + v2]
+                                row[rb + jj] += acc
+                            if want_t:
+                                for jj in range(Wo):
+                                    acc = 0.0
+                                    for v2 in range(ww):
+                                        acc += Tin[base + sw * jj + v2]
+                                    rowt[rb + jj] += acc
+            dh = div_h[i] * div_h[ii]
+            for j in range(Wo):
+                ob = _at(oh + i, ow + j, oh + ii, ow, Hpo, Wpo)
+                rb = j * Wo
+                for jj in range(Wo):
+                    den = dh * div_w[j] * div_w[jj]
+                    Kout[ob + jj] = row[rb + jj] / den
+                    if want_t:
+                        Tout[ob + jj] = rowt[rb + jj] / den
+
+
+@nb.njit(nogil=True, cache=True)
+def _wrap(K, H, W, lo_h, lo_w):
+    """Fill the padding of K (4-D; interior (H, W) at (lo_h, lo_w)) with the periodic images."""
+    Hp, Wp = K.shape[0], K.shape[1]
+    for a in range(Hp):
+        ia = (a - lo_h) % H + lo_h
+        for c in range(Wp):
+            ic = (c - lo_w) % W + lo_w
+            for e in range(Hp):
+                ie = (e - lo_h) % H + lo_h
+                inner_ace = ia == a and ic == c and ie == e
+                for f in range(Wp):
+                    if inner_ace and lo_w <= f < lo_w + W:
+                        continue
+                    K[a, c, e, f] = K[ia, ic, ie, (f - lo_w) % W + lo_w]
+
+
+@nb.njit(nogil=True, cache=True)
+def _reduce(K, H, W, kind):
+    """flatten (0): the mean of K[s, s]; mean (1) / sum (2) over all pairs, row by row."""
+    if kind == 0:
+        acc = 0.0
+        for i in range(H):
+            for j in range(W):
+                acc += K[_at(i, j, i, j, H, W)]
+        return acc / (H * W)
+    total = 0.0
+    P = H * W
+    for m in range(P):
+        part = 0.0
+        for q in range(P):
+            part += K[m * P + q]
+        total += part
+    return total / (P * P) if kind == 1 else total
+
+
+@nb.njit(nogil=True, cache=True)
+def _diag_std(K, H, W, Hp, Wp, oh, ow):
+    s = np.empty(H * W)
+    for i in range(H):
+        for j in range(W):
+            s[i * W + j] = np.sqrt(K[_at(oh + i, ow + j, oh + i, ow + j, Hp, Wp)])
+    return s
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------
+
+class _ZeroVariance(Exception):
+    """A pixel of zero variance before an activation: the layer path handles that case."""
+
+
+def _buffers(p: Plan, want_t):
+    """Per-thread buffers: for op k its padded input (K, T, (Hp, Wp)) (flat (Hp Wp)^2 arrays),
+    the last one the terminal's input; and two row scratches."""
+    dims = [(op.in_hw[0] + op.pad[0] + op.pad[1], op.in_hw[1] + op.pad[2] + op.pad[3]) for op in p.ops]
+    dims.append(p.ops[-1].out_hw)
+    bufs = []
+    for H, W in dims:
+        K = np.zeros((H * W) ** 2)
+        bufs.append((K, np.zeros_like(K) if want_t else K, (H, W)))
+    wmax = max(op.out_hw[1] for op in p.ops)
+    return bufs, np.zeros(wmax * wmax), np.zeros(wmax * wmax)
+
+
+def _pad_image(x, op: _Op):
+    lh, hh, lw, hw = op.pad
+    return np.pad(x, ((lh, hh), (lw, hw), (0, 0)), mode="wrap" if op.circular else "constant")
+
+
+def _pair(p: Plan, xa, xb, sa, sb, want_t, scratch, record):
+    """(K, Theta) of one pair at the terminal; ``record``: the slots' standard deviations (self pair)."""
+    bufs, row, rowt = scratch
+    K, T, (Hp, Wp) = bufs[0]
+    # the input layer, K[s, s'] = x_s . x'_s' / C, over the padded grid (zero or wrapped rows)
+    np.matmul(xa, xb.T, out=K.reshape(Hp * Wp, Hp * Wp))
+    t_zero = True
+    for k, op in enumerate(p.ops):
+        Kin, Tin, (Hpi, Wpi) = bufs[k]
+        Kout, Tout, (Hpo, Wpo) = bufs[k + 1]
+        nxt = p.ops[k + 1] if k + 1 < len(p.ops) else None
+        oh, ow = (nxt.pad[0], nxt.pad[2]) if nxt is not None else (0, 0)
+        Ho, Wo = op.out_hw
+        if op.kind == "conv":
+            (fh, fw), (sh, sw) = op.window, op.strides
+            if op.act is not None and record is None:
+                op.act[0](Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, op.w, op.b, sa[op.act_slot],
+                          sb[op.act_slot], Kout, Tout, Hpo, Wpo, oh, ow, row, rowt)
+            else:
+                _conv(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, op.w, op.b, Kout, Tout, Hpo, Wpo,
+                      oh, ow, row, rowt)
+                if op.act is not None:
+                    _self_map(op, Kout, Tout, want_t, Ho, Wo, Hpo, Wpo, oh, ow, record)
+            t_zero = False
+        elif op.kind == "pool":
+            (wh, ww), (sh, sw) = op.window, op.strides
+            _pool(Kin, Tin, want_t and not t_zero, Hpi, Wpi, wh, ww, sh, sw, Ho, Wo, op.div_h, op.div_w, Kout, Tout,
+                  Hpo, Wpo, oh, ow, row, rowt)
+        else:  # an activation after a pool: copy into the next buffer's interior, map in place
+            for src, dst in ((Kin, Kout), (Tin, Tout)) if want_t else ((Kin, Kout),):
+                dst.reshape(Hpo, Wpo, Hpo, Wpo)[oh:oh + Ho, ow:ow + Wo, oh:oh + Ho, ow:ow + Wo] = \
+                    src.reshape(Ho, Wo, Ho, Wo)
+            if record is None:
+                op.act[1](Kout, Tout, want_t, Ho, Wo, Hpo, Wpo, oh, ow, sa[op.act_slot], sb[op.act_slot])
+            else:
+                _self_map(op, Kout, Tout, want_t, Ho, Wo, Hpo, Wpo, oh, ow, record)
+        if nxt is not None and nxt.circular:
+            for buf in ((Kout, Tout) if want_t else (Kout,)):
+                _wrap(buf.reshape(Hpo, Wpo, Hpo, Wpo), Ho, Wo, oh, ow)
+    K, T, (H, W) = bufs[-1]
+    kind = {"flatten": 0, "mean": 1, "sum": 2}[p.terminal]
+    return _reduce(K, H, W, kind), (_reduce(T, H, W, kind) if want_t and not t_zero else 0.0)
+
+
+def _self_map(op, K, T, want_t, H, W, Hp, Wp, oh, ow, record):
+    s = _diag_std(K, H, W, Hp, Wp, oh, ow)
+    if not np.all(s > 0):
+        raise _ZeroVariance
+    record[op.act_slot] = s
+    op.act[1](K, T, want_t, H, W, Hp, Wp, oh, ow, s, s)
+
+
+def run(p: Plan, X1, X2, symmetric, want_ntk, threads=None):
+    """(nngp, ntk, cov1, cov2) at the terminal: (N1, N2) arrays and the self values (N1,), (N2,)
+    (None when symmetric); None when a pixel has zero variance before an activation (the layer
+    path handles that case)."""
+    from limitlab.numerics.arrays import single_threaded_blas
+
+    H, W = p.spatial_in
+    C = X1.shape[-1]
+    first = p.ops[0]
+
+    def images(X, scale):  # padded for the first layer, flat (Hp Wp, C); 1/C folded into one side
+        X = X.reshape(X.shape[0], H, W, C)
+        return [np.ascontiguousarray(_pad_image(x, first).reshape(-1, C) * scale) for x in X]
+
+    left1, right1 = images(X1, 1.0 / C), images(X1, 1.0)
+    left2, right2 = (left1, right1) if symmetric else (images(X2, 1.0 / C), images(X2, 1.0))
+    n1, n2 = len(left1), len(right2)
+    threads = threads or nb.get_num_threads()
+    local = threading.local()
+
+    def scratch():
+        if not hasattr(local, "s"):
+            local.s = _buffers(p, want_ntk)
+        return local.s
+
+    def self_pairs(left, right):
+        def one(a):
+            rec = [None] * p.n_slots
+            return _pair(p, left[a], right[a], None, None, want_ntk, scratch(), rec), rec
+        return one
+
+    if symmetric:
+        pairs = [(a, b) for a in range(n1) for b in range(a + 1, n1)]
+    else:
+        pairs = [(a, b) for a in range(n1) for b in range(n2)]
+    try:
+        with single_threaded_blas(), ThreadPoolExecutor(max_workers=threads) as pool:
+            s1 = list(pool.map(self_pairs(left1, right1), range(n1)))
+            s2 = s1 if symmetric else list(pool.map(self_pairs(left2, right2), range(n2)))
+            sa, sb = [r[1] for r in s1], [r[1] for r in s2]
+
+            def one(ab):
+                a, b = ab
+                return _pair(p, left1[a], right2[b], sa[a], sb[b], want_ntk, scratch(), None)
+
+            values = list(pool.map(one, pairs, chunksize=max(1, len(pairs) // (16 * threads))))
+    except _ZeroVariance:
+        return None
+    nngp = np.empty((n1, n2))
+    ntk = np.empty((n1, n2)) if want_ntk else None
+    if pairs:
+        a, b = np.array(pairs).T
+        v = np.array(values)
+        nngp[a, b] = v[:, 0]
+        if want_ntk:
+            ntk[a, b] = v[:, 1]
+        if symmetric:
+            nngp[b, a] = v[:, 0]
+            if want_ntk:
+                ntk[b, a] = v[:, 1]
+    selfv = np.array([r[0] for r in s1])
+    if symmetric:
+        idx = np.arange(n1)
+        nngp[idx, idx] = selfv[:, 0]
+        if want_ntk:
+            ntk[idx, idx] = selfv[:, 1]
+        return nngp, ntk, None, None
+    return nngp, ntk, selfv[:, 0], np.array([r[0] for r in s2])[:, 0]
