@@ -61,6 +61,7 @@ from limitlab.numerics import codegen, solvers
 from limitlab.theory import activations as _act
 
 from limitlab.numerics import validation as validate
+from limitlab.numerics.linalg import psd_sqrt
 
 from .gradient_flow import _real_array
 
@@ -82,23 +83,10 @@ def input_kernel(X) -> np.ndarray:
     return X @ X.T / X.shape[1]
 
 
-def _psd_sqrt(k, name):
-    k = np.asarray(k, dtype=float)
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or not np.all(np.isfinite(k)):
-        raise ValueError(f"{name}: expected a finite square (P, P) matrix, got shape {k.shape}")
-    if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(k).max())):
-        raise ValueError(f"{name}: must be symmetric")
-    ev, U = np.linalg.eigh(0.5 * (k + k.T))
-    if ev.min() < -1e-10 * max(ev.max(), 1e-300) * k.shape[0]:
-        raise ValueError(f"{name}: must be positive semi-definite (a Gram matrix X X^T / D), "
-                         f"smallest eigenvalue {ev.min():.3g}")
-    return U * np.sqrt(np.maximum(ev, 0.0))
-
-
 def _check_common(kx, y, gamma0, T, dt):
     kx = _real_array(kx, "kx")
     y = _real_array(y, "y")
-    root = _psd_sqrt(kx, "kx")
+    root = psd_sqrt(kx, "kx")
     if y.shape != (kx.shape[0],) or not np.all(np.isfinite(y)):
         raise ValueError(f"y: expected finite targets of shape ({kx.shape[0]},), got {y.shape}")
     gamma0 = validate.real(gamma0, "gamma0", at_least=0.0, meaning="richness")
@@ -282,7 +270,7 @@ def _exact_init_kernels(act, kx):
     if dual.closed_form:  # the activation's own closed kernel pair (Cho & Saul, Williams, ...)
         q1, q2 = np.broadcast_arrays(d[:, None], d[None, :])
         return dual.evaluate(q1, q2, kx)
-    root = _psd_sqrt(kx, "kx")
+    root = psd_sqrt(kx, "kx")
     X = root * math.sqrt(root.shape[1])  # any X with X X^T / D = K^x
     nngp = MLP(1, act, weight_var=1.0, bias_var=0.0).nngp(X)
     dact = _act.get(act.derivative_expr)
@@ -825,17 +813,6 @@ def _deep_linear_picard(kx, y, depth, gamma0, T, dt, damping=0.0, tol=1e-10, max
 
 
 # ---------------------------------------------------------------------- deep nonlinear
-def _sqrt_psd(M):
-    ev, U = np.linalg.eigh(0.5 * (M + M.T))
-    return U * np.sqrt(np.maximum(ev, 0.0))
-
-
-def _pinv_psd(M, rcond):
-    ev, U = np.linalg.eigh(0.5 * (M + M.T))
-    keep = ev > rcond * ev.max()
-    return (U[:, keep] / ev[keep]) @ U[:, keep].T
-
-
 def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int = 20, dt: float = 0.1,
          samples: int = 20_000, seed=0, damping: float = 0.5, tol: float = 1e-8, maxiter: int = 200,
          resp_samples: int = 5_000, strict: bool = False, max_error_growth: float = 1e3) -> DeepResult:
@@ -868,7 +845,7 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     rng = np.random.default_rng(seed)
     zeta_u = {l: rng.standard_normal((S, n)) for l in range(2, L + 1)}
     zeta_r = {l: rng.standard_normal((S, n)) for l in range(1, L)}
-    u1 = np.tile(rng.standard_normal((S, P)) @ _psd_sqrt(kx, "kx").T, (1, T1))
+    u1 = np.tile(rng.standard_normal((S, P)) @ psd_sqrt(kx, "kx").T, (1, T1))
     w0 = rng.standard_normal(S)
     mask = _causal_mask(T1, P, dt)
     causal = mask > 0
@@ -945,8 +922,8 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
         for l in range(1, L + 1):
             C = (A[l - 1] + Phi[l - 1] * md) * gamma0
             D = (B[l] + G[l + 1] * md) * gamma0
-            u = u1 if l == 1 else zeta_u[l] @ _sqrt_psd(Phi[l - 1]).T
-            r = np.repeat(w0[:, None], n, axis=1) if l == L else zeta_r[l] @ _sqrt_psd(G[l + 1]).T
+            u = u1 if l == 1 else zeta_u[l] @ psd_sqrt(Phi[l - 1]).T
+            r = np.repeat(w0[:, None], n, axis=1) if l == L else zeta_r[l] @ psd_sqrt(G[l + 1]).T
             h, z, ph, g = simulate(u, r, C, D)
             new[("Phi", l)] = ph.T @ ph / S
             new[("G", l)] = g.T @ g / S
@@ -985,6 +962,6 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
 def _lazy_ntk(act, kx, depth):
     from limitlab.theory.kernels.mlp import MLP
     # MLP.ntk needs inputs; the DMFT needs only K^x: use a square root of it as inputs (X X^T / P = K^x)
-    root = _psd_sqrt(kx, "kx")
+    root = psd_sqrt(kx, "kx")
     X = root * math.sqrt(root.shape[1])
     return MLP(depth, act, weight_var=1.0, bias_var=0.0).ntk(X)

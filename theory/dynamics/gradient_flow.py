@@ -29,8 +29,9 @@ from typing import Optional
 import numpy as np
 
 from limitlab.numerics import validation as validate
+from limitlab.numerics.linalg import psd_eigh
 
-__all__ = ["Gaussian", "gradient_descent_mse_ensemble", "predict_mlp", "check_psd"]
+__all__ = ["Gaussian", "gradient_descent_mse_ensemble", "predict_mlp"]
 
 
 @dataclass
@@ -57,18 +58,6 @@ def _as_matrix(a, name, shape0=None, square=False):
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name}: contains non-finite values")
     return a
-
-
-def check_psd(k, name, tol=1e-10):
-    """Symmetric eigendecomposition of a kernel; ValueError naming ``name`` if not PSD."""
-    if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(k).max())):
-        raise ValueError(f"{name}: must be symmetric (a kernel matrix)")
-    evals, evecs = np.linalg.eigh(0.5 * (k + k.T))
-    scale = max(np.abs(evals).max(), np.finfo(float).tiny)
-    if evals.min() < -tol * scale * k.shape[0]:
-        raise ValueError(f"{name}: must be positive semi-definite, smallest eigenvalue {evals.min():.3g} "
-                         f"(largest {evals.max():.3g})")
-    return np.maximum(evals, 0.0), evecs, scale
 
 
 def _times(t, steps):
@@ -107,7 +96,7 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
     norm = float(y.size if normalization is None else normalization)
     if not np.isfinite(norm) or norm <= 0:
         raise ValueError(f"normalization: must be > 0, got {normalization!r}")
-    evals, evecs, _ = check_psd(theta, "ntk_train_train")
+    evals, evecs, _ = psd_eigh(theta, "ntk_train_train")
     if diag_reg:
         reg = diag_reg if diag_reg_absolute_scale else diag_reg * np.trace(theta) / n
         theta = theta + reg * np.eye(n)
@@ -117,7 +106,7 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
         K = _as_matrix(nngp_train_train, "nngp_train_train", square=True)
         if K.shape != theta.shape:
             raise ValueError(f"nngp_train_train: expected shape {theta.shape}, got {K.shape}")
-        check_psd(K, "nngp_train_train")
+        psd_eigh(K, "nngp_train_train")
     rate = learning_rate / norm
     if steps and evals.max() * rate >= 2.0:
         raise ValueError(f"learning_rate: {learning_rate} diverges for discrete steps "

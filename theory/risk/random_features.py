@@ -28,6 +28,11 @@ with h increasing, h(0) < 0 < h(P_max): exactly one root on the bracket. It is f
 Newton steps safeguarded by bisection (compiled, vectorized), and every point's residual
 in the original complex equations is checked. At s = 0, P = P_max: the paper's ridgeless
 closed form (Theorem 3).
+
+Why this module keeps its own compiled root finder instead of ``numerics.solvers.find_root``:
+h has a cheap closed-form derivative and a known bracket, so compiled Newton per point is
+several times faster than a derivative-free vectorized bracket method on the same grid, at
+the same accuracy (measured: docs/benchmarks.md, "Solvers").
 """
 from __future__ import annotations
 
