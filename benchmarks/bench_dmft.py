@@ -58,9 +58,9 @@ def two_layer(quick):
 def deep_linear(quick, full):
     L = 5
     kx, y = _data(20)
-    dmft.deep_linear(kx, y, L, 0.5, 5, 0.02)  # warm-up (imports, BLAS start-up)
+    dmft.linear(kx, y, L, 0.5, 5, 0.02)  # warm-up (imports, BLAS start-up)
     reps = 2 if quick else 5
-    runs = [timed(lambda: dmft.deep_linear(kx, y, L, 0.5, 100, 0.02)) for _ in range(reps)]
+    runs = [timed(lambda: dmft.linear(kx, y, L, 0.5, 100, 0.02)) for _ in range(reps)]
     r = runs[-1][0]
     wall, cpu = min(x[1] for x in runs), min(x[2] for x in runs)
     print(f"deep linear (march) L={L} P=20 T=100 gamma0=0.5: wall {wall:.3f} s, cpu {cpu:.3f} s (min of {reps}; "
@@ -73,9 +73,9 @@ def deep_linear(quick, full):
         return min(timed(fn)[1] for _ in range(k))
 
     Ts = (25, 50, 100) if quick else (25, 50, 100, 200, 400)
-    tt = [best(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02)) for T in Ts]
+    tt = [best(lambda: dmft.linear(kx, y, L, 0.5, T, 0.02)) for T in Ts]
     Ps = (5, 10, 20, 40) if not quick else (5, 10, 20)
-    tp = [best(lambda: dmft.deep_linear(*_data(P), L, 0.5, 100, 0.02)) for P in Ps]
+    tp = [best(lambda: dmft.linear(*_data(P), L, 0.5, 100, 0.02)) for P in Ps]
     print("  march wall s by T (P=20): " + ", ".join(f"T={T}: {t:.3f}" for T, t in zip(Ts, tt)))
     print("  march wall s by P (T=100): " + ", ".join(f"P={P}: {t:.3f}" for P, t in zip(Ps, tp)))
     print(f"  growth: time ~ T^{slope(Ts[-3:], tt[-3:]):.2f} (largest three T), P^{slope(Ps, tp):.2f}; "
@@ -84,9 +84,9 @@ def deep_linear(quick, full):
     Tr = (10, 20) if quick or not full else (10, 20, 40)
     tr = []
     for T in Tr:
-        rr, wall, cpu = timed(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02, method="picard"))
+        rr, wall, cpu = timed(lambda: dmft.linear(kx, y, L, 0.5, T, 0.02, method="picard"))
         tr.append(wall)
-        tm = best(lambda: dmft.deep_linear(kx, y, L, 0.5, T, 0.02))
+        tm = best(lambda: dmft.linear(kx, y, L, 0.5, T, 0.02))
         print(f"  reference picard T={T}: wall {wall:.2f} s, {rr.solver.iterations} sweeps (march {tm:.4f} s)")
     e = slope(Tr, tr)
     print(f"  reference growth T^{e:.2f}; extrapolated to T=100: {tr[-1] * (100 / Tr[-1]) ** e:.0f} s")

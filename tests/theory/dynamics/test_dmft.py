@@ -64,7 +64,7 @@ def test_two_layer_monte_carlo_converges_to_the_linear_closed_form_as_dt_shrinks
 def test_deep_linear_ntk_at_initialisation_is_depth_plus_one_input_kernels():
     _, kx, y = _data()
     for L in (1, 3):
-        r = dmft.deep_linear(kx, y, L, 1.0, 10, 0.05)
+        r = dmft.linear(kx, y, L, 1.0, 10, 0.05)
         assert r.solver.converged
         np.testing.assert_allclose(r.ntk(0), (L + 1) * kx, rtol=1e-12)
 
@@ -73,9 +73,9 @@ def test_deep_linear_lazy_limit_and_order_gamma0_squared_kernel_change():
     _, kx, y = _data()
     L, T, dt = 3, 20, 0.05
     lazy = dmft.lazy_prediction((L + 1) * kx, y, T, dt)
-    r0 = dmft.deep_linear(kx, y, L, 1e-6, T, dt)
+    r0 = dmft.linear(kx, y, L, 1e-6, T, dt)
     np.testing.assert_allclose(r0.f, lazy, atol=1e-10)
-    ch = [np.linalg.norm(dmft.deep_linear(kx, y, L, g, T, dt).ntk(T) - (L + 1) * kx) for g in (0.01, 0.02)]
+    ch = [np.linalg.norm(dmft.linear(kx, y, L, g, T, dt).ntk(T) - (L + 1) * kx) for g in (0.01, 0.02)]
     assert ch[1] / ch[0] == pytest.approx(4.0, rel=1e-2)
 
 
@@ -83,7 +83,7 @@ def test_deep_linear_lazy_limit_and_order_gamma0_squared_kernel_change():
 def test_deep_linear_one_layer_agrees_with_two_layer_monte_carlo():
     _, kx, y = _data(P=3)
     T, dt = 20, 0.05
-    closed = dmft.deep_linear(kx, y, 1, 1.0, T, dt)
+    closed = dmft.linear(kx, y, 1, 1.0, T, dt)
     mc = dmft.two_layer(kx, y, "identity", 1.0, T, dt, samples=200_000, seed=2)
     np.testing.assert_allclose(mc.f, closed.f, atol=2e-3)
     np.testing.assert_allclose(mc.K[-1, -1], closed.ntk(T), atol=1e-2)
@@ -94,7 +94,7 @@ def test_deep_single_site_linear_agrees_with_closed_equations():
     # Monte Carlo with 2e4 sites: f to ~5e-3, response A to ~1e-3 (of 0.09)
     _, kx, y = _data(P=2)
     T, dt = 8, 0.1
-    closed = dmft.deep_linear(kx, y, 2, 1.0, T, dt)
+    closed = dmft.linear(kx, y, 2, 1.0, T, dt)
     mc = dmft.deep(kx, y, 2, "identity", 1.0, T, dt, samples=20_000, seed=4, damping=0.3, tol=1e-6, maxiter=60)
     assert mc.solver.converged
     np.testing.assert_allclose(mc.f, closed.f, atol=1.5e-2)
@@ -113,16 +113,16 @@ def test_deep_single_site_one_layer_agrees_with_two_layer_solver():
 
 def test_convergence_is_reported_and_strict_mode_raises():
     _, kx, y = _data()
-    r = dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, method="picard")
+    r = dmft.linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, method="picard")
     assert not r.solver.converged and r.solver.iterations == 1
     with pytest.raises(ConvergenceError):
-        dmft.deep_linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, strict=True, method="picard")
+        dmft.linear(kx, y, 3, 1.0, 20, 0.05, maxiter=1, strict=True, method="picard")
     # the march has no iteration: it reports non-finite values (here gradient descent with dt far above
     # 2 / lambda_max of the NTK diverges)
-    r = dmft.deep_linear(kx, y, 3, 1.0, 200, 2.0)
+    r = dmft.linear(kx, y, 3, 1.0, 200, 2.0)
     assert not r.solver.converged and not np.all(np.isfinite(r.f))
     with pytest.raises(ConvergenceError):
-        dmft.deep_linear(kx, y, 3, 1.0, 200, 2.0, strict=True)
+        dmft.linear(kx, y, 3, 1.0, 200, 2.0, strict=True)
 
 
 @pytest.mark.parametrize("depth,gamma0", [(2, 0.5), (2, 1.0), (3, 0.5), (3, 1.0), (3, 1.5)])
@@ -133,8 +133,8 @@ def test_deep_linear_march_equals_the_picard_reference(depth, gamma0):
     # (the reference needs its continuation in gamma0 there).
     _, kx, y = _data()
     T, dt = 10, 0.05
-    ref = dmft.deep_linear(kx, y, depth, gamma0, T, dt, method="picard")
-    new = dmft.deep_linear(kx, y, depth, gamma0, T, dt)
+    ref = dmft.linear(kx, y, depth, gamma0, T, dt, method="picard")
+    new = dmft.linear(kx, y, depth, gamma0, T, dt)
     assert ref.solver.converged and new.solver.converged and new.solver.iterations == 1 and new.solver.residual < 1e-12
     np.testing.assert_allclose(new.f, ref.f, rtol=0, atol=1e-8)
     for name in ("Phi", "G", "A", "B"):
@@ -148,9 +148,9 @@ def test_deep_linear_march_equals_the_picard_reference(depth, gamma0):
 def test_deep_linear_march_lazy_limit_is_exact_and_matrices_are_built_on_demand():
     _, kx, y = _data()
     L, T, dt = 2, 15, 0.1
-    r = dmft.deep_linear(kx, y, L, 0.0, T, dt)
+    r = dmft.linear(kx, y, L, 0.0, T, dt)
     np.testing.assert_allclose(r.f, dmft.lazy_prediction((L + 1) * kx, y, T, dt), rtol=0, atol=1e-13)
-    r = dmft.deep_linear(kx, y, L, 1.0, T, dt)
+    r = dmft.linear(kx, y, L, 1.0, T, dt)
     assert list(r.Phi) == [0, 1, 2] and list(r.G) == [1, 2, 3] and list(r.A) == [0, 1] and list(r.B) == [1, 2]
     assert r.Phi[2] is r.Phi[2]  # built once, then kept
     np.testing.assert_allclose(r.Phi[2], r.Phi[2].T, atol=1e-13)
@@ -190,7 +190,7 @@ def test_deep_linear_strong_coupling_agrees_with_finite_width_networks():
     # (4e-3 at early steps, where f_0 = O(1 / (gamma0 sqrt N)) noise dominates); the rich solution is 0.49 from lazy.
     X, kx, y = _data()
     L, g, T, dt = 3, 3.0, 20, 0.05
-    r = dmft.deep_linear(kx, y, L, g, T, dt)
+    r = dmft.linear(kx, y, L, g, T, dt)
     assert r.solver.converged
     runs = np.array([[_train_mup_deep_linear(X, y, L, g, T, dt, 512, s, sg) for sg in (1.0, -1.0)] for s in range(16)])
     pairs = runs.mean(axis=1)
@@ -207,7 +207,7 @@ def test_bad_inputs_raise_clear_errors():
     bad = kx.copy()
     bad[0, 1] = bad[1, 0] = 10.0
     with pytest.raises(ValueError, match="positive semi-definite"):
-        dmft.deep_linear(bad, y, 2, 1.0, 10, 0.1)
+        dmft.linear(bad, y, 2, 1.0, 10, 0.1)
     with pytest.raises(ValueError, match="T"):
         dmft.two_layer(kx, y, "tanh", 1.0, 0, 0.1, samples=100)
     with pytest.raises(ValueError, match="t"):
@@ -215,7 +215,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="gamma0"):
         dmft.deep(kx, y, 2, "tanh", 0.0, 5, 0.1, samples=100)
     with pytest.raises(ValueError, match="dt"):
-        dmft.deep_linear(kx, y, 2, 1.0, 10, -0.1)
+        dmft.linear(kx, y, 2, 1.0, 10, -0.1)
 
 
 def _user_problem():
@@ -226,18 +226,18 @@ def _user_problem():
 def test_diverging_deep_linear_is_not_reported_converged():
     # the user's case: gamma0 = 5, dt = 0.1 blew up to ~1e24..1e45 with converged=True
     kx, y = _user_problem()
-    r = dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1)
+    r = dmft.linear(kx, y, 2, 5.0, 26, 0.1)
     assert np.all(np.isfinite(r.f)) and np.abs(r.f).max() > 1e20
     assert not r.solver.converged and "diverges" in r.solver.message and "dt" in r.solver.message
-    with pytest.raises(ConvergenceError, match="deep_linear: gradient descent diverges"):
-        dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, strict=True)
+    with pytest.raises(ConvergenceError, match="linear: gradient descent diverges"):
+        dmft.linear(kx, y, 2, 5.0, 26, 0.1, strict=True)
     # the same dynamics before the blow-up stay bounded (|y - f| <= 3 |y|): converged
-    early = dmft.deep_linear(kx, y, 2, 5.0, 20, 0.1)
+    early = dmft.linear(kx, y, 2, 5.0, 20, 0.1)
     assert early.solver.converged and early.solver.message == ""
     np.testing.assert_array_equal(early.f, r.f[:21])  # causal: the longer run starts with the same steps
     # the threshold is the documented parameter
-    assert dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, max_error_growth=1e30).solver.converged
-    stable = dmft.deep_linear(kx, y, 2, 1.0, 30, 0.1, strict=True)
+    assert dmft.linear(kx, y, 2, 5.0, 26, 0.1, max_error_growth=1e30).solver.converged
+    stable = dmft.linear(kx, y, 2, 1.0, 30, 0.1, strict=True)
     assert stable.solver.converged and np.abs(y - stable.f[-1]).max() < 0.05
 
 
@@ -246,7 +246,7 @@ def test_divergence_matches_the_lazy_stability_boundary(factor, diverges):
     # gamma0 = 0 is NTK gradient descent with Theta = (L+1) K^x: stable iff dt * max eig(Theta) < 2
     _, kx, y = _data()
     lam = np.linalg.eigvalsh(3 * kx).max()
-    r = dmft.deep_linear(kx, y, 2, 0.0, 60, factor / lam)
+    r = dmft.linear(kx, y, 2, 0.0, 60, factor / lam)
     assert r.solver.converged is (not diverges)
     if diverges:
         assert "diverges" in r.solver.message and f"dt * max eig = {factor:.3g}" in r.solver.message
@@ -264,7 +264,7 @@ def test_diverging_two_layer_is_reported():
 
 def test_picard_failure_is_reported_as_a_solver_failure():
     kx, y = _user_problem()
-    r = dmft.deep_linear(kx, y, 2, 5.0, 26, 0.1, method="picard", maxiter=20)
+    r = dmft.linear(kx, y, 2, 5.0, 26, 0.1, method="picard", maxiter=20)
     assert not r.solver.converged and "solver did not converge" in r.solver.message
 
 
@@ -272,7 +272,7 @@ def test_picard_failure_is_reported_as_a_solver_failure():
 def test_bad_error_growth(value):
     kx, y = _user_problem()
     with pytest.raises(ValueError, match="max_error_growth"):
-        dmft.deep_linear(kx, y, 2, 1.0, 5, 0.1, max_error_growth=value)
+        dmft.linear(kx, y, 2, 1.0, 5, 0.1, max_error_growth=value)
 
 
 def test_input_kernel_rejects_empty_and_complex_input():
@@ -283,7 +283,7 @@ def test_input_kernel_rejects_empty_and_complex_input():
         dmft.input_kernel(np.ones((2, 3)) * (1 + 1j))
     kx, y = _user_problem()
     with pytest.raises(TypeError, match="y: must be real"):
-        dmft.deep_linear(kx, y + 1j, 2, 1.0, 5, 0.1)
+        dmft.linear(kx, y + 1j, 2, 1.0, 5, 0.1)
 
 
 def test_diverged_two_layer_kernels_are_nan_and_flagged():
@@ -291,3 +291,11 @@ def test_diverged_two_layer_kernels_are_nan_and_flagged():
     r = dmft.two_layer(kx, y, "tanh", 1.0, 20, 5.0, samples=2000)
     assert not r.solver.converged and np.isnan(r.K).all() and np.isnan(r.Phi).all()
     assert np.abs(r.f).max() > 1e3 * np.abs(y).max()
+
+
+def test_deep_linear_is_the_deprecated_name_of_linear():
+    # dmft.deep_linear read like the Saxe module limitlab.theory.dynamics.deep_linear; it is dmft.linear
+    _, kx, y = _data()
+    with pytest.warns(DeprecationWarning, match="dmft.deep_linear is deprecated; use dmft.linear"):
+        old = dmft.deep_linear(kx, y, 2, 0.5, 10, 0.1)
+    np.testing.assert_array_equal(old.f, dmft.linear(kx, y, 2, 0.5, 10, 0.1).f)
