@@ -221,7 +221,7 @@ def _compile_act(scalar, inline):
 
     @nb.njit(inline="always", error_model="numpy")
     def block(kin, tin, w, b, case, s1t, s2t, outk, outt, n):
-        # the map over one (i, i') block of n = W W entries, flat and branch-free so that LLVM
+        # the map over one (i, i') block of n entries, flat and branch-free so that LLVM
         # vectorizes it: case 0, no NTK; 1, NTK = the pre-activation K (first affine layer);
         # 2, NTK = K + w Theta_in; 3, NTK = Theta_in (an activation not right after a conv)
         if case == 0:
@@ -249,89 +249,104 @@ def _compile_act(scalar, inline):
     @nb.njit(nogil=True, error_model="numpy")
     def conv_map(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, w, b, s1, s2, Kout, Tout, Hpo, Wpo,
                  oh, ow, row, rowt):
-        n = Wo * Wo
-        s1t, s2t, outk, outt = _tiles(s1, s2, Ho, Wo)
+        R = Wpi if sw == 1 else Wo
+        n = (Wo - 1) * R + Wo
+        s1t, s2t, outk, outt = _tiles(s1, s2, Ho, Wo, R)
         case = 0 if not want_t else (1 if t_zero else 2)
-        for i in range(Ho):
-            for ii in range(Ho):
-                _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, row, rowt)
+        for dlt in range(1 - Ho, Ho):  # along diagonals: row pair (i, i') reuses (i-1, i'-1)'s slabs
+            for i in range(max(0, -dlt), min(Ho, Ho - dlt)):
+                ii = i + dlt
+                _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, R, row, rowt)
                 block(row, rowt, w, b, case, s1t[i], s2t[ii], outk, outt, n)
-                _store(outk, outt, want_t, Kout, Tout, Hpo, Wpo, oh, ow, i, ii, Wo)
+                _store(outk, outt, want_t, Kout, Tout, Hpo, Wpo, oh, ow, i, ii, Wo, R)
 
     @nb.njit(nogil=True, error_model="numpy")
     def map_inplace(K, T, want_t, H, W, Hp, Wp, oh, ow, s1, s2):
         # the map on the interior (offsets oh, ow) of K (and the NTK product on T), in place
         n = W * W
-        s1t, s2t, outk, outt = _tiles(s1, s2, H, W)
+        s1t, s2t, outk, outt = _tiles(s1, s2, H, W, W)
         kin, tin = np.empty(n), np.empty(n)
         for i in range(H):
             for ii in range(H):
                 for j in range(W):
-                    ob = _at(oh + i, ow + j, oh + ii, ow, Hp, Wp)
+                    ob = _at(oh + i, oh + ii, ow + j, ow, Hp, Wp)
+                    ks, ts = K[ob:ob + W], T[ob:ob + W]
                     for jj in range(W):
-                        kin[j * W + jj] = K[ob + jj]
-                        tin[j * W + jj] = T[ob + jj]
+                        kin[j * W + jj] = ks[jj]
+                        tin[j * W + jj] = ts[jj]
                 block(kin, tin, 1.0, 0.0, 3 if want_t else 0, s1t[i], s2t[ii], outk, outt, n)
-                _store(outk, outt, want_t, K, T, Hp, Wp, oh, ow, i, ii, W)
+                _store(outk, outt, want_t, K, T, Hp, Wp, oh, ow, i, ii, W, W)
 
     return conv_map, map_inplace
 
 
+# Buffers are flat (Hp, Hp', Wp, Wp') arrays: the two row axes first, so that the (j, j') plane of
+# one row pair (i, i') is one contiguous Wp x Wp slab. A stride-1 filter tap is then one flat
+# loop over the slab shifted by (v, v) (the entries past column W_out of each row are computed
+# and dropped), and the map runs over the same flat layout ("rows" of stride R).
+
+@nb.njit(inline="always", cache=True)
+def _at(a, e, c, f, Hp, Wp):
+    """Flat index of (row a, row' e, column c, column' f) in a (Hp, Hp, Wp, Wp) buffer."""
+    return ((a * Hp + e) * Wp + c) * Wp + f
+
+
 @nb.njit(nogil=True, cache=True)
-def _tiles(s1, s2, H, W):
-    """Per output row i, s1 of entry (j, j') (s1t[i, j W + j'] = s1[i W + j]) and per row i' s2
-    (s2t[i', j W + j'] = s2[i' W + j']): flat operands for the map's block loop; two out rows."""
-    n = W * W
-    s1t, s2t = np.empty((H, n)), np.empty((H, n))
+def _tiles(s1, s2, H, W, R):
+    """Per output row i, s1 of entry (j, j') (s1t[i, j R + j'] = s1[i W + j]) and per row i' s2
+    (s2t[i', j R + j'] = s2[i' W + j']), 1 in the dropped columns j' >= W; two out rows."""
+    n = (W - 1) * R + W
+    s1t, s2t = np.ones((H, n)), np.ones((H, n))
     for i in range(H):
         for j in range(W):
             for jj in range(W):
-                s1t[i, j * W + jj] = s1[i * W + j]
-                s2t[i, j * W + jj] = s2[i * W + jj]
+                s1t[i, j * R + jj] = s1[i * W + j]
+                s2t[i, j * R + jj] = s2[i * W + jj]
     return s1t, s2t, np.empty(n), np.empty(n)
 
 
 @nb.njit(inline="always", cache=True)
-def _store(outk, outt, want_t, Kout, Tout, Hp, Wp, oh, ow, i, ii, W):
+def _store(outk, outt, want_t, Kout, Tout, Hp, Wp, oh, ow, i, ii, W, R):
     for j in range(W):
-        ob = _at(oh + i, ow + j, oh + ii, ow, Hp, Wp)
-        rb = j * W
+        ob = _at(oh + i, oh + ii, ow + j, ow, Hp, Wp)
+        rb = j * R
+        dst, src = Kout[ob:ob + W], outk[rb:rb + W]
         for jj in range(W):
-            Kout[ob + jj] = outk[rb + jj]
+            dst[jj] = src[jj]
         if want_t:
+            dst, src = Tout[ob:ob + W], outt[rb:rb + W]
             for jj in range(W):
-                Tout[ob + jj] = outt[rb + jj]
-
-
-@nb.njit(inline="always", cache=True)
-def _at(a, c, e, f, Hp, Wp):
-    """Flat index of (a, c, e, f) in a (Hp, Wp, Hp, Wp) buffer."""
-    return ((a * Wp + c) * Hp + e) * Wp + f
+                dst[jj] = src[jj]
 
 
 @nb.njit(nogil=True, inline="always", cache=True)
-def _taps(Kin, Tin, t_zero, want_t, Hp, Wp, fh, fw, sh, sw, i, ii, Wo, row, rowt):
-    """row[j Wo + j'] = sum_{u, v} Kin[sh i + u, sw j + v, sh i' + u, sw j' + v] (and Tin's): the
+def _taps(Kin, Tin, t_zero, want_t, Hp, Wp, fh, fw, sh, sw, i, ii, Wo, R, row, rowt):
+    """row[j R + j'] = sum_{u, v} Kin[sh i + u, sh i' + u, sw j + v, sw j' + v] (and Tin's): the
     same offset on both members of the pair (Novak et al. 2019, eq. (7))."""
-    n = Wo * Wo
+    n = (Wo - 1) * R + Wo
+    tt = want_t and not t_zero
     for m in range(n):
         row[m] = 0.0
-    tt = want_t and not t_zero
     if tt:
         for m in range(n):
             rowt[m] = 0.0
     for u in range(fh):
+        slab = _at(sh * i + u, sh * ii + u, 0, 0, Hp, Wp)
         for v in range(fw):
-            for j in range(Wo):
-                base = _at(sh * i + u, sw * j + v, sh * ii + u, v, Hp, Wp)
-                rb = j * Wo
-                if sw == 1:  # unit stride: contiguous loads, vectorized
-                    for jj in range(Wo):
-                        row[rb + jj] += Kin[base + jj]
-                    if tt:
-                        for jj in range(Wo):
-                            rowt[rb + jj] += Tin[base + jj]
-                else:
+            if sw == 1:  # R = Wp: one flat loop over the slab shifted by (v, v)
+                base = slab + v * Wp + v
+                # slices, so the index is a non-negative loop counter (no wraparound test): SIMD
+                src = Kin[base:base + n]
+                for m in range(n):
+                    row[m] += src[m]
+                if tt:
+                    srct = Tin[base:base + n]
+                    for m in range(n):
+                        rowt[m] += srct[m]
+            else:
+                for j in range(Wo):
+                    base = slab + (sw * j + v) * Wp + v
+                    rb = j * R
                     for jj in range(Wo):
                         row[rb + jj] += Kin[base + sw * jj]
                     if tt:
@@ -342,91 +357,116 @@ def _taps(Kin, Tin, t_zero, want_t, Hp, Wp, fh, fw, sh, sw, i, ii, Wo, row, rowt
 @nb.njit(nogil=True, error_model="numpy", cache=True)
 def _conv(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, w, b, Kout, Tout, Hpo, Wpo, oh, ow, row,
           rowt):
-    for i in range(Ho):
-        for ii in range(Ho):
-            _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, row, rowt)
-            for j in range(Wo):
-                ob = _at(oh + i, ow + j, oh + ii, ow, Hpo, Wpo)
-                rb = j * Wo
-                for jj in range(Wo):
-                    k = w * row[rb + jj] + b
-                    Kout[ob + jj] = k
-                    if want_t:
-                        Tout[ob + jj] = k if t_zero else k + w * rowt[rb + jj]
+    R = Wpi if sw == 1 else Wo
+    n = (Wo - 1) * R + Wo
+    for dlt in range(1 - Ho, Ho):  # along diagonals: row pair (i, i') reuses (i-1, i'-1)'s slabs
+        for i in range(max(0, -dlt), min(Ho, Ho - dlt)):
+            ii = i + dlt
+            _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, R, row, rowt)
+            for m in range(n):
+                row[m] = w * row[m] + b
+            if want_t:
+                if t_zero:
+                    for m in range(n):
+                        rowt[m] = row[m]
+                else:
+                    for m in range(n):
+                        rowt[m] = row[m] + w * rowt[m]
+            _store(row, rowt, want_t, Kout, Tout, Hpo, Wpo, oh, ow, i, ii, Wo, R)
 
 
 @nb.njit(nogil=True, error_model="numpy", cache=True)
 def _pool(Kin, Tin, want_t, Hpi, Wpi, wh, ww, sh, sw, Ho, Wo, div_h, div_w, Kout, Tout, Hpo, Wpo, oh, ow, row,
           rowt):
     """sum_{o, o'} K[st s + o, st s' + o'] / divisors: both offsets independent (pools)."""
-    n = Wo * Wo
+    n = Wpi * Wpi
+    slab_k, slab_t = np.empty(n), np.empty(n)
     for i in range(Ho):
         for ii in range(Ho):
             for m in range(n):
-                row[m] = 0.0
-                rowt[m] = 0.0
+                slab_k[m] = 0.0
+                slab_t[m] = 0.0
             for u in range(wh):
                 for u2 in range(wh):
-                    for j in range(Wo):
-                        for v in range(ww):
-                            base = _at(sh * i + u, sw * j + v, sh * ii + u2, 0, Hpi, Wpi)
-                            rb = j * Wo
-                            for jj in range(Wo):
-                                acc = 0.0
-                                for v2 in range(ww):
-                                    acc += Kin[base + sw * jj + v2]
-                                row[rb + jj] += acc
-                            if want_t:
-                                for jj in range(Wo):
-                                    acc = 0.0
-                                    for v2 in range(ww):
-                                        acc += Tin[base + sw * jj + v2]
-                                    rowt[rb + jj] += acc
+                    base = _at(sh * i + u, sh * ii + u2, 0, 0, Hpi, Wpi)
+                    src = Kin[base:base + n]
+                    for m in range(n):
+                        slab_k[m] += src[m]
+                    if want_t:
+                        src = Tin[base:base + n]
+                        for m in range(n):
+                            slab_t[m] += src[m]
             dh = div_h[i] * div_h[ii]
             for j in range(Wo):
-                ob = _at(oh + i, ow + j, oh + ii, ow, Hpo, Wpo)
-                rb = j * Wo
+                ob = _at(oh + i, oh + ii, ow + j, ow, Hpo, Wpo)
                 for jj in range(Wo):
+                    acc = 0.0
+                    acct = 0.0
+                    for v in range(ww):
+                        for v2 in range(ww):
+                            q = (sw * j + v) * Wpi + sw * jj + v2
+                            acc += slab_k[q]
+                            acct += slab_t[q]
                     den = dh * div_w[j] * div_w[jj]
-                    Kout[ob + jj] = row[rb + jj] / den
+                    Kout[ob + jj] = acc / den
                     if want_t:
-                        Tout[ob + jj] = rowt[rb + jj] / den
+                        Tout[ob + jj] = acct / den
 
 
 @nb.njit(nogil=True, cache=True)
 def _wrap(K, H, W, lo_h, lo_w):
-    """Fill the padding of K (4-D; interior (H, W) at (lo_h, lo_w)) with the periodic images."""
-    Hp, Wp = K.shape[0], K.shape[1]
+    """Fill the padding of K (4-D (Hp, Hp, Wp, Wp); interior (H, H, W, W) at (lo_h, lo_h, lo_w,
+    lo_w)) with the periodic images."""
+    Hp, Wp = K.shape[0], K.shape[2]
     for a in range(Hp):
         ia = (a - lo_h) % H + lo_h
-        for c in range(Wp):
-            ic = (c - lo_w) % W + lo_w
-            for e in range(Hp):
-                ie = (e - lo_h) % H + lo_h
-                inner_ace = ia == a and ic == c and ie == e
+        for e in range(Hp):
+            ie = (e - lo_h) % H + lo_h
+            for c in range(Wp):
+                ic = (c - lo_w) % W + lo_w
+                inner = ia == a and ie == e and ic == c
                 for f in range(Wp):
-                    if inner_ace and lo_w <= f < lo_w + W:
+                    if inner and lo_w <= f < lo_w + W:
                         continue
-                    K[a, c, e, f] = K[ia, ic, ie, (f - lo_w) % W + lo_w]
+                    K[a, e, c, f] = K[ia, ie, ic, (f - lo_w) % W + lo_w]
+
+
+@nb.njit(nogil=True, cache=True)
+def _gram(xa, xbT, Hp, Wp, K):
+    """K[a, e, c, f] = x_(a, c) . x'_(e, f) over the padded grid (xa (Hp Wp, C) with 1/C folded
+    in, xbT (C, Hp Wp)): the input layer."""
+    C = xa.shape[1]
+    for a in range(Hp):
+        for e in range(Hp):
+            for c in range(Wp):
+                base = _at(a, e, c, 0, Hp, Wp)
+                dst = K[base:base + Wp]
+                for f in range(Wp):
+                    dst[f] = 0.0
+                for ch in range(C):
+                    x = xa[a * Wp + c, ch]
+                    src = xbT[ch, e * Wp:(e + 1) * Wp]
+                    for f in range(Wp):
+                        dst[f] += x * src[f]
 
 
 @nb.njit(nogil=True, cache=True)
 def _reduce(K, H, W, kind):
-    """flatten (0): the mean of K[s, s]; mean (1) / sum (2) over all pairs, row by row."""
+    """flatten (0): the mean of K[s, s]; mean (1) / sum (2) over all pairs, slab by slab."""
     if kind == 0:
         acc = 0.0
         for i in range(H):
             for j in range(W):
-                acc += K[_at(i, j, i, j, H, W)]
+                acc += K[_at(i, i, j, j, H, W)]
         return acc / (H * W)
     total = 0.0
-    P = H * W
-    for m in range(P):
+    n = W * W
+    for m in range(H * H):
         part = 0.0
-        for q in range(P):
-            part += K[m * P + q]
+        for q in range(n):
+            part += K[m * n + q]
         total += part
-    return total / (P * P) if kind == 1 else total
+    return total / (H * W) ** 2 if kind == 1 else total
 
 
 @nb.njit(nogil=True, cache=True)
@@ -434,7 +474,7 @@ def _diag_std(K, H, W, Hp, Wp, oh, ow):
     s = np.empty(H * W)
     for i in range(H):
         for j in range(W):
-            s[i * W + j] = np.sqrt(K[_at(oh + i, ow + j, oh + i, ow + j, Hp, Wp)])
+            s[i * W + j] = np.sqrt(K[_at(oh + i, oh + i, ow + j, ow + j, Hp, Wp)])
     return s
 
 
@@ -455,8 +495,8 @@ def _buffers(p: Plan, want_t):
     for H, W in dims:
         K = np.zeros((H * W) ** 2)
         bufs.append((K, np.zeros_like(K) if want_t else K, (H, W)))
-    wmax = max(op.out_hw[1] for op in p.ops)
-    return bufs, np.zeros(wmax * wmax), np.zeros(wmax * wmax)
+    n = max(W * W for _, W in dims)  # a row block: at most one padded (Wp x Wp) slab
+    return bufs, np.zeros(n), np.zeros(n)
 
 
 def _pad_image(x, op: _Op):
@@ -469,7 +509,7 @@ def _pair(p: Plan, xa, xb, sa, sb, want_t, scratch, record):
     bufs, row, rowt = scratch
     K, T, (Hp, Wp) = bufs[0]
     # the input layer, K[s, s'] = x_s . x'_s' / C, over the padded grid (zero or wrapped rows)
-    np.matmul(xa, xb.T, out=K.reshape(Hp * Wp, Hp * Wp))
+    _gram(xa, xb, Hp, Wp, K)
     t_zero = True
     for k, op in enumerate(p.ops):
         Kin, Tin, (Hpi, Wpi) = bufs[k]
@@ -494,15 +534,15 @@ def _pair(p: Plan, xa, xb, sa, sb, want_t, scratch, record):
                   Hpo, Wpo, oh, ow, row, rowt)
         else:  # an activation after a pool: copy into the next buffer's interior, map in place
             for src, dst in ((Kin, Kout), (Tin, Tout)) if want_t else ((Kin, Kout),):
-                dst.reshape(Hpo, Wpo, Hpo, Wpo)[oh:oh + Ho, ow:ow + Wo, oh:oh + Ho, ow:ow + Wo] = \
-                    src.reshape(Ho, Wo, Ho, Wo)
+                dst.reshape(Hpo, Hpo, Wpo, Wpo)[oh:oh + Ho, oh:oh + Ho, ow:ow + Wo, ow:ow + Wo] = \
+                    src.reshape(Ho, Ho, Wo, Wo)
             if record is None:
                 op.act[1](Kout, Tout, want_t, Ho, Wo, Hpo, Wpo, oh, ow, sa[op.act_slot], sb[op.act_slot])
             else:
                 _self_map(op, Kout, Tout, want_t, Ho, Wo, Hpo, Wpo, oh, ow, record)
         if nxt is not None and nxt.circular:
             for buf in ((Kout, Tout) if want_t else (Kout,)):
-                _wrap(buf.reshape(Hpo, Wpo, Hpo, Wpo), Ho, Wo, oh, ow)
+                _wrap(buf.reshape(Hpo, Hpo, Wpo, Wpo), Ho, Wo, oh, ow)
     K, T, (H, W) = bufs[-1]
     kind = {"flatten": 0, "mean": 1, "sum": 2}[p.terminal]
     return _reduce(K, H, W, kind), (_reduce(T, H, W, kind) if want_t and not t_zero else 0.0)
@@ -526,12 +566,13 @@ def run(p: Plan, X1, X2, symmetric, want_ntk, threads=None):
     C = X1.shape[-1]
     first = p.ops[0]
 
-    def images(X, scale):  # padded for the first layer, flat (Hp Wp, C); 1/C folded into one side
+    def images(X, left):  # padded for the first layer: (Hp Wp, C) with 1/C on the left, (C, Hp Wp) right
         X = X.reshape(X.shape[0], H, W, C)
-        return [np.ascontiguousarray(_pad_image(x, first).reshape(-1, C) * scale) for x in X]
+        flat = [_pad_image(x, first).reshape(-1, C) for x in X]
+        return [np.ascontiguousarray(f / C if left else f.T) for f in flat]
 
-    left1, right1 = images(X1, 1.0 / C), images(X1, 1.0)
-    left2, right2 = (left1, right1) if symmetric else (images(X2, 1.0 / C), images(X2, 1.0))
+    left1, right1 = images(X1, True), images(X1, False)
+    left2, right2 = (left1, right1) if symmetric else (images(X2, True), images(X2, False))
     n1, n2 = len(left1), len(right2)
     threads = threads or nb.get_num_threads()
     local = threading.local()

@@ -48,7 +48,7 @@ def _layer_path(net, X1, X2=None):
     return net.kernels(X1, X2, batch_size=X1.shape[0] + (0 if X2 is None else X2.shape[0]))
 
 
-ACTS = [stax.Relu, stax.Erf, stax.Abs, lambda: stax.LeakyRelu(0.2), lambda: stax.ABRelu(-0.5, 1.5)]
+ACTS = [stax.Relu, stax.Erf, lambda: stax.ABRelu(-0.5, 1.5)]
 
 
 @st.composite
@@ -96,7 +96,7 @@ def conv_nets(draw):
     return stax.serial(*layers), d, size
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_nets(), st.integers(0, 2 ** 16))
 def test_pair_engine_equals_the_layer_path(monkeypatch_net, seed):
     """On random conv/pool/activation chains (1-D and 2-D, every padding, strides, biases), the
