@@ -24,7 +24,7 @@ Both solvers return a :class:`~limitlab.numerics.solvers.SolverResult` whose ``r
 measured afresh at the end (``|B - (A + reg I) X| / |B|`` per column, one extra pass; for
 :func:`apply_function` the change of the last Lanczos update), and raise
 :class:`~limitlab.numerics.solvers.ConvergenceError` when ``strict=True`` and a column did
-not reach ``tol``.
+not reach ``tol`` (``message`` says why; it is empty after a converged solve).
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ import numba as nb
 import numpy as np
 import scipy.linalg as sla
 
-from limitlab.numerics.solvers import ConvergenceError, SolverResult
+from limitlab.numerics import validation as validate
+from limitlab.numerics.solvers import SolverResult
 
 __all__ = ["Tiled", "as_tiled", "matmul", "diagonal", "solve", "apply_function"]
 
@@ -74,8 +75,8 @@ def as_tiled(A, block: Optional[int] = None, square: bool = True, name: str = "A
     """``A`` as a :class:`Tiled` matrix: tiles from zarr/dask chunks, else ``block`` (default 2048)."""
     if isinstance(A, Tiled):
         A = A.src
-    if block is not None and (isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1):
-        raise ValueError(f"block: expected an integer >= 1 or None, got {block!r}")
+    if block is not None:
+        block = validate.integer(block, "block", minimum=1)
     chunked = hasattr(A, "chunks") and hasattr(A, "shape") and not isinstance(A, np.ndarray)
     if not chunked:
         A = np.asarray(A)
@@ -173,29 +174,20 @@ def _rhs(B, n):
 
 
 def _check_common(reg, tol, maxiter, n):
-    if not np.isscalar(reg) or not np.isfinite(reg) or reg < 0:
-        raise ValueError(f"reg: must be a finite number >= 0, got {reg!r}")
-    if not np.isscalar(tol) or not np.isfinite(tol) or tol <= 0:
-        raise ValueError(f"tol: must be a finite number > 0, got {tol!r}")
+    validate.real(reg, "reg", at_least=0.0)
+    validate.positive(tol, "tol")
     if maxiter is None:  # N steps are exact only in exact arithmetic; rounding delays CG on kernels
         return 10 * n
-    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
-        raise ValueError(f"maxiter: must be an integer >= 1 or None, got {maxiter!r}")
-    return int(maxiter)
+    return validate.integer(maxiter, "maxiter", minimum=1)
 
 
 def _finish(X, res, it, tol, vec, strict, what, note=""):
     mask = res <= tol
     conv = bool(mask.all())
-    if conv:
-        msg = f"converged: relative residual {res.max():.3g} <= tol {tol:.3g} after {it} iterations ({what})"
-    else:
-        msg = (f"did not converge: relative residual {res.max():.3g} > tol {tol:.3g} in {int((~mask).sum())} of "
-               f"{mask.size} columns after {it} iterations ({what}){note}")
+    msg = "" if conv else (f"relative residual {res.max():.3g} > tol {tol:.3g} in {int((~mask).sum())} of {mask.size} "
+                           f"columns after {it} iterations ({what}){note}")
     result = SolverResult(X[:, 0] if vec else X, res[0] if vec else res, it, conv, mask[0] if vec else mask, msg)
-    if strict and not conv:
-        raise ConvergenceError(msg, result)
-    return result
+    return result.check(strict, "numerics.blocked")
 
 
 def _block_jacobi(T, reg, block, client):
@@ -230,8 +222,7 @@ def solve(A, B, *, reg: float = 0.0, method: str = "auto", tol: float = 1e-10, m
         strict: raise ConvergenceError when a column misses ``tol``.
         progress: called as ``progress(iteration, largest relative residual)`` after each CG step.
     """
-    if method not in ("auto", "cg", "cholesky"):
-        raise ValueError(f"method: must be 'auto', 'cg' or 'cholesky', got {method!r}")
+    validate.choice(method, "method", ("auto", "cg", "cholesky"))
     T = as_tiled(A, block)
     n = T.shape[0]
     B2, vec = _rhs(B, n)

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from limitlab.numerics import blocked
+from limitlab.numerics import validation as validate
 from limitlab.numerics.solvers import SolverResult
 from limitlab.theory.dynamics.gradient_flow import _real_array, _times
 
@@ -75,8 +76,7 @@ def _test_rows(K, name, n):
 
 
 def _ridge(T, diag_reg, absolute, client):
-    if not np.isscalar(diag_reg) or not np.isfinite(diag_reg) or diag_reg < 0:
-        raise ValueError(f"diag_reg: must be a finite number >= 0, got {diag_reg!r}")
+    validate.real(diag_reg, "diag_reg", at_least=0.0)
     if not diag_reg or absolute:
         return float(diag_reg)
     return float(diag_reg * blocked.diagonal(T).sum() / T.shape[0])
@@ -97,11 +97,8 @@ def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *,
     n = T.shape[0]
     y = _targets(y_train, n)
     test = _test_rows(ntk_test_train, "ntk_test_train", n)
-    if not np.isscalar(learning_rate) or not np.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate: must be a finite number > 0, got {learning_rate!r}")
-    norm = float(y.size if normalization is None else normalization)
-    if not np.isfinite(norm) or norm <= 0:
-        raise ValueError(f"normalization: must be > 0, got {normalization!r}")
+    validate.positive(learning_rate, "learning_rate")
+    norm = float(y.size if normalization is None else validate.positive(normalization, "normalization"))
     reg = _ridge(T, diag_reg, diag_reg_absolute_scale, client)
     rate = learning_rate / norm
     ts, scalar = _times(t, False)

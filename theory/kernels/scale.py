@@ -33,6 +33,7 @@ from typing import Callable, Optional, Sequence
 import numba as nb
 import numpy as np
 
+from limitlab.numerics import validation as validate
 from limitlab.theory.kernels import mlp as _mlp
 from limitlab.theory.kernels import stax as _stax
 
@@ -368,9 +369,8 @@ def write_kernels(net, X1, X2=None, *, path, get: Sequence[str] = ("nngp", "ntk"
     todo = [(i, j) for i, j in plan.tile_list() if not done[i, j]]
     total = len(plan.tile_list())
     client = _client(client)
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer))
-                                    or num_workers < 1):
-        raise ValueError(f"num_workers: expected an integer >= 1 or None, got {num_workers!r}")
+    if num_workers is not None:
+        num_workers = validate.integer(num_workers, "num_workers", minimum=1)
     workers = int(num_workers or nb.config.NUMBA_NUM_THREADS)
     # threads: the cores shared among the local scheduler's tile tasks; on a cluster each worker's own
     threads = None if client is not None else max(1, nb.config.NUMBA_NUM_THREADS // workers)
