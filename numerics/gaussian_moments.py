@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["nested_nodes", "product_expectation", "score_weights", "Z_MAX"]
+__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "Z_MAX"]
 
 Z_MAX = 9.0
 
@@ -134,22 +134,28 @@ def product_expectation(fs: Sequence[Callable], cov, kinks: Sequence[Sequence[fl
     return float(F @ w)
 
 
-def score_weights(cov, xi, directions):
-    """Per node, the first- and second-derivative weights of the module docstring.
+def score_derivatives(cov, xi, Fw, directions):
+    """First and second covariance derivatives of E[F] by the score function (module docstring).
 
-    ``directions``: a list of symmetric r x r matrices D_e. Returns (S, T): S (M, E) with
-    S[:, e] = s_{D_e}, and T (M, E, E) with T[:, e, g] the second-derivative weight.
+    ``xi``: the whitened nodes of :func:`nested_nodes` for ``cov``; ``Fw``: F times the weights
+    at those nodes; ``directions``: symmetric r x r matrices D_e. The weights are quadratic and
+    quartic polynomials in xi, so only the moments sum_m Fw xi_i xi_j (xi_k xi_l) are summed.
+    Returns (g, h): g[e] = dE[F]/dt_e, h[e, f] = d2E[F]/dt_e dt_f.
     """
     L = _cholesky(np.asarray(cov, dtype=float))
     Li = np.linalg.inv(L)
-    A = [Li @ D @ Li.T for D in directions]
-    E = len(A)
-    S = np.stack([0.5 * (np.einsum("mi,ij,mj->m", xi, a, xi) - np.trace(a)) for a in A], axis=1)
-    T = np.empty((xi.shape[0], E, E))
-    for e in range(E):
-        for g in range(e, E):
-            AA = A[e] @ A[g]
-            AA = 0.5 * (AA + AA.T)
-            T[:, e, g] = S[:, e] * S[:, g] - np.einsum("mi,ij,mj->m", xi, AA, xi) + 0.5 * np.trace(AA)
-            T[:, g, e] = T[:, e, g]
-    return S, T
+    A = np.stack([Li @ D @ Li.T for D in directions])  # (E, r, r)
+    m0 = Fw.sum()
+    m2 = np.einsum("m,mi,mj->ij", Fw, xi, xi)
+    X2 = np.einsum("mi,mj->mij", xi, xi).reshape(xi.shape[0], -1)
+    m4 = (X2 * Fw[:, None]).T @ X2  # sum_m Fw xi_i xi_j xi_k xi_l, as (r r) x (r r)
+    tr = np.trace(A, axis1=1, axis2=2)
+    q2 = np.einsum("eij,ij->e", A, m2)  # E[F xi^T A_e xi]
+    g = 0.5 * (q2 - tr * m0)
+    Af = A.reshape(A.shape[0], -1)
+    q4 = Af @ m4 @ Af.T  # E[F (xi^T A_e xi)(xi^T A_f xi)]
+    ss = 0.25 * (q4 - np.outer(q2, tr) - np.outer(tr, q2) + np.outer(tr, tr) * m0)
+    AA = np.einsum("eij,fjk->efik", A, A)
+    AA = 0.5 * (AA + AA.transpose(0, 1, 3, 2))
+    h = ss - np.einsum("efij,ij->ef", AA, m2) + 0.5 * np.einsum("efii->ef", AA) * m0
+    return g, h

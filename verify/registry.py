@@ -44,6 +44,9 @@ class Measurement:
     samples: np.ndarray  # shape (S,): independent estimates (networks, seeds, regressions)
     # a floor on the tolerated relative error, for deterministic estimates (optimizers, solvers)
     rtol_floor: float = 0.0
+    # this quantity's own bias rate (None: the check's): e.g. 2 where the theory carries the
+    # predicted 1/n correction and the remaining bias is O(1/n^2)
+    bias_rate: Optional[float] = None
 
     def __post_init__(self):
         self.samples = np.asarray(self.samples, dtype=float).ravel()

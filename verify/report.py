@@ -88,7 +88,7 @@ class CheckResult:
             "min_size_reason": self.min_size_reason,
             "error": self.error, "seconds": {str(k): v for k, v in self.seconds.items()},
             "results": {str(n): [{"quantity": m.quantity, "theory": m.theory, "rtol_floor": m.rtol_floor,
-                                  "mean": float(np.mean(m.samples)),
+                                  "bias_rate": m.bias_rate, "mean": float(np.mean(m.samples)),
                                   "se": float(np.std(m.samples, ddof=1) / math.sqrt(m.samples.size))
                                   if m.samples.size > 1 else None,
                                   "samples": [float(v) for v in m.samples]} for m in ms]
@@ -101,7 +101,8 @@ class CheckResult:
         """``meta``: the report's metadata, whose seed and backend fill in results written
         before they were recorded per check."""
         meta = meta or {}
-        ms = {int(n): [Measurement(m["quantity"], m["theory"], np.asarray(m["samples"], float), m.get("rtol_floor", 0.0))
+        ms = {int(n): [Measurement(m["quantity"], m["theory"], np.asarray(m["samples"], float), m.get("rtol_floor", 0.0),
+                                   m.get("bias_rate"))
                        for m in lst] for n, lst in d.get("results", {}).items()}
         v = d.get("verdict")
         if v is not None:

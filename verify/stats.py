@@ -10,7 +10,8 @@ network / regression). The check **passes** only if both hold:
         |e(n_K)| <= z * SE(n_K) + |e(n_{K-1})| * (n_{K-1}/n_K)^bias_rate + rtol_floor * |T|.
 
     The middle term allows the finite-width bias of the ensemble mean (~ n^-bias_rate,
-    bias_rate = 1 for networks) extrapolated from the next-smaller size; z is the two-sided
+    bias_rate = 1 for networks; a Measurement may carry its own, e.g. 2 where the theory
+    includes the predicted 1/n term) extrapolated from the next-smaller size; z is the two-sided
     normal quantile at family-wise level ``alpha`` over the Q quantities (Bonferroni).
 
 (b) **Rate.** The pooled RMS error of one sample, r(n) = sqrt(mean_q mean_s (s - T)^2), is
@@ -176,7 +177,8 @@ def verdict(sizes: Sequence[int], measurements: Sequence[Sequence], rate: Option
             ns.append(int(S))
         allowance = 0.0
         if len(sizes) > 1:
-            allowance = abs(mean[-2] - th[-2]) * (sizes[-2] / sizes[-1]) ** bias_rate
+            own = measurements[-1][q].bias_rate  # a quantity's own rate overrides the check's
+            allowance = abs(mean[-2] - th[-2]) * (sizes[-2] / sizes[-1]) ** (bias_rate if own is None else own)
         rtol_floor = measurements[-1][q].rtol_floor
         floor = rtol_floor * abs(th[-1])
         z_se = z * se[-1]

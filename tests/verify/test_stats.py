@@ -153,3 +153,15 @@ def test_sizes_below_min_size_or_a_rate_from_two_sizes_are_inconclusive():
     wrong = _ensemble(np.random.default_rng(2), claimed=TRUTH * 1.05)
     v = stats.verdict(SIZES[1:], wrong[1:], rate=-0.5)  # a level failure is a failure, not inconclusive
     assert not v.passed and not v.inconclusive and v.status == "fail"
+
+
+def test_a_quantity_may_carry_its_own_bias_rate():
+    """Measurement.bias_rate overrides the check's: the allowance is the error at the next-smaller size
+    times (n_{K-1}/n_K)^rate (here 1/4 and 1/16 for sizes 4x apart)."""
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(400)
+    sizes = (64, 256)
+    mk = lambda rate: [[Measurement("q", 0.0, 1.0 + s, bias_rate=rate)], [Measurement("q", 0.0, s, bias_rate=rate)]]  # noqa: E731
+    e = abs(float(np.mean(1.0 + s)))
+    assert stats.verdict(sizes, mk(None), rate=None).quantities[0].allowance == pytest.approx(e / 4)
+    assert stats.verdict(sizes, mk(2.0), rate=None).quantities[0].allowance == pytest.approx(e / 16)

@@ -159,9 +159,9 @@ def _pair_moments(act, K, a, b):
     z, xi, w = gaussian_moments.nested_nodes(cov, kinks)
     pa, pb = act(z[:, 0]), act(z[:, 1])
     F = pa * pb
-    S, T = gaussian_moments.score_weights(cov, xi, _DIRECTIONS)
     Fw = F * w
-    return (float(Fw.sum()), Fw @ S, np.einsum("m,meg->eg", Fw, T),
+    g, h = gaussian_moments.score_derivatives(cov, xi, Fw, _DIRECTIONS)
+    return (float(Fw.sum()), g, h,
             float((F * F) @ w), float((pa ** 3 * pb) @ w), float((pa * pb ** 3) @ w))
 
 

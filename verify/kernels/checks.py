@@ -8,7 +8,12 @@ so they are compared divided by the width (quantity ``ntk/width[i,j]``), against
 finite-width standard-parametrization formula of the same width.
 
 The fluctuation of one network's kernel is O(n^-1/2) (Hanin & Nica 2020; Roberts, Yaida &
-Hanin 2022, ch. 8 and 11): rate -0.5. The ensemble-mean bias is O(1/n): bias_rate 1.
+Hanin 2022, ch. 8 and 11): rate -0.5. The ensemble-mean bias is O(1/n): bias_rate 1 for the
+NTK. The NNGP's 1/n term is predicted (``limitlab.theory.kernels.finite_width``: E[Ghat] =
+K + K1/n + O(1/n^2), PDLT eq. (4.115)), so its theory value at width n is K + K1/n and its
+remaining bias is O(1/n^2): the NNGP quantities carry bias_rate 2, and the verdict's allowance
+for them (the error at the next-smaller size, extrapolated) shrinks from a quarter to a
+sixteenth of that error at sizes 4x apart (docs/finite_width.md, "Sharper kernel checks").
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import numpy as np
 
 from limitlab.verify.registry import Context, Measurement, check
 
-__all__ = ["INPUTS", "kernel_spec", "measure", "theory_values", "ACTIVATIONS", "DEPTHS", "PARAMETRIZATIONS"]
+__all__ = ["INPUTS", "kernel_spec", "measure", "theory_values", "nngp_correction", "ACTIVATIONS", "DEPTHS",
+           "PARAMETRIZATIONS"]
 
 ACTIVATIONS = ("relu", "erf", "tanh", "gelu")
 DEPTHS = (1, 3)
@@ -32,6 +38,8 @@ QUICK_SAMPLES = 256
 # below this width the 1/n expansion behind the bias allowance and the n^-1/2 rate is not a small
 # correction: the kernel's fluctuations are governed by depth/width (Hanin & Nica 2020), and
 # 64 keeps depth/width <= 3/64 ~ 0.05 for the registered depths
+# the NNGP's theory carries its 1/n term (K + K1/n): what remains of its bias is O(1/n^2)
+NNGP_BIAS_RATE = 2.0
 MIN_WIDTH = 64
 MIN_WIDTH_REASON = ("the 1/n expansion (bias allowance, n^-1/2 rate) needs depth/width small (Hanin & Nica 2020); "
                     "64 keeps it <= 3/64")
@@ -69,15 +77,27 @@ def _theory_cached(activation, depth, parametrization, width):
     return np.asarray(k), np.asarray(t)
 
 
-def theory_values(activation: str, depth: int, parametrization: str, width: int):
-    """(NNGP, NTK in the check's normalization) on INPUTS: NTK/width in the standard parametrization."""
+@lru_cache(maxsize=None)
+def nngp_correction(activation: str, depth: int) -> np.ndarray:
+    """K1 on INPUTS: E[Ghat] = K + K1/n + O(1/n^2) (the same in both parametrizations)."""
+    from limitlab.theory.kernels import finite_width
+
+    return finite_width(kernel_spec(activation, depth, "ntk"), INPUTS, four_point=False).nngp_correction
+
+
+def theory_values(activation: str, depth: int, parametrization: str, width: int, corrected: bool = True):
+    """(NNGP, NTK in the check's normalization) on INPUTS: NTK/width in the standard parametrization;
+    the NNGP with its predicted 1/n term, K + K1/width (``corrected=False``: the limit K)."""
     k, t = _theory_cached(activation, depth, parametrization, int(width))
+    if corrected:
+        k = k + nngp_correction(activation, depth) / width
     return k, (t / width if parametrization == "standard" else t)
 
 
 def measure(ctx: Context, activation: str, depth: int, parametrization: str, theory=None) -> list:
     """Measurements of one check at ctx.size; ``theory(width) -> (nngp, ntk)`` overrides the theory
-    (tests use it to prove the verdict's power against wrong theories)."""
+    (tests use it to prove the verdict's power against wrong theories). The NNGP quantities carry
+    bias_rate NNGP_BIAS_RATE: their theory includes the predicted 1/n term."""
     from limitlab.verify.montecarlo import sample_kernels
 
     n = ctx.size
@@ -86,7 +106,7 @@ def measure(ctx: Context, activation: str, depth: int, parametrization: str, the
     K, T = theory(n) if theory is not None else theory_values(activation, depth, parametrization, n)
     ntk = ks.ntk / n if parametrization == "standard" else ks.ntk
     tname = "ntk/width" if parametrization == "standard" else "ntk"
-    out = [Measurement(f"nngp[{i},{j}]", K[i, j], ks.nngp[:, i, j]) for i, j in PAIRS]
+    out = [Measurement(f"nngp[{i},{j}]", K[i, j], ks.nngp[:, i, j], bias_rate=NNGP_BIAS_RATE) for i, j in PAIRS]
     out += [Measurement(f"{tname}[{i},{j}]", T[i, j], ntk[:, i, j]) for i, j in PAIRS]
     return out
 
@@ -113,3 +133,4 @@ for _a in ACTIVATIONS:
             _register(_a, _d, _p)
 
 from limitlab.verify.kernels import architectures  # noqa: E402,F401  (conv/pool/residual checks)
+from limitlab.verify.kernels import finite_width  # noqa: E402,F401  (the 1/n theory: K1 and V)

@@ -79,7 +79,8 @@ def test_every_kernel_check_has_power(activation, depth, parametrization, seed):
 
 
 def test_registry_has_every_kernel_check_with_a_default_subset():
-    names = [n for n, c in all_checks().items() if n.startswith("kernels.") and "architectures" not in c.tags]
+    names = [n for n, c in all_checks().items()
+             if n.startswith("kernels.") and not {"architectures", "finite-width"} & set(c.tags)]
     assert len(names) == len(kc.ACTIVATIONS) * len(kc.DEPTHS) * len(kc.PARAMETRIZATIONS)
     families = [n for n, c in all_checks().items() if "architectures" in c.tags]
     assert sorted(families) == ["kernels.attention", "kernels.cnn-gp", "kernels.cntk-pool", "kernels.layernorm",
@@ -107,3 +108,50 @@ def test_quick_run_of_one_check_passes_on_numpy_and_array_api_strict():
         assert v.passed, (backend, v.reason)
         v = stats.verdict((64, 256), ms[::2], rate=-0.5, n_boot=20, min_size=kc.MIN_WIDTH)
         assert v.inconclusive and not v.passed  # a slope through two points decides nothing
+
+
+def _rejected_factors(ms_by_size, activation, depth, parametrization, corrected):
+    """Factors f of a theory f * K (NNGP quantities only) that the verdict rejects: against the limit K
+    with the generic allowance (bias_rate 1), or against K + K1/n with bias_rate 2 (the check's rule)."""
+    Q = len(kc.PAIRS)
+    grid = np.round(np.arange(0.990, 1.0101, 0.001), 4)
+    out = set()
+    for f in grid:
+        ms = []
+        for n, mm in zip(kc.SIZES, ms_by_size):
+            K, _ = kc.theory_values(activation, depth, parametrization, n, corrected=corrected)
+            ms.append([Measurement(m.quantity, f * K[i, j], m.samples, bias_rate=2.0 if corrected else None)
+                       for m, (i, j) in zip(mm[:Q], kc.PAIRS)])
+        if not stats.verdict(kc.SIZES, ms, rate=-0.5, bias_rate=1.0, n_boot=10).passed:
+            out.add(float(f))
+    return out
+
+
+def test_predicted_nngp_correction_sharpens_the_verdict():
+    """With the NNGP's 1/n term predicted (K + K1/n, bias_rate 2), every wrong factor the generic
+    O(1/n) allowance rejects is still rejected, and smaller ones too (relu depth 3, default sizes:
+    seed 0 adds 0.994 and 1.010, seed 1 adds 1.006; docs/finite_width.md)."""
+    gained = 0
+    for seed in (0, 1, 2):
+        ms = _simulated("relu", 3, "ntk", seed)
+        limit = _rejected_factors(ms, "relu", 3, "ntk", corrected=False)
+        sharp = _rejected_factors(ms, "relu", 3, "ntk", corrected=True)
+        assert 1.0 not in sharp
+        assert limit <= sharp, sorted(limit - sharp)
+        gained += len(sharp - limit)
+    assert gained >= 2
+
+
+def test_kernel_checks_carry_the_predicted_nngp_correction():
+    """The NNGP theory of a check at width n is K + K1/n, K1 from theory.kernels.finite_width."""
+    from limitlab.theory.kernels import finite_width
+
+    n = 256
+    K, _ = kc.theory_values("tanh", 3, "ntk", n)
+    K0, _ = kc.theory_values("tanh", 3, "ntk", n, corrected=False)
+    fw = finite_width(kc.kernel_spec("tanh", 3, "ntk"), kc.INPUTS, four_point=False)
+    np.testing.assert_allclose(K, fw.expected_nngp(n), rtol=1e-14)
+    np.testing.assert_allclose(K0, fw.nngp, rtol=1e-12)
+    ms = kc.measure(Context(n, 8, 0, "numpy"), "tanh", 3, "ntk")
+    assert all(m.bias_rate == kc.NNGP_BIAS_RATE for m in ms if m.quantity.startswith("nngp"))
+    assert all(m.bias_rate is None for m in ms if m.quantity.startswith("ntk"))
