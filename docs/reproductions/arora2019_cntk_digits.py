@@ -156,7 +156,7 @@ def main(argv=None):
     top = lambda ms: max((acc[m, d] for m in ms for d in depths), key=np.mean)
     paired("best CNTK - best CNN-GP, accuracy points", top(["CNTK-GAP", "CNTK-V"]),
            top(["CNN-GP-GAP", "CNN-GP-V"]), 10.0, "Arora et al. abstract (CNTK vs Novak et al.'s kernels)",
-           "their +10 compares CNTK-GAP with CNN-GPs without GAP")
+           "their +10 is against the kernels Novak et al. reported; here the same networks' two kernels")
     paired("best CNN kernel - best FC kernel, accuracy points", top(names[:4]), top(names[4:]), 0.0,
            "no gain (0)", "Novak et al.: CNN-GPs beat the fully connected NNGP on CIFAR-10")
     if len(depths) > 1:
