@@ -1,10 +1,16 @@
-"""The Monte Carlo engine: ensembles of finite MLPs, their empirical kernels, and training.
+"""The fast MLP sampler: empirical kernels of ensembles of finite MLPs.
+
+Forward and backward passes, training and every other architecture live in the finite-network
+engine :mod:`limitlab.verify.networks` (which draws the same MLPs from the same seeds: network
+i's weights of ``serial(Dense(n, w, b), Relu(), Dense(1, w, b))`` are this module's
+``MLP(1, "relu", w, b)`` ones); this module keeps the MLP-only kernel samplers, whose
+Gaussian-conditioning path (below) is what makes MLP ensembles fast.
 
 Networks are those of :class:`limitlab.theory.kernels.MLP` (neural-tangents' conventions,
 Novak et al. 2020): ``depth`` hidden Dense->activation layers, then a Dense readout;
 layer l computes ``h = sqrt(w_l/fan_in) a W + sqrt(b_l) beta`` with ``W, beta ~ N(0, 1)``.
 Both parametrizations have the same function at initialization; they differ in what is
-trained, hence in the NTK and in gradient descent. The engine stores *effective* weights
+trained, hence in the NTK. The samplers keep *effective* weights
 ``sqrt(w_l/fan_in) W`` and a per-layer NTK coefficient:
 
 * NTK parametrization: ``c_W = w_l/fan_in``, ``c_b = b_l``;
@@ -19,8 +25,7 @@ given the last hidden layer, exactly, with O(1/n) variance per network.
 
 Two samplers give the same distribution of these per-network kernels:
 
-* ``method="weights"`` materializes every weight matrix: O(N n^2) per layer; needed to
-  evaluate a network on new inputs or to train it (:class:`Networks`).
+* ``method="weights"`` materializes every weight matrix: O(N n^2) per layer.
 * ``method="conditional"`` never materializes hidden-to-hidden weights. Given a layer's
   input ``a`` (N x m), ``W`` splits into ``Q U + (I - Q Q^T) W'`` with ``a^T = Q R`` (thin QR),
   ``U = Q^T W`` iid Gaussian and ``W'`` independent; the forward pass needs only ``U``
@@ -44,7 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -52,8 +57,7 @@ from limitlab.numerics import arrays
 from limitlab.theory import activations as _act
 from limitlab.verify.backend import Backend, get_backend
 
-__all__ = ["NetworkSpec", "as_spec", "network_seeds", "Networks", "KernelSamples", "sample_kernels",
-           "TrainResult", "train"]
+__all__ = ["NetworkSpec", "as_spec", "network_seeds", "KernelSamples", "sample_kernels"]
 
 SeedLike = Union[int, np.integer, np.random.Generator, np.random.SeedSequence, None]
 
@@ -191,142 +195,6 @@ def _split(xp, normals, shapes):
     return out
 
 
-# --------------------------------------------------------------------------------------
-# Materialized networks (method="weights"; training)
-# --------------------------------------------------------------------------------------
-
-class Networks:
-    """A batch of B finite MLPs with materialized effective weights, on one backend.
-
-    ``weights[l]`` has shape (B, fan_in, fan_out) and ``biases[l]`` (B, fan_out) (None
-    without biases); layer ``depth`` is the readout.
-    """
-
-    def __init__(self, spec: NetworkSpec, d_in: int, weights: list, biases: list, backend: Backend, seeds):
-        self.spec, self.d_in, self.weights, self.biases, self.backend = spec, d_in, weights, biases, backend
-        self.seeds = np.asarray(seeds)
-        self.coef = spec.coefficients(d_in)
-
-    @classmethod
-    def sample(cls, mlp, d_in: int, n_networks: int = 1, seed: SeedLike = 0, backend="auto", width=None,
-               n_outputs: Optional[int] = None, seeds=None) -> "Networks":
-        """Sample ``n_networks`` networks at initialization for inputs of dimension ``d_in``."""
-        if isinstance(mlp, NetworkSpec):
-            spec = as_spec(mlp, width) if width is not None else mlp
-        else:
-            spec = as_spec(mlp, width, n_outputs=n_outputs or 1)
-        if n_outputs is not None and n_outputs != spec.n_outputs:
-            spec = NetworkSpec(spec.depth, spec.activation, spec.weight_var, spec.bias_var, spec.parametrization,
-                               spec.widths, _positive_int(n_outputs, "n_outputs"))
-        d_in = _positive_int(d_in, "d_in")
-        bk = get_backend(backend)
-        xp = bk.xp
-        seeds = network_seeds(seed, _positive_int(n_networks, "n_networks")) if seeds is None else seeds
-        fans = spec.fan_ins(d_in)
-        outs = list(spec.widths) + [spec.n_outputs]
-        shapes = []
-        for fi, fo in zip(fans, outs):
-            shapes.append((fi, fo))
-            if spec.has_bias:
-                shapes.append((fo,))
-        z = _split(xp, bk.normals(seeds, sum(int(np.prod(s)) for s in shapes)), shapes)
-        weights, biases, k = [], [], 0
-        for l, fi in enumerate(fans):
-            weights.append(math.sqrt(spec.weight_var[l] / fi) * z[k])
-            k += 1
-            if spec.has_bias:
-                biases.append(math.sqrt(spec.bias_var[l]) * z[k])
-                k += 1
-            else:
-                biases.append(None)
-        return cls(spec, d_in, weights, biases, bk, seeds)
-
-    @property
-    def n_networks(self) -> int:
-        return int(self.weights[0].shape[0])
-
-    def _input(self, X):
-        if isinstance(X, np.ndarray) or isinstance(X, (list, tuple)):
-            return self.backend.asarray(_check_X(X, "X", self.d_in))
-        return X
-
-    def forward(self, X, cache: bool = False):
-        """Outputs (B, N, n_outputs) on inputs X (N, d); with ``cache``, also (acts, derivs)."""
-        xp, act = self.backend.xp, self.spec.activation
-        a = self._input(X)
-        acts, ders = [a], []
-        for l in range(self.spec.depth):
-            h = xp.matmul(a, self.weights[l])
-            if self.biases[l] is not None:
-                h = h + self.biases[l][:, None, :]
-            a = act(h, xp)
-            if cache:
-                ders.append(act.derivative(h, xp))
-                acts.append(a)
-        f = xp.matmul(a, self.weights[-1])
-        if self.biases[-1] is not None:
-            f = f + self.biases[-1][:, None, :]
-        return (f, acts, ders) if cache else f
-
-    def __call__(self, X):
-        return self.forward(X)
-
-    def features(self, X):
-        """Last-hidden-layer activations (B, N, n_L)."""
-        return self.forward(X, cache=True)[1][-1]
-
-    def _signals(self, acts, ders, delta_out):
-        """Backpropagated signals g^l = dF/dh^l for l = 1..depth, given dF/df = delta_out (B, N, k)."""
-        xp = self.backend.xp
-        g = xp.matmul(delta_out, _T(xp, self.weights[-1])) * ders[-1]
-        gs = [g]
-        for l in range(self.spec.depth - 1, 0, -1):
-            g = xp.matmul(g, _T(xp, self.weights[l])) * ders[l - 1]
-            gs.append(g)
-        return gs[::-1]
-
-    def kernels(self, X1, X2=None):
-        """Per-network (NNGP, NTK), each (B, N1, N2): readout-integrated NNGP and exact NTK."""
-        if self.spec.n_outputs != 1:
-            raise ValueError(f"n_outputs: kernels are defined for a scalar readout, got {self.spec.n_outputs}")
-        xp = self.backend.xp
-        Xa = _check_X(X1, "X1", self.d_in)
-        N1 = Xa.shape[0]
-        if X2 is not None:
-            Xa = np.concatenate([Xa, _check_X(X2, "X2", self.d_in)])
-        _, acts, ders = self.forward(Xa, cache=True)
-        B, N = self.n_networks, Xa.shape[0]
-        ones = xp.ones((B, N, 1), dtype=self.backend.dtype, device=self.backend.device)
-        gs = self._signals(acts, ders, ones)
-        nngp, ntk = _assemble(xp, self.spec, self.coef, acts, gs, self.d_in)
-        return _slice_cross(nngp, ntk, N1, X2 is not None)
-
-    # -- training ----------------------------------------------------------------------
-    def loss_and_step(self, X, y, lr: float, loss_scale: str = "mean", loss_grad=None):
-        """One full-batch gradient-descent step on 1/(2N) sum ||f - y||^2 (``loss_scale="mean"``,
-        neural-tangents' ``gradient_descent_mse``) or 1/2 sum (``"sum"``); returns the outputs and
-        the loss before the step. ``loss_grad(f, y) -> dloss/df`` replaces the MSE gradient."""
-        xp = self.backend.xp
-        f, acts, ders = self.forward(X, cache=True)
-        N = f.shape[1]
-        if loss_grad is not None:
-            delta = loss_grad(f, y)
-            loss = None
-        else:
-            r = f - y
-            scale = 1.0 / N if loss_scale == "mean" else 1.0
-            delta = scale * r
-            loss = 0.5 * scale * xp.sum(xp.reshape(r * r, (r.shape[0], -1)), axis=1)
-        gs = self._signals(acts, ders, delta) + [delta]
-        for l in range(self.spec.depth + 1):
-            cW, cb = self.coef[l]
-            gW = xp.matmul(_T(xp, acts[l]), gs[l])
-            self.weights[l] = self.weights[l] - (lr * cW) * gW
-            if self.biases[l] is not None and cb != 0.0:
-                self.biases[l] = self.biases[l] - (lr * cb) * xp.sum(gs[l], axis=1)
-        return f, loss
-
-
 def _assemble(xp, spec, coef, acts, gs, d_in, A=None, G=None):
     """NNGP and NTK (B, N, N) from the layer inputs acts[0..L] and signals gs[0..L-1]; ``A[l]``
     and ``G[l]``, where given (not None), are the Gram matrices of acts[l] and gs[l] already
@@ -381,13 +249,14 @@ def _normals(bk: Backend, seeds, count: int, scratch=None):
 
 
 def _weights_kernels(spec: NetworkSpec, X: np.ndarray, bk: Backend, seeds, scratch=None):
-    """Per-network (NNGP, NTK, outputs) of materialized networks: the networks of
-    :meth:`Networks.sample` (same draws), evaluated without forming the scaled weights.
+    """Per-network (NNGP, NTK, outputs) of materialized networks (the draws of
+    ``limitlab.verify.networks.FiniteNetworks.sample`` for the same MLP), evaluated without forming
+    the scaled weights.
 
     Each weight matrix is kept as its N(0, 1) draws ``Z``; its scale ``s = sqrt(w/fan_in)``
     is applied to the (N x fan_out) products instead of the (fan_in x fan_out) matrix:
     ``h = s (a Z) + sqrt(b) beta`` forward and ``g^l = (g^{l+1} Z^T) (s phi'(h^l))`` backward
-    (equal to the :class:`Networks` path up to floating-point rounding).
+    (equal to the engine's path up to floating-point rounding).
     """
     xp, act = bk.xp, spec.activation
     N, d = X.shape
@@ -844,96 +713,3 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
     bk.synchronize()
     return KernelSamples(cat(nngps), cat(ntks), cat(fs), spec.widths, seed if isinstance(seed, (int, np.integer))
                          else None, bk.name, method, time.perf_counter() - t0, {"batch_size": bs})
-
-
-# --------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------
-
-@dataclass
-class TrainResult:
-    """Outputs along full-batch gradient descent, one row per network (host NumPy arrays)."""
-
-    steps: np.ndarray  # (T,) recorded step indices (0 = initialization)
-    f_train: np.ndarray  # (S, T, N, k)
-    loss: np.ndarray  # (S, T)
-    f_test: Optional[np.ndarray] = None  # (S, T, M, k)
-    ntk_train: Optional[np.ndarray] = None  # (S, T, N, N) when record_ntk
-    lr: float = 0.0
-    seed: object = None
-    backend: str = "numpy"
-
-
-def train(mlp, X, y, *, lr: float, steps: int, width=None, n_networks: int = 1, X_test=None,
-          record_every: Optional[int] = None, record_steps: Optional[Sequence[int]] = None, seed: SeedLike = 0,
-          backend="auto", batch_size: Optional[int] = None, loss_scale: str = "mean",
-          record_ntk: bool = False, n_outputs: Optional[int] = None) -> TrainResult:
-    """Full-batch gradient descent of an ensemble of finite MLPs on the MSE loss.
-
-    The loss is 1/(2N) sum_i ||f(x_i) - y_i||^2 (``loss_scale="mean"``, as neural-tangents'
-    ``gradient_descent_mse``: the infinite-width limit is df/dt = -lr Theta (f - y) / N) or
-    1/2 sum (``"sum"``). Each parameter moves by ``-lr * dloss/dparam`` in its own
-    parametrization (see the module docstring), so the NTK parametrization trains lazily
-    at large width and the standard one needs lr ~ 1/width.
-    """
-    if not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr: must be a positive finite number, got {lr!r}")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps: must be >= 0, got {steps}")
-    if loss_scale not in ("mean", "sum"):
-        raise ValueError(f"loss_scale: expected 'mean' or 'sum', got {loss_scale!r}")
-    X = _check_X(X, "X")
-    y = np.asarray(y, dtype=float)
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2 or y.shape[0] != X.shape[0]:
-        raise ValueError(f"y: expected shape ({X.shape[0]},) or ({X.shape[0]}, k), got {np.shape(y)}")
-    k = y.shape[1] if n_outputs is None else _positive_int(n_outputs, "n_outputs")
-    if y.shape[1] != k:
-        raise ValueError(f"y: has {y.shape[1]} columns but n_outputs={k}")
-    Xt = None if X_test is None else _check_X(X_test, "X_test", X.shape[1])
-    if record_steps is None:
-        every = max(1, steps // 100) if record_every is None else _positive_int(record_every, "record_every")
-        record_steps = sorted(set(range(0, steps + 1, every)) | {steps})
-    record_steps = sorted(set(int(s) for s in record_steps))
-    if record_steps and (record_steps[0] < 0 or record_steps[-1] > steps):
-        raise ValueError(f"record_steps: must lie in [0, {steps}], got {record_steps}")
-    spec = as_spec(mlp, width, n_outputs=k)
-    bk = get_backend(backend)
-    n_networks = _positive_int(n_networks, "n_networks")
-    seeds = network_seeds(seed, n_networks)
-    N, d = X.shape
-    bs = batch_size or _auto_batch(bk, spec, N + (0 if Xt is None else Xt.shape[0]), d, "weights", n_networks)
-    Xb, yb = bk.asarray(X), bk.asarray(y)
-    Xtb = None if Xt is None else bk.asarray(Xt)
-    recs = {"f": [], "loss": [], "ft": [], "ntk": []}
-    rec = set(record_steps)
-    for s in range(0, n_networks, bs):
-        nets = Networks.sample(spec, d, len(seeds[s:s + bs]), backend=bk, seeds=seeds[s:s + bs])
-        fr, lr_, ftr, kr = [], [], [], []
-        for t in range(steps + 1):
-            if t in rec:
-                if Xtb is not None:
-                    ftr.append(bk.to_numpy(nets.forward(Xtb)))
-                if record_ntk:
-                    kr.append(bk.to_numpy(nets.kernels(X)[1]))
-            if t < steps:
-                f, loss = nets.loss_and_step(Xb, yb, lr, loss_scale)
-            else:
-                f = nets.forward(Xb)
-                r = f - yb
-                scale = 1.0 / N if loss_scale == "mean" else 1.0
-                loss = 0.5 * scale * bk.xp.sum(bk.xp.reshape(r * r, (r.shape[0], -1)), axis=1)
-            if t in rec:
-                fr.append(bk.to_numpy(f))
-                lr_.append(bk.to_numpy(loss))
-        recs["f"].append(np.stack(fr, axis=1))
-        recs["loss"].append(np.stack(lr_, axis=1))
-        if ftr:
-            recs["ft"].append(np.stack(ftr, axis=1))
-        if kr:
-            recs["ntk"].append(np.stack(kr, axis=1))
-    cat = lambda key: np.concatenate(recs[key]) if recs[key] else None  # noqa: E731
-    return TrainResult(np.asarray(record_steps), cat("f"), cat("loss"), cat("ft"), cat("ntk"), float(lr),
-                       seed if isinstance(seed, (int, np.integer)) else None, bk.name)

@@ -42,7 +42,9 @@ than channels). Networks run in batches sized to a 256 MB budget (30% of free me
 from __future__ import annotations
 
 import copy
+import math
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -53,7 +55,7 @@ from limitlab.theory.kernels.attention import GlobalSelfAttention
 from limitlab.verify.backend import Backend, get_backend
 from limitlab.verify.montecarlo import KernelSamples, SeedLike, network_seeds
 
-__all__ = ["at_width", "limit", "FiniteNetworks", "sample_kernels"]
+__all__ = ["at_width", "limit", "FiniteNetworks", "sample_kernels", "TrainResult", "train"]
 
 
 def _positive_int(value, name):
@@ -74,10 +76,11 @@ def _leaves(net) -> list:
     return [net]
 
 
-def at_width(net, width: Optional[int] = None):
+def at_width(net, width: Optional[int] = None, n_outputs: int = 1):
     """The finite network's description: every Dense/Conv's out_dim/out_chan set to ``width``
     (declared in_dim/in_chan dropped, as they name the original widths) except the readout, the
-    final Dense, which gets 1 output. ``width=None`` keeps the declared widths (readout: 1).
+    final Dense, which gets ``n_outputs`` outputs (1: a scalar network). ``width=None`` keeps
+    the declared widths.
 
     GlobalSelfAttention: ``n_chan_out = width``; with ``linear_scaling=True`` also ``n_chan_key =
     n_chan_val = width`` and ``n_heads`` as declared (the logits ``Q K^T / (C d_k)`` concentrate
@@ -88,6 +91,7 @@ def at_width(net, width: Optional[int] = None):
     _check_net(net)
     if width is not None:
         width = _positive_int(width, "width")
+    n_outputs = _positive_int(n_outputs, "n_outputs")
     leaves = _leaves(net)
     readout = leaves[-1]
     if type(readout) is not stax.Dense:
@@ -97,7 +101,7 @@ def at_width(net, width: Optional[int] = None):
     def rebuild(layer):
         if layer is readout:
             new = copy.copy(layer)
-            new.out_dim = 1
+            new.out_dim = n_outputs
             if width is not None:
                 new.in_dim = None
             return new
@@ -159,8 +163,9 @@ class FiniteNetworks:
 
     @classmethod
     def sample(cls, net, in_shape, n_networks: int = 1, seed: SeedLike = 0, backend="auto",
-               width: Optional[int] = None, seeds=None) -> "FiniteNetworks":
-        """``n_networks`` networks of ``at_width(net, width)`` for inputs of per-input shape ``in_shape``."""
+               width: Optional[int] = None, seeds=None, n_inputs: Optional[int] = None) -> "FiniteNetworks":
+        """``n_networks`` networks of ``at_width(net, width)`` for inputs of per-input shape ``in_shape``
+        (``n_inputs``: the number of inputs, needed only by per-input noise: Dropout in train mode)."""
         _check_net(net)
         in_shape = tuple(_positive_int(int(s), "in_shape entries") for s in in_shape)
         net._finite(in_shape, "")  # the description as given must fit the inputs (declared in_dim, ...)
@@ -168,7 +173,9 @@ class FiniteNetworks:
         bk = get_backend(backend)
         seeds = network_seeds(seed, _positive_int(n_networks, "n_networks")) if seeds is None else np.asarray(seeds)
         body, readout = _setup(*_split_body(fin), in_shape)
-        return cls(fin, in_shape, _draw(bk, seeds, body.param_shapes + readout.param_shapes), bk, seeds)
+        params = _draw(bk, seeds, body.param_shapes + readout.param_shapes, body.init_scales + readout.init_scales,
+                       n_inputs)
+        return cls(fin, in_shape, params, bk, seeds)
 
     @property
     def n_networks(self) -> int:
@@ -211,15 +218,26 @@ def _setup(body_desc, readout_desc, in_shape, cond=None):
     return body, readout_desc._finite(feat, " (the readout)")
 
 
-def _draw(bk: Backend, seeds, shapes):
-    """Per-network N(0, 1) parameters: one stream per network, consumed in the order of ``shapes``."""
+def _draw(bk: Backend, seeds, shapes, scales=None, n_inputs: Optional[int] = None):
+    """Per-network parameters, ``scales[j]`` (default 1) times N(0, 1) draws: one stream per
+    network, consumed in the order of ``shapes``, the per-input noise (shapes starting with
+    ``stax.PER_INPUT``, its N(0, 1) draws for ``n_inputs`` inputs) after every parameter, so
+    that a network's parameters do not depend on the number of inputs."""
     xp = bk.xp
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    noise = [bool(s) and s[0] == stax.PER_INPUT for s in shapes]
+    if any(noise) and n_inputs is None:
+        raise ValueError("n_inputs: the network draws per-input noise (Dropout in train mode); give the number of "
+                         "inputs it will be evaluated on")
+    full = [(n_inputs, *s[1:]) if nz else tuple(s) for s, nz in zip(shapes, noise)]
+    order = [j for j in range(len(full)) if not noise[j]] + [j for j in range(len(full)) if noise[j]]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in full]
     z = bk.normals(seeds, sum(sizes))
-    out, off = [], 0
-    for s, k in zip(shapes, sizes):
-        out.append(xp.reshape(z[:, off:off + k], (len(seeds), *s)))
-        off += k
+    out, off = [None] * len(full), 0
+    for j in order:
+        a = xp.reshape(z[:, off:off + sizes[j]], (len(seeds), *full[j]))
+        scale = 1.0 if scales is None or noise[j] else float(scales[j])
+        out[j] = a if scale == 1.0 else scale * a
+        off += sizes[j]
     return out
 
 
@@ -250,7 +268,8 @@ def _device(a):
 
 
 def _auto_batch(bk: Backend, body, readout, N: int, n_networks: int) -> int:
-    n_par = sum(int(np.prod(s, dtype=np.int64)) for s in body.param_shapes + readout.param_shapes)
+    n_par = sum(int(np.prod([N if d == stax.PER_INPUT else d for d in s], dtype=np.int64))
+                for s in body.param_shapes + readout.param_shapes)
     per = 8 * (2 * n_par + 4 * N * (body.floats + readout.floats))
     return max(1, min(n_networks, bk.batch_budget() // max(per, 1)))
 
@@ -298,7 +317,8 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     with arrays.single_threaded_blas():
         for s in range(0, n_networks, bs):
             sd = seeds[s:s + bs]
-            params = _draw(bk, sd, body.param_shapes + readout.param_shapes)
+            params = _draw(bk, sd, body.param_shapes + readout.param_shapes, body.init_scales + readout.init_scales,
+                           X.shape[0])
             x = xp.broadcast_to(xp.reshape(Xb, (1, *Xb.shape)), (len(sd), *Xb.shape))
             nngp, ntk, f = _kernels(bk, body, readout, params, x)
             if X2 is not None:
@@ -313,3 +333,323 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     return KernelSamples(cat(0), cat(1), cat(2), widths, seed if isinstance(seed, (int, np.integer)) else None,
                          bk.name, method, time.perf_counter() - t0,
                          {"batch_size": bs, "in_shape": tuple(in_shape), "architecture": repr(fin)})
+
+
+# --------------------------------------------------------------------------------------
+# Gradient-descent training
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """Records of full-batch gradient descent, one row per network (host NumPy arrays)."""
+
+    steps: np.ndarray  # (T,) recorded step indices (0 = initialization)
+    f_train: np.ndarray  # (S, T, N, k) outputs on the training inputs
+    loss: np.ndarray  # (S, T) the MSE loss (without weight decay)
+    f_test: Optional[np.ndarray] = None  # (S, T, M, k) outputs on X_test
+    ntk_train: Optional[np.ndarray] = None  # (S, T, N, N) empirical NTK of the dynamics, record "ntk"
+    features: Optional[np.ndarray] = None  # (S, T, N, F) a layer's outputs (flattened), record "features"
+    readout: Optional[np.ndarray] = None  # (S, T, F, k) effective readout weights m_W W, record "readout"
+    lr: float = 0.0
+    seed: object = None
+    backend: str = "numpy"
+    parametrization: str = "layers"
+
+
+class _Layout(stax.ParamSink):
+    """Which parameters are affine weights and biases, with their multipliers (from one backward pass)."""
+
+    def __init__(self, params):
+        self.index = {id(p): j for j, p in enumerate(params)}
+        self.info = {}
+
+    def take(self, xp, params, A, G, mult, sd):
+        W, b = params
+        self.info[self.index[id(W)]] = ("W", mult[0], sd[0])
+        self.info[self.index[id(b)]] = ("b", mult[1], sd[1])
+
+
+class _Gradients(stax.ParamSink):
+    """dLoss/dtheta of every affine parameter: ``m_W A^T G`` and ``m_b sum G`` over inputs and pixels
+    (G = dLoss/dh: the backward pass seeded with dLoss/df)."""
+
+    def __init__(self, params):
+        self.index = {id(p): j for j, p in enumerate(params)}
+        self.grads = [None] * len(params)
+
+    def take(self, xp, params, A, G, mult, sd):
+        W, b = params
+        B, N, P, F = A.shape
+        O = G.shape[-1]
+        Gm = xp.reshape(G, (B, N * P, O))
+        self.grads[self.index[id(W)]] = mult[0] * xp.matmul(xp.matrix_transpose(xp.reshape(A, (B, N * P, F))), Gm)
+        if mult[1] != 0.0:
+            self.grads[self.index[id(b)]] = mult[1] * xp.sum(Gm, axis=1)
+
+
+class _WeightedNTK(stax.ParamSink):
+    """The NTK of the gradient-descent dynamics: each parameter's gradient Gram weighted by its
+    rate over the base rate (1 for every parameter in the layers' own parametrization)."""
+
+    def __init__(self, params, weights):
+        self.index = {id(p): j for j, p in enumerate(params)}
+        self.weights, self.parts = weights, []
+
+    def take(self, xp, params, A, G, mult, sd):
+        wW, wb = (self.weights[self.index[id(p)]] for p in params)
+        self.parts.append(stax._shared_ntk(xp, A, G, wW * mult[0] ** 2, wb * mult[1] ** 2))
+
+
+def _abc_of(parametrization, n_affine):
+    """None (the layers' own parametrization) or an ABC with one entry per affine layer."""
+    from limitlab.theory.dynamics import parametrizations as prm
+
+    if parametrization in (None, "layers"):
+        return None
+    if isinstance(parametrization, str):
+        if parametrization.lower() not in prm.PRESETS:
+            raise ValueError(f"parametrization: expected 'layers' (each Dense/Conv's own: ntk or standard), one of "
+                             f"{', '.join(prm.PRESETS)} (Yang & Hu 2021 presets) or an ABC, got {parametrization!r}")
+        return prm.preset(parametrization, n_affine - 1)
+    if isinstance(parametrization, prm.ABC):
+        p = parametrization
+    elif isinstance(parametrization, (tuple, list)) and len(parametrization) == 3:
+        p = prm._normalise(*parametrization)
+    else:
+        raise TypeError(f"parametrization: expected 'layers', a preset name, an ABC or (a, b, c), got "
+                        f"{parametrization!r}")
+    if len(p.a) != n_affine:
+        raise ValueError(f"parametrization: the abc-parametrization has {len(p.a)} layers but the network has "
+                         f"{n_affine} Dense/Conv layers (a and b need one exponent per affine layer, input first)")
+    return p
+
+
+def _abc_scales(abc, layout, n: int, lr: float, n_params: int):
+    """Per parameter (init factor kappa, rate rho) of the abc-parametrization ``abc`` at width n.
+
+    Yang & Hu 2021 (Tensor Programs IV), sec. 3, eq. (1)-(2) / Table 1: layer l's weights are
+    ``W^l = n^{-a_l} w^l``, ``w^l ~ N(0, n^{-2 b_l})``, trained at rate ``eta n^{-c}``; here
+    ``W^l = sqrt(weight_var / F~_l) n^{-a_l} w^l`` with ``F~_l`` the fan-in without its width
+    factor (d for the input layer, k for a k-tap conv on n channels), so ``ntp`` is the layers'
+    NTK parametrization exactly. On a layer that computes ``m A theta`` with ``theta ~ s z``
+    (``m s = sqrt(w / F)``): ``kappa = n^{[l > 1]/2 - a_l - b_l}`` multiplies theta's init and
+    theta moves at rate ``rho = eta n^{-c} m_abc^2 / m^2`` (SGD depends only on a_l + b_l and
+    2 a_l + c: their eq. (5)). Biases are weights on a constant input 1: hidden layers' take the
+    input layer's (a_1, b_1); the readout's has init Theta(1) and rate eta (a + b = 0, 2 a + c = 0:
+    Tensor Programs V, Table 3's output bias)."""
+    affine = sorted(j for j, v in layout.items() if v[0] == "W")
+    kappa, rho = [1.0] * n_params, [0.0] * n_params
+    a = [float(v) for v in abc.a]
+    b = [float(v) for v in abc.b]
+    c = float(abc.c)
+    L = len(a) - 1
+    for l, j in enumerate(affine):
+        _, m, s = layout[j]
+        wf = 1.0 if l > 0 else 0.0
+        kappa[j] = n ** (wf / 2 - a[l] - b[l])
+        rho[j] = lr * n ** (-c) * s * s * n ** (wf - 2 * a[l]) / (m * m)
+        _, mb, sb = layout[j + 1]
+        if mb != 0.0:
+            if l < L:
+                kappa[j + 1] = n ** (-a[0] - b[0])
+                rho[j + 1] = lr * n ** (-c - 2 * a[0]) * sb * sb / (mb * mb)
+            else:
+                rho[j + 1] = lr * sb * sb / (mb * mb)
+    return kappa, rho
+
+
+def _outputs_of(y, N):
+    y = np.asarray(y, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != N:
+        raise ValueError(f"y: expected shape ({N},) or ({N}, k), got {np.shape(y)}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y: contains non-finite values (NaN or inf)")
+    return y
+
+
+def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, parametrization="layers",
+          n_networks: int = 1, seed: SeedLike = 0, backend="auto", X_test=None, record_every: Optional[int] = None,
+          record_steps=None, record=(), features_at: Optional[int] = None, loss_scale: str = "mean",
+          weight_decay: float = 0.0, init=None, batch_size: Optional[int] = None, callback=None) -> TrainResult:
+    """Full-batch gradient descent of ``n_networks`` finite networks ``at_width(net, width)``
+    (readout with k = y's columns outputs) on the MSE loss, on any array backend.
+
+    Loss ``1/(2N) sum_i ||f(x_i) - y_i||^2`` (``loss_scale="mean"``, neural-tangents'
+    ``gradient_descent_mse``: the limit is df/dt = -lr Theta (f - y) / N) or ``1/2 sum``
+    (``"sum"``), plus ``weight_decay/2 ||theta||^2`` over the trained parameters.
+    ``parametrization``: ``"layers"`` trains each Dense/Conv in its own parametrization (ntk or
+    standard, every parameter at rate lr); an abc-parametrization (Yang & Hu 2021, sec. 3) is a
+    preset name of :mod:`limitlab.theory.dynamics.parametrizations` (``"sp"``, ``"ntp"``,
+    ``"mup"``, ``"mf"``), an ``ABC`` or ``(a, b, c)`` with one exponent per affine layer, input
+    first: it rescales each parameter's init and rate (see :func:`_abc_scales`; needs ``width``).
+
+    Records at ``record_steps`` (default every ``record_every``, default steps // 100, and the
+    last): outputs and loss always; ``record`` may add ``"ntk"`` (the empirical NTK of the
+    dynamics on X, scalar outputs), ``"features"`` (the output of the first ``features_at``
+    layers of the flattened serial, default all but the readout) and ``"readout"``.
+    ``init``: the initial parameters instead of draws, one array per parameter (engine layout:
+    Dense W (fan_in, fan_out), b (fan_out,)), with or without the network axis. ``callback(step,
+    record)`` gets each recorded step's host arrays as they are recorded. Network i's draws
+    depend only on (seed, i), never on the batching.
+    """
+    _check_net(net)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr: must be a positive finite number, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps: must be an integer >= 0, got {steps!r}")
+    steps = int(steps)
+    if loss_scale not in ("mean", "sum"):
+        raise ValueError(f"loss_scale: expected 'mean' or 'sum', got {loss_scale!r}")
+    if not (isinstance(weight_decay, (int, float, np.floating)) and math.isfinite(weight_decay)
+            and weight_decay >= 0):
+        raise ValueError(f"weight_decay: must be a finite number >= 0, got {weight_decay!r}")
+    bad = set(record) - {"ntk", "features", "readout"}
+    if isinstance(record, str) or bad:
+        raise ValueError(f"record: expected a collection of 'ntk', 'features', 'readout', got {record!r}")
+    X = stax._check_inputs(X, "X")
+    N = X.shape[0]
+    Y = _outputs_of(y, N)
+    k = Y.shape[1]
+    if "ntk" in record and k != 1:
+        raise ValueError(f"record: the NTK is recorded for scalar outputs; y has {k} columns")
+    Xt = None
+    if X_test is not None:
+        Xt = stax._check_inputs(X_test, "X_test")
+        if Xt.shape[1:] != X.shape[1:]:
+            raise ValueError(f"X_test: per-input shape {Xt.shape[1:]} does not match X's {X.shape[1:]}")
+    if record_steps is None:
+        every = max(1, steps // 100) if record_every is None else _positive_int(record_every, "record_every")
+        record_steps = set(range(0, steps + 1, every)) | {steps}
+    record_steps = sorted(set(int(t) for t in record_steps))
+    if record_steps and (record_steps[0] < 0 or record_steps[-1] > steps):
+        raise ValueError(f"record_steps: must lie in [0, {steps}], got {record_steps}")
+    net._finite(X.shape[1:], "")  # the description as given must fit the inputs
+    fin = at_width(net, width, n_outputs=k)
+    leaves = _leaves(fin)
+    in_shape = X.shape[1:]
+    subs, shape = [], in_shape
+    for i, leaf in enumerate(leaves):
+        subs.append(leaf._finite(shape, f" at layer {i}"))
+        shape = subs[-1].out_shape
+    n_leaves = len(leaves)
+    f_at = n_leaves - 1 if features_at is None else int(features_at)
+    if not 0 <= f_at < n_leaves:
+        raise ValueError(f"features_at: must lie in [0, {n_leaves - 1}] (layers of the flattened serial), got "
+                         f"{features_at!r}")
+    slices, off = [], 0
+    for f in subs:
+        slices.append(slice(off, off + f.n_params))
+        off += f.n_params
+    shapes = sum((f.param_shapes for f in subs), [])
+    scales = sum((f.init_scales for f in subs), [])
+    bk = get_backend(backend)
+    xp = bk.xp
+    n_networks = _positive_int(n_networks, "n_networks")
+    seeds = network_seeds(seed, n_networks)
+    n_test = 0 if Xt is None else Xt.shape[0]
+    if batch_size is None:
+        per = 8 * (4 * sum(int(np.prod([N if d == stax.PER_INPUT else d for d in s])) for s in shapes)
+                   + 4 * (N + n_test) * sum(f.floats for f in subs))
+        batch_size = max(1, min(n_networks, bk.batch_budget() // max(per, 1)))
+    bs = _positive_int(batch_size, "batch_size")
+    Xb, Yb = bk.asarray(X), bk.asarray(Y)
+    Xtb = None if Xt is None else bk.asarray(Xt)
+    scale = 1.0 / N if loss_scale == "mean" else 1.0
+
+    def run(params, x, upto=n_leaves):
+        caches, outs = [], None
+        for j in range(upto):
+            x, c = subs[j].forward(xp, params[slices[j]], x)
+            caches.append(c)
+            if j == f_at - 1:
+                outs = x
+        return x, caches, outs
+
+    def backward(params, caches, g, sink):
+        for j in range(n_leaves - 1, -1, -1):
+            g = subs[j].backward(xp, params[slices[j]], caches[j], g, sink, j > 0)
+
+    def batched(a, B):
+        return xp.broadcast_to(xp.reshape(a, (1, *a.shape)), (B, *a.shape))
+
+    abc, kappa, rho, layout = None, None, None, None
+    recs = {key: [] for key in ("f", "loss", "ft", "ntk", "feat", "ro")}
+    # small products: single-threaded BLAS on the CPU, as in sample_kernels (a no-op for a GPU)
+    with arrays.single_threaded_blas():
+        for s0 in range(0, n_networks, bs):
+            sd = seeds[s0:s0 + bs]
+            B = len(sd)
+            params = _draw(bk, sd, shapes, scales, N)
+            if layout is None:  # which parameters are affine weights/biases, with their multipliers
+                probe = _Layout(params)
+                out, caches, _ = run(params, batched(Xb, B))
+                backward(params, caches, xp.ones(out.shape, dtype=out.dtype, device=_device(out)), probe)
+                layout = probe.info
+                n_affine = sum(v[0] == "W" for v in layout.values())
+                abc = _abc_of(parametrization, n_affine)
+                if abc is None:
+                    kappa, rho = [1.0] * len(shapes), [float(lr) if j in layout else 0.0 for j in range(len(shapes))]
+                else:
+                    if width is None:
+                        raise ValueError("width: an abc-parametrization scales with the width n; give width=n")
+                    kappa, rho = _abc_scales(abc, layout, int(width), float(lr), len(shapes))
+                readout_W = max(j for j, v in layout.items() if v[0] == "W")
+            if init is not None:
+                if len(init) != len(shapes):
+                    raise ValueError(f"init: expected {len(shapes)} arrays (one per parameter), got {len(init)}")
+                params = []
+                for j, (a, shp) in enumerate(zip(init, shapes)):
+                    a = np.asarray(a, dtype=float)
+                    if a.shape == tuple(shp):
+                        a = np.broadcast_to(a, (n_networks, *shp))
+                    if a.shape != (n_networks, *shp):
+                        raise ValueError(f"init[{j}]: expected shape {tuple(shp)} or {(n_networks, *shp)}, got {a.shape}")
+                    params.append(bk.asarray(np.ascontiguousarray(a[s0:s0 + B])))
+            else:
+                params = [p if kappa[j] == 1.0 else kappa[j] * p for j, p in enumerate(params)]
+            x = batched(Xb, B)
+            xt = None if Xtb is None else batched(Xtb, B)
+            rows = {key: [] for key in recs}
+            rec = set(record_steps)
+            for t in range(steps + 1):
+                f, caches, feat = run(params, x)
+                r = f - Yb
+                if t in rec:
+                    loss = 0.5 * scale * xp.sum(xp.reshape(r * r, (B, -1)), axis=1)
+                    row = {"f": bk.to_numpy(f), "loss": bk.to_numpy(loss)}
+                    if xt is not None:
+                        row["ft"] = bk.to_numpy(run(params, xt)[0])
+                    if "ntk" in record:
+                        sink = _WeightedNTK(params, [q / lr for q in rho])
+                        backward(params, caches, xp.ones(f.shape, dtype=f.dtype, device=_device(f)), sink)
+                        ntk = sink.parts[0]
+                        for part in sink.parts[1:]:
+                            ntk = ntk + part
+                        row["ntk"] = bk.to_numpy(ntk)
+                    if "features" in record:
+                        row["feat"] = bk.to_numpy(xp.reshape(feat, (B, N, -1)))
+                    if "readout" in record:
+                        row["ro"] = layout[readout_W][1] * bk.to_numpy(params[readout_W])
+                    for key, v in row.items():
+                        rows[key].append(v)
+                    if callback is not None:
+                        callback(t, {key: v for key, v in row.items()})
+                if t == steps:
+                    break
+                sink = _Gradients(params)
+                backward(params, caches, scale * r, sink)
+                for j, g in enumerate(sink.grads):
+                    if g is None or rho[j] == 0.0:
+                        continue
+                    if weight_decay:
+                        g = g + weight_decay * params[j]
+                    params[j] = params[j] - rho[j] * g
+            for key, v in rows.items():
+                if v:
+                    recs[key].append(np.stack(v, axis=1))
+    cat = lambda key: np.concatenate(recs[key]) if recs[key] else None  # noqa: E731
+    name = "layers" if abc is None else (parametrization if isinstance(parametrization, str) else repr(abc))
+    return TrainResult(np.asarray(record_steps), cat("f"), cat("loss"), cat("ft"), cat("ntk"), cat("feat"),
+                       cat("ro"), float(lr), seed if isinstance(seed, (int, np.integer)) else None, bk.name, name)

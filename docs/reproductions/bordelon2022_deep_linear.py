@@ -58,8 +58,8 @@ def main(argv=None):
     loss = lambda f: 0.5 * ((f - y) ** 2).sum(-1)  # noqa: E731
     nets = {}
     for L, g in _common.progress([(L, g) for L in depths for g in gammas[-1:]], "finite muP networks"):
-        fs = np.array([train_mup_mlp(X, y, L, "linear", g, width, T, dt, seed=a.seed + 10 + i, record=[T])[0][-1]
-                       for i in range(networks)])
+        fs = train_mup_mlp(X, y, L, "linear", g, width, T, dt, n_networks=networks, seed=a.seed + 10,
+                           record=[T])[0][:, -1]
         ls = loss(fs)
         nets[L, g] = ls
         cmp.add(f"L={L}, gamma0={g:g}: train loss at t={T * dt:g}, width {width} (mean of {networks})", ls.mean(),

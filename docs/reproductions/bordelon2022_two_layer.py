@@ -50,8 +50,8 @@ def main(argv=None):
     for g in _common.progress(gammas, "DMFT and networks per gamma0"):
         runs[g] = dmft.two_layer(kx, y, "tanh", g, T, dt, samples=samples, seed=a.seed + 1, snapshots=6)
         if g > 0:
-            nets[g] = np.array([train_mup_mlp(X, y, 1, "tanh", g, width, T, dt, seed=a.seed + 2 + i, record=rec)[0]
-                                for i in range(networks)])
+            nets[g] = train_mup_mlp(X, y, 1, "tanh", g, width, T, dt, n_networks=networks, seed=a.seed + 2,
+                                    record=rec)[0]
     align = {g: dmft.kernel_alignment(r.K[-1, -1], y) for g, r in runs.items()}
     for g, fs in nets.items():
         r = runs[g]

@@ -36,10 +36,14 @@ X = np.random.default_rng(0).standard_normal((5, 6))
 @needs_gpu
 @pytest.mark.parametrize("backend", BACKENDS or ["none"])
 def test_gpu_kernels_equal_cpu_kernels_of_the_same_weights(backend):
-    spec = mc.as_spec(None, 64, depth=3, activation="gelu", weight_var=1.5, bias_var=0.1, parametrization="standard")
-    gpu = mc.Networks.sample(spec, 6, 4, seed=1, backend=backend)
-    cpu = mc.Networks(spec, 6, [gpu.backend.to_numpy(w) for w in gpu.weights],
-                      [gpu.backend.to_numpy(b) for b in gpu.biases], mc.get_backend("numpy"), gpu.seeds)
+    from limitlab.theory.kernels import stax
+    from limitlab.verify import networks as nw
+
+    std = dict(weight_var=1.5, bias_var=0.1, parametrization="standard")
+    net = stax.serial(stax.Dense(64, **std), stax.Gelu(), stax.Dense(64, **std), stax.Gelu(), stax.Dense(1, **std))
+    gpu = nw.FiniteNetworks.sample(net, (6,), 4, seed=1, backend=backend)
+    cpu = nw.FiniteNetworks(gpu.net, (6,), [gpu.backend.to_numpy(p) for p in gpu.params], mc.get_backend("numpy"),
+                            gpu.seeds)
     for a, b in zip(gpu.kernels(X), cpu.kernels(X)):
         np.testing.assert_allclose(gpu.backend.to_numpy(a), b, rtol=1e-10, atol=1e-12)
 
@@ -61,14 +65,21 @@ def test_gpu_ensemble_matches_the_limiting_kernels(backend, method):
 
 @needs_gpu
 @pytest.mark.parametrize("backend", BACKENDS or ["none"])
-def test_gpu_training_matches_cpu_training(backend):
-    spec = mc.as_spec(None, 32, depth=2, activation="tanh", bias_var=0.1)
+@pytest.mark.parametrize("parametrization", ["layers", "mup"])
+def test_gpu_training_matches_cpu_training(backend, parametrization):
+    """The engine's gradient descent: the same draws trained on the GPU and on the CPU."""
+    from limitlab.theory.kernels import stax
+    from limitlab.verify import networks as nw
+
+    net = stax.serial(stax.Dense(32, bias_var=0.1), stax.Tanh(), stax.Dense(32), stax.Tanh(), stax.Dense(1, bias_var=0.1))
     y = np.linspace(-1, 1, 5)
-    g = mc.train(spec, X, y, lr=0.5, steps=20, n_networks=3, seed=4, backend=backend)
-    gpu_nets = mc.Networks.sample(spec, 6, 3, seed=4, backend=backend)
-    cpu_nets = mc.Networks(spec, 6, [gpu_nets.backend.to_numpy(w) for w in gpu_nets.weights],
-                           [gpu_nets.backend.to_numpy(b) for b in gpu_nets.biases], mc.get_backend("numpy"),
-                           gpu_nets.seeds)
-    for _ in range(20):
-        cpu_nets.loss_and_step(X, y[:, None], 0.5)
-    np.testing.assert_allclose(g.f_train[:, -1], cpu_nets.forward(X), rtol=1e-8, atol=1e-10)
+    kw = dict(lr=0.5, steps=20, width=32, parametrization=parametrization, n_networks=3, record_every=10,
+              record=("ntk",))
+    init = [mc.get_backend(backend).to_numpy(p) for p in
+            nw.FiniteNetworks.sample(net, (6,), 3, seed=4, backend=backend, width=32).params]
+    g = nw.train(net, X, y, backend=backend, init=init, **kw)
+    c = nw.train(net, X, y, backend="numpy", init=init, **kw)
+    assert g.backend == backend
+    np.testing.assert_allclose(g.f_train, c.f_train, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(g.ntk_train, c.ntk_train, rtol=1e-8, atol=1e-10)
+    assert np.all(g.loss[:, -1] < g.loss[:, 0])

@@ -209,6 +209,15 @@ FD_NETS = {
     "attention-identity": (stax.serial(stax.Conv(3, (2, 1), padding="SAME", **WB),
                                        GlobalSelfAttention(3, 2, 2, 2, False, 1.3, 0.9, 1.1, 1.2, 0.1, "identity"),
                                        stax.Tanh(), stax.Flatten(), stax.Dense(1, **WB)), (2, 3, 2)),
+    # standard parametrization (the trained variables are the weights themselves): with and without biases
+    "standard-mlp": (stax.serial(stax.Dense(4, **WB, parametrization="standard"), stax.Erf(),
+                                 stax.Dense(4, 1.5, None, parametrization="standard"), stax.Tanh(),
+                                 stax.Dense(1, **WB, parametrization="standard")), (3,)),
+    "standard-cnn-pool": (stax.serial(stax.Conv(3, (2, 2), padding="SAME", **WB, parametrization="standard"),
+                                      stax.Relu(), stax.AvgPool((2, 2)),
+                                      stax.Conv(3, (2, 1), **WB, parametrization="standard"), stax.Erf(),
+                                      stax.GlobalAvgPool(), stax.Dense(1, **WB, parametrization="standard")),
+                          (4, 5, 2)),
     "attention-relu-abs": (stax.serial(stax.Dense(3, **WB),
                                        GlobalSelfAttention(3, 2, 2, 2, True, 1.3, 0.9, 1.1, 1.2, None, "relu"),
                                        GlobalSelfAttention(3, 2, 2, 1, True, attention_mechanism="abs"),
@@ -250,16 +259,18 @@ def test_both_ntk_contractions_of_a_shared_weight_equal_the_per_input_gradient_g
 # the MLP engine, the limit, the conditional sampler, backends, seeds
 # --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("depth,activation", [(1, "relu"), (2, "erf")])
-def test_mlp_kernels_equal_montecarlo_for_the_same_draws(depth, activation):
+@pytest.mark.parametrize("depth,activation,parametrization", [(1, "relu", "ntk"), (2, "erf", "ntk"),
+                                                                (2, "gelu", "standard")])
+def test_mlp_kernels_equal_montecarlo_for_the_same_draws(depth, activation, parametrization):
+    """The MLP samplers of verify/montecarlo.py draw the engine's networks (same seeds, same order)."""
     X = np.random.default_rng(5).standard_normal((4, 5))
     layers = []
     for _ in range(depth):
-        layers += [stax.Dense(7, **WB), stax.Activation(activation)]
-    net = stax.serial(*layers, stax.Dense(1, **WB))
+        layers += [stax.Dense(7, **WB, parametrization=parametrization), stax.Activation(activation)]
+    net = stax.serial(*layers, stax.Dense(1, **WB, parametrization=parametrization))
     ours = nw.sample_kernels(net, X, width=16, n_networks=6, seed=3, backend="numpy", method="weights")
-    ref = mc.sample_kernels(MLP(depth, activation, **WB), X, width=16, n_networks=6, seed=3, backend="numpy",
-                            method="weights")
+    ref = mc.sample_kernels(MLP(depth, activation, **WB, parametrization=parametrization), X, width=16,
+                            n_networks=6, seed=3, backend="numpy", method="weights")
     for a, b in ((ours.nngp, ref.nngp), (ours.ntk, ref.ntk), (ours.outputs, ref.outputs)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
@@ -430,9 +441,6 @@ def test_bad_inputs_name_the_layer_argument_and_shape():
 def test_layer_options_without_a_finite_network_say_so():
     X = np.ones((2, 4, 3))
     tail = (stax.Flatten(), stax.Dense(1))
-    with pytest.raises(NotImplementedError, match=r"Dropout\(0.5, mode='train'\).*serial\[1\].*per input.*"
-                                                  r"\(N, 4, 5\).*mode='test'"):
-        nw.sample_kernels(stax.serial(stax.Dense(5), Dropout(0.5), *tail), X, n_networks=1)
     with pytest.raises(NotImplementedError, match=r"LayerNorm.*serial\[1\].*batch axis 0.*\(N, 4, 5\)"):
         nw.sample_kernels(stax.serial(stax.Dense(5), LayerNorm(axis=(0, -1)), *tail), X, n_networks=1)
     with pytest.raises(ValueError, match=r"LayerNorm.*serial\[1\].*must include the channel axis.*\(N, 4, 5\)"):
@@ -455,3 +463,181 @@ def test_a_lone_dense_readout_is_the_linear_model_whose_kernels_are_exact():
     ks = nw.sample_kernels(stax.Dense(5, 2.0, 0.3), X, n_networks=3, seed=0, backend="numpy")
     for k in (ks.nngp, ks.ntk):
         np.testing.assert_allclose(k, np.broadcast_to(2.0 * X @ X.T / 4 + 0.3, (3, 3, 3)), rtol=1e-13)
+
+
+# --------------------------------------------------------------------------------------
+# the standard parametrization and Dropout in train mode: ensembles against the limit
+# --------------------------------------------------------------------------------------
+
+def test_standard_parametrization_ensemble_converges_to_its_width_dependent_limit():
+    """Standard parametrization (Sohl-Dickstein et al. 2020): the NNGP is the NTK
+    parametrization's, the NTK grows with the declared width n; the ensemble mean of the finite
+    networks' NTK at width n is the stax kernel of ``at_width(net, n)`` (to O(1/n))."""
+    std = dict(WB, parametrization="standard")
+    net = stax.serial(stax.Conv(4, (2,), padding="SAME", **std), stax.Relu(), stax.AvgPool((2,)),
+                      stax.Flatten(), stax.Dense(1, **std))
+    X = np.random.default_rng(9).standard_normal((3, 4, 2))
+    K = nw.limit(net, X, width=256)
+    ntk_param = nw.limit(stax.serial(stax.Conv(4, (2,), padding="SAME", **WB), stax.Relu(), stax.AvgPool((2,)),
+                                     stax.Flatten(), stax.Dense(1, **WB)), X, width=256)
+    np.testing.assert_allclose(K.nngp, ntk_param.nngp, rtol=1e-12)
+    assert np.all(K.ntk > 20 * ntk_param.ntk)  # ~ n / (2 w) times larger
+    ks = nw.sample_kernels(net, X, width=256, n_networks=300, seed=2, backend="numpy")
+    for emp, th in ((ks.nngp, K.nngp), (ks.ntk, K.ntk)):
+        assert _limit_test(emp, th) < 5.0
+        assert _limit_test(emp, 1.05 * th) > 5.0  # power: a 5% error is rejected
+
+
+def test_dropout_train_mode_ensemble_converges_to_the_kernel_rule():
+    """Dropout(rate) in train mode: the finite networks' masks (one per input) scale only the
+    same-input entries by 1/rate in the limit (Srivastava et al. 2014; the stax kernel rule)."""
+    net = stax.serial(stax.Dense(8, **WB), stax.Relu(), Dropout(0.6), stax.Dense(8, **WB), stax.Erf(),
+                      Dropout(0.8), stax.Dense(1, **WB))
+    X = np.random.default_rng(10).standard_normal((3, 5))
+    K = nw.limit(net, X)
+    test_mode = nw.limit(stax.serial(stax.Dense(8, **WB), stax.Relu(), stax.Dense(8, **WB), stax.Erf(),
+                                     stax.Dense(1, **WB)), X)
+    assert np.all(np.abs(np.diag(K.ntk) / np.diag(test_mode.ntk) - 1) > 0.1)  # the masks matter
+    ks = nw.sample_kernels(net, X, width=512, n_networks=300, seed=4, backend="numpy")
+    for emp, th in ((ks.nngp, K.nngp), (ks.ntk, K.ntk)):
+        assert _limit_test(emp, th) < 5.0
+        assert _limit_test(emp, 1.05 * th) > 5.0
+    # masks drawn after the parameters: the weights do not depend on the number of inputs
+    a = nw.FiniteNetworks.sample(net, (5,), 2, seed=1, backend="numpy", n_inputs=3, width=4)
+    b = nw.FiniteNetworks.sample(net, (5,), 2, seed=1, backend="numpy", n_inputs=7, width=4)
+    for p, q, shape in zip(a.params, b.params, a.body.param_shapes + a.readout.param_shapes):
+        if shape[0] != stax.PER_INPUT:
+            np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match="n_inputs.*Dropout"):
+        nw.FiniteNetworks.sample(net, (5,), 2, seed=1, backend="numpy")
+
+
+# --------------------------------------------------------------------------------------
+# gradient-descent training
+# --------------------------------------------------------------------------------------
+
+TRAIN_NETS = {
+    "mlp": (stax.serial(stax.Dense(24, 1.4, 0.3), stax.Tanh(), stax.Dense(24, 1.4, 0.3), stax.Tanh(),
+                        stax.Dense(1, 1.4, 0.3)), (4,), "layers"),
+    "mlp-standard": (stax.serial(stax.Dense(24, 1.4, 0.3, parametrization="standard"), stax.Gelu(),
+                                 stax.Dense(1, 1.4, 0.3, parametrization="standard")), (4,), "layers"),
+    "cnn-pool": (stax.serial(stax.Conv(6, (2,), padding="SAME", **WB), stax.Relu(), stax.AvgPool((2,)),
+                             LayerNorm(), stax.Conv(6, (2,), **WB), stax.Erf(), stax.GlobalAvgPool(),
+                             stax.Dense(1, **WB)), (4, 2), "layers"),
+    "mlp-mup": (stax.serial(stax.Dense(24, 1.4, 0.3), stax.Tanh(), stax.Dense(24, 1.4, 0.3), stax.Tanh(),
+                            stax.Dense(1, 1.4, 0.3)), (4,), "mup"),
+    "mlp-sp": (stax.serial(stax.Dense(24, 1.4, 0.3, parametrization="standard"), stax.Tanh(),
+                           stax.Dense(1, 1.4, 0.3, parametrization="standard")), (4,), "sp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_NETS))
+def test_one_small_gradient_step_moves_outputs_by_minus_lr_ntk_residual(name):
+    """f(theta - lr grad) - f(theta) = -lr/N Theta (f - y) + O(lr^2), Theta the recorded NTK of the
+    dynamics: gradients, rates (abc multipliers included) and the NTK share one convention."""
+    net, shape, par = TRAIN_NETS[name]
+    X = np.random.default_rng(3).standard_normal((3, *shape))
+    y = np.array([0.5, -1.0, 2.0])
+    errs = []
+    for lr in (1e-4, 5e-5):
+        r = nw.train(net, X, y, lr=lr, steps=1, width=24, parametrization=par, n_networks=2, seed=4,
+                     record=("ntk",), backend="numpy")
+        f0, f1, ntk = r.f_train[:, 0, :, 0], r.f_train[:, 1, :, 0], r.ntk_train[:, 0]
+        pred = -lr / 3 * np.einsum("bij,bj->bi", ntk, f0 - y)
+        errs.append(np.max(np.abs(f1 - f0 - pred)))
+        assert errs[-1] < 1e-2 * np.max(np.abs(pred))
+    assert errs[1] < 0.3 * errs[0]  # the remainder is O(lr^2): it falls 4x when lr halves
+
+
+def test_ntp_preset_is_the_layers_ntk_parametrization_and_mup_is_bordelon_pehlevans_network():
+    """Yang & Hu 2021's ntp preset trains exactly as the NTK-parametrized layers; the mup preset
+    (readout weight_var 1/gamma0^2, rate dt gamma0^2) is Bordelon & Pehlevan 2022's muP network,
+    written out here: h = W0 x / sqrt(D), f = w . tanh(h) / (gamma0 N), every parameter moved by
+    dt gamma0^2 N sum_mu (y - f)_mu df_mu/dtheta."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((4, 5)), rng.standard_normal(4)
+    net, _, _ = TRAIN_NETS["mlp"]
+    a = nw.train(net, X, y, lr=0.1, steps=5, width=24, n_networks=2, seed=1, backend="numpy")
+    b = nw.train(net, X, y, lr=0.1, steps=5, width=24, parametrization="ntp", n_networks=2, seed=1, backend="numpy")
+    np.testing.assert_allclose(a.f_train, b.f_train, rtol=1e-12, atol=1e-14)
+    N, D, g, dt = 32, 5, 0.7, 0.2
+    W0_init, w_init = rng.standard_normal((N, D)), rng.standard_normal(N)
+    W0, w, fs = W0_init, w_init, []
+    for _ in range(6):
+        h = W0 @ X.T / math.sqrt(D)
+        f = w @ np.tanh(h) / (g * N)
+        fs.append(f)
+        delta = y - f
+        gw = np.tanh(h) @ delta / (g * N)
+        gW0 = ((w[:, None] * (1 - np.tanh(h) ** 2) / (g * N)) * delta) @ X / math.sqrt(D)
+        w, W0 = w + dt * g * g * N * gw, W0 + dt * g * g * N * gW0
+    mup = stax.serial(stax.Dense(1), stax.Tanh(), stax.Dense(1, weight_var=1 / g ** 2))
+    # the engine's muP readout variable is w / sqrt(N) (init n^-1/2 in its NTK-parametrized Dense)
+    init = [W0_init.T, np.zeros(N), w_init[:, None] / math.sqrt(N), np.zeros(1)]
+    r = nw.train(mup, X, y, lr=dt * g * g, steps=5, width=N, parametrization="mup", loss_scale="sum",
+                 record_every=1, backend="numpy", init=init)
+    np.testing.assert_allclose(r.f_train[0, :, :, 0], np.array(fs), rtol=1e-12, atol=1e-14)
+
+
+def test_training_a_wide_ntk_network_follows_its_linearization():
+    """Lee et al. 2019: at large width in the NTK parametrization, GD ~ the linear model with the initial NTK."""
+    X = np.random.default_rng(7).standard_normal((3, 4))
+    y = np.array([1.0, -0.5, 0.3])
+    net = stax.serial(stax.Dense(1, 1.0, 0.1), stax.Erf(), stax.Dense(1, 1.0, 0.1))
+    res = nw.train(net, X, y, lr=1.0, steps=40, width=2048, n_networks=2, seed=3, record_every=10, record=("ntk",),
+                   backend="numpy")
+    assert res.f_train.shape == (2, 5, 3, 1) and res.loss.shape == (2, 5)
+    for s in range(2):
+        K = res.ntk_train[s, 0]
+        f0 = res.f_train[s, 0, :, 0]
+        for k, t in enumerate(res.steps):
+            # discrete GD of the linear model: f_t - y = (I - lr K / N)^t (f_0 - y)
+            lin = y + np.linalg.matrix_power(np.eye(3) - K / 3, int(t)) @ (f0 - y)
+            assert np.max(np.abs(res.f_train[s, k, :, 0] - lin)) < 0.03
+    assert np.all(res.loss[:, -1] < 0.2 * res.loss[:, 0])
+    rel = np.abs(res.ntk_train[:, -1] - res.ntk_train[:, 0]).max() / np.abs(res.ntk_train[:, 0]).max()
+    assert rel < 0.05  # lazy training: the NTK barely moves
+
+
+def test_training_records_batches_backends_and_weight_decay():
+    pytest.importorskip("array_api_strict")
+    net, shape, _ = TRAIN_NETS["cnn-pool"]
+    X = np.random.default_rng(2).standard_normal((3, *shape))
+    Y = np.random.default_rng(3).standard_normal((3, 2))
+    kw = dict(lr=0.05, steps=4, width=5, n_networks=3, seed=6, record=("features", "readout"), record_every=2,
+              X_test=X[:2] + 0.1, weight_decay=0.01)
+    a = nw.train(net, X, Y, backend="numpy", **kw)
+    b = nw.train(net, X, Y, backend="array-api-strict", batch_size=2, **kw)
+    for key in ("f_train", "f_test", "loss", "features", "readout"):
+        np.testing.assert_allclose(getattr(b, key), getattr(a, key), rtol=1e-10, atol=1e-13)
+    assert a.f_train.shape == (3, 3, 3, 2) and a.features.shape == (3, 3, 3, 5) and a.readout.shape == (3, 3, 5, 2)
+    # weight decay: one step on the readout alone (a lone Dense) is W (1 - lr wd) - lr grad
+    lone = stax.Dense(1, 1.0, 0.0, parametrization="standard")
+    Xs = np.random.default_rng(4).standard_normal((5, 3))
+    r = nw.train(lone, Xs, np.ones(5), lr=0.1, steps=1, weight_decay=0.5, record=("readout",), backend="numpy")
+    W0 = r.readout[0, 0, :, 0]
+    grad = Xs.T @ (Xs @ W0 - 1.0) / 5
+    np.testing.assert_allclose(r.readout[0, 1, :, 0], W0 * (1 - 0.05) - 0.1 * grad, rtol=1e-12)
+
+
+def test_training_bad_inputs_name_the_argument():
+    net, shape, _ = TRAIN_NETS["mlp"]
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match="lr"):
+        nw.train(net, X, np.ones(3), lr=-1.0, steps=2)
+    with pytest.raises(ValueError, match="y"):
+        nw.train(net, X, np.ones(4), lr=0.1, steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=-1)
+    with pytest.raises(ValueError, match="width.*abc"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=1, parametrization="mup")
+    with pytest.raises(ValueError, match="parametrization.*2 layers.*3 Dense/Conv"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=1, width=8, parametrization=([0, 0], [0, 0.5], 1))
+    with pytest.raises(ValueError, match="parametrization.*'layers'"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=1, width=8, parametrization="ntk-ish")
+    with pytest.raises(ValueError, match="record"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=1, record=("hessian",))
+    with pytest.raises(ValueError, match="record_steps"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=1, record_steps=[5])
+    with pytest.raises(ValueError, match="init"):
+        nw.train(net, X, np.ones(3), lr=0.1, steps=1, init=[np.ones(2)])

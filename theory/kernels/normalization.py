@@ -37,18 +37,20 @@ gain and bias; neural-tangents' LayerNorm), with the exact backward pass
 ``dL/dh = (g - mean g - y mean(g y)) / sqrt(eps + var h)``. Its channel average converges to
 the kernel rule's normalizer at rate n^-1/2 (the mean subtraction adds an O(1/n) bias).
 Normalizing over the batch axis couples the inputs (the network is then not a function of
-each input), so it has no finite network. Dropout in "test" mode is the identity; "train" mode
-has no finite network (see :class:`Dropout`).
+each input), so it has no finite network. Dropout in "test" mode is the identity; in "train"
+mode each network draws one Bernoulli(rate) mask per input, pixel and channel (per-input noise,
+``stax.PER_INPUT``, held fixed), so its ensemble converges to the kernel rule above.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import replace
+from statistics import NormalDist
 
 import numpy as np
 
-from limitlab.theory.kernels.stax import Layer, _Finite, _no_params_finite, _prod
+from limitlab.theory.kernels.stax import PER_INPUT, Layer, _Finite, _no_params_finite, _prod
 
 __all__ = ["LayerNorm", "Dropout"]
 
@@ -200,11 +202,9 @@ class Dropout(Layer):
     Unlike neural-tangents, Dropout directly on the inputs is allowed: the same rule holds there
     (the input kernel is a channel average too).
 
-    Finite networks (``limitlab.verify.networks``): ``mode="test"`` is the identity.
-    ``mode="train"`` raises NotImplementedError there: its masks are drawn per input (that is what
-    makes only the same-input diagonal scale), so their number depends on the batch and the
-    output is not a function of the input, while the finite engine's parameters are per-network
-    arrays of fixed shapes and its NTK assumes per-input functions.
+    Finite networks (``limitlab.verify.networks``): ``mode="test"`` is the identity;
+    ``mode="train"`` multiplies by a mask drawn per network and per input (the i-th input of a
+    batch gets the i-th mask: the number of masks is the batch's), held fixed (also in training).
     """
 
     def __init__(self, rate, mode="train"):
@@ -242,11 +242,24 @@ class Dropout(Layer):
         return replace(k, cov1=own(k.cov1), cov2=own(k.cov2), gaussian=False)
 
     def _ffinite(self, shape, name, cond=None):
-        """Finite: "test" mode, the identity; "train" mode raises (see the class docstring)."""
-        if self.mode == "train":
-            raise NotImplementedError(
-                f"{name}: mode='train' has no finite network here: its Bernoulli(rate) masks are drawn per input "
-                f"(their number depends on the batch, and the output is not a function of the input alone), while "
-                f"the finite engine draws per-network parameters of fixed shapes (input shape (N, "
-                f"{', '.join(map(str, shape))})); use mode='test' (the identity) in finite networks")
-        return _no_params_finite(tuple(shape), lambda xp, x: x, lambda xp, g: g)
+        """Finite: "test" mode, the identity. "train" mode: ``y = m h / rate``, ``m = [z < Phi^-1(rate)]``
+        Bernoulli(rate) from per-input N(0, 1) noise z (one mask per network, input, pixel and
+        channel, drawn with the network and held fixed; ``stax.PER_INPUT``); backward ``g m / rate``.
+        The mask carries no parameter, so the NTK has no part of its own."""
+        if self.mode == "test":
+            return _no_params_finite(tuple(shape), lambda xp, x: x, lambda xp, g: g)
+        shape = tuple(shape)
+        rate = self.rate
+        cut = NormalDist().inv_cdf(rate) if rate < 1.0 else math.inf
+
+        def forward(xp, params, h):
+            (z,) = params
+            if z.shape[:2] != h.shape[:2]:
+                raise ValueError(f"{name}: its masks were drawn for {z.shape[1]} inputs, got {h.shape[1]}")
+            m = xp.astype(z < cut, h.dtype) / rate
+            return h * m, m
+
+        def backward(xp, params, m, g, acc, need):
+            return g * m if need else None
+
+        return _Finite(shape, [(PER_INPUT, *shape)], forward, backward, 2 * _prod(shape))

@@ -203,12 +203,34 @@ def _variances(layer, weight_var, bias_var, W_std, b_std):
     return w, b
 
 
-def _parametrization(p, layer):
-    if p != "ntk":
-        if p == "standard":
-            raise NotImplementedError(f"{layer}: parameterization='standard' is not implemented in limitlab.stax yet; "
-                                      "only 'ntk' (neural-tangents' default)")
-        raise ValueError(f"{layer}: parameterization must be 'ntk', got {p!r}")
+_UNSET = object()  # b_std not given (b_std=None given means "no bias", neural-tangents' spelling)
+
+
+def _parametrization(parametrization, parameterization, layer):
+    """'ntk' or 'standard', from limitlab's spelling or neural-tangents' (not both)."""
+    if parametrization is not None and parameterization is not None and parametrization != parameterization:
+        raise ValueError(f"{layer}: give parametrization or parameterization (neural-tangents' spelling), not both")
+    p = parametrization if parametrization is not None else parameterization
+    p = "ntk" if p is None else p
+    if p not in ("ntk", "standard"):
+        raise ValueError(f"{layer}: parametrization must be 'ntk' or 'standard', got {p!r}")
+    return p
+
+
+def _affine_args(self, layer, weight_var, bias_var, W_std, b_std, parametrization, parameterization):
+    """Variances, parametrization and whether the layer has a bias (``bias_var=None`` or
+    ``b_std=None`` given: none; it matters only in the standard parametrization, where a bias
+    initialised at zero is still trained: neural-tangents' ``b_std=None`` vs ``0.0``)."""
+    self.has_bias = bias_var is not None and b_std is not None
+    self.weight_var, self.bias_var = _variances(layer, weight_var, bias_var, W_std,
+                                                None if b_std is _UNSET else b_std)
+    self.parametrization = _parametrization(parametrization, parameterization, layer)
+
+
+def _affine_repr(self):
+    standard = self.parametrization == "standard"
+    b = "None" if standard and not self.has_bias else f"{self.bias_var:g}"
+    return f"weight_var={self.weight_var:g}, bias_var={b}" + (", parametrization='standard'" if standard else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -377,24 +399,45 @@ def _from_matrix(m, n1, n2, spatial):
 # patches (im2col) with the filter.
 
 
+# a parameter shape starting with PER_INPUT is per-input noise, not a parameter: its leading axis
+# is the number of inputs N (Dropout's masks); it is drawn after the parameters and never trained
+PER_INPUT = "N"
+
+
 class _Finite:
     """A layer's finite network at given input shapes (see the comment above).
 
     ``forward(xp, params, x) -> (y, cache)``; ``backward(xp, params, cache, g, acc, need_input)``
-    returns the input gradient (None when ``need_input`` is False) and appends NTK parts to acc.
+    returns the input gradient (None when ``need_input`` is False) and appends NTK parts to acc
+    (or, when acc is a :class:`ParamSink`, hands it each affine layer's patches and output
+    gradients). ``init_scales[j]``: the standard deviation of parameter j at initialization
+    (its N(0, 1) draws times it; 1.0 in the NTK parametrization).
     """
 
-    def __init__(self, out_shape, param_shapes, forward, backward, floats=None):
+    def __init__(self, out_shape, param_shapes, forward, backward, floats=None, init_scales=None):
         self.out_shape, self.param_shapes = out_shape, list(param_shapes)
         self.forward, self.backward = forward, backward
         if floats is None:  # per-input floats held by the forward pass (memory estimates)
             shapes = out_shape if isinstance(out_shape, list) else [out_shape]
             floats = sum(_prod(s) for s in shapes)
         self.floats = int(floats)
+        self.init_scales = [1.0] * len(self.param_shapes) if init_scales is None else list(init_scales)
 
     @property
     def n_params(self) -> int:
         return len(self.param_shapes)
+
+
+class ParamSink:
+    """What an affine layer's backward pass hands over instead of its NTK part, when ``acc`` is
+    one: ``take(xp, params, A, G, mult, sd)`` with its parameters ``[W, b]``, patches A (B, N, P,
+    F), output gradients G (B, N, P, O), the multipliers ``mult = (m_W, m_b)`` of the forward
+    pass ``h = m_W A W + m_b b`` and ``sd = (s_W, s_b)``, the effective standard deviations
+    ``sqrt(weight_var / fan_in)``, ``sqrt(bias_var)`` (limitlab.verify.networks' trainer: the
+    parameter gradients, the layout of an abc-parametrization)."""
+
+    def take(self, xp, params, A, G, mult, sd):  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 def _no_params_finite(out_shape, fwd, bwd):
@@ -495,9 +538,14 @@ def _shared_ntk(xp, A, G, cw, cb, mode=None):
     return w if out is None else w + out
 
 
-def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, out_spatial, cond=None):
-    """Dense (k = 1, patches = the pixels) and Conv: h = sqrt(w / (k C)) patches(x) W + sqrt(b) b.
+def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, out_spatial, cond=None,
+                   parametrization="ntk", has_bias=True):
+    """Dense (k = 1, patches = the pixels) and Conv: h = m_W patches(x) W + m_b b.
 
+    NTK parametrization: ``m_W = sqrt(w / (k C))``, ``m_b = sqrt(b)``, W and b N(0, 1) at init;
+    standard parametrization (Sohl-Dickstein et al. 2020; neural-tangents' ``parameterization=
+    "standard"`` with s = (1, 1)): ``m_W = 1``, ``m_b = 1`` (0 without a bias), W ~ N(0, w / (k C)),
+    b ~ N(0, b). The same function at init; the NTK weighs each gradient Gram by m^2.
     With ``cond = N`` (the number of inputs) and M = N P_out rows of patches fewer than both
     fan_in and fan_out, W is never materialized: Gaussian conditioning as in
     limitlab.verify.montecarlo's ``method="conditional"`` (Yang 2019, "Tensor Programs I"),
@@ -505,7 +553,11 @@ def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, 
     C = shape[-1]
     fan_in = k * C
     sw, sb = math.sqrt(weight_var / fan_in), math.sqrt(bias_var)
-    cw, cb = weight_var / fan_in, bias_var
+    if parametrization == "standard":
+        mw, mb, init = 1.0, (1.0 if has_bias else 0.0), [sw, sb]
+    else:
+        mw, mb, init = sw, sb, [1.0, 1.0]
+    cw, cb = mw * mw, mb * mb
     P_out = _prod(out_spatial)
     if cond is not None:
         M = int(cond) * P_out
@@ -516,21 +568,26 @@ def _affine_finite(shape, k, out_dim, weight_var, bias_var, patches, patches_T, 
         W, b = params
         A = patches(xp, x)  # (B, N, P_out, k C)
         N = A.shape[1]
-        h = sw * xp.matmul(xp.reshape(A, (A.shape[0], N * P_out, fan_in)), W) + sb * b[:, None, :]
+        h = mw * xp.matmul(xp.reshape(A, (A.shape[0], N * P_out, fan_in)), W)
+        if mb != 0.0:
+            h = h + mb * b[:, None, :]
         return xp.reshape(h, (h.shape[0], N, *out_spatial, out_dim)), A
 
     def backward(xp, params, A, g, acc, need):
         W, _ = params
         B_, N = g.shape[0], g.shape[1]
         G = xp.reshape(g, (B_, N, P_out, out_dim))
-        acc.append(_shared_ntk(xp, A, G, cw, cb))
+        if isinstance(acc, ParamSink):
+            acc.take(xp, params, A, G, (mw, mb), (sw, sb))
+        else:
+            acc.append(_shared_ntk(xp, A, G, cw, cb))
         if not need:
             return None
-        gA = sw * xp.matmul(xp.reshape(G, (B_, N * P_out, out_dim)), xp.matrix_transpose(W))
+        gA = mw * xp.matmul(xp.reshape(G, (B_, N * P_out, out_dim)), xp.matrix_transpose(W))
         return patches_T(xp, xp.reshape(gA, (B_, N, P_out, fan_in)))
 
     fin = _Finite((*out_spatial, out_dim), [(fan_in, out_dim), (out_dim,)], forward, backward,
-                  P_out * (fan_in + out_dim))
+                  P_out * (fan_in + out_dim), init)
     fin.coef = (weight_var, bias_var)  # the readout's NNGP: (w / F) a.a' + b
     return fin
 
@@ -542,7 +599,8 @@ def _conditional_affine(F, O, sw, sb, cw, cb, patches, patches_T, out_spatial, M
     are independent N(0, 1) arrays: the forward pass needs only A W = R^T U; the backward pass
     G W^T = (G U^T) Q^T + V (I - Q Q^T) with V = G W'^T, whose rows have covariance G G^T given
     G (which does not depend on W'): V = R_g^T Z from G^T = Q_g R_g, Z (M x F) N(0, 1).
-    Parameters: U (M, O), Z (M, F), b (O,)."""
+    Parameters: U (M, O), Z (M, F), b (O,). ``cw``, ``cb``: the NTK's weights of the gradient
+    Grams (the parametrization's m_W^2, m_b^2); kernels only (it has no parameter gradients)."""
     P_out = _prod(out_spatial)
 
     def forward(xp, params, x):
@@ -559,6 +617,8 @@ def _conditional_affine(F, O, sw, sb, cw, cb, patches, patches_T, out_spatial, M
         A, Q = cache
         B_, N = g.shape[0], g.shape[1]
         G = xp.reshape(g, (B_, N, P_out, O))
+        if isinstance(acc, ParamSink):
+            raise TypeError("a Gaussian-conditioning layer has no parameters to train; build with cond=None")
         acc.append(_shared_ntk(xp, A, G, cw, cb))
         if not need:
             return None
@@ -571,7 +631,7 @@ def _conditional_affine(F, O, sw, sb, cw, cb, patches, patches_T, out_spatial, M
         return patches_T(xp, xp.reshape(gA, (B_, N, P_out, F)))
 
     fin = _Finite((*out_spatial, O), [(M, O), (M, F), (O,)], forward, backward, P_out * (F + O) + F * M)
-    fin.coef = (cw * F, cb)
+    fin.coef = (sw * sw * F, sb * sb)
     return fin
 
 
@@ -786,22 +846,27 @@ class Dense(Layer):
     (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1).
     """
 
-    def __init__(self, out_dim, weight_var=1.0, bias_var=0.0, *, W_std=None, b_std=None, in_dim=None,
-                 parameterization="ntk"):
+    def __init__(self, out_dim, weight_var=1.0, bias_var=0.0, *, W_std=None, b_std=_UNSET, in_dim=None,
+                 parametrization=None, parameterization=None):
         self.out_dim = _pos_int(out_dim, "Dense", "out_dim")
-        self.weight_var, self.bias_var = _variances("Dense", weight_var, bias_var, W_std, b_std)
+        _affine_args(self, "Dense", weight_var, bias_var, W_std, b_std, parametrization, parameterization)
         self.in_dim = None if in_dim is None else _pos_int(in_dim, "Dense", "in_dim")
-        _parametrization(parameterization, "Dense")
 
     def __repr__(self):
-        return f"Dense({self.out_dim}, weight_var={self.weight_var:g}, bias_var={self.bias_var:g})"
+        return f"Dense({self.out_dim}, {_affine_repr(self)})"
 
     def _kernel(self, k, name):
         _check_declared(k, self.in_dim, "in_dim", name)
         w, b = self.weight_var, self.bias_var
         out = k.map_all(lambda a, _: w * a + b)
         if out.ntk is not None:
-            out = replace(out, ntk=out.nngp + w * k.ntk)
+            if self.parametrization == "standard":
+                # Sohl-Dickstein et al. 2020 (arXiv:2001.07301); neural-tangents' Dense(parameterization="standard"), s = (1, 1):
+                # the gradient of W x is x, whose Gram is (input width) x the input kernel; + 1 for a bias
+                ntk = k.width * k.nngp + w * k.ntk
+                out = replace(out, ntk=ntk + 1.0 if self.has_bias else ntk)
+            else:
+                out = replace(out, ntk=out.nngp + w * k.ntk)
         return replace(out, width=self.out_dim, gaussian=True)
 
     def _ffinite(self, shape, name, cond=None):
@@ -819,8 +884,8 @@ class Dense(Layer):
         def patches_T(xp, gA):
             return xp.reshape(gA, (gA.shape[0], gA.shape[1], *sp, C))
 
-        return _affine_finite(shape, 1, self.out_dim, self.weight_var, self.bias_var, patches, patches_T, sp,
-                              cond)
+        return _affine_finite(shape, 1, self.out_dim, self.weight_var, self.bias_var, patches, patches_T, sp, cond,
+                              self.parametrization, self.has_bias)
 
 
 def _check_declared(k, declared, arg, name):
@@ -846,19 +911,18 @@ class Conv(Layer):
     """
 
     def __init__(self, out_chan, filter_shape, strides=None, padding="VALID", weight_var=1.0, bias_var=0.0, *,
-                 W_std=None, b_std=None, in_chan=None, parameterization="ntk"):
+                 W_std=None, b_std=_UNSET, in_chan=None, parametrization=None, parameterization=None):
         self.out_chan = _pos_int(out_chan, "Conv", "out_chan")
         self.filter_shape = _int_tuple(filter_shape, "Conv", "filter_shape")
         d = len(self.filter_shape)
         self.strides = (1,) * d if strides is None else _int_tuple(strides, "Conv", "strides", d)
         self.padding = _padding(padding, "Conv")
-        self.weight_var, self.bias_var = _variances("Conv", weight_var, bias_var, W_std, b_std)
+        _affine_args(self, "Conv", weight_var, bias_var, W_std, b_std, parametrization, parameterization)
         self.in_chan = None if in_chan is None else _pos_int(in_chan, "Conv", "in_chan")
-        _parametrization(parameterization, "Conv")
 
     def __repr__(self):
         return (f"Conv({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
-                f"weight_var={self.weight_var:g}, bias_var={self.bias_var:g})")
+                f"{_affine_repr(self)})")
 
     def _kernel(self, k, name):
         _check_spatial(k, self.filter_shape, self.padding, name, "filter_shape")
@@ -867,7 +931,14 @@ class Conv(Layer):
         conv = lambda a, bnd, **kw: _conv_cov_compiled(a, bnd, self.filter_shape, self.strides,  # noqa: E731
                                                        self.padding, w, **kw)
         out = k.map_all(lambda a, bnd: conv(a, bnd, b=b), lambda a, bnd: a)
-        if out.ntk is not None:  # w * conv(Theta) + K', as w * conv(Theta) then + K'
+        if out.ntk is not None and self.parametrization == "standard":
+            # neural-tangents' Conv(parameterization="standard"), s = (1, 1): fan_in x the patch-averaged input
+            # covariance (the Gram of the patches), + w x the patch-averaged Theta, + 1 for a bias
+            fan_in = k.width * _prod(self.filter_shape)
+            grad = _conv_cov_compiled(k.nngp, 2, self.filter_shape, self.strides, self.padding, float(fan_in),
+                                      b=1.0 if self.has_bias else 0.0)
+            out = replace(out, ntk=conv(k.ntk, 2, add=grad))
+        elif out.ntk is not None:  # w * conv(Theta) + K', as w * conv(Theta) then + K'
             out = replace(out, ntk=conv(k.ntk, 2, add=out.nngp))
         spatial = tuple(_out_and_pads(n, f, s, self.padding)[0]
                         for n, f, s in zip(k.spatial, self.filter_shape, self.strides))
@@ -908,8 +979,8 @@ class Conv(Layer):
                 y = _along(xp, _xp_matrix(xp, M.T, y), y, 2 + i)
             return y
 
-        return _affine_finite(shape, k, self.out_chan, self.weight_var, self.bias_var, patches, patches_T, outs,
-                              cond)
+        return _affine_finite(shape, k, self.out_chan, self.weight_var, self.bias_var, patches, patches_T, outs, cond,
+                              self.parametrization, self.has_bias)
 
 
 def _check_spatial(k, window, padding, name, arg):
@@ -1294,7 +1365,7 @@ def _chain_finite(out_shape, subs):
         return g
 
     return _Finite(out_shape, sum((f.param_shapes for f in subs), []), forward, backward,
-                   sum(f.floats for f in subs))
+                   sum(f.floats for f in subs), sum((f.init_scales for f in subs), []))
 
 
 class _Parallel(_Combinator):
@@ -1324,7 +1395,7 @@ class _Parallel(_Combinator):
             return [f.backward(xp, params[s], c, g, acc, need) for f, s, c, g in zip(subs, sl, caches, gs)]
 
         return _Finite([f.out_shape for f in subs], sum((f.param_shapes for f in subs), []), forward, backward,
-                       sum(f.floats for f in subs))
+                       sum(f.floats for f in subs), sum((f.init_scales for f in subs), []))
 
 
 def serial(*layers) -> Layer:

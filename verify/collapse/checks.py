@@ -21,7 +21,8 @@
   the sizes stay in the falling phase; the mean |cos| between uncentred class means
   (0 for the UFM's orthogonal frame) stalls near 0.09 in these ReLU networks and is not
   part of the verdict (``train_measurements`` returns it).
-  Written with the array API (NumPy, torch, CuPy): networks of one size train as a batch.
+  Trained by the finite-network engine (array API: NumPy, torch, CuPy): networks of one size
+  train as a batch.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from limitlab.verify.registry import Context, Measurement, check
 
-__all__ = ["UFM_CASES", "ufm_gradient_descent", "train_mlp", "gaussian_mixture"]
+__all__ = ["UFM_CASES", "ufm_gradient_descent", "mlp", "train_mlp", "gaussian_mixture"]
 
 # (depth, class sizes, lambda_W, lambda_H, learning rate, steps)
 UFM_CASES = (
@@ -37,12 +38,6 @@ UFM_CASES = (
     (2, (12, 8, 5, 2), 0.005, 0.002, 1.0, 4000),
 )
 UFM_RTOL = 1e-4
-
-
-def _backend(ctx: Context):
-    from limitlab.verify.backend import get_backend
-
-    return get_backend(ctx.backend)
 
 
 def ufm_gradient_descent(counts, lambda_W, lambda_H, depth, dim, *, starts, lr, steps, seed, backend="numpy",
@@ -148,61 +143,37 @@ def gaussian_mixture(rng, classes, dim, per_class, separation=1.0, noise=1.0):
     return X, y
 
 
+def mlp(classes, width, depth=2, activation="relu"):
+    """The bias-free standard-parametrization MLP of :func:`train_mlp` (He init), as a stax network."""
+    from limitlab.theory.kernels import stax
+
+    layers = []
+    for _ in range(depth):
+        layers += [stax.Dense(width, weight_var=2.0, bias_var=None, parametrization="standard"),
+                   stax.Activation(activation)]
+    return stax.serial(*layers, stax.Dense(classes, bias_var=None, parametrization="standard"))
+
+
 def train_mlp(X, y, *, networks, width, steps, lr, weight_decay, seed, backend="numpy", depth=2,
-              record_steps=(), callback=None, activation="relu"):
-    """``networks`` bias-free MLPs (He init, unit-variance readout) trained as a batch by
-    full-batch GD on (1/2N) ||f - Y||^2 + (weight_decay/2) sum ||W||^2. Returns host arrays:
-    last-hidden features (S, N, width), readout W (S, C, width), final loss (S,).
-    ``callback(step, features, classifier)`` (host arrays) runs at each of ``record_steps``.
-    ``activation``: a name for :func:`limitlab.theory.activations.get` (ReLU by default)."""
-    from limitlab.theory import activations
-    from limitlab.verify.backend import get_backend
+              record_steps=(), callback=None, activation="relu", init=None):
+    """``networks`` bias-free MLPs in the standard parametrization (He init: hidden weights
+    N(0, 2 / fan_in), readout N(0, 1 / width)) trained as a batch by the finite-network engine
+    (:func:`limitlab.verify.networks.train`): full-batch GD on (1/2N) ||f - Y||^2 + (weight_decay/2)
+    sum ||W||^2 with one-hot targets Y. Returns host arrays: last-hidden features (S, N, width),
+    readout W (S, C, width), final loss (S,). ``callback(step, features, classifier)`` (host
+    arrays) runs at each of ``record_steps``. ``activation``: a name for
+    :func:`limitlab.theory.activations.get` (ReLU by default). ``init``: initial parameters
+    instead of the engine's draws (see :func:`limitlab.verify.networks.train`)."""
+    from limitlab.verify.networks import train
 
-    act = activations.get(activation)
-    bk = get_backend(backend)
-    xp = bk.xp
-    rng = np.random.default_rng(seed)
-    N, d = X.shape
     C = int(y.max()) + 1
-    dims = [d] + [width] * depth
-    Ws = [bk.asarray(rng.standard_normal((networks, dims[i + 1], dims[i])) * np.sqrt(2.0 / dims[i]))
-          for i in range(depth)]
-    Ws.append(bk.asarray(rng.standard_normal((networks, C, width)) / np.sqrt(width)))
-    Xb = bk.asarray(np.broadcast_to(X, (networks, N, d)).copy())
-    Yb = bk.asarray(np.eye(C)[y])
-
-    def T(a):
-        return xp.permute_dims(a, (0, 2, 1))
-
-    def forward(Ws):
-        acts, pres = [Xb], []
-        for W in Ws[:-1]:
-            z = xp.matmul(acts[-1], T(W))
-            pres.append(z)
-            acts.append(act(z, xp))
-        return acts, pres, xp.matmul(acts[-1], T(Ws[-1]))
-
-    record = set(int(t) for t in record_steps)
-    for t in range(steps):
-        acts, pres, f = forward(Ws)
-        if t in record and callback is not None:
-            callback(t, bk.to_numpy(acts[-1]), bk.to_numpy(Ws[-1]))
-        g = (f - Yb) / N
-        grads = [None] * len(Ws)
-        grads[-1] = xp.matmul(T(g), acts[-1])
-        back = xp.matmul(g, Ws[-1])
-        for i in range(depth - 1, -1, -1):
-            back = back * act.derivative(pres[i], xp)
-            grads[i] = xp.matmul(T(back), acts[i])
-            if i:
-                back = xp.matmul(back, Ws[i])
-        Ws = [W - lr * (gr + weight_decay * W) for W, gr in zip(Ws, grads)]
-    acts, _, f = forward(Ws)
-    if steps in record and callback is not None:
-        callback(steps, bk.to_numpy(acts[-1]), bk.to_numpy(Ws[-1]))
-    R = f - Yb
-    loss = 0.5 / N * xp.sum(xp.reshape(R * R, (networks, -1)), axis=1)
-    return bk.to_numpy(acts[-1]), bk.to_numpy(Ws[-1]), bk.to_numpy(loss)
+    net = mlp(C, width, depth, activation)
+    hook = None if callback is None else (lambda t, r: callback(t, r["feat"], np.swapaxes(r["ro"], 1, 2)))
+    rec = sorted({int(t) for t in record_steps if 0 <= int(t) <= steps})
+    res = train(net, X, np.eye(C)[y], lr=lr, steps=steps, n_networks=networks, seed=seed, backend=backend,
+                record_steps=sorted(set(rec) | {steps}), record=("features", "readout"), weight_decay=weight_decay,
+                init=init, callback=None if hook is None else (lambda t, r: hook(t, r) if t in rec else None))
+    return res.features[:, -1], np.swapaxes(res.readout[:, -1], 1, 2), res.loss[:, -1]
 
 
 def train_measurements(features, classifier, y):

@@ -1,13 +1,13 @@
 """Verify checks of the training-dynamics pillar.
 
 * ``dynamics.ntk-flow`` — wide NTK-parametrized MLPs trained by small-step gradient descent
-  (shared engine ``limitlab.verify.montecarlo.train``) follow the infinite-width linear
+  (the finite-network engine, ``limitlab.verify.networks.train``) follow the infinite-width linear
   dynamics (Lee et al. 2019). Each network's own f_0 is carried through the linear
   prediction (f_t - f_0 + Theta_xX Theta^-1 (I - e^{-eta Theta t}) f_0(X)), so one network's
   estimate deviates from the ensemble mean only by the O(n^-1/2) kernel fluctuation.
 * ``dynamics.dmft`` — Bordelon & Pehlevan muP two-layer tanh networks at gamma0 = 0.5 and 1
-  converge to the DMFT f(t) and Phi(t, t) (trainer: :mod:`.training`, since the muP scaling
-  needs per-layer multipliers). Deviations of one network are O(N^-1/2).
+  converge to the DMFT f(t) and Phi(t, t) (the engine with the ``mup`` abc-parametrization;
+  :func:`.training.train_mup_mlp`). Deviations of one network are O(N^-1/2).
 * ``dynamics.deep-linear`` — a three-weight-matrix linear network from Saxe's decoupled
   balanced initial condition, trained by gradient descent with step 1/size, follows the
   exact mode trajectories; Richardson extrapolation of steps 1/size and 1/(2 size) leaves an
@@ -50,10 +50,12 @@ DMFT_RECORD = (10, 20, 30)  # steps at which f(t) is compared (t = step * dt); t
 
 @lru_cache(maxsize=None)
 def _ntk_theory():
+    from limitlab.theory.kernels import stax
     from limitlab.theory.kernels.mlp import MLP
 
     mlp = MLP(1, "erf", weight_var=1.0, bias_var=0.0)
-    return mlp, mlp.ntk(NTK_X), mlp.ntk(NTK_XTEST, NTK_X)
+    net = stax.serial(stax.Dense(1), stax.Erf(), stax.Dense(1))  # the same network, as the engine's description
+    return net, mlp.ntk(NTK_X), mlp.ntk(NTK_XTEST, NTK_X)
 
 
 @check("dynamics.ntk-flow", sizes=(256, 1024, 4096), quick_sizes=(128, 256, 512), samples=16, quick_samples=8,
@@ -63,10 +65,10 @@ def _ntk_theory():
        description="wide NTK-parametrized MLPs trained by GD follow the NTK flow")
 def ntk_flow(ctx: Context) -> list:
     from limitlab.theory.dynamics.gradient_flow import gradient_descent_mse_ensemble
-    from limitlab.verify.montecarlo import train
+    from limitlab.verify.networks import train
 
-    mlp, ntk, ntk_tx = _ntk_theory()
-    res = train(mlp, NTK_X, NTK_Y, lr=NTK_LR, steps=NTK_STEPS, width=ctx.size, n_networks=ctx.samples,
+    net, ntk, ntk_tx = _ntk_theory()
+    res = train(net, NTK_X, NTK_Y, lr=NTK_LR, steps=NTK_STEPS, width=ctx.size, n_networks=ctx.samples,
                 X_test=NTK_XTEST, record_steps=[0, NTK_STEPS], seed=ctx.rng, backend=ctx.backend, loss_scale="sum")
     predict = gradient_descent_mse_ensemble(ntk, NTK_Y, learning_rate=NTK_LR, normalization=1.0, steps=True)
     theory = predict(NTK_STEPS, ntk_test_train=ntk_tx).mean
@@ -118,16 +120,12 @@ def _dmft_series(names):
        description="muP two-layer tanh networks converge to DMFT f(t), Phi(t,t) at gamma0 0.5, 1")
 def dmft_check(ctx: Context) -> list:
     out = []
-    seeds = ctx.rng.integers(0, 2**63 - 1, size=ctx.samples)
+    seed = int(ctx.rng.integers(0, 2**63 - 1))  # the same networks at both gamma0
     for g in DMFT_GAMMAS:
         f_th, phi_th = _dmft_theory(g)
-        fs, phis = [], []
-        for s in seeds:
-            f, phi = training.train_mup_mlp(DMFT_X, DMFT_Y, 1, "tanh", g, ctx.size, DMFT_STEPS, DMFT_DT, int(s),
-                                            xp=ctx.xp, device=ctx.device, record=DMFT_RECORD)
-            fs.append(f)
-            phis.append(phi[-1])
-        fs, phis = np.array(fs), np.array(phis)  # fs: (samples, len(DMFT_RECORD), P)
+        fs, phis = training.train_mup_mlp(DMFT_X, DMFT_Y, 1, "tanh", g, ctx.size, DMFT_STEPS, DMFT_DT,
+                                          n_networks=ctx.samples, seed=seed, backend=ctx.backend, record=DMFT_RECORD)
+        phis = phis[:, -1]  # fs: (samples, len(DMFT_RECORD), P)
         for i in range(2):
             for k, step in enumerate(DMFT_RECORD):
                 out.append(Measurement(f"gamma0={g} f[{i}](t={_t(step)})", f_th[k, i], fs[:, k, i]))
@@ -165,7 +163,7 @@ def deep_linear_check(ctx: Context) -> list:
         modes = []
         for k in (1, 2):  # step lr and lr/2; Richardson 2 u(lr/2) - u(lr) cancels the O(lr) bias of GD
             steps = [int(round(t * ctx.size * k)) for t in SAXE_TIMES]
-            maps = training.train_deep_linear(Ws, X, Y, lr / k, max(steps), set(steps))
+            maps = training.train_deep_linear(Ws, X, Y, lr / k, max(steps), steps, backend=ctx.backend)
             modes.append(np.array([[U[:, a] @ M @ V[:, a] for a in range(3)] for M in maps]))
         ests.append(2 * modes[1] - modes[0])
     ests = np.array(ests)  # (samples, times, modes)
@@ -190,16 +188,13 @@ def mup_coord(ctx: Context) -> list:
     X, y = _inputs(4, 8, 11)
     mup, sp = preset("mup", depth), preset("sp", depth)
     assert classify(mup.a, mup.b, mup.c).feature_learning and not classify(sp.a, sp.b, 0).stable
-    fl = [float(v) for v in mup.a], [float(v) for v in mup.b], float(mup.c)
-    sl = [float(v) for v in sp.a], [float(v) for v in sp.b], 0.0
-    est_m, est_s = [], []
-    for _ in range(ctx.samples):
-        seeds = ctx.rng.integers(0, 2**31, size=2)
-        m = [training.train_abc(X, y, *fl, 0.5, n, 1, seed=int(sd), per_residual=True)[depth - 1] for n, sd in
-             ((ctx.size, seeds[0]), (ctx.size // 2, seeds[1]))]
-        p = [training.train_abc(X, y, *sl, 0.5, n, 1, seed=int(sd), per_residual=True)[depth - 1] for n, sd in
-             ((ctx.size, seeds[0]), (ctx.size // 2, seeds[1]))]
-        est_m.append(np.log2(m[0] / m[1]))
-        est_s.append(np.log2(p[0] / p[1]))
-    return [Measurement("muP log2 growth of |dh^L|", 0.0, est_m),
-            Measurement("SP log2 growth of |dh^L|", 0.5, est_s)]
+    sp0 = (sp.a, sp.b, 0)  # SP with a width-independent rate
+    seeds = ctx.rng.integers(0, 2**63 - 1, size=2)  # widths n and n/2: independent networks, the same for both
+    est = []
+    for abc in (mup, sp0):
+        big, half = (training.coordinate_change(X, y, abc, 0.5, n, 1, n_networks=ctx.samples, seed=int(sd),
+                                                backend=ctx.backend) for n, sd in ((ctx.size, seeds[0]),
+                                                                                   (ctx.size // 2, seeds[1])))
+        est.append(np.log2(big / half))
+    return [Measurement("muP log2 growth of |dh^L|", 0.0, est[0]),
+            Measurement("SP log2 growth of |dh^L|", 0.5, est[1])]

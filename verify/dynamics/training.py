@@ -1,214 +1,93 @@
-"""Finite networks trained by full-batch gradient descent, for the dynamics checks.
+"""The networks of the dynamics checks, trained by the finite-network engine.
 
-Small, explicit trainers (manual backpropagation, any array-API namespace) for the three
-network families the theory speaks about:
+Each function only builds a stax description and its parametrization and calls
+:func:`limitlab.verify.networks.train` (full-batch gradient descent on any array backend,
+network i drawn from ``(seed, i)``):
 
-* :func:`train_ntk_mlp` — NTK parametrization (neural-tangents conventions,
-  ``h = sqrt(weight_var / fan_in) W x``), sum loss, step ``lr``;
-* :func:`train_mup_mlp` — Bordelon & Pehlevan's muP / mean-field scaling with richness
-  gamma0 (``f = w . phi(h^L) / (gamma0 N)``, rates multiplied by gamma0^2 N);
-* :func:`train_abc` — an abc-parametrization (Yang & Hu 2021) for coordinate checks.
-
-Written here rather than in the shared Monte Carlo engine because the muP / abc
-scalings need per-layer multipliers that the engine's NTK-parametrized MLP does not take.
+* :func:`train_mup_mlp` — Bordelon & Pehlevan 2022's muP / mean-field network with richness
+  gamma0: ``h^1 = W^0 x / sqrt(D)``, ``h^{l+1} = W^l phi(h^l) / sqrt(N)``, ``f = w . phi(h^L) /
+  (gamma0 N)``, all N(0, 1), every parameter moved by ``dt gamma0^2 N`` times its gradient of
+  ``sum (f - y)^2 / 2``. That is Yang & Hu 2021's ``mup`` preset (after their eq. (5)
+  symmetry) with readout ``weight_var = 1/gamma0^2`` and base rate ``eta = dt gamma0^2``.
+* :func:`coordinate_change` — the per-coordinate change of the last hidden pre-activations
+  after a few steps in an abc-parametrization (Yang & Hu 2021, sec. 3; coordinate checks of
+  Yang et al. 2022).
+* :func:`train_deep_linear` — a deep linear network ``serial(Dense, ..., Dense)`` (standard
+  parametrization, no bias, no activation) from given weights, its end-to-end map along GD.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from limitlab.numerics import arrays
-from limitlab.theory import activations as _act
+from limitlab.theory.kernels import stax
 
-__all__ = ["train_ntk_mlp", "train_mup_mlp", "train_abc", "train_deep_linear"]
-
-
-def _xp_of(xp):
-    return xp if xp is not None else arrays.namespace()
+__all__ = ["mup_mlp", "train_mup_mlp", "coordinate_change", "train_deep_linear"]
 
 
-def _to(xp, a, device=None):
-    if device is None:
-        return xp.asarray(a)
-    return xp.asarray(a, device=device)
+def _mlp(depth, activation, readout_weight_var=1.0):
+    """``depth`` hidden Dense(1)->activation layers and a Dense readout (widths set by at_width)."""
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth: must be an integer >= 1, got {depth!r}")
+    layers = []
+    for _ in range(int(depth)):
+        layers += [stax.Dense(1), stax.Activation(activation)]
+    return stax.serial(*layers, stax.Dense(1, weight_var=readout_weight_var))
 
 
-def train_ntk_mlp(X, y, X_test, depth, activation, width, steps, lr, seed, weight_var=1.0, xp=None, device=None,
-                  record=None):
-    """Gradient descent on ``sum (f - y)^2 / 2`` of an NTK-parametrized MLP; returns (f_train, f_test) per recorded step.
-
-    ``record``: step indices to record (default: 0 and ``steps``). Outputs are NumPy arrays
-    of shape (n_record, P) and (n_record, P_test).
-    """
-    xp = _xp_of(xp)
-    act = _act.get(activation)
-    rng = np.random.default_rng(seed)
-    record = sorted(set(record if record is not None else (0, steps)))
-    D = X.shape[1]
-    fans = [D] + [width] * depth
-    Ws = [_to(xp, rng.standard_normal((fans[l + 1] if l < depth else 1, fans[l])), device) for l in range(depth + 1)]
-    scale = [math.sqrt(weight_var / f) for f in fans]
-    Xa = _to(xp, np.concatenate([X, X_test]), device)
-    Xa = xp.matrix_transpose(Xa) if hasattr(xp, "matrix_transpose") else Xa.T
-    P = X.shape[0]
-    out_tr, out_te = [], []
-
-    def forward(Ws):
-        acts, pre = [Xa], []
-        z = Xa
-        for l in range(depth):
-            hh = scale[l] * (Ws[l] @ z)
-            pre.append(hh)
-            z = act(hh, xp)
-            acts.append(z)
-        f = scale[depth] * (Ws[depth] @ z)[0]
-        return f, pre, acts
-
-    for k in range(steps + 1):
-        f, pre, acts = forward(Ws)
-        if k in record:
-            fn = arrays.to_numpy(f)
-            out_tr.append(fn[:P].copy())
-            out_te.append(fn[P:].copy())
-        if k == steps:
-            break
-        # only training columns carry a residual
-        res = np.zeros(Xa.shape[1])
-        res[:P] = arrays.to_numpy(f)[:P] - y
-        r = _to(xp, res[None, :], device)
-        T_ = xp.matrix_transpose if hasattr(xp, "matrix_transpose") else (lambda a: a.T)
-        grads = [None] * (depth + 1)
-        grads[depth] = scale[depth] * (r @ T_(acts[depth]))
-        back = scale[depth] * (T_(Ws[depth]) @ r)  # d loss / d acts[depth]
-        for l in range(depth - 1, -1, -1):
-            delta = back * act.derivative(pre[l], xp)
-            grads[l] = scale[l] * (delta @ T_(acts[l]))
-            if l > 0:
-                back = scale[l] * (T_(Ws[l]) @ delta)
-        Ws = [W - lr * g for W, g in zip(Ws, grads)]
-    return np.array(out_tr), np.array(out_te)
-
-
-def train_mup_mlp(X, y, depth, activation, gamma0, width, steps, dt, seed, xp=None, device=None, record=None):
-    """Bordelon & Pehlevan 2022 muP network trained by gradient descent with step dt (rates x gamma0^2 N).
-
-    Returns (f, Phi_L) with f of shape (n_record, P) and Phi_L = phi(h^L)^T phi(h^L) / N
-    at each recorded step, shape (n_record, P, P).
-    """
-    if gamma0 <= 0:
+def mup_mlp(depth: int, activation, gamma0: float):
+    """Bordelon & Pehlevan 2022's muP network (see the module docstring) as (stax network, base rate
+    factor gamma0^2): train it with ``parametrization="mup"``, ``lr = dt * gamma0^2``, ``loss_scale="sum"``."""
+    if not (isinstance(gamma0, (int, float, np.floating)) and np.isfinite(gamma0) and gamma0 > 0):
         raise ValueError(f"gamma0: must be > 0 for the mean-field scaling, got {gamma0!r}")
-    xp = _xp_of(xp)
-    act = _act.get(activation)
-    rng = np.random.default_rng(seed)
-    record = sorted(set(record if record is not None else (0, steps)))
-    P, D = X.shape
-    N = int(width)
-    W0 = _to(xp, rng.standard_normal((N, D)), device)
-    Ws = [_to(xp, rng.standard_normal((N, N)), device) for _ in range(depth - 1)]
-    w = _to(xp, rng.standard_normal(N), device)
-    Xt = _to(xp, np.ascontiguousarray(X.T), device)
-    yv = _to(xp, y, device)
-    fs, phis = [], []
-    T_ = xp.matrix_transpose if hasattr(xp, "matrix_transpose") else (lambda a: a.T)
-    for k in range(steps + 1):
-        pre = [W0 @ Xt / math.sqrt(D)]
-        acts = [act(pre[0], xp)]
-        for W in Ws:
-            pre.append(W @ acts[-1] / math.sqrt(N))
-            acts.append(act(pre[-1], xp))
-        f = (w @ acts[-1]) / (gamma0 * N)
-        if k in record:
-            fs.append(arrays.to_numpy(f).copy())
-            phis.append(arrays.to_numpy(T_(acts[-1]) @ acts[-1] / N))
-        if k == steps:
-            break
-        delta = yv - f
-        # g^L = w phi'(h^L); updates dtheta = dt gamma0^2 N sum_mu Delta_mu df_mu/dtheta
-        g = w[:, None] * act.derivative(pre[-1], xp)
-        new_w = w + dt * gamma0 * (acts[-1] @ delta)
-        new_Ws = list(Ws)
-        for l in range(depth - 1, 0, -1):
-            gd = g * delta[None, :]
-            new_Ws[l - 1] = Ws[l - 1] + dt * gamma0 / math.sqrt(N) * (gd @ T_(acts[l - 1]))
-            g = act.derivative(pre[l - 1], xp) * (T_(Ws[l - 1]) @ g) / math.sqrt(N)
-        W0 = W0 + dt * gamma0 / math.sqrt(D) * ((g * delta[None, :]) @ T_(Xt))
-        w, Ws = new_w, new_Ws
-    return np.array(fs), np.array(phis)
+    return _mlp(depth, activation, 1.0 / float(gamma0) ** 2), float(gamma0) ** 2
 
 
-def train_abc(X, y, a, b, c, eta, width, steps, activation="tanh", seed=0, per_residual=False):
-    """SGD (full batch) in an abc-parametrization (Yang & Hu 2021, sec. 3); returns per-layer RMS of h^l_t - h^l_0.
+def train_mup_mlp(X, y, depth, activation, gamma0, width, steps, dt, *, n_networks=1, seed=0, backend="numpy",
+                  record=None):
+    """``n_networks`` muP networks (Bordelon & Pehlevan 2022) trained by GD with step dt.
 
-    W^l = n^{-a_l} w^l, w^l ~ N(0, n^{-2 b_l}), learning rate eta n^{-c}; input fan-in d is
-    not scaled. Returns an array (depth + 1,) of coordinate sizes: RMS over neurons and
-    inputs of the change of each hidden layer's pre-activation, and |f_t - f_0| for the output;
-    ``per_residual`` divides them by the RMS initial residual (the first step is linear in it,
-    so this removes the seed-to-seed spread of f_0 in SP).
-    """
-    act = _act.get(activation)
-    rng = np.random.default_rng(seed)
-    L = len(a) - 1
-    n = int(width)
-    P, D = X.shape
-    fans = [D] + [n] * L
-    outs = [n] * L + [1]
-    ws = [rng.standard_normal((outs[l], fans[l])) * n ** (-b[l]) for l in range(L + 1)]
-    mult = [n ** (-a[l]) for l in range(L + 1)]
-    lr = eta * n ** (-c)
-    Xt = X.T
+    Returns (f, Phi): f (S, T, P) at the recorded steps (default 0 and ``steps``) and
+    ``Phi_L = phi(h^L) phi(h^L)^T / N`` (S, T, P, P)."""
+    from limitlab.verify.networks import train
 
-    def forward(ws):
-        z, pre, acts = Xt, [], [Xt]
-        for l in range(L):
-            hh = mult[l] * (ws[l] @ z)
-            pre.append(hh)
-            z = act(hh)
-            acts.append(z)
-        return (mult[L] * (ws[L] @ z))[0], pre, acts
-
-    f0, pre0, _ = forward(ws)
-    for _ in range(steps):
-        f, pre, acts = forward(ws)
-        r = f - y
-        grads = [None] * (L + 1)
-        back = mult[L] * r[None, :]
-        grads[L] = back @ acts[L].T
-        back = ws[L].T @ back
-        for l in range(L - 1, -1, -1):
-            delta = back * act.derivative(pre[l])
-            grads[l] = mult[l] * (delta @ acts[l].T)
-            back = mult[l] * (ws[l].T @ delta)
-        ws = [w - lr * g for w, g in zip(ws, grads)]
-    f, pre, _ = forward(ws)
-    sizes = [float(np.sqrt(np.mean((pre[l] - pre0[l]) ** 2))) for l in range(L)]
-    sizes.append(float(np.sqrt(np.mean((f - f0) ** 2))))
-    sizes = np.array(sizes)
-    return sizes / np.sqrt(np.mean((f0 - y) ** 2)) if per_residual else sizes
+    net, g2 = mup_mlp(depth, activation, gamma0)
+    rec = sorted(set(record if record is not None else (0, steps)))
+    res = train(net, X, y, lr=dt * g2, steps=steps, width=width, parametrization="mup", n_networks=n_networks,
+                seed=seed, backend=backend, record_steps=rec, record=("features",), loss_scale="sum")
+    feats = res.features
+    return res.f_train[..., 0], np.einsum("stpi,stqi->stpq", feats, feats) / feats.shape[-1]
 
 
-def train_deep_linear(Ws, X, Y, lr, steps, record):
-    """Full-batch GD on ||Y - W_k..W_1 X||^2 / (2 P): returns the end-to-end maps at the recorded steps."""
-    P = X.shape[1]
-    Ws = [W.copy() for W in Ws]
-    out = []
-    for k in range(steps + 1):
-        if k in record:
-            M = Ws[0]
-            for W in Ws[1:]:
-                M = W @ M
-            out.append(M)
-        if k == steps:
-            break
-        # forward products and the error
-        hs = [X]
-        for W in Ws:
-            hs.append(W @ hs[-1])
-        E = (Y - hs[-1]) / P
-        back = E
-        grads = [None] * len(Ws)
-        for l in range(len(Ws) - 1, -1, -1):
-            grads[l] = back @ hs[l].T
-            back = Ws[l].T @ back
-        Ws = [W + lr * g for W, g in zip(Ws, grads)]
-    return np.array(out)
+def coordinate_change(X, y, abc, eta, width, steps, activation="tanh", *, n_networks=1, seed=0, backend="numpy"):
+    """RMS over units and inputs of ``h^L_t - h^L_0`` (the last hidden pre-activations) after
+    ``steps`` full-batch GD steps in the abc-parametrization ``abc`` ((a, b, c) or an ABC, one
+    exponent per layer) at width n, divided by the RMS initial residual (the first step is linear
+    in it: this removes the seed-to-seed spread of f_0). Returns one value per network (S,)."""
+    from limitlab.theory.dynamics.parametrizations import ABC
+    from limitlab.verify.networks import train
+
+    depth = (len(abc.a) if isinstance(abc, ABC) else len(abc[0])) - 1
+    net = _mlp(depth, activation)
+    res = train(net, X, y, lr=eta, steps=steps, width=width, parametrization=abc, n_networks=n_networks, seed=seed,
+                backend=backend, record_steps=[0, steps], record=("features",), features_at=2 * depth - 1,
+                loss_scale="sum")
+    h = res.features
+    change = np.sqrt(np.mean((h[:, -1] - h[:, 0]) ** 2, axis=(1, 2)))
+    residual = np.sqrt(np.mean((res.f_train[:, 0, :, 0] - np.asarray(y)) ** 2, axis=1))
+    return change / residual
+
+
+def train_deep_linear(Ws, X, Y, lr, steps, record, backend="numpy"):
+    """Full-batch GD on ``||Y - W_k..W_1 X||^2 / (2 P)`` (X (d, P), Y (m, P): columns are samples)
+    from the weights ``Ws`` (W_1 first); returns the end-to-end maps W_k..W_1 (T, m, d) at the
+    recorded steps (read off as the outputs on the basis vectors)."""
+    from limitlab.verify.networks import train
+
+    Ws = [np.asarray(W, dtype=float) for W in Ws]
+    layers = [stax.Dense(W.shape[0], bias_var=None, parametrization="standard") for W in Ws]
+    init = sum(([W.T, np.zeros(W.shape[0])] for W in Ws), [])
+    d = Ws[0].shape[1]
+    rec = sorted(set(int(t) for t in record))
+    res = train(stax.serial(*layers), np.asarray(X, dtype=float).T, np.asarray(Y, dtype=float).T, lr=lr,
+                steps=steps, record_steps=rec, init=init, X_test=np.eye(d), backend=backend)
+    return np.transpose(res.f_test[0], (0, 2, 1))

@@ -97,8 +97,13 @@ def test_gpu_backends_give_the_numpy_numbers(backend):
     b = checks.ufm_gradient_descent((3, 2), 0.05, 0.02, 2, 3, starts=2, lr=0.3, steps=50, seed=2, backend=backend)
     for u, v in zip(a, b):
         np.testing.assert_allclose(u, v, rtol=1e-10)
+    from limitlab.verify.networks import FiniteNetworks
+
     X, y = checks.gaussian_mixture(np.random.default_rng(0), 3, 5, 4)
-    r1 = checks.train_mlp(X, y, networks=2, width=8, steps=50, lr=0.1, weight_decay=1e-2, seed=0)
-    r2 = checks.train_mlp(X, y, networks=2, width=8, steps=50, lr=0.1, weight_decay=1e-2, seed=0, backend=backend)
+    # the same networks on both backends (each backend has its own random streams)
+    init = [np.asarray(p) for p in FiniteNetworks.sample(checks.mlp(3, 8), (5,), 2, seed=0, backend="numpy").params]
+    r1 = checks.train_mlp(X, y, networks=2, width=8, steps=50, lr=0.1, weight_decay=1e-2, seed=0, init=init)
+    r2 = checks.train_mlp(X, y, networks=2, width=8, steps=50, lr=0.1, weight_decay=1e-2, seed=0, backend=backend,
+                          init=init)
     for u, v in zip(r1, r2):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)

@@ -32,7 +32,7 @@ def test_mup_trainer_converges_to_dmft_as_width_grows():
     r = dmft.two_layer(dmft.input_kernel(X), y, "tanh", 1.0, 10, 0.1, samples=50_000, seed=0)
     errs = []
     for n in (100, 1600):
-        fs = np.array([training.train_mup_mlp(X, y, 1, "tanh", 1.0, n, 10, 0.1, seed=s)[0][-1] for s in range(6)])
+        fs = training.train_mup_mlp(X, y, 1, "tanh", 1.0, n, 10, 0.1, n_networks=6, seed=0)[0][:, -1]
         errs.append(np.sqrt(np.mean((fs - r.f[-1]) ** 2)))
     # O(N^-1/2): 16x the width, ~4x smaller error
     assert errs[1] < 0.5 * errs[0]
@@ -44,11 +44,19 @@ def test_mup_coordinate_growth_is_flat_under_mup_and_grows_under_sp():
     assert abs(mup.samples.mean()) < 0.25 and sp.samples.mean() > 0.25
 
 
-def test_abc_trainer_matches_parametrization_classes():
+def test_coordinate_change_matches_parametrization_classes():
+    """Yang & Hu 2021, Thm. 3.5: after one step of muP (feature learning) the last hidden
+    pre-activations moved by Theta(1) at every width; in the NTK parametrization (kernel regime)
+    by O(n^-1/2): 16x the width, ~4x smaller."""
     X, y = checks._inputs(4, 8, 11)
-    # muP with base rate 0.5: after one step every hidden layer moved by Theta(1)
-    m = training.train_abc(X, y, [-0.5, 0, 0.5], [0.5, 0.5, 0.5], 0, 0.5, 256, 1, seed=0)
-    assert 0.05 < m[0] < 5 and 0.05 < m[1] < 5
+    mup = [training.coordinate_change(X, y, ([-0.5, 0, 0.5], [0.5, 0.5, 0.5], 0), 0.5, n, 1, n_networks=3,
+                                      seed=0).mean() for n in (128, 2048)]
+    assert 0.05 < mup[0] < 5 and 0.5 < mup[1] / mup[0] < 2
+    from limitlab.theory.dynamics.parametrizations import preset
+
+    ntp = [training.coordinate_change(X, y, preset("ntp", 2), 0.5, n, 1, n_networks=3, seed=0).mean()
+           for n in (128, 2048)]
+    assert ntp[1] / ntp[0] < 0.4
 
 
 def test_dmft_check_measures_f_of_t_and_plots_it_against_t():
