@@ -41,12 +41,12 @@ MEAN_QUICK_SAMPLES = 20_000
 # the covariance: one network's product spreads O(1); its O(1/n) bias needs the larger widths
 FOUR_SIZES = (64, 256, 1024)
 FOUR_QUICK_SIZES = (32, 64, 128)
-FOUR_SAMPLES = 100_000
-FOUR_QUICK_SAMPLES = 20_000
+FOUR_SAMPLES = 200_000
+FOUR_QUICK_SAMPLES = 40_000
 MIN_WIDTH = 16
 MIN_WIDTH_REASON = ("the 1/n expansion needs depth/width small (PDLT ch. 5; Hanin & Nica 2020): 16 keeps "
                     f"depth/width <= {DEPTH}/16")
-SECONDS_QUICK = {"nngp-mean": 4.0, "four-point": 6.0}
+SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0}  # measured, loaded 2-core machine
 
 
 def spec(activation: str):
