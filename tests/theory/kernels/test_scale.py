@@ -4,6 +4,7 @@ References: the in-memory kernels (``net.kernels``) of the same networks, themse
 against neural-tangents in test_mlp / test_stax; a store written without interruption.
 """
 import errno
+import types
 
 import dask
 import numpy as np
@@ -271,3 +272,16 @@ def test_local_cluster_of_two_processes_writes_the_same_store(tmp_path):
             distributed.Client(cluster) as client:
         write_kernels(net, A, path=tmp_path / "cluster", chunks=9, client=client, progress=False)
     assert _store_bytes(tmp_path / "cluster") == _store_bytes(tmp_path / "threads")
+
+
+def test_a_lost_worker_is_a_clear_error(tmp_path, monkeypatch):
+    """distributed's KilledWorker becomes a RuntimeError saying how many tiles are stored and to resume."""
+    distributed = pytest.importorskip("distributed")
+
+    def killed(*args):
+        worker = types.SimpleNamespace(address="tcp://127.0.0.1:1")  # as the scheduler's WorkerState reads
+        raise distributed.KilledWorker("tile-0-1", worker, 3)
+
+    monkeypatch.setattr(scale, "_run_distributed", killed)
+    with pytest.raises(RuntimeError, match=r"worker died.*0 of 10 tiles.*resume"):
+        write_kernels(MLP(1), X, path=tmp_path / "k", chunks=6, client=object(), progress=False)
