@@ -11,11 +11,13 @@ so that the argument, what is allowed and what was given are always said the sam
 """
 from __future__ import annotations
 
+import functools
 import numbers
+import warnings
 
 import numpy as np
 
-__all__ = ["integer", "real", "positive", "flag", "choice", "real_array"]
+__all__ = ["integer", "real", "positive", "flag", "choice", "real_array", "renamed"]
 
 
 def _bounds(lo, lo_open, hi, hi_open) -> str:
@@ -121,3 +123,24 @@ def real_array(value, name: str, *, above=None, at_least=None, finite: bool = Tr
         rule = _bounds(above if above is not None else at_least, above is not None, None, False)
         raise ValueError(f"{name}: must be finite{' and' + rule if rule else ''}, got {v!r}")
     return a
+
+
+def renamed(**old_to_new):
+    """Decorator: keyword arguments renamed ``old=new``; the old keywords still work, with a
+    DeprecationWarning, and giving both is a TypeError."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__name__}: got both {old} (the deprecated name) and {new}")
+                    warnings.warn(f"{fn.__name__}: the keyword {old} is deprecated; use {new}", DeprecationWarning,
+                                  stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco

@@ -65,3 +65,15 @@ def test_real_array_names_the_first_bad_entry_and_refuses_complex():
         validate.real_array(["a"], "y")
     a = validate.real_array([np.inf, np.nan], "x", finite=False)  # kind only
     assert np.isinf(a[0]) and np.isnan(a[1])
+
+
+def test_renamed_keywords_warn_and_refuse_both():
+    @validate.renamed(learning_rate="lr")
+    def f(x, lr=1.0):
+        return x * lr
+
+    assert f(2.0, lr=3.0) == 6.0
+    with pytest.warns(DeprecationWarning, match="^f: the keyword learning_rate is deprecated; use lr$"):
+        assert f(2.0, learning_rate=3.0) == 6.0
+    with pytest.raises(TypeError, match="got both learning_rate"):
+        f(2.0, learning_rate=3.0, lr=3.0)

@@ -4,22 +4,23 @@ At infinite width in the NTK parametrization the network trained by gradient flo
 ``L = ||f(X) - y||^2 / (2 n)`` evolves as a linear model (Jacot et al. 2018; Lee et al. 2019,
 "Wide neural networks of any depth evolve as linear models", eqs. (9)-(16))::
 
-    f_t(X) = f_0(X) + (I - exp(-eta Theta t / n)) (y - f_0(X))
-    f_t(x) = f_0(x) - Theta(x, X) Theta^{-1} (I - exp(-eta Theta t / n)) (f_0(X) - y)
+    f_t(X) = f_0(X) + (I - exp(-lr Theta t / n)) (y - f_0(X))
+    f_t(x) = f_0(x) - Theta(x, X) Theta^{-1} (I - exp(-lr Theta t / n)) (f_0(X) - y)
 
 with ``f_0`` a centred Gaussian process of covariance the NNGP ``K``. Averaging over
 initialisations gives a Gaussian (Lee et al. 2019, eq. (16), their S23 for the NNGP)::
 
-    mean_t(x) = Theta(x, X) Theta^{-1} (I - e^{-eta Theta t/n}) y
+    mean_t(x) = Theta(x, X) Theta^{-1} (I - e^{-lr Theta t/n}) y
     cov_t(x, x') = K(x, x') + A K(X, X) A^T - A K(X, x') - K(x, X) A^T,
-    A = Theta(x, X) Theta^{-1} (I - e^{-eta Theta t/n}).
+    A = Theta(x, X) Theta^{-1} (I - e^{-lr Theta t/n}).
 
 This is the counterpart of neural-tangents' ``predict.gradient_descent_mse_ensemble``:
-the same normalisation (``n = y_train.size``), learning rate, ``diag_reg`` (scaled by
+the same normalisation (``n = y_train.size``), learning rate (``lr``; neural-tangents'
+``learning_rate``, still accepted, deprecated), ``diag_reg`` (scaled by
 ``trace(Theta)/n`` unless ``diag_reg_absolute_scale``). ``normalization=1`` gives the
 sum loss ``||f - y||^2 / 2`` used by the DMFT papers. ``steps=True`` replaces the flow by
-discrete gradient descent of step ``learning_rate``: ``exp(-eta Theta t/n)`` becomes
-``(I - eta Theta / n)^t`` for integer ``t``.
+discrete gradient descent of step ``lr``: ``exp(-lr Theta t/n)`` becomes
+``(I - lr Theta / n)^t`` for integer ``t``.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def _times(t, steps):
     return arr, scalar
 
 
-def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=None, learning_rate=1.0,
+@validate.renamed(learning_rate="lr")
+def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=None, lr=1.0,
                                   diag_reg=0.0, diag_reg_absolute_scale=False, normalization=None,
                                   steps=False):
     """Infinite-width MSE training of an ensemble: returns ``predict(t=None, ...)`` (Lee et al. 2019, eq. (16)).
@@ -90,9 +92,8 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
         raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
     if not np.all(np.isfinite(y)):
         raise ValueError("y_train: contains non-finite values")
-    for name, v in (("learning_rate", learning_rate), ("diag_reg", diag_reg)):
-        if not np.isscalar(v) or not np.isfinite(v) or v < 0 or (name == "learning_rate" and v == 0):
-            raise ValueError(f"{name}: must be a finite number {'> 0' if name == 'learning_rate' else '>= 0'}, got {v!r}")
+    validate.positive(lr, "lr", meaning="learning rate")
+    validate.real(diag_reg, "diag_reg", at_least=0.0)
     norm = float(y.size if normalization is None else normalization)
     if not np.isfinite(norm) or norm <= 0:
         raise ValueError(f"normalization: must be > 0, got {normalization!r}")
@@ -107,10 +108,10 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
         if K.shape != theta.shape:
             raise ValueError(f"nngp_train_train: expected shape {theta.shape}, got {K.shape}")
         psd_eigh(K, "nngp_train_train")
-    rate = learning_rate / norm
+    rate = lr / norm
     if steps and evals.max() * rate >= 2.0:
-        raise ValueError(f"learning_rate: {learning_rate} diverges for discrete steps "
-                         f"(needs learning_rate * max eig / normalization < 2, got {evals.max() * rate:.3g})")
+        raise ValueError(f"lr: {lr} diverges for discrete steps "
+                         f"(needs lr * max eig / normalization < 2, got {evals.max() * rate:.3g})")
     pos = evals > 1e-12 * max(evals.max(), np.finfo(float).tiny)
     y2 = y.reshape(n, -1)
     uty = evecs.T @ y2
@@ -179,7 +180,7 @@ def predict_mlp(mlp, x_train, y_train, x_test=None, t=None, compute_cov=False, *
     """The ensemble prediction of ``limitlab.theory.kernels.MLP`` trained on (x_train, y_train).
 
     Computes the NNGP/NTK with ``mlp.kernels`` and calls :func:`gradient_descent_mse_ensemble`
-    (keyword arguments pass through: learning_rate, diag_reg, normalization, steps).
+    (keyword arguments pass through: lr, diag_reg, normalization, steps).
     """
     k_train = mlp.kernels(x_train)
     nngp, ntk = k_train[0], k_train[1]

@@ -27,7 +27,7 @@ def test_two_layer_at_gamma0_zero_is_ntk_gradient_descent(activation):
         ntk = q * (np.sin(th) + (np.pi - th) * np.cos(th)) / (2 * np.pi) + kx * (np.pi - th) / (2 * np.pi)
     else:
         ntk = MLP(1, activation, weight_var=1.0, bias_var=0.0).ntk(X)
-    lazy = gradient_descent_mse_ensemble(ntk, y, learning_rate=dt, normalization=1, steps=True)(np.arange(T + 1))
+    lazy = gradient_descent_mse_ensemble(ntk, y, lr=dt, normalization=1, steps=True)(np.arange(T + 1))
     np.testing.assert_allclose(r.f, lazy.mean, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(r.K[-1, -1], ntk, rtol=1e-11, atol=1e-12)
 
@@ -208,8 +208,10 @@ def test_bad_inputs_raise_clear_errors():
     bad[0, 1] = bad[1, 0] = 10.0
     with pytest.raises(ValueError, match="positive semi-definite"):
         dmft.linear(bad, y, 2, 1.0, 10, 0.1)
-    with pytest.raises(ValueError, match="T"):
+    with pytest.raises(ValueError, match="^steps: must be an integer >= 1, got 0"):
         dmft.two_layer(kx, y, "tanh", 1.0, 0, 0.1, samples=100)
+    with pytest.raises(ValueError, match="^lr: must be a finite number > 0"):
+        dmft.linear(kx, y, 2, 1.0, 10, 0.0)
     with pytest.raises(ValueError, match="t"):
         dmft.two_layer_linear_whitened(-1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="gamma0"):
@@ -299,3 +301,13 @@ def test_deep_linear_is_the_deprecated_name_of_linear():
     with pytest.warns(DeprecationWarning, match="dmft.deep_linear is deprecated; use dmft.linear"):
         old = dmft.deep_linear(kx, y, 2, 0.5, 10, 0.1)
     np.testing.assert_array_equal(old.f, dmft.linear(kx, y, 2, 0.5, 10, 0.1).f)
+
+
+def test_old_keywords_T_and_dt_still_work_deprecated():
+    # one word per thing: steps and lr; the paper's T and dt are accepted with a DeprecationWarning
+    _, kx, y = _data()
+    with pytest.warns(DeprecationWarning, match="linear: the keyword dt is deprecated; use lr"):
+        old = dmft.linear(kx, y, 2, 0.5, T=8, dt=0.1)
+    np.testing.assert_array_equal(old.f, dmft.linear(kx, y, 2, 0.5, steps=8, lr=0.1).f)
+    with pytest.raises(TypeError, match="got both T"):
+        dmft.linear(kx, y, 2, 0.5, T=8, steps=8)

@@ -23,7 +23,7 @@ def test_train_mean_matches_ode_integration():
     lr = 0.7
     sol = solve_ivp(lambda t, f: -lr / n * K @ (f - y), (0, 3.0), np.zeros(n), rtol=1e-12, atol=1e-13,
                     t_eval=[0.5, 3.0])
-    pred = gradient_descent_mse_ensemble(K, y, learning_rate=lr)(np.array([0.5, 3.0])).mean
+    pred = gradient_descent_mse_ensemble(K, y, lr=lr)(np.array([0.5, 3.0])).mean
     np.testing.assert_allclose(pred, sol.y.T, rtol=1e-9, atol=1e-11)
 
 
@@ -35,7 +35,7 @@ def test_test_mean_and_covariance_match_linearized_model_by_sampling_formula():
     # f_t(x) = f0(x) + A (y - f0(X)) is linear in the Gaussian f0: mean A y, covariance by brute force
     M = np.hstack([-A, np.eye(ntk.shape[0] - n)])
     cov = M @ nngp @ M.T
-    pred = gradient_descent_mse_ensemble(ntk[:n, :n], y, nngp_train_train=nngp[:n, :n], learning_rate=lr)
+    pred = gradient_descent_mse_ensemble(ntk[:n, :n], y, nngp_train_train=nngp[:n, :n], lr=lr)
     out = pred(t, ntk_test_train=ntk[n:, :n], nngp_test_train=nngp[n:, :n], nngp_test_test=nngp[n:, n:],
                compute_cov=True)
     np.testing.assert_allclose(out.mean, A @ y, rtol=1e-10)
@@ -63,7 +63,7 @@ def test_discrete_steps_equal_repeated_gradient_descent(seed, k, lr):
     f = np.zeros(n)
     for _ in range(k):
         f = f - lr * K @ (f - y)
-    pred = gradient_descent_mse_ensemble(K, y, learning_rate=lr, normalization=1, steps=True)(k).mean
+    pred = gradient_descent_mse_ensemble(K, y, lr=lr, normalization=1, steps=True)(k).mean
     np.testing.assert_allclose(pred, f, rtol=1e-9, atol=1e-12)
 
 
@@ -76,12 +76,12 @@ def test_bad_inputs_raise_clear_errors():
     bad[0, 0] = -5.0
     with pytest.raises(ValueError, match="positive semi-definite"):
         gradient_descent_mse_ensemble(bad, y)
-    with pytest.raises(ValueError, match="learning_rate"):
-        gradient_descent_mse_ensemble(K, y, learning_rate=-1)
+    with pytest.raises(ValueError, match="lr"):
+        gradient_descent_mse_ensemble(K, y, lr=-1)
     with pytest.raises(ValueError, match="y_train"):
         gradient_descent_mse_ensemble(K, y[:-1])
     with pytest.raises(ValueError, match="diverges"):
-        gradient_descent_mse_ensemble(K, y, learning_rate=100.0, normalization=1, steps=True)
+        gradient_descent_mse_ensemble(K, y, lr=100.0, normalization=1, steps=True)
 
 
 def test_complex_input_raises_type_error_instead_of_dropping_the_imaginary_part():

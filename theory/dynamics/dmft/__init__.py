@@ -2,7 +2,7 @@
 
 Network (muP / mean-field scaling, their eq. (1)): ``h^1 = W^0 x / sqrt(D)``,
 ``h^{l+1} = W^l phi(h^l) / sqrt(N)``, ``f = w^L . phi(h^L) / (gamma0 N)``, all weights
-N(0, 1), trained by gradient descent of step ``dt`` on the sum loss
+N(0, 1), trained by gradient descent of step ``dt`` (the argument ``lr``) on the sum loss
 ``sum_mu (f_mu - y_mu)^2 / 2`` with the rate multiplied by gamma^2 = gamma0^2 N. Then
 ``df/dt = K(t) Delta(t)``, ``Delta = y - f``, with the evolving NTK (their eq. (5))
 ``K(t, s) = sum_{l=0}^{L} G^{l+1}(t, s) * Phi^l(t, s)``, ``Phi^0 = K^x = X X^T / D``,
@@ -14,7 +14,7 @@ Time is discrete: every solver here is the exact infinite-width limit of *gradie
 descent with step dt* (fields at steps k = 0..T), so a finite network trained with the same
 step converges to it as width grows, and gamma0 -> 0 gives discrete NTK gradient descent,
 ``f_k = (I - (I - dt Theta)^k) y`` (:mod:`gradient_flow` with ``steps=True``,
-``learning_rate=dt``, ``normalization=1``). dt -> 0 gives the gradient flow.
+``lr=dt``, ``normalization=1``). dt -> 0 gives the gradient flow.
 
 Three solvers:
 
@@ -46,6 +46,9 @@ over the samples): a non-finite value, or growth beyond ``max_error_growth`` (de
 ``ConvergenceError``). The
 lazy limit is stable iff ``dt * max eig(NTK(0)) < 2``; feature learning changes the NTK,
 so larger gamma0 can diverge at smaller dt.
+
+Every solver takes ``steps`` (T, the number of gradient descent steps) and ``lr`` (the
+learning rate, the paper's time step dt); ``T=`` and ``dt=`` still work, deprecated.
 
 Layout: ``_common`` (checks, divergence, :class:`DeepResult`), ``_two_layer``, ``_linear``,
 ``_deep``; import everything from this package. ``deep_linear`` is the deprecated name of

@@ -27,15 +27,16 @@ def input_kernel(X) -> np.ndarray:
     return X @ X.T / X.shape[1]
 
 
-def _check_common(kx, y, gamma0, T, dt):
+def _check_common(kx, y, gamma0, steps, lr):
+    """(root of kx, kx, y, gamma0, T, dt): checked arguments, T = steps and dt = lr in the paper's notation."""
     kx = _real_array(kx, "kx")
     y = _real_array(y, "y")
     root = psd_sqrt(kx, "kx")
     if y.shape != (kx.shape[0],) or not np.all(np.isfinite(y)):
         raise ValueError(f"y: expected finite targets of shape ({kx.shape[0]},), got {y.shape}")
     gamma0 = validate.real(gamma0, "gamma0", at_least=0.0, meaning="richness")
-    T = validate.integer(T, "T", minimum=1, meaning="number of time steps")
-    dt = validate.positive(dt, "dt", meaning="time step")
+    T = validate.integer(steps, "steps", minimum=1, meaning="number of gradient descent steps")
+    dt = validate.positive(lr, "lr", meaning="learning rate, the time step dt")
     return root, kx, y, gamma0, T, dt
 
 
@@ -69,8 +70,10 @@ def kernel_alignment(K, y) -> float:
     return float(y @ K @ y / (np.linalg.norm(K) * (y @ y)))
 
 
-def lazy_prediction(ntk, y, T, dt):
-    """f_k = (I - (I - dt Theta)^k) y, k = 0..T: discrete NTK gradient descent from f_0 = 0."""
+@validate.renamed(T="steps", dt="lr")
+def lazy_prediction(ntk, y, steps, lr):
+    """f_k = (I - (I - lr Theta)^k) y, k = 0..steps: discrete NTK gradient descent from f_0 = 0."""
+    T, dt = steps, lr
     ntk = np.asarray(ntk, dtype=float)
     f = np.zeros((T + 1, y.size))
     for k in range(T):

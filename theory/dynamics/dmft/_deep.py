@@ -15,7 +15,8 @@ from ._common import (DeepResult, _causal_mask, _check_common, _equal_time_ntk, 
                       _report_divergence, lazy_prediction)
 
 
-def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int = 20, dt: float = 0.1,
+@validate.renamed(T="steps", dt="lr")
+def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, steps: int = 20, lr: float = 0.1,
          samples: int = 20_000, seed=0, damping: float = 0.5, tol: float = 1e-8, maxiter: int = 200,
          resp_samples: int = 5_000, strict: bool = False, max_error_growth: float = 1e3) -> DeepResult:
     """Deep nonlinear DMFT: single-site Monte Carlo with response functions (Bordelon & Pehlevan 2022, eqs. (10)-(12)).
@@ -34,7 +35,7 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, T: int =
     ``solvers.fixed_point`` can converge on it; the returned result says whether it did, and a
     diverging trajectory is reported as non-convergence (module docstring, "Divergence").
     """
-    _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, steps, lr)
     growth = validate.real(max_error_growth, "max_error_growth", above=1.0)
     if gamma0 == 0:
         raise ValueError("gamma0: the deep single-site solver needs gamma0 > 0; gamma0 = 0 is the static NTK "

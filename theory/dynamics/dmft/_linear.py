@@ -193,7 +193,8 @@ def _march_matrices(kx, L, gamma0, dt, cp):
     return Phi, G, A, B
 
 
-def linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: float = 0.05, damping: float = 0.0,
+@validate.renamed(T="steps", dt="lr")
+def linear(kx, y, depth: int = 2, gamma0: float = 1.0, steps: int = 100, lr: float = 0.05, damping: float = 0.0,
                 tol: float = 1e-10, maxiter: int = 500, strict: bool = False, continuation: float = 0.5,
                 method: str = "march", max_error_growth: float = 1e3, _start=None) -> DeepResult:
     """Deep linear DMFT: the closed equations in Phi, G, A, B (Bordelon & Pehlevan 2022, sec. 5 / app. deep linear).
@@ -227,7 +228,7 @@ def linear(kx, y, depth: int = 2, gamma0: float = 1.0, T: int = 100, dt: float =
     solves at gamma0 / 2 (recursively) and starts from that solution. ``damping``, ``tol``,
     ``maxiter`` and ``continuation`` apply to it only.
     """
-    _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    _, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, steps, lr)
     validate.integer(depth, "depth", minimum=1, meaning="number of hidden layers")
     validate.real(damping, "damping", at_least=0.0, below=1.0)
     growth = validate.real(max_error_growth, "max_error_growth", above=1.0)

@@ -159,19 +159,20 @@ def _exact_init_kernels(act, kx):
     return nngp, dphi0
 
 
-def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, T: int = 100, dt: float = 0.05,
+@validate.renamed(T="steps", dt="lr")
+def two_layer(kx, y, activation="tanh", gamma0: float = 1.0, steps: int = 100, lr: float = 0.05,
               samples: int = 100_000, seed=0, snapshots=6, control_variate: bool = True, strict: bool = False,
               max_error_growth: float = 1e3) -> TwoLayerResult:
     """Two-layer DMFT by Monte Carlo over the single-site process (Bordelon & Pehlevan 2022, sec. 3, eqs. (8)-(9)).
 
     ``kx``: input Gram X X^T / D (P x P, PSD); ``y``: targets (P,); gradient descent of step
-    ``dt`` for ``T`` steps; ``samples`` single sites (h in R^P, w) drawn with ``seed``;
+    ``lr`` (the paper's time step dt) for ``steps`` steps (T); ``samples`` single sites (h in R^P, w) drawn with ``seed``;
     ``snapshots``: number of equally spaced steps (or an explicit increasing list of steps)
     at which the two-time kernels Phi, G, K are recorded. A diverging run (``max |y - f|``
     non-finite or above ``max_error_growth`` times its initial value) has ``converged=False``
     and a ``message``; with ``strict=True`` it raises ``ConvergenceError``.
     """
-    root, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, T, dt)
+    root, kx, y, gamma0, T, dt = _check_common(kx, y, gamma0, steps, lr)
     growth = validate.real(max_error_growth, "max_error_growth", above=1.0)
     act = _act.get(activation)
     validate.integer(samples, "samples", minimum=2)
