@@ -516,3 +516,34 @@ def test_compiled_activation_and_blocks_equal_numpy_path(monkeypatch):
     assert stax._per_input(net)
     from limitlab.theory.kernels import LayerNorm
     assert not stax._per_input(stax.serial(stax.Conv(2, (1, 1)), LayerNorm(axis=(0, -1))))
+
+
+# the standard parametrization (Dense/Conv parametrization="standard") against neural-tangents' kernels
+# (tests/fixtures/make_stax_extra_fixtures.py, cases std_*: with and without biases, pooling, strides)
+STD_FIX, STD_CASES = load("stax_extra_kernels.npz")
+STD_CASES = [c for c in STD_CASES if c["key"].startswith("std_")]
+
+
+@pytest.mark.parametrize("case", STD_CASES, ids=[c["key"] for c in STD_CASES])
+def test_standard_parametrization_matches_neural_tangents_to_1e10(case):
+    check_case(STD_FIX, case)
+
+
+def test_standard_parametrization_ntk_is_mlps_and_its_spellings():
+    """A standard Dense MLP's NTK is MLP(parametrization="standard", width=n)'s (Sohl-Dickstein et
+    al. 2020); neural-tangents' spelling parameterization= and b_std=None (no bias) are accepted."""
+    X = np.random.default_rng(6).standard_normal((4, 3))
+    net = stax.serial(stax.Dense(32, 1.5, 0.1, parametrization="standard"), stax.Erf(),
+                      stax.Dense(1, 1.5, 0.1, parameterization="standard"))
+    ref = MLP(1, "erf", weight_var=1.5, bias_var=0.1, parametrization="standard", width=32).kernels(X)
+    k = net.kernels(X)
+    np.testing.assert_allclose(k.ntk, ref.ntk, rtol=1e-12)
+    np.testing.assert_allclose(k.nngp, ref.nngp, rtol=1e-12)
+    nob = stax.Dense(1, W_std=1.2, b_std=None, parametrization="standard")
+    assert not nob.has_bias and "bias_var=None" in repr(nob)
+    np.testing.assert_allclose(nob.ntk(X), X @ X.T, rtol=1e-12)  # the input Gram, no +1 of a bias
+    np.testing.assert_allclose(stax.Dense(1, parametrization="standard").ntk(X), X @ X.T + 1.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="Dense: parametrization must be 'ntk' or 'standard'"):
+        stax.Dense(1, parametrization="mup")
+    with pytest.raises(ValueError, match="not both"):
+        stax.Conv(1, (2,), parametrization="ntk", parameterization="standard")
