@@ -12,7 +12,8 @@ import pytest
 
 HERE = Path(__file__).parents[2] / "docs" / "reproductions"
 SCRIPTS = sorted(p.stem for p in HERE.glob("*.py") if not p.name.startswith("_"))
-FAST = {"dang2023_imbalanced", "mei_montanari2019_double_descent", "saxe2014_modes"}  # a few seconds each
+FAST = {"dang2023_imbalanced", "mei_montanari2019_double_descent", "saxe2014_modes",
+        "hanin_nica2020_relu_moments"}  # a few seconds each
 
 
 def _listing(folder):
@@ -34,7 +35,7 @@ def _common():
 
 
 def test_every_script_is_covered():
-    assert set(SCRIPTS) >= FAST and len(SCRIPTS) == 8, SCRIPTS
+    assert set(SCRIPTS) >= FAST and len(SCRIPTS) == 9, SCRIPTS
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=() if s in FAST else pytest.mark.slow) for s in SCRIPTS])
@@ -76,8 +77,15 @@ def _bordelon_deep_linear(rows):
     assert len(ratio) == 1 and ratio[0]["rel_diff"] < 1e-2, ratio
 
 
+def _hanin_nica(rows):
+    coef = [r for w, r in rows.items() if "1/n coefficient" in w]
+    sims = [r for w, r in rows.items() if w.startswith("R = ")]
+    assert len(coef) == 2 and all(r["rel_diff"] < 1e-10 for r in coef), coef
+    assert len(sims) == 4 and all(abs(r["z"]) < 4.5 for r in sims), sims  # exact at every width: noise only
+
+
 # where the quick run must still agree with its reference (the theory is exact there)
-EXACT = {"dang2023_imbalanced": _dang, "saxe2014_modes": _saxe, "bordelon2022_deep_linear": _bordelon_deep_linear}
+EXACT = {"hanin_nica2020_relu_moments": _hanin_nica, "dang2023_imbalanced": _dang, "saxe2014_modes": _saxe, "bordelon2022_deep_linear": _bordelon_deep_linear}
 
 
 def test_arora2019_tiny_run_tables_every_kernel(tmp_path):
