@@ -163,18 +163,26 @@ def _plan(net, X1, X2, get, chunks, dtype) -> _Plan:
     return _Plan(net, X1, X2, get, dtype, tiles, rest)
 
 
-def _tile_kernels(net, A, B, get, dtype, threads: Optional[int] = None):
-    """The requested kernels between row blocks A and B (B None: A with itself, symmetric)."""
-    if threads is not None:  # Numba's thread count is per calling thread
-        nb.set_num_threads(max(1, min(threads, nb.config.NUMBA_NUM_THREADS)))
+def _tile_kernels(net, A, B, get, dtype):
+    """The requested kernels between row blocks A and B (B None: A with itself, symmetric).
+
+    A tile is the unit of parallelism and runs on one Numba thread, so its numbers do not
+    depend on the scheduler or its thread count (on several threads the symmetric Gram
+    matrix is summed in bands, in another order).
+    """
     # aligned copies: dask.distributed hands out blocks at unaligned addresses, where NumPy's
     # unaligned loops round some entries differently (1e-17) from an in-process run
     A = np.require(A, requirements=("C", "A"))
     B = None if B is None else np.require(B, requirements=("C", "A"))
-    if isinstance(net, _mlp.MLP):
-        out = net.kernels(A, B, get=get, dtype=np.float64)
-    else:
-        out = net.kernels(A, B, get=get)
+    before = nb.get_num_threads()  # per calling thread
+    nb.set_num_threads(1)
+    try:
+        if isinstance(net, _mlp.MLP):
+            out = net.kernels(A, B, get=get, dtype=np.float64)
+        else:
+            out = net.kernels(A, B, get=get)
+    finally:
+        nb.set_num_threads(before)
     return tuple(np.asarray(getattr(out, g)).astype(dtype, copy=False) for g in get)
 
 
@@ -246,12 +254,11 @@ class _Writer:
     shape: tuple
     perm: tuple
     symmetric: bool
-    threads: Optional[int]
 
     def __call__(self, i, j, A, B):
         import zarr
 
-        parts = _tile_kernels(self.plan_net, A, B, self.get, self.dtype, self.threads)
+        parts = _tile_kernels(self.plan_net, A, B, self.get, self.dtype)
         group = zarr.open_group(self.path, mode="r+")
         r = slice(i * self.tiles[0], min((i + 1) * self.tiles[0], self.shape[0]))
         c = slice(j * self.tiles[1], min((j + 1) * self.tiles[1], self.shape[1]))
@@ -372,9 +379,7 @@ def write_kernels(net, X1, X2=None, *, path, get: Sequence[str] = ("nngp", "ntk"
     if num_workers is not None:
         num_workers = validate.integer(num_workers, "num_workers", minimum=1)
     workers = int(num_workers or nb.config.NUMBA_NUM_THREADS)
-    # threads: the cores shared among the local scheduler's tile tasks; on a cluster each worker's own
-    threads = None if client is not None else max(1, nb.config.NUMBA_NUM_THREADS // workers)
-    writer = _Writer(path, plan.net, plan.get, plan.dtype, plan.tiles, plan.shape, plan.perm, plan.symmetric, threads)
+    writer = _Writer(path, plan.net, plan.get, plan.dtype, plan.tiles, plan.shape, plan.perm, plan.symmetric)
 
     from tqdm.auto import tqdm
 
@@ -392,7 +397,7 @@ def write_kernels(net, X1, X2=None, *, path, get: Sequence[str] = ("nngp", "ntk"
     try:
         if todo:
             if client is None:
-                _run_threaded(plan, writer, todo, workers, threads, finished)
+                _run_threaded(plan, writer, todo, workers, finished)
             else:
                 _run_distributed(plan, writer, todo, client, finished)
     except OSError as exc:
@@ -412,7 +417,7 @@ def write_kernels(net, X1, X2=None, *, path, get: Sequence[str] = ("nngp", "ntk"
     return _mlp.Kernels(*(group[g] if g in plan.get else None for g in ("nngp", "ntk")))
 
 
-def _run_threaded(plan, writer, todo, workers, threads, finished):
+def _run_threaded(plan, writer, todo, workers, finished):
     """The tiles as one graph on Dask's local threaded scheduler; ``finished`` runs in this thread."""
     import dask
     from dask.callbacks import Callback
@@ -432,8 +437,8 @@ def _run_threaded(plan, writer, todo, workers, threads, finished):
             if isinstance(key, tuple) and key[0] == "tile":
                 finished(key[1], key[2])
 
-    # BLAS (the Gram matrices) shares the cores with the tile threads, as Numba does
-    with threadpool_limits(limits=threads, user_api="blas"), _Done():
+    # one BLAS thread per tile thread, as dask.distributed's workers have (the tiles are the parallelism)
+    with threadpool_limits(limits=1, user_api="blas"), _Done():
         dask.threaded.get(dsk, keys, num_workers=workers)
 
 

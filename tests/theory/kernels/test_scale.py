@@ -263,15 +263,21 @@ def test_bad_net_and_path_types(tmp_path):
 
 @pytest.mark.slow
 def test_local_cluster_of_two_processes_writes_the_same_store(tmp_path):
-    """A LocalCluster of 2 worker processes: the store is byte for byte the threaded scheduler's."""
+    """A LocalCluster of 2 worker processes: the store is byte for byte the threaded scheduler's, for a
+    stax network and for an MLP whose diagonal tiles (600 rows) are past the size where a multi-threaded
+    symmetric Gram matrix would be summed in bands."""
     distributed = pytest.importorskip("distributed")
-    net = stax.serial(stax.Dense(16), stax.Relu(), stax.Dense(16), stax.Erf(), stax.Dense(1))
-    A = np.random.default_rng(6).standard_normal((40, 10))
-    write_kernels(net, A, path=tmp_path / "threads", chunks=9, progress=False)
+    cases = [(stax.serial(stax.Dense(16), stax.Relu(), stax.Dense(16), stax.Erf(), stax.Dense(1)),
+              np.random.default_rng(6).standard_normal((40, 10)), 9),
+             (MLP(3), np.random.default_rng(8).standard_normal((1100, 30)), 600)]
+    for k, (net, A, t) in enumerate(cases):
+        write_kernels(net, A, path=tmp_path / f"threads{k}", chunks=t, progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        write_kernels(net, A, path=tmp_path / "cluster", chunks=9, client=client, progress=False)
-    assert _store_bytes(tmp_path / "cluster") == _store_bytes(tmp_path / "threads")
+        for k, (net, A, t) in enumerate(cases):
+            write_kernels(net, A, path=tmp_path / f"cluster{k}", chunks=t, client=client, progress=False)
+    for k in range(len(cases)):
+        assert _store_bytes(tmp_path / f"cluster{k}") == _store_bytes(tmp_path / f"threads{k}")
 
 
 def test_a_lost_worker_is_a_clear_error(tmp_path, monkeypatch):
