@@ -45,7 +45,11 @@ def _cntk_digits(nb, text):
     assert "CNTK accuracy" in text and "MLP NTK accuracy" in text
 
 
-CHECKS = {"relu_arccos_kernel": (_relu_arccos, 1), "collapse": (_collapse, 1),
+def _finite_width(nb, text):
+    assert "largest |simulation - theory| / SE" in text and "V_(00)(00)/K_00^2 = 20.0000" in text  # ReLU: 5 L
+
+
+CHECKS = {"relu_arccos_kernel": (_relu_arccos, 1), "collapse": (_collapse, 1), "finite_width": (_finite_width, 1),
           "double_descent": (_double_descent, 3), "lazy_to_rich": (_lazy_to_rich, 1),
           "cntk_digits": (_cntk_digits, 1)}  # (check, inline figures)
 
