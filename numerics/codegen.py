@@ -20,6 +20,7 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from limitlab.numerics import vecmath
+from limitlab.numerics.files import atomic_write
 
 __all__ = ["cache_dir", "scalar_function_source", "compile_module", "stable_angles"]
 
@@ -112,12 +113,6 @@ def load_cached(alias: str):
     return mod
 
 
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic: concurrent processes never see a half-written file
-
-
 def header() -> str:
     """The imports every generated module starts with (part of its cache key)."""
     return ("import math\nimport numba as nb\nimport numpy as np\n"
@@ -136,11 +131,11 @@ def compile_module(source: str, tag: str = "kernel", alias: str = None):
     if key in _MODULES:
         return _MODULES[key]
     path = cache_dir() / f"{tag}_{key}.py"
-    if not path.exists():
-        _atomic_write(path, full)
+    if not path.exists():  # atomic: concurrent processes never import a half-written module
+        atomic_write(path, lambda fh: fh.write(full))
     mod = _import(path, f"limitlab_codegen_{path.stem}")
     _MODULES[key] = mod
     if alias is not None:
-        _atomic_write(cache_dir() / f"{alias}.alias", path.name)
+        atomic_write(cache_dir() / f"{alias}.alias", lambda fh: fh.write(path.name))
         _MODULES[alias] = mod
     return mod

@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from limitlab.numerics.files import atomic_write
+
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "parse_values", "parse_sizes", "format_number"]
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -333,17 +335,14 @@ def _cmd_risk(args) -> int:
         stem = os.path.join(args.out, args.name or args.risk_model.replace("-", "_"))
         paths = []
         for t in tables:
-            paths.append(stem + ("" if t.name == "theory" else "_" + t.name) + ".csv")
-            with open(paths[-1], "w", newline="") as fh:
-                t.write(fh)
+            paths.append(atomic_write(stem + ("" if t.name == "theory" else "_" + t.name) + ".csv", t.write))
         if plot is not None and not args.no_plot:
             from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
 
             fig = Figure(figsize=(6, 4.2))
             plot(fig, fig.subplots())
             fig.tight_layout()
-            paths.append(stem + ".png")
-            fig.savefig(paths[-1], dpi=120)
+            paths.append(atomic_write(stem + ".png", lambda fh: fig.savefig(fh, dpi=120, format="png"), binary=True))
         for p in paths:
             print(p)
     for t in tables:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
+from limitlab.numerics.files import atomic_write
 from limitlab.verify.registry import Measurement
 from limitlab.verify.stats import QuantityResult, Verdict
 
@@ -291,20 +291,9 @@ class Report:
         if os.path.isdir(path) or not path.endswith(".json"):
             os.makedirs(path, exist_ok=True)
             path = os.path.join(path, REPORT_NAME)
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".json", dir=d)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, default=_json_default)  # no indent: the C encoder
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # no indent: the C encoder
+        atomic_write(path, lambda fh: json.dump(self.to_dict(), fh, default=_json_default))
         self.path = path
         return path
 
@@ -447,15 +436,9 @@ class Report:
                          fontsize=10)
             fig.tight_layout(rect=(0, 0, 1, 0.95))
             p = os.path.join(directory, f"{c.name}.png")
-            fig.savefig(p, dpi=90)
+            atomic_write(p, lambda fh: fig.savefig(fh, dpi=90, format="png"), binary=True)
             paths.append(p)
         return paths
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _json_default(o):
