@@ -4,8 +4,9 @@ One description, three products: ``net = serial(Conv(8, (3,)), Relu(), Flatten()
 gives the limiting NNGP/NTK (``net.kernels(X)``), the finite network of width n
 (:func:`at_width`: every hidden Dense/Conv gets n outputs, channels counting as width, attention
 its output, key/value dimensions or heads (see :func:`at_width`), and the final Dense readout
-one) and its per-network empirical kernels (:func:`sample_kernels`),
-which converge to the limit as n grows.
+one), its per-network empirical kernels (:func:`sample_kernels`), which converge to the limit
+as n grows, and its gradient-descent training (:func:`train`: the one trainer of the verify
+checks, in the layers' own parametrizations or an abc-parametrization of Yang & Hu 2021).
 
 Conventions (those of :mod:`limitlab.verify.montecarlo`, extended to every layer):
 
@@ -15,7 +16,10 @@ Conventions (those of :mod:`limitlab.verify.montecarlo`, extended to every layer
   (a zero ``bias_var`` multiplies it by 0), so ``serial(Dense(n, w, b), Relu(), Dense(1, w, b))``
   and montecarlo's ``MLP(1, "relu", w, b)`` draw the same numbers in the same order: per
   layer, ``W`` (fan_in x fan_out, row-major; for Conv the rows run over (filter offsets...,
-  input channel)) then ``b``, layers in the order of the forward pass.
+  input channel)) then ``b``, layers in the order of the forward pass. A standard-parametrized
+  layer (``parametrization="standard"``) holds the same draws times ``sqrt(weight_var /
+  fan_in)``, ``sqrt(bias_var)`` and computes ``W x + b``. Per-input noise (Dropout's masks,
+  ``stax.PER_INPUT``) is drawn after every parameter.
 * Seeds: network i's parameters are the stream ``backend.normals([seeds[i]], count)`` with
   ``seeds = montecarlo.network_seeds(seed, n_networks)``: same seed, same networks, whatever
   the batching (NumPy and array-api-strict share NumPy's streams; torch and CuPy have their own).
