@@ -39,7 +39,7 @@ from typing import Optional
 import numba as nb
 import numpy as np
 
-from limitlab.numerics import vecmath
+from limitlab.numerics import codegen
 
 __all__ = ["plan", "run", "FUSED_MIN_PIXELS"]
 
@@ -179,24 +179,19 @@ def _act_kernels(act):
     if key not in _ACT_KERNELS:
         _ACT_KERNELS[key] = None
         ev = stax._closed_map(act)
-        # printed for the math module (Max as max(), not NumPy's reduce(maximum, ...), which
-        # Numba cannot type) and inlined at Numba's IR level where it can be (the map's loop then
-        # vectorizes), else with NumPy's printing, else left to LLVM
-        tries = [(sp.lambdify(ev.args, ev.maps, modules="math"), "always"), (ev.scalar, "always"),
-                 (ev.scalar, "never")]
-        for scalar, inline in tries:
-            try:
-                kernels = _compile_act(scalar, inline)
-                _warm(kernels)
-            except Exception:  # a map Numba cannot type: the layer path
-                continue
-            _ACT_KERNELS[key] = kernels
-            break
+        try:
+            mod = codegen.compile_module(codegen.scalar_function_source("g", ev.args, ev.maps) + _KERNELS,
+                                         tag="fused")
+            kernels = (mod.conv_map, mod.map_inplace)
+            _warm(kernels)
+        except Exception:  # a map Numba cannot type: the layer path
+            return None
+        _ACT_KERNELS[key] = kernels
     return _ACT_KERNELS[key]
 
 
 def _warm(kernels):
-    """Compile now (on a 1-pixel pair), so that a map that does not compile is known at once."""
+    """Compile (or load from Numba's disk cache) now, so a map that does not compile is known at once."""
     conv_map, map_inplace = kernels
     one, z = np.ones(1), np.zeros(1)
     for t_zero, want_t in ((True, True), (False, True), (False, False)):
@@ -205,79 +200,91 @@ def _warm(kernels):
     map_inplace(one.copy(), one.copy(), True, 1, 1, 1, 1, 0, 0, one, one)
 
 
-def _compile_act(scalar, inline):
-    g = nb.njit(scalar, error_model="numpy", inline=inline)
-    eps16 = 16 * np.finfo(float).eps
+# The kernels that apply an activation's map, generated per activation with the map g (sympy ->
+# codegen.scalar_function_source) in the same module: Numba's disk cache does not serve
+# functions that take another compiled function as an argument (their type names its
+# address), and a closure is not cached at all, so a module per map is what keeps the first
+# call of a new Python process free of compilation (codegen.compile_module).
+_KERNELS = '''
 
-    @nb.njit(inline="always", error_model="numpy")
-    def ev(s1, s2, c):
-        # stax._closed_map's evaluator: |c| within 16 ulps of t = s1 s2 snaps to +-t
-        t = s1 * s2
-        d = (t - c) * (t + c)
-        near = d <= eps16 * (t * t)
-        c = np.copysign(t, c) if near else c
-        r = 0.0 if near else np.sqrt(max(d, 0.0))
-        return g(s1, s2, c, r, vecmath.angle(r, c, t))
+from limitlab.numerics.vecmath import angle as _angle
+from limitlab.theory.kernels.fused import _store, _taps, _tiles, _at
 
-    @nb.njit(inline="always", error_model="numpy")
-    def block(kin, tin, w, b, case, s1t, s2t, outk, outt, n):
-        # the map over one (i, i') block of n entries, flat and branch-free so that LLVM
-        # vectorizes it: case 0, no NTK; 1, NTK = the pre-activation K (first affine layer);
-        # 2, NTK = K + w Theta_in; 3, NTK = Theta_in (an activation not right after a conv)
-        if case == 0:
-            for m in range(n):
-                x, xd = ev(s1t[m], s2t[m], w * kin[m] + b)
-                outk[m] = x
-        elif case == 1:
-            for m in range(n):
-                k = w * kin[m] + b
-                x, xd = ev(s1t[m], s2t[m], k)
-                outk[m] = x
-                outt[m] = k * xd
-        elif case == 2:
-            for m in range(n):
-                k = w * kin[m] + b
-                x, xd = ev(s1t[m], s2t[m], k)
-                outk[m] = x
-                outt[m] = (k + w * tin[m]) * xd
-        else:
-            for m in range(n):
-                x, xd = ev(s1t[m], s2t[m], kin[m])
-                outk[m] = x
-                outt[m] = tin[m] * xd
+_EPS16 = 16 * np.finfo(np.float64).eps
 
-    @nb.njit(nogil=True, error_model="numpy")
-    def conv_map(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, w, b, s1, s2, Kout, Tout, Hpo, Wpo,
-                 oh, ow, row, rowt):
-        R = Wpi if sw == 1 else Wo
-        n = (Wo - 1) * R + Wo
-        s1t, s2t, outk, outt = _tiles(s1, s2, Ho, Wo, R)
-        case = 0 if not want_t else (1 if t_zero else 2)
-        for dlt in range(1 - Ho, Ho):  # along diagonals: row pair (i, i') reuses (i-1, i'-1)'s slabs
-            for i in range(max(0, -dlt), min(Ho, Ho - dlt)):
-                ii = i + dlt
-                _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, R, row, rowt)
-                block(row, rowt, w, b, case, s1t[i], s2t[ii], outk, outt, n)
-                _store(outk, outt, want_t, Kout, Tout, Hpo, Wpo, oh, ow, i, ii, Wo, R)
 
-    @nb.njit(nogil=True, error_model="numpy")
-    def map_inplace(K, T, want_t, H, W, Hp, Wp, oh, ow, s1, s2):
-        # the map on the interior (offsets oh, ow) of K (and the NTK product on T), in place
-        n = W * W
-        s1t, s2t, outk, outt = _tiles(s1, s2, H, W, W)
-        kin, tin = np.empty(n), np.empty(n)
-        for i in range(H):
-            for ii in range(H):
-                for j in range(W):
-                    ob = _at(oh + i, oh + ii, ow + j, ow, Hp, Wp)
-                    ks, ts = K[ob:ob + W], T[ob:ob + W]
-                    for jj in range(W):
-                        kin[j * W + jj] = ks[jj]
-                        tin[j * W + jj] = ts[jj]
-                block(kin, tin, 1.0, 0.0, 3 if want_t else 0, s1t[i], s2t[ii], outk, outt, n)
-                _store(outk, outt, want_t, K, T, Hp, Wp, oh, ow, i, ii, W, W)
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def ev(s1, s2, c):
+    # stax._closed_map's evaluator: |c| within 16 ulps of t = s1 s2 snaps to +-t; the pair
+    # angle by vecmath (SIMD) instead of libm's atan2
+    t = s1 * s2
+    d = (t - c) * (t + c)
+    near = d <= _EPS16 * (t * t)
+    c = np.copysign(t, c) if near else c
+    r = 0.0 if near else np.sqrt(max(d, 0.0))
+    return g(s1, s2, c, r, _angle(r, c, t))
 
-    return conv_map, map_inplace
+
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def block(kin, tin, w, b, case, s1t, s2t, outk, outt, n):
+    # the map over one (i, i') block of n entries, flat and branch-free so that LLVM vectorizes
+    # it: case 0, no NTK; 1, NTK = the pre-activation K (first affine layer); 2, NTK = K + w
+    # Theta_in; 3, NTK = Theta_in (an activation not right after a conv)
+    if case == 0:
+        for m in range(n):
+            x, xd = ev(s1t[m], s2t[m], w * kin[m] + b)
+            outk[m] = x
+    elif case == 1:
+        for m in range(n):
+            k = w * kin[m] + b
+            x, xd = ev(s1t[m], s2t[m], k)
+            outk[m] = x
+            outt[m] = k * xd
+    elif case == 2:
+        for m in range(n):
+            k = w * kin[m] + b
+            x, xd = ev(s1t[m], s2t[m], k)
+            outk[m] = x
+            outt[m] = (k + w * tin[m]) * xd
+    else:
+        for m in range(n):
+            x, xd = ev(s1t[m], s2t[m], kin[m])
+            outk[m] = x
+            outt[m] = tin[m] * xd
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def conv_map(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, Ho, Wo, w, b, s1, s2, Kout, Tout, Hpo, Wpo, oh, ow,
+             row, rowt):
+    R = Wpi if sw == 1 else Wo
+    n = (Wo - 1) * R + Wo
+    s1t, s2t, outk, outt = _tiles(s1, s2, Ho, Wo, R)
+    case = 0 if not want_t else (1 if t_zero else 2)
+    for dlt in range(1 - Ho, Ho):  # along diagonals: row pair (i, i') reuses (i-1, i'-1)'s slabs
+        for i in range(max(0, -dlt), min(Ho, Ho - dlt)):
+            ii = i + dlt
+            _taps(Kin, Tin, t_zero, want_t, Hpi, Wpi, fh, fw, sh, sw, i, ii, Wo, R, row, rowt)
+            block(row, rowt, w, b, case, s1t[i], s2t[ii], outk, outt, n)
+            _store(outk, outt, want_t, Kout, Tout, Hpo, Wpo, oh, ow, i, ii, Wo, R)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def map_inplace(K, T, want_t, H, W, Hp, Wp, oh, ow, s1, s2):
+    # the map on the interior (offsets oh, ow) of K (and the NTK product on T), in place
+    n = W * W
+    s1t, s2t, outk, outt = _tiles(s1, s2, H, W, W)
+    kin, tin = np.empty(n), np.empty(n)
+    for i in range(H):
+        for ii in range(H):
+            for j in range(W):
+                ob = _at(oh + i, oh + ii, ow + j, ow, Hp, Wp)
+                ks, ts = K[ob:ob + W], T[ob:ob + W]
+                for jj in range(W):
+                    kin[j * W + jj] = ks[jj]
+                    tin[j * W + jj] = ts[jj]
+            block(kin, tin, 1.0, 0.0, 3 if want_t else 0, s1t[i], s2t[ii], outk, outt, n)
+            _store(outk, outt, want_t, K, T, Hp, Wp, oh, ow, i, ii, W, W)
+'''
 
 
 # Buffers are flat (Hp, Hp', Wp, Wp') arrays: the two row axes first, so that the (j, j') plane of
