@@ -37,9 +37,9 @@ def upper_gram(X: np.ndarray) -> np.ndarray:
     """X X^T with its upper triangle (diagonal included) set; the lower one is left unset.
 
     Row bands ``X[i:i+B] X[i:]^T`` by single-threaded BLAS GEMM, one band per worker thread
-    (as many as Numba's), written straight into the output. On 2 cores at N = 8000, d = 100
-    this takes 0.15 s against 0.21-0.27 s for a threaded BLAS syrk (OpenBLAS's syrk runs
-    well below its GEMM's rate) and 0.35 s for the full GEMM.
+    (as many as Numba's), written straight into the output: faster than a threaded BLAS syrk
+    (OpenBLAS's syrk runs well below its GEMM's rate) and than the full GEMM (measured:
+    docs/kernels.md, "The compile path").
     """
     n = X.shape[0]
     workers = nb.get_num_threads()
@@ -82,9 +82,9 @@ def erf(x, xp=None):
         from scipy.special import erf as _erf
 
         return _erf(x)
-    # Generic fallback (array-api-strict and others): Abramowitz-Stegun 7.1.26 is too
-    # inaccurate, so use erf(x) = sign(x) * (1 - erfc(|x|)) via a continued-fraction-free
-    # route: convert through NumPy, which every test backend can round-trip.
+    # Generic fallback (array-api-strict and others, whose standard has no erf): SciPy's erf
+    # on a NumPy copy, converted back (full double accuracy; every tested backend round-trips
+    # through NumPy).
     from scipy.special import erf as _erf
 
     host = np.asarray(to_numpy(x))
@@ -115,7 +115,8 @@ def mirror_upper(A):
     Writing the lower triangle while filling rows would miss cache on every entry (a
     column-strided store); tiles of 64 x 64 keep both sides in cache. Tile rows p and
     nb-1-p go to the same task, so that every task holds the same number of tiles (the
-    triangle's tile rows shrink): 30 % faster on 2 cores than tile rows split in halves.
+    triangle's tile rows shrink), which beats tile rows split in halves (measured: docs/kernels.md,
+    "The compile path").
     Tasks go to threads one at a time as they free up (a chunk size of 1), so a core taken
     away for a moment by another process delays one task, not half the work.
     """

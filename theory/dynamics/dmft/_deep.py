@@ -28,8 +28,8 @@ def deep(kx, y, depth: int = 2, activation="tanh", gamma0: float = 1.0, steps: i
         g^l = phi'(h^l) z^l,  r^L = w(0),  A^0 = B^L = 0,
 
     A^l = gamma0^-1 <d phi(h^l) / d r^l> and B^{l-1} = gamma0^-1 <d g^l / d u^l> by central
-    differences of the simulated fields on common Gaussian draws (``resp_samples`` sites; Stein's
-    lemma with a pseudo-inverse of G, Phi amplified the noise and did not converge),
+    differences of the simulated fields on common Gaussian draws (``resp_samples`` sites; no
+    inverse of G or Phi, whose noise an estimate by Stein's lemma would amplify),
     f_k = <w_k phi(h^L_k) - w_0 phi(h^L_0)> / gamma0. The same Gaussian
     draws are reused at every iteration, so the damped map is deterministic and
     ``solvers.fixed_point`` can converge on it; the returned result says whether it did, and a
