@@ -119,8 +119,9 @@ def plan(net, X_shape) -> Optional[Plan]:
             op = _Op("conv" if cls is stax.Conv else "pool", hw, tuple(outs), tuple(pads),
                      padding == "CIRCULAR", tuple(window), tuple(strides))
             if cls is stax.Conv:
-                if layer.in_chan is not None and layer.in_chan != width:
-                    return None
+                if layer.in_chan is not None and layer.in_chan != width \
+                        or getattr(layer, "parametrization", "ntk") != "ntk":
+                    return None  # (the standard parametrization's NTK rule: the layer path)
                 op.w, op.b = layer.weight_var / (window[0] * window[1]), layer.bias_var
                 gaussian, width = True, layer.out_chan
             else:

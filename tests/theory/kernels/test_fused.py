@@ -157,3 +157,9 @@ def test_zero_variance_pixels_fall_back_to_the_layer_path(every_size):
     k, ref = net.kernels(X), _layer_path(net, X)
     np.testing.assert_allclose(k.ntk, ref.ntk, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(k.nngp, ref.nngp, rtol=1e-13, atol=1e-15)
+
+
+def test_standard_parametrization_takes_the_layer_path(every_size):
+    """A Conv in the standard parametrization (its own NTK rule) is left to the layer path."""
+    net = stax.serial(stax.Conv(2, (3, 3), padding="SAME", parametrization="standard"), stax.Relu(), stax.Flatten())
+    assert fused.plan(net, (2, 6, 6, 3)) is None
