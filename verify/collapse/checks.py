@@ -194,8 +194,8 @@ def train_measurements(features, classifier, y):
 
 
 @check("collapse.train", sizes=(400, 1600, 6400), quick_sizes=(400, 1600), samples=16, quick_samples=4, rate=None,
-       bias_rate=0.5, size_name="steps", default=False,  # ~50 s on 2 cores: run it by name (`limitlab verify collapse.train`)
-       min_size=400, seconds_quick=50.0,
+       bias_rate=0.5, size_name="steps", default=False,  # run by name (`limitlab verify collapse.train`): ~3 s quick
+       min_size=400, seconds_quick=3.0,
        min_size_reason="before ~400 steps (lr 0.1) the network is still fitting the labels; the collapse "
                        "metrics fall only afterwards",
        description="an MLP trained by GD on a Gaussian mixture: NC1 and the self-duality gap fall towards 0")
