@@ -39,10 +39,12 @@ COMMON = textwrap.dedent('''
     import numpy as np
     N, H, depth, repeats, cfg, save = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
                                        sys.argv[5], sys.argv[6])
-    factor = {5: [2, 1, 1], 7: [2, 2, 2], 10: [3, 3, 3]}[depth]
+    factor = {5: [2, 1, 1], 7: [2, 2, 2], 10: [3, 3, 3], 21: None}[depth]
     n_final = int(round(np.log2(H))) - 2
     X = np.random.default_rng(0).standard_normal((N, H, H, 3))
     def myrtle(stax, conv, pool, relu, flatten, dense):
+        if factor is None:  # depth 21: neural-tangents' README CNN, 20 x (conv, relu), global pooling, dense
+            return stax.serial(*([conv(), relu()] * 20 + [stax.GlobalAvgPool(), dense()]))
         L = [conv(), relu()] * factor[0] + [pool()] + [conv(), relu()] * factor[1] + [pool()]
         L += [conv(), relu()] * factor[2] + [pool()] * n_final + [flatten(), dense()]
         return stax.serial(*L)
@@ -130,7 +132,11 @@ def main():
     ap.add_argument("--scaling-n", type=int, default=4, help="images in the image-size and depth scans")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--memory-ns", default="", help="e.g. 4,8,12: peak memory of one first call at these N "
-                    "(32x32 Myrtle-5; limitlab batch_size=4, neural-tangents batch4): does the working set grow?")
+                    "(32x32 Myrtle-5; limitlab default, neural-tangents batch4): does the working set grow?")
+    ap.add_argument("--large-ns", default="", help="e.g. 64,256: limitlab alone at these N (32x32 Myrtle-5, one "
+                    "call): per-entry time and peak memory against the output")
+    ap.add_argument("--cnn21-n", type=int, default=0, help="images for the 21-layer CNN (global pooling) of "
+                    "neural-tangents' README (112.9 ms per NTK entry on CPU there); 0: skip")
     ap.add_argument("--skip-main", action="store_true")
     ap.add_argument("--json", help="write every measurement here")
     a = ap.parse_args()
@@ -146,14 +152,38 @@ def main():
         print("== peak memory against N (Myrtle-5, 32x32x3, first call) ==", flush=True)
         rec["memory"] = []
         for n in map(int, a.memory_ns.split(",")):
-            ours = run(py, OURS, n, 32, 5, 0, "4")
+            ours = run(py, OURS, n, 32, 5, 0, "auto")
             row = {"N": n, "limitlab": ours}
-            line = f"N={n:3d}: limitlab batch_size=4: {fmt(ours, n)}"
+            line = f"N={n:3d}: limitlab (default): {fmt(ours, n)}"
             if peer:
                 row["neural-tangents"] = nt = run(a.nt_python, NT, n, 32, 5, 0, "batch4")
                 line += f"\n       neural-tangents batch4: {fmt(nt, n)}"
             rec["memory"].append(row)
             print(line, flush=True)
+    if a.large_ns:
+        print("== limitlab at large N (Myrtle-5, 32x32x3, NNGP + NTK; one call) ==", flush=True)
+        rec["large"] = []
+        for n in map(int, a.large_ns.split(",")):
+            ours = run(py, OURS, n, 32, 5, 0, "auto")  # the first call (kernels loaded from the disk cache)
+            rec["large"].append({"N": n, "limitlab": ours})
+            extra = "" if "error" in ours else f"; peak / output = {ours['peak_mb'] / ours['out_mb']:.1f}"
+            print(f"N={n:4d}: {fmt(ours, n)}{extra}", flush=True)
+    if a.cnn21_n:
+        n = a.cnn21_n
+        print(f"== 21-layer CNN, global average pooling, 32x32x3, N={n}, NNGP + NTK ==", flush=True)
+        ours = run(py, OURS, n, 32, 21, 1, "auto")
+        row = {"N": n, "limitlab": ours}
+        line = f"limitlab: {fmt(ours, n)}"
+        if peer:
+            row["neural-tangents"] = nt = run(a.nt_python, NT, n, 32, 21, 1, "jit")
+            line += f"\n  neural-tangents jit: {fmt(nt, n)}"
+            if "error" not in nt and "error" not in ours:
+                line += f"; ratio {nt['time'] / ours['time']:.2f}x"
+        if "error" not in ours:
+            line += (f"\n  neural-tangents' README, CPU: 112.9 ms per NTK entry; limitlab here "
+                     f"{1e3 * ours['time'] / n ** 2:.1f} ms per entry (NNGP and NTK together)")
+        rec["cnn21"] = row
+        print(line, flush=True)
     if a.skip_main:
         a.pairs, a.skip_scaling = 0, True
     if pairs:

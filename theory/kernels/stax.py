@@ -64,9 +64,7 @@ of the input and output pixel counts), a pool ``O(N1 N2 P^2 sum_i 2 w_i)`` (its 
 are independent), Flatten and global pools ``O(N1 N2 P^2)``. An activation evaluates its
 map once per entry, ``O(N1 N2 P^2)``, on the ``(N1 P) x (N2 P)`` matrix view of ``K`` (the
 engine's matrix mode for numerical maps); the per-input covariances cost ``O((N1 + N2)
-P^2)`` more. Memory: a few arrays of ``N1 N2 P^2`` float64. Measured (2 shared cores): 10
-images of 8x8x3 through three 3x3 SAME conv + ReLU layers and a global pool, 0.35 s (before
-the compiled paths below).
+P^2)`` more. Memory: a few arrays of ``N1 N2 P^2`` float64.
 
 Compiled paths and blocks: the Conv rule runs as one Numba pass per spatial axis on the
 covariance in place (no padded copies, the bias / NTK sum fused in; the same operations in the
@@ -77,6 +75,13 @@ computes the pairs in ``b x b`` blocks (with X2 None only the blocks on and abov
 diagonal), so the working set is a few ``b^2 P^2`` arrays whatever N; by default the blocks
 hold at most ``_BLOCK_BYTES`` of covariance when every layer acts on each input alone.
 Blocks and the compiled map agree with the one-block NumPy path to 1e-14 (tests).
+
+The pair engine: chains of Conv, closed-form activations and pools ending in Flatten or a global
+pool, on images of at least ``fused.FUSED_MIN_PIXELS`` pixels, are computed instead by
+:mod:`limitlab.theory.kernels.fused` (one pair of images at a time, Conv and activation in one
+pass, only the pairs a <= b when X2 is None; the same numbers to rounding), unless
+``batch_size`` is given. docs/architectures.md compares the two paths; docs/benchmarks.md has
+the measured figures.
 """
 from __future__ import annotations
 
