@@ -14,7 +14,7 @@ with blocked solvers (:mod:`limitlab.numerics.blocked`) over a kernel stored til
   eq. (6)-(7)): ``mean(x) = K(x, X) (K + s I)^{-1} y`` and
   ``var(x) = K(x, x) - K(x, X) (K + s I)^{-1} K(X, x)``.
 
-``diag_reg``, ``diag_reg_absolute_scale``, ``learning_rate`` and ``normalization`` mean what they
+``diag_reg``, ``diag_reg_absolute_scale``, ``lr`` (the learning rate) and ``normalization`` mean what they
 mean in ``gradient_descent_mse_ensemble``. Each result carries ``solver``, the solver's
 diagnostics (a SolverResult: converged, iterations, residual, message); ``strict=True``
 raises ConvergenceError instead of returning an unconverged result.
@@ -82,7 +82,7 @@ def _ridge(T, diag_reg, absolute, client):
     return float(diag_reg * blocked.diagonal(T).sum() / T.shape[0])
 
 
-def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *, learning_rate: float = 1.0,
+def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *, lr: float = 1.0,
                        diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False, normalization=None,
                        method: str = "auto", tol: float = 1e-10, maxiter: Optional[int] = None,
                        block: Optional[int] = None, client=None, strict: bool = False) -> StoredPrediction:
@@ -97,10 +97,10 @@ def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *,
     n = T.shape[0]
     y = _targets(y_train, n)
     test = _test_rows(ntk_test_train, "ntk_test_train", n)
-    validate.positive(learning_rate, "learning_rate")
+    validate.positive(lr, "lr")
     norm = float(y.size if normalization is None else validate.positive(normalization, "normalization"))
     reg = _ridge(T, diag_reg, diag_reg_absolute_scale, client)
-    rate = learning_rate / norm
+    rate = lr / norm
     ts, scalar = _times(t, False)
     y2 = y.reshape(n, -1)
     means, diags = [], []

@@ -76,7 +76,8 @@ def _tile_sizes(chunks, per_entry: int, symmetric: bool):
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"chunks: expected a tile size (an integer >= 1), a pair (rows, columns) or None, got {chunks!r}")
+        raise ValueError(f"chunks: expected a tile size (an integer >= 1), a pair (rows, columns) or None, "
+                         f"got {chunks!r}")
     if symmetric and r != c:
         raise ValueError(f"chunks: a symmetric kernel (X2=None) needs square tiles (its lower tiles are the upper ones "
                          f"transposed), got {chunks!r}")
@@ -151,7 +152,8 @@ def _plan(net, X1, X2, get, chunks, dtype) -> _Plan:
     X1 = check(X1, "X1")
     X2 = None if X2 is None else check(X2, "X2")
     if dtype is None:  # as net.kernels: an MLP follows its inputs' precision, stax networks give float64
-        low = isinstance(net, _mlp.MLP) and all(X.dtype in (np.float32, np.float16) for X in (X1, X1 if X2 is None else X2))
+        low = isinstance(net, _mlp.MLP) and all(X.dtype in (np.float32, np.float16)
+                                                for X in (X1, X1 if X2 is None else X2))
         dtype = np.float32 if low else np.float64
     dtype = _checked_dtype(dtype)
     if X2 is not None and X1.shape[1:] != X2.shape[1:]:

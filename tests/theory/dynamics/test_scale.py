@@ -38,9 +38,9 @@ def stored(tmp_path_factory):
 def test_gradient_flow_mean_matches_the_in_memory_prediction(t, on_test, stored):
     """mean_t on training and test points from the stores = gradient_descent_mse_ensemble, to 1e-8."""
     train, test = stored
-    predict = gf.gradient_descent_mse_ensemble(KXX.ntk, Y, diag_reg=1e-3, learning_rate=2.0)
+    predict = gf.gradient_descent_mse_ensemble(KXX.ntk, Y, diag_reg=1e-3, lr=2.0)
     ref = predict(t, ntk_test_train=KTX.ntk if on_test else None).mean
-    out = scale.gradient_flow_mean(train.ntk, Y, t, test.ntk if on_test else None, diag_reg=1e-3, learning_rate=2.0,
+    out = scale.gradient_flow_mean(train.ntk, Y, t, test.ntk if on_test else None, diag_reg=1e-3, lr=2.0,
                                    method="cg", tol=1e-12)
     assert out.mean.shape == ref.shape
     assert rel(out.mean, ref) < 1e-8
@@ -79,8 +79,8 @@ def test_bad_arguments_name_themselves(stored):
         scale.gradient_flow_mean(train.ntk, Y[:5])
     with pytest.raises(ValueError, match="ntk_test_train"):
         scale.gradient_flow_mean(train.ntk, Y, None, np.ones((3, 7)))
-    with pytest.raises(ValueError, match="learning_rate"):
-        scale.gradient_flow_mean(train.ntk, Y, learning_rate=0.0)
+    with pytest.raises(ValueError, match="lr"):
+        scale.gradient_flow_mean(train.ntk, Y, lr=0.0)
     with pytest.raises(ValueError, match="diag_reg"):
         scale.nngp_posterior(train.nngp, Y, diag_reg=-1.0)
     with pytest.raises(ValueError, match="nngp_test_test_diag"):
