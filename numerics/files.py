@@ -22,17 +22,22 @@ def umask() -> int:
     return mask
 
 
-def atomic_write(path, write: Callable, binary: bool = False) -> str:
-    """Replace ``path`` with what ``write(fh)`` writes to an open file (text, or bytes if ``binary``)."""
+def atomic_write(path, write: Callable, binary: bool = False, by_path: bool = False) -> str:
+    """Replace ``path`` with what ``write(fh)`` writes to an open file (text, or bytes if ``binary``);
+    ``by_path``: ``write(tmp)`` gets the temporary file's name instead (for writers that open files)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        if by_path:
+            os.close(fd)
+            write(tmp)
+        else:
+            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:

@@ -17,11 +17,11 @@ import argparse
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
+
+from limitlab.numerics.files import atomic_write
 
 __all__ = ["parser", "prepare", "progress", "figure", "save_figure", "write_csv", "write_json", "Comparison"]
 
@@ -53,21 +53,9 @@ def progress(iterable, desc: str, **kw):
 
 
 def _atomic(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it onto ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it onto ``path``
+    (limitlab.numerics.files.atomic_write, the package's one atomic write)."""
+    return Path(atomic_write(path, write, by_path=True))
 
 
 def _write_text(path: Path, text: str) -> Path:

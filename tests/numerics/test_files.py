@@ -27,3 +27,12 @@ def test_an_interrupted_write_keeps_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(p, fail)
     assert p.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_by_path_hands_the_writer_a_file_name(tmp_path):
+    p = tmp_path / "f.png"
+    atomic_write(p, lambda tmp: open(tmp, "w").write("png"), by_path=True)
+    assert p.read_text() == "png" and (os.stat(p).st_mode & 0o777) == 0o666 & ~umask()
+    with pytest.raises(ZeroDivisionError):
+        atomic_write(p, lambda tmp: open(tmp, "w").write("half") and 1 / 0, by_path=True)
+    assert p.read_text() == "png" and os.listdir(tmp_path) == ["f.png"]
