@@ -293,12 +293,19 @@ def _open_or_create(path: str, plan: _Plan, overwrite: bool, compressors):
             old = None
         if old == settings:
             return group
-        if not overwrite:
+        zarr_made = p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
+        if p.is_dir() and not zarr_made and any(p.iterdir()):
+            # overwrite never deletes what write_kernels did not make
+            raise ValueError(f"path: {path} is a directory with other files, not a zarr store; choose another path "
+                             "(overwrite=True only replaces kernel stores)")
+        if p.is_file():
+            raise ValueError(f"path: {path} is a file; write_kernels needs a directory for the zarr store")
+        if not overwrite and (zarr_made or old is not None):
             what = "is not a limitlab kernel store" if old is None else \
                 "holds kernels written with other settings (" + ", ".join(
                     k for k in settings if old.get(k) != settings[k]) + " differ)"
             raise ValueError(f"path: {path} {what}; pass overwrite=True to replace it, or choose another path")
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(p)
     group = zarr.open_group(path, mode="w")
     for g in plan.get:
         _create_array(group, g, plan.shape, plan.tiles + plan.rest, plan.dtype, compressors, 0.0)

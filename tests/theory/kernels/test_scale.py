@@ -229,12 +229,22 @@ def test_store_with_other_settings_is_refused_unless_overwrite(change, tmp_path)
     assert rel(out.ntk[...], other_net.kernels(other_X).ntk) < 1e-6
 
 
-def test_a_directory_that_is_no_store_is_refused(tmp_path):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_that_is_no_store_is_never_deleted(overwrite, tmp_path):
     (tmp_path / "k").mkdir()
     (tmp_path / "k" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not a limitlab kernel store"):
+    with pytest.raises(ValueError, match="not a zarr store"):
+        write_kernels(MLP(1), X, path=tmp_path / "k", progress=False, overwrite=overwrite)
+    assert (tmp_path / "k" / "notes.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()  # an empty directory is used as it is
+    assert write_kernels(MLP(1), X, path=tmp_path / "empty", progress=False).ntk.shape == (23, 23)
+
+
+def test_a_zarr_store_of_someone_else_is_replaced_only_with_overwrite(tmp_path):
+    zarr.open_group(str(tmp_path / "k"), mode="w").create_array("x", shape=(2,), dtype="f8")
+    with pytest.raises(ValueError, match="not a limitlab kernel store.*overwrite=True"):
         write_kernels(MLP(1), X, path=tmp_path / "k", progress=False)
-    assert (tmp_path / "k" / "notes.txt").exists()
+    assert write_kernels(MLP(1), X, path=tmp_path / "k", progress=False, overwrite=True).nngp.shape == (23, 23)
 
 
 @pytest.mark.parametrize("kwargs, match", [
