@@ -242,13 +242,9 @@ def two_layer_linear_whitened(t, y: float, gamma0: float):
     u = e^theta, ``(u+ - u)/(u - u-) = ((u+ - 1)/(1 - u-)) e^{-2 t sqrt(1 + c^2)}``,
     ``u+- = c +- sqrt(1 + c^2)``. gamma0 = 0 gives the lazy ``y (1 - e^{-2t})``.
     """
-    t = np.asarray(t, dtype=float)
-    if np.any(~np.isfinite(t)) or np.any(t < 0):
-        raise ValueError(f"t: times must be finite and >= 0, got {t!r}")
-    if not np.isscalar(gamma0) or not np.isfinite(gamma0) or gamma0 < 0:
-        raise ValueError(f"gamma0: must be a finite number >= 0, got {gamma0!r}")
-    if not np.isscalar(y) or not np.isfinite(y):
-        raise ValueError(f"y: must be a finite scalar target, got {y!r}")
+    t = validate.real_array(t, "t", at_least=0.0)
+    gamma0 = validate.real(gamma0, "gamma0", at_least=0.0)
+    y = validate.real(y, "y", meaning="a scalar target")
     if gamma0 == 0 or y == 0:
         return y * -np.expm1(-2 * t)
     sgn = math.copysign(1.0, y)
