@@ -449,6 +449,8 @@ def _abc_scales(abc, layout, n: int, lr: float, n_params: int):
     L = len(a) - 1
     for l, j in enumerate(affine):
         _, m, s = layout[j]
+        if m == 0.0:
+            raise ValueError(f"parametrization: affine layer {l} has weight_var 0 (no weights to rescale)")
         wf = 1.0 if l > 0 else 0.0
         kappa[j] = n ** (wf / 2 - a[l] - b[l])
         rho[j] = lr * n ** (-c) * s * s * n ** (wf - 2 * a[l]) / (m * m)
@@ -494,7 +496,8 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
     dynamics on X, scalar outputs), ``"features"`` (the output of the first ``features_at``
     layers of the flattened serial, default all but the readout) and ``"readout"``.
     ``init``: the initial parameters instead of draws, one array per parameter (engine layout:
-    Dense W (fan_in, fan_out), b (fan_out,)), with or without the network axis. ``callback(step,
+    Dense W (fan_in, fan_out), b (fan_out,)), with or without the network axis, taken as they
+    are (an abc-parametrization then sets only the rates). ``callback(step,
     record)`` gets each recorded step's host arrays as they are recorded. Network i's draws
     depend only on (seed, i), never on the batching.
     """
