@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limitlab.theory.kernels import MLP, Dropout, GlobalSelfAttention, LayerNorm
 from limitlab.theory.kernels import stax
@@ -641,3 +643,16 @@ def test_training_bad_inputs_name_the_argument():
         nw.train(net, X, np.ones(3), lr=0.1, steps=1, record_steps=[5])
     with pytest.raises(ValueError, match="init"):
         nw.train(net, X, np.ones(3), lr=0.1, steps=1, init=[np.ones(2)])
+
+
+@given(st.integers(0, 2 ** 31), st.integers(1, 3), st.sampled_from(["layers", "mup", "sp"]))
+@settings(max_examples=8, deadline=None)
+def test_trained_network_i_depends_only_on_seed_and_i(seed, batch_size, parametrization):
+    """Network i's draws and trajectory come from (seed, i) alone: not from the batching or the
+    number of networks trained beside it."""
+    net, shape, _ = TRAIN_NETS["mlp"]
+    X = np.random.default_rng(1).standard_normal((3, *shape))
+    kw = dict(lr=0.05, steps=3, width=6, parametrization=parametrization, seed=seed, backend="numpy")
+    a = nw.train(net, X, np.ones(3), n_networks=3, batch_size=batch_size, **kw)
+    b = nw.train(net, X, np.ones(3), n_networks=2, **kw)
+    np.testing.assert_array_equal(a.f_train[:2], b.f_train)
