@@ -564,10 +564,21 @@ def _self_map(op, K, T, want_t, H, W, Hp, Wp, oh, ow, record):
     op.act[1](K, T, want_t, H, W, Hp, Wp, oh, ow, s, s)
 
 
+def _chunks(n1, n2, symmetric, size):
+    """(a, b0, b1): the pairs (a, b) for b0 <= b < b1, in chunks of about ``size`` pairs (b > a
+    when symmetric), generated lazily: nothing of size N^2 is ever held but the output."""
+    for a in range(n1):
+        start = a + 1 if symmetric else 0
+        for b0 in range(start, n2, size):
+            yield a, b0, min(b0 + size, n2)
+
+
 def run(p: Plan, X1, X2, symmetric, want_ntk, threads=None):
     """(nngp, ntk, cov1, cov2) at the terminal: (N1, N2) arrays and the self values (N1,), (N2,)
     (None when symmetric); None when a pixel has zero variance before an activation (the layer
-    path handles that case)."""
+    path handles that case). A progress bar (tqdm) shows when the call is long."""
+    from tqdm.auto import tqdm
+
     from limitlab.numerics.arrays import single_threaded_blas
 
     H, W = p.spatial_in
@@ -596,35 +607,44 @@ def run(p: Plan, X1, X2, symmetric, want_ntk, threads=None):
             return _pair(p, left[a], right[a], None, None, want_ntk, scratch(), rec), rec
         return one
 
-    if symmetric:
-        pairs = [(a, b) for a in range(n1) for b in range(a + 1, n1)]
-    else:
-        pairs = [(a, b) for a in range(n1) for b in range(n2)]
+    nngp = np.empty((n1, n2))
+    ntk = np.empty((n1, n2)) if want_ntk else None
+    total = n1 * (n1 - 1) // 2 if symmetric else n1 * n2
+    # ~ P_in^2 entry-updates a pair per conv layer; a bar when that is long (~ 1e10: tens of seconds)
+    work = total * (H * W) ** 2 * max(1, sum(op.kind == "conv" for op in p.ops))
+    bar = tqdm(total=total, desc="kernel pairs", unit="pair", disable=work < 1e10, leave=False)
+    chunks = _chunks(n1, n2, symmetric, max(1, min(64, total // (8 * threads) or 1)))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                task = next(chunks, None)
+            if task is None:
+                return
+            a, b0, b1 = task
+            for b in range(b0, b1):
+                k, t = _pair(p, left1[a], right2[b], sa[a], sb[b], want_ntk, scratch(), None)
+                nngp[a, b] = k
+                if want_ntk:
+                    ntk[a, b] = t
+                if symmetric:  # the mirror, exactly
+                    nngp[b, a] = k
+                    if want_ntk:
+                        ntk[b, a] = t
+            bar.update(b1 - b0)
+
     try:
         with single_threaded_blas(), ThreadPoolExecutor(max_workers=threads) as pool:
             s1 = list(pool.map(self_pairs(left1, right1), range(n1)))
             s2 = s1 if symmetric else list(pool.map(self_pairs(left2, right2), range(n2)))
             sa, sb = [r[1] for r in s1], [r[1] for r in s2]
-
-            def one(ab):
-                a, b = ab
-                return _pair(p, left1[a], right2[b], sa[a], sb[b], want_ntk, scratch(), None)
-
-            values = list(pool.map(one, pairs, chunksize=max(1, len(pairs) // (16 * threads))))
+            for f in [pool.submit(worker) for _ in range(threads)]:
+                f.result()
     except _ZeroVariance:
         return None
-    nngp = np.empty((n1, n2))
-    ntk = np.empty((n1, n2)) if want_ntk else None
-    if pairs:
-        a, b = np.array(pairs).T
-        v = np.array(values)
-        nngp[a, b] = v[:, 0]
-        if want_ntk:
-            ntk[a, b] = v[:, 1]
-        if symmetric:
-            nngp[b, a] = v[:, 0]
-            if want_ntk:
-                ntk[b, a] = v[:, 1]
+    finally:
+        bar.close()
     selfv = np.array([r[0] for r in s1])
     if symmetric:
         idx = np.arange(n1)

@@ -775,12 +775,27 @@ def _fused_kernels(net, X1, X2, symmetric, get, batch_size):
         return None
     nngp, ntk, cov1, cov2 = out
     k = _State(nngp, ntk, cov1, cov2, (), p.width, p.gaussian, symmetric)
-    for layer, where in p.tail:
+    tail = list(p.tail)
+    while tail and type(tail[0][0]) is Dense and tail[0][0].parametrization == "ntk" \
+            and tail[0][0].in_dim in (None, k.width):
+        # Dense's rule on the output in place (the same operations: K' = w K + b, Theta' = K' +
+        # w Theta), so that the peak memory stays the output's
+        layer = tail.pop(0)[0]
+        w, b = layer.weight_var, layer.bias_var
+        for a in (nngp, cov1, cov2):
+            if a is not None:
+                a *= w
+                a += b
+        if ntk is not None:
+            ntk *= w
+            ntk += nngp
+        k = replace(k, width=layer.out_dim, gaussian=True)
+    for layer, where in tail:
         k = layer._apply(k, where)
     if isinstance(k, tuple):
         raise ValueError(f"{net!r}: the network ends with {len(k)} unjoined branches; add FanInSum() or FanInConcat()")
     nngp, ntk = k.nngp, k.ntk
-    if symmetric:
+    if symmetric and not (np.array_equal(nngp, nngp.T) and (ntk is None or np.array_equal(ntk, ntk.T))):
         nngp = 0.5 * (nngp + nngp.T)
         ntk = None if ntk is None else 0.5 * (ntk + ntk.T)
     return Kernels(nngp if "nngp" in get else None, ntk if want1 else None)
