@@ -1,7 +1,8 @@
 """Myrtle CNN kernels (NNGP and NTK), limitlab's stax side by side with neural-tangents.
 
     .venv/bin/python benchmarks/bench_architectures.py [--n 8] [--pairs 3] [--quick] [--no-peer]
-        [--nt-python PATH] [--nt-configs jit,batch4] [--json out.json]
+        [--nt-python PATH] [--nt-configs jit,batch4] [--large-ns 64,256] [--cnn21-n 4] [--breakdown]
+        [--memory-ns 4,8,16] [--json out.json]
 
 Myrtle-5/7/10 (Shankar et al. 2020, "Neural kernels without tangents"), written as
 neural-tangents' Myrtle example writes them: 3x3 SAME convs + ReLU (W_std = sqrt(2), b_std = 0)
@@ -119,6 +120,65 @@ def agreement(a, b):
     return max(float(np.max(np.abs(A[k] - B[k])) / np.max(np.abs(B[k]))) for k in ("nngp", "ntk"))
 
 
+def breakdown(repeats=10):
+    """Per-pass CPU time of one Myrtle-5 pair (32x32, one thread, best of ``repeats``)."""
+    import time
+
+    import numpy as np
+
+    from limitlab.theory.kernels import fused, stax
+
+    w = 2 ** 0.5
+    conv = lambda: stax.Conv(1, (3, 3), padding="SAME", W_std=w, b_std=0.0)  # noqa: E731
+    pool = lambda: stax.AvgPool((2, 2), (2, 2))  # noqa: E731
+    net = stax.serial(*([conv(), stax.Relu()] * 2 + [pool(), conv(), stax.Relu(), pool(), conv(), stax.Relu()]
+                        + [pool()] * 3 + [stax.Flatten(), stax.Dense(10, W_std=w)]))
+    X = np.random.default_rng(0).standard_normal((2, 32, 32, 3))
+    p = fused.plan(net, X.shape)
+    fused.run(p, X, None, True, True, threads=1)  # compile / load
+    bufs, row, rowt = fused._buffers(p, True)
+    (K0, T0, _), (K1, T1, _), (K2, T2, _), (K3, T3, _) = bufs[:4]
+    rng = np.random.default_rng(1)
+    for K in (K0, T0, K1, T1, K2, T2):
+        K[:] = rng.uniform(0.5, 1.0, K.size)
+    s = np.ones(32 * 32)
+    op = p.ops[0]
+    xa = rng.standard_normal((34 * 34, 3))
+    xbT = np.ascontiguousarray(xa.T)
+
+    def best(f, *args):
+        f(*args)
+        t = []
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            f(*args)
+            t.append(time.thread_time() - t0)
+        return 1e3 * min(t)
+
+    conv_map, map_inplace = op.act
+    out = {
+        "input layer (Gram of the padded pixels)": best(fused._gram, xa, xbT, 34, 34, K0),
+        "conv + ReLU, first layer (NTK = K)": best(conv_map, K0, T0, True, True, 34, 34, 3, 3, 1, 1, 32, 32, op.w,
+                                                   op.b, s, s, K1, T1, 34, 34, 1, 1, row, rowt),
+        "conv + ReLU (K and Theta)": best(conv_map, K1, T1, False, True, 34, 34, 3, 3, 1, 1, 32, 32, op.w, op.b, s,
+                                          s, K2, T2, 32, 32, 0, 0, row, rowt),
+        "conv alone (K and Theta, 9 taps)": best(fused._conv, K1, T1, False, True, 34, 34, 3, 3, 1, 1, 32, 32, op.w,
+                                                 op.b, K2, T2, 32, 32, 0, 0, row, rowt),
+        "ReLU map alone, in place (floor of a conv + ReLU pass)": best(map_inplace, K2, T2, True, 32, 32, 32, 32,
+                                                                       0, 0, s, s),
+        "AvgPool 2x2 (K and Theta)": best(fused._pool, K2, T2, True, 32, 32, 2, 2, 2, 2, 16, 16, p.ops[2].div_h,
+                                          p.ops[2].div_w, K3, T3, 18, 18, 1, 1, row, rowt),
+    }
+    ones = [np.ones(n) for n in (1024, 1024, 256, 64)]
+    xa2 = np.ascontiguousarray(fused._pad_image(X[0], p.ops[0]).reshape(-1, 3) / 3)
+    xb2 = np.ascontiguousarray(fused._pad_image(X[1], p.ops[0]).reshape(-1, 3).T)
+    out["whole pair (all layers)"] = best(fused._pair, p, xa2, xb2, ones, ones, True, (bufs, row, rowt), None)
+    print("== one Myrtle-5 pair, 32x32, one thread (CPU ms, best of %d) ==" % repeats)
+    for k, v in out.items():
+        print(f"  {k:56s} {v:7.2f} ms")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=8, help="images in the main Myrtle-5 32x32 comparison")
@@ -137,6 +197,8 @@ def main():
                     "call): per-entry time and peak memory against the output")
     ap.add_argument("--cnn21-n", type=int, default=0, help="images for the 21-layer CNN (global pooling) of "
                     "neural-tangents' README (112.9 ms per NTK entry on CPU there); 0: skip")
+    ap.add_argument("--breakdown", action="store_true", help="limitlab's pair engine, one pair of 32x32 images on "
+                    "one thread: time per layer pass against the floor (the kernel map alone over the same entries)")
     ap.add_argument("--skip-main", action="store_true")
     ap.add_argument("--json", help="write every measurement here")
     a = ap.parse_args()
@@ -160,6 +222,8 @@ def main():
                 line += f"\n       neural-tangents batch4: {fmt(nt, n)}"
             rec["memory"].append(row)
             print(line, flush=True)
+    if a.breakdown:
+        rec["breakdown"] = breakdown()
     if a.large_ns:
         print("== limitlab at large N (Myrtle-5, 32x32x3, NNGP + NTK; one call) ==", flush=True)
         rec["large"] = []
