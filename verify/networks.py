@@ -478,7 +478,8 @@ def _outputs_of(y, N):
 def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, parametrization="layers",
           n_networks: int = 1, seed: SeedLike = 0, backend="auto", X_test=None, record_every: Optional[int] = None,
           record_steps=None, record=(), features_at: Optional[int] = None, loss_scale: str = "mean",
-          weight_decay: float = 0.0, init=None, batch_size: Optional[int] = None, callback=None) -> TrainResult:
+          weight_decay: float = 0.0, init=None, batch_size: Optional[int] = None, callback=None,
+          progress: bool = False) -> TrainResult:
     """Full-batch gradient descent of ``n_networks`` finite networks ``at_width(net, width)``
     (readout with k = y's columns outputs) on the MSE loss, on any array backend.
 
@@ -498,8 +499,9 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
     ``init``: the initial parameters instead of draws, one array per parameter (engine layout:
     Dense W (fan_in, fan_out), b (fan_out,)), with or without the network axis, taken as they
     are (an abc-parametrization then sets only the rates). ``callback(step,
-    record)`` gets each recorded step's host arrays as they are recorded. Network i's draws
-    depend only on (seed, i), never on the batching.
+    record)`` gets each recorded step's host arrays as they are recorded; ``progress`` shows a
+    bar of the steps (on a terminal). Network i's draws depend only on (seed, i), never on the
+    batching.
     """
     _check_net(net)
     if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not math.isfinite(lr) or lr <= 0:
@@ -566,7 +568,7 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
     scale = 1.0 / N if loss_scale == "mean" else 1.0
 
     def run(params, x, upto=n_leaves):
-        caches, outs = [], None
+        caches, outs = [], (x if f_at == 0 else None)
         for j in range(upto):
             x, c = subs[j].forward(xp, params[slices[j]], x)
             caches.append(c)
@@ -583,6 +585,14 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
 
     abc, kappa, rho, layout = None, None, None, None
     recs = {key: [] for key in ("f", "loss", "ft", "ntk", "feat", "ro")}
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=(steps + 1) * -(-n_networks // bs), desc="training steps", file=sys.stderr,
+                   disable=not sys.stderr.isatty())
     # small products: single-threaded BLAS on the CPU, as in sample_kernels (a no-op for a GPU)
     with arrays.single_threaded_blas():
         for s0 in range(0, n_networks, bs):
@@ -621,6 +631,8 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
             rows = {key: [] for key in recs}
             rec = set(record_steps)
             for t in range(steps + 1):
+                if bar is not None:
+                    bar.update(1)
                 f, caches, feat = run(params, x)
                 r = f - Yb
                 if t in rec:
@@ -656,6 +668,8 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
             for key, v in rows.items():
                 if v:
                     recs[key].append(np.stack(v, axis=1))
+    if bar is not None:
+        bar.close()
     cat = lambda key: np.concatenate(recs[key]) if recs[key] else None  # noqa: E731
     name = "layers" if abc is None else (parametrization if isinstance(parametrization, str) else repr(abc))
     return TrainResult(np.asarray(record_steps), cat("f"), cat("loss"), cat("ft"), cat("ntk"), cat("feat"),

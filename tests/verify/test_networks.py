@@ -613,6 +613,8 @@ def test_training_records_batches_backends_and_weight_decay():
     for key in ("f_train", "f_test", "loss", "features", "readout"):
         np.testing.assert_allclose(getattr(b, key), getattr(a, key), rtol=1e-10, atol=1e-13)
     assert a.f_train.shape == (3, 3, 3, 2) and a.features.shape == (3, 3, 3, 5) and a.readout.shape == (3, 3, 5, 2)
+    inputs = nw.train(net, X, Y, lr=0.05, steps=1, width=5, record=("features",), features_at=0, backend="numpy")
+    np.testing.assert_array_equal(inputs.features[0, 0], X.reshape(3, -1))  # the output of no layer: the input
     # weight decay: one step on the readout alone (a lone Dense) is W (1 - lr wd) - lr grad
     lone = stax.Dense(1, 1.0, 0.0, parametrization="standard")
     Xs = np.random.default_rng(4).standard_normal((5, 3))
