@@ -306,7 +306,7 @@ def test_deep_linear_is_the_deprecated_name_of_linear():
 def test_old_keywords_T_and_dt_still_work_deprecated():
     # one word per thing: steps and lr; the paper's T and dt are accepted with a DeprecationWarning
     _, kx, y = _data()
-    with pytest.warns(DeprecationWarning, match="linear: the keyword dt is deprecated; use lr"):
+    with pytest.warns(DeprecationWarning, match="linear: the keyword (T|dt) is deprecated; use (steps|lr)"):
         old = dmft.linear(kx, y, 2, 0.5, T=8, dt=0.1)
     np.testing.assert_array_equal(old.f, dmft.linear(kx, y, 2, 0.5, steps=8, lr=0.1).f)
     with pytest.raises(TypeError, match="got both T"):
