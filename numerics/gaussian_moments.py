@@ -32,6 +32,7 @@ import math
 from functools import lru_cache
 from typing import Callable, Sequence
 
+import numba as nb
 import numpy as np
 
 __all__ = ["nested_nodes", "product_expectation", "score_derivatives", "Z_MAX"]
@@ -159,3 +160,120 @@ def score_derivatives(cov, xi, Fw, directions):
     AA = 0.5 * (AA + AA.transpose(0, 1, 3, 2))
     h = ss - np.einsum("efij,ij->ef", AA, m2) + 0.5 * np.einsum("efii->ef", AA) * m0
     return g, h
+
+
+# ---------------------------------------------------------------------------------
+# Two-input expectations and their covariance derivatives by Mehler series
+# ---------------------------------------------------------------------------------
+#
+# With a_k(q) = E[f(sqrt(q) z) h_k(z)] (normalized Hermite coefficients, the engine's
+# ``hermite_coefficients``), E[f(u) g(v)] = sum_k a^f_k(q1) a^g_k(q2) rho^k, rho = c/sqrt(q1 q2)
+# (Mehler). Writing the terms as b_k(q1) b_k(q2) c^k with b_k = a_k q^(-k/2), the heat equation
+# d/dq E[f(sqrt(q) z) He_k(z)] = E[f(sqrt(q) z) He_{k+2}(z)] / 2 gives
+# b_k'(q) = sqrt((k+1)(k+2)) b_{k+2}(q) / 2: every derivative in (q1, q2, c) is again a Mehler
+# series of the same tables, shifted by 2 or 4.
+
+SERIES = ("m2", "s22", "s31", "s13", "d_q1", "d_q2", "d_c", "h_q1q1", "h_q2q2", "h_q1q2", "h_q1c", "h_q2c", "h_cc")
+
+
+@nb.njit(cache=True)
+def _pair_series(A1, A2, A3, R, i, j, q1, q2, rho, tol, kmax, out):
+    """The 13 SERIES for inputs i, j (tables A1 of phi, A2 of phi^2, A3 of phi^3: (N, K); R: the
+    relative Parseval tails, R[i, k] >= sum_{m >= k} a_m^2 / E[f^2], the largest over the three
+    functions). Terms stop at the first K where every series' remainder, bounded by Cauchy-Schwarz
+    as (K + 4)^2 |rho|^(K-2) sqrt(R[i, K] R[j, K]) relative to its scale, is below tol. Returns
+    False when that needs more terms than kmax (the caller then integrates)."""
+    r = abs(rho)
+    K = 5
+    while K < kmax and (K + 4.0) ** 2 * r ** (K - 2) * math.sqrt(R[i, K] * R[j, K]) > tol:
+        K += 1
+    if K >= kmax:
+        return False
+    for s in range(13):
+        out[s] = 0.0
+    s12 = math.sqrt(q1 * q2)
+    p = 1.0  # rho^k
+    pm1 = 0.0  # rho^(k-1)
+    pm2 = 0.0  # rho^(k-2)
+    for k in range(K):
+        a_i, a_j = A1[i, k], A1[j, k]
+        out[0] += a_i * a_j * p
+        out[1] += A2[i, k] * A2[j, k] * p
+        out[2] += A3[i, k] * A1[j, k] * p
+        out[3] += A1[i, k] * A3[j, k] * p
+        c2 = 0.5 * math.sqrt((k + 1.0) * (k + 2.0))
+        c4 = 0.25 * math.sqrt((k + 1.0) * (k + 2.0) * (k + 3.0) * (k + 4.0))
+        out[4] += c2 * A1[i, k + 2] * a_j * p
+        out[5] += c2 * a_i * A1[j, k + 2] * p
+        out[6] += k * a_i * a_j * pm1
+        out[7] += c4 * A1[i, k + 4] * a_j * p
+        out[8] += c4 * a_i * A1[j, k + 4] * p
+        out[9] += c2 * c2 * A1[i, k + 2] * A1[j, k + 2] * p
+        out[10] += k * c2 * A1[i, k + 2] * a_j * pm1
+        out[11] += k * c2 * a_i * A1[j, k + 2] * pm1
+        out[12] += k * (k - 1.0) * a_i * a_j * pm2
+        pm2, pm1, p = pm1, p, p * rho
+    out[4] /= q1
+    out[5] /= q2
+    out[6] /= s12
+    out[7] /= q1 * q1
+    out[8] /= q2 * q2
+    out[9] /= q1 * q2
+    out[10] /= q1 * s12
+    out[11] /= q2 * s12
+    out[12] /= q1 * q2
+    return True
+
+
+@nb.njit(parallel=True, cache=True)
+def _all_pair_series(A1, A2, A3, R, I, J, q, rho, tol, kmax, out, ok):
+    for p in nb.prange(I.shape[0]):
+        ok[p] = _pair_series(A1, A2, A3, R, I[p], J[p], q[I[p]], q[J[p]], rho[p], tol, kmax, out[p])
+
+
+def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13):
+    """For input pairs (I[p], J[p]) with variances q[I], q[J] and covariances C[p]: the SERIES
+    (E[phi phi], E[phi^2 phi^2], E[phi^3 phi], E[phi phi^3], the first derivatives of E[phi(u)
+    phi(v)] in (q1, q2, c) and its second derivatives), shape (P, 13), and a mask of the pairs
+    whose |rho| is too close to 1 for K terms (their rows are not set).
+
+    Also returns, per input, (E[phi^2], d/dq, d2/dq2, E[phi^4]) from the same tables. The Hermite
+    coefficients are interpolated in log q by :func:`limitlab.numerics.gaussian.interpolated`.
+    """
+    from limitlab.numerics import gaussian
+
+    q = np.ascontiguousarray(q, dtype=float)
+    fs = (phi, lambda t: phi(t) ** 2, lambda t: phi(t) ** 3)
+
+    def fn(qs):
+        cols = []
+        for f in fs:
+            alpha, m2, _ = gaussian.hermite_coefficients(f, qs, K, kinks, df=f)
+            cols += [alpha, m2[:, None]]
+        return np.concatenate(cols, axis=1)
+
+    def scale(V):  # each function's coefficients against the root of its second moment (Parseval)
+        out = []
+        for s in range(3):
+            m = V[:, s * (K + 1) + K:s * (K + 1) + K + 1]
+            out += [np.repeat(np.sqrt(np.abs(m)), K, axis=1), np.abs(m)]
+        return np.concatenate(out, axis=1) + 1e-300
+
+    V, _ = gaussian.interpolated(fn, q, scale=scale)
+    A = [np.ascontiguousarray(V[:, s * (K + 1):s * (K + 1) + K]) for s in range(3)]
+    m4 = V[:, 2 * (K + 1) - 1]  # E[(phi^2)^2]
+    # relative Parseval tails: 1 - sum_{m<k} a_m^2 / E[f^2], plus a rounding allowance
+    R = np.zeros((q.size, K))
+    for s in range(3):
+        m = np.abs(V[:, s * (K + 1) + K])[:, None] + 1e-300
+        part = np.concatenate([np.zeros((q.size, 1)), np.cumsum(A[s] ** 2, axis=1)[:, :-1]], axis=1)
+        R = np.maximum(R, np.maximum(1.0 - part / m, 0.0) + 1e-14)
+    # one input: E[phi^2] = a_0(phi^2); d/dq and d2/dq2 by the heat-equation shift (module note)
+    diag = (A[1][:, 0], math.sqrt(2.0) / 2 * A[1][:, 2] / q, math.sqrt(24.0) / 4 * A[1][:, 4] / q ** 2, m4)
+    I = np.ascontiguousarray(I, dtype=np.int64)
+    J = np.ascontiguousarray(J, dtype=np.int64)
+    rho = np.asarray(C, dtype=float) / np.sqrt(q[I] * q[J])
+    out = np.empty((I.size, 13))
+    ok = np.empty(I.size, dtype=np.bool_)
+    _all_pair_series(A[0], A[1], A[2], np.ascontiguousarray(R), I, J, q, rho, tol, K - 4, out, ok)
+    return out, ~ok, diag

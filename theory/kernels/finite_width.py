@@ -27,10 +27,11 @@ sums over the independent entries e in {(aa), (bb), (ab)}, g in {(cc), (dd), (cd
 K1^1 = 0 and V^1 = 0. The same forward pass serves both parametrizations, so these NNGP
 quantities are the same for ``parametrization="ntk"`` and ``"standard"``.
 
-Numerics: one-input expectations by the Gaussian-expectation engine
-(:func:`limitlab.numerics.gaussian.expect`), two to four inputs by nested quadrature
-(:mod:`limitlab.numerics.gaussian_moments`), covariance derivatives by the score function
-(no derivatives of phi, so kinks are exact). The output's connected four-point function
+Numerics (:mod:`limitlab.numerics.gaussian_moments`): one and two inputs by Mehler series of
+the engine's Hermite coefficients (:func:`limitlab.numerics.gaussian.hermite_coefficients`,
+interpolated in log q), whose covariance derivatives are shifted series of the same tables;
+pairs too close to parallel for the series, and three or four inputs, by nested quadrature
+with score-function derivatives (no derivatives of phi, so kinks are exact). The output's connected four-point function
 is exact in the readout: z | Ghat ~ N(0, Ghat), so
 E[z_a z_b z_c z_d]_conn = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n + O(1/n^2).
 """
@@ -133,22 +134,39 @@ _DIRECTIONS = [np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[0.0, 0.0], [0.0, 1
                np.array([[0.0, 1.0], [1.0, 0.0]])]  # K_aa, K_bb, K_ab
 
 
-def _diag_moments(act, q):
-    """Per input variance q: <phi^2>, d/dq, d2/dq2 (Hermite weights He2, He4 of the density) and <phi^4>."""
-    phi = act.__call__
-    kinks = act.kinks
-    m2 = np.empty(q.size)
-    d1 = np.empty(q.size)
-    d2 = np.empty(q.size)
-    m4 = np.empty(q.size)
-    for i, qi in enumerate(q):
-        m2[i] = gaussian.expect(lambda t: phi(t) ** 2, qi, kinks)
-        m4[i] = gaussian.expect(lambda t: phi(t) ** 4, qi, kinks)
-        # d/dq E[phi(x)^2], x ~ N(0, q): E[phi^2 (xi^2 - 1)] / (2q); second: E[phi^2 He4(xi)] / (4 q^2)
-        d1[i] = gaussian.expect(lambda t: phi(t) ** 2 * (t * t / qi - 1.0), qi, kinks) / (2 * qi)
-        d2[i] = gaussian.expect(lambda t: phi(t) ** 2 * ((t * t / qi) ** 2 - 6 * t * t / qi + 3.0), qi, kinks) / (
-            4 * qi * qi)
-    return m2, d1, d2, m4
+def _two_input_moments(act, K):
+    """Every one- and two-input quantity of a layer: M2 = <phi_a phi_b>, its derivatives D (3, N, N)
+    in (K_aa, K_bb, K_ab) and H (3, 3, N, N), P4 (3, N, N) = (<phi_a^2 phi_b^2>, <phi_a^3 phi_b>,
+    <phi_a phi_b^3>), and <phi_a^4>. By Mehler series (``gaussian_moments.pair_series``); pairs
+    too close to parallel for the series go to nested quadrature (:func:`_pair_moments`)."""
+    N = K.shape[0]
+    q = np.diagonal(K).copy()
+    I, J = np.triu_indices(N, 1)
+    for a, b in zip(I, J):
+        _check_corr(K, a, b)
+    S, bad, (m2, d1, d2, m4) = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks)
+    for p in np.nonzero(bad)[0]:
+        v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
+        S[p] = [v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]]
+    i = np.arange(N)
+    M2 = np.diag(m2)
+    M2[I, J] = M2[J, I] = S[:, 0]
+    P4 = np.zeros((3, N, N))
+    P4[:, i, i] = m4
+    P4[0, I, J] = P4[0, J, I] = S[:, 1]
+    P4[1, I, J], P4[2, I, J], P4[1, J, I], P4[2, J, I] = S[:, 2], S[:, 3], S[:, 3], S[:, 2]
+    D = np.zeros((3, N, N))
+    D[0, i, i] = d1
+    # at (a, b): (d/dK_aa, d/dK_bb, d/dK_ab); at (b, a) the first two swap
+    D[0, I, J], D[1, I, J], D[2, I, J] = S[:, 4], S[:, 5], S[:, 6]
+    D[0, J, I], D[1, J, I], D[2, J, I] = S[:, 5], S[:, 4], S[:, 6]
+    H = np.zeros((3, 3, N, N))
+    H[0, 0, i, i] = d2
+    for (e, f), col in (((0, 0), 7), ((1, 1), 8), ((0, 1), 9), ((0, 2), 10), ((1, 2), 11), ((2, 2), 12)):
+        H[e, f, I, J] = H[f, e, I, J] = S[:, col]
+        ee, ff = (1 - e if e < 2 else 2), (1 - f if f < 2 else 2)  # (a, b) -> (b, a): K_aa <-> K_bb
+        H[ee, ff, J, I] = H[ff, ee, J, I] = S[:, col]
+    return M2, D, H, P4, m4
 
 
 def _pair_moments(act, K, a, b):
@@ -165,18 +183,21 @@ def _pair_moments(act, K, a, b):
             float((F * F) @ w), float((pa ** 3 * pb) @ w), float((pa * pb ** 3) @ w))
 
 
-def _four_moments(act, K, N):
-    """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric)."""
+def _four_moments(act, K, N, P4):
+    """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric): on one or
+    two distinct inputs from the two-input moments P4 (so that the full V and its two-input blocks
+    agree to rounding), on three or four by nested quadrature."""
     M4 = np.empty((N,) * 4)
     for ms in itertools.combinations_with_replacement(range(N), 4):
         idx = sorted(set(ms))
         powers = [ms.count(i) for i in idx]
-        cov = K[np.ix_(idx, idx)]
-        fs = [(lambda p: (lambda t: act(t) ** p))(p) for p in powers]
         if len(idx) == 1:
-            v = gaussian.expect(fs[0], cov[0, 0], act.kinks)
+            v = P4[0, idx[0], idx[0]]
+        elif len(idx) == 2:
+            v = P4[{(2, 2): 0, (3, 1): 1, (1, 3): 2}[tuple(powers)], idx[0], idx[1]]
         else:
-            v = gaussian_moments.product_expectation(fs, cov, [act.kinks] * len(idx))
+            fs = [(lambda p: (lambda t: act(t) ** p))(p) for p in powers]
+            v = gaussian_moments.product_expectation(fs, K[np.ix_(idx, idx)], [act.kinks] * len(idx))
         for perm in set(itertools.permutations(ms)):
             M4[perm] = v
     return M4
@@ -186,35 +207,14 @@ def _layer_step(act, w, b, K, K1, V, full):
     """(K, K1, V) of layer l -> layer l + 1 (module docstring). ``full``: V as (N,)*4; else
     V is the dict of two-input blocks {'d': V_(aa)(aa) (N,), 'p': (N, N, 6)} (see _pair_block)."""
     N = K.shape[0]
-    m2, d1, d2, m4 = _diag_moments(act, np.diagonal(K).copy())
-    M2 = np.diag(m2)
-    D = np.zeros((3, N, N))  # derivative of M2[a, b] wrt K_aa, K_bb, K_ab
-    H = np.zeros((3, 3, N, N))
-    D[0, np.arange(N), np.arange(N)] = d1
-    H[0, 0, np.arange(N), np.arange(N)] = d2
-    P4 = np.zeros((3, N, N))  # <phi_a^2 phi_b^2>, <phi_a^3 phi_b>, <phi_a phi_b^3>
-    for a in range(N):
-        for c_ in range(3):
-            P4[c_, a, a] = m4[a]
-        for bb in range(a + 1, N):
-            _check_corr(K, a, bb)
-            v, g, h, s22, s31, s13 = _pair_moments(act, K, a, bb)
-            M2[a, bb] = M2[bb, a] = v
-            D[:, a, bb] = g
-            D[0, bb, a], D[1, bb, a], D[2, bb, a] = g[1], g[0], g[2]
-            H[:, :, a, bb] = h
-            perm = [1, 0, 2]
-            H[:, :, bb, a] = h[np.ix_(perm, perm)]
-            P4[0, a, bb] = P4[0, bb, a] = s22
-            P4[1, a, bb], P4[2, a, bb] = s31, s13
-            P4[1, bb, a], P4[2, bb, a] = s13, s31
+    M2, D, H, P4, m4 = _two_input_moments(act, K)
     Kn = w * M2 + b
     # K1: first-order propagation of K1 plus the second-order response to V (two-input blocks only)
     Vb = _pair_block(V, N) if full else V
     K1n = w * (D[0] * np.diagonal(K1)[:, None] + D[1] * np.diagonal(K1)[None, :] + D[2] * K1
                + 0.5 * np.einsum("egab,egab->ab", H, Vb))
     if full:
-        M4 = _four_moments(act, K, N)
+        M4 = _four_moments(act, K, N, P4)
         U = (np.einsum("cd,xyc->xycd", D[0], np.einsum("xycc->xyc", V))
              + np.einsum("cd,xyd->xycd", D[1], np.einsum("xycc->xyc", V)) + D[2][None, None] * V)
         Uaa = np.einsum("aacd->acd", U)

@@ -217,3 +217,24 @@ def test_bad_input_is_refused_with_the_argument_named():
     blocks = finite_width(net, np.eye(4), four_point=False)
     with pytest.raises(ValueError, match="four_point"):
         blocks.nngp_covariance(64)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "selu", "erf", "softplus"])
+def test_mehler_series_match_nested_quadrature(activation):
+    """The two-input series (moments and covariance derivatives as shifted Mehler series) against the
+    nested quadrature with score-function derivatives, at correlations -0.5 to 0.9; a pair at
+    correlation 0.99999 is flagged for quadrature."""
+    from limitlab.numerics import gaussian_moments as gm
+
+    act = A.get(activation)
+    q = np.array([1.3, 0.8, 2.5, 1.0])
+    I, J = np.array([0, 0, 1, 2]), np.array([1, 2, 2, 3])
+    C = np.array([0.55, -0.9, 0.7, 0.99999 * np.sqrt(2.5)])
+    S, bad, _ = gm.pair_series(act.__call__, q, I, J, C, act.kinks)
+    assert bad.tolist() == [False, False, False, True]
+    for p in range(3):
+        K = np.diag(q)
+        K[I[p], J[p]] = K[J[p], I[p]] = C[p]
+        v, g, h, s22, s31, s13 = fwmod._pair_moments(act, K, I[p], J[p])
+        ref = np.array([v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]])
+        np.testing.assert_allclose(S[p], ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
