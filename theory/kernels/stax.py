@@ -863,7 +863,12 @@ class Dense(Layer):
     ``Dense(out_dim, weight_var=1.0, bias_var=0.0)``; ``W_std``/``b_std`` (standard deviations,
     neural-tangents' spelling) may be given instead. ``in_dim`` optionally declares the input
     channel count, checked against the input. Kernel rule: K' = w K + b, Theta' = K' + w Theta
-    (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1).
+    (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1). ``parametrization="standard"``
+    (``parameterization=`` accepted; Sohl-Dickstein et al. 2020, neural-tangents' formula with
+    s = (1, 1)): Theta' = C K + w Theta + 1, C the input channel count, the 1 only with a bias
+    (``bias_var=None`` or ``b_std=None``: none). neural-tangents' ``s`` (finite widths s n with
+    the NTK divided by s) gives this same kernel at the base width n when the s are consistent
+    across layers; here the width is the declared one (``verify.networks.at_width``).
     """
 
     def __init__(self, out_dim, weight_var=1.0, bias_var=0.0, *, W_std=None, b_std=_UNSET, in_dim=None,
@@ -928,6 +933,8 @@ class Conv(Layer):
     (periodic); fan_in = in_chan * prod(filter_shape). Kernel rule (Novak et al. 2019, eqs. (7)
     and (10); Arora et al. 2019, CNTK eqs. (7)-(9)): K'[s, s'] = w/|F| sum_o K[st s + o, st s' + o]
     + b, Theta'[s, s'] = K'[s, s'] + w/|F| sum_o Theta[st s + o, st s' + o].
+    ``parametrization="standard"`` (as :class:`Dense`): Theta'[s, s'] = C sum_o K[st s + o, st s'
+    + o] + w/|F| sum_o Theta[st s + o, st s' + o] + 1 (the 1 only with a bias).
     """
 
     def __init__(self, out_chan, filter_shape, strides=None, padding="VALID", weight_var=1.0, bias_var=0.0, *,
