@@ -2,7 +2,7 @@
 in wide neural networks", deep linear figures: loss and relative NTK change against the
 richness gamma0 and the depth.
 
-The closed deep linear DMFT equations (limitlab.theory.dynamics.dmft.deep_linear) on a small
+The closed deep linear DMFT equations (limitlab.theory.dynamics.dmft.linear) on a small
 random task; finite muP linear networks (limitlab.verify.dynamics.training.train_mup_mlp)
 trained by the same gradient descent are overlaid.
 
@@ -41,14 +41,14 @@ def main(argv=None):
     gammas = [0.25, 0.5, 1.0] if a.quick else [0.25, 0.5, 0.75, 1.0]
     depths = (1, 3) if a.quick else (1, 2, 3)
 
-    runs = {(L, g): dmft.deep_linear(kx, y, L, g, T, dt)
+    runs = {(L, g): dmft.linear(kx, y, L, g, T, dt)
             for L, g in _common.progress([(L, g) for L in depths for g in gammas], "deep linear DMFT")}
     for L in depths:
         r = runs[L, gammas[0]]
         cmp.add(f"L={L}: |NTK(0)| (Frobenius)", np.linalg.norm(r.ntk(0)), np.linalg.norm((L + 1) * kx),
                 "paper (L+1) K^x")
     change = {k: np.linalg.norm(r.ntk(T) - r.ntk(0)) / np.linalg.norm(r.ntk(0)) for k, r in runs.items()}
-    small = [dmft.deep_linear(kx, y, depths[-1], g, T, dt) for g in (0.01, 0.02)]
+    small = [dmft.linear(kx, y, depths[-1], g, T, dt) for g in (0.01, 0.02)]
     ratio = np.linalg.norm(small[1].ntk(T) - small[1].ntk(0)) / np.linalg.norm(small[0].ntk(T) - small[0].ntk(0))
     cmp.add(f"L={depths[-1]}: kernel change ratio gamma0 0.02 vs 0.01", ratio, 4.0, "paper O(gamma0^2) law")
     L = depths[-1]

@@ -70,7 +70,7 @@ def ntk_flow(ctx: Context) -> list:
     net, ntk, ntk_tx = _ntk_theory()
     res = train(net, NTK_X, NTK_Y, lr=NTK_LR, steps=NTK_STEPS, width=ctx.size, n_networks=ctx.samples,
                 X_test=NTK_XTEST, record_steps=[0, NTK_STEPS], seed=ctx.rng, backend=ctx.backend, loss_scale="sum")
-    predict = gradient_descent_mse_ensemble(ntk, NTK_Y, learning_rate=NTK_LR, normalization=1.0, steps=True)
+    predict = gradient_descent_mse_ensemble(ntk, NTK_Y, lr=NTK_LR, normalization=1.0, steps=True)
     theory = predict(NTK_STEPS, ntk_test_train=ntk_tx).mean
     theory_tr = predict(NTK_STEPS).mean
     # the same linear map applied to each network's own f_0(X) (targets -f_0 give -Theta..f_0)
@@ -78,7 +78,7 @@ def ntk_flow(ctx: Context) -> list:
     est_tr, est_te = [], []
     for s in range(ftr.shape[0]):
         f0 = ftr[s, 0]
-        lin = gradient_descent_mse_ensemble(ntk, f0, learning_rate=NTK_LR, normalization=1.0, steps=True)
+        lin = gradient_descent_mse_ensemble(ntk, f0, lr=NTK_LR, normalization=1.0, steps=True)
         est_tr.append(ftr[s, -1] - f0 + lin(NTK_STEPS).mean)
         est_te.append(fte[s, -1] - fte[s, 0] + lin(NTK_STEPS, ntk_test_train=ntk_tx).mean)
     est_tr, est_te = np.array(est_tr), np.array(est_te)
