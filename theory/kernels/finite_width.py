@@ -142,8 +142,7 @@ def _two_input_moments(act, K):
     N = K.shape[0]
     q = np.diagonal(K).copy()
     I, J = np.triu_indices(N, 1)
-    for a, b in zip(I, J):
-        _check_corr(K, a, b)
+    _check_corr(K, I, J)
     S, bad, (m2, d1, d2, m4) = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks)
     for p in np.nonzero(bad)[0]:
         v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
@@ -275,10 +274,13 @@ def _derivs_of(e, D, i):
     return out
 
 
-def _check_corr(K, a, b):
-    rho = K[a, b] / math.sqrt(K[a, a] * K[b, b])
-    if abs(rho) > RHO_MAX:
-        raise ValueError(f"X: inputs {a} and {b} are (anti)parallel at some layer (correlation {rho:.9f}); the 1/n "
+def _check_corr(K, I, J):
+    """Refuse pairs (I[p], J[p]) whose correlation is within 1 - RHO_MAX of +-1."""
+    rho = K[I, J] / np.sqrt(K[I, I] * K[J, J])
+    bad = np.nonzero(np.abs(rho) > RHO_MAX)[0]
+    if bad.size:
+        a, b, r = I[bad[0]], J[bad[0]], rho[bad[0]]
+        raise ValueError(f"X: inputs {a} and {b} are (anti)parallel at some layer (correlation {r:.9f}); the 1/n "
                          "corrections are computed for distinct directions (merge repeated inputs)")
 
 
