@@ -79,6 +79,9 @@ def _add_verify(sub):
     size.add_argument("--full", action="store_true",
                       help="each check's full sizes and samples (the default when CHECKs are named)")
     p.add_argument("--resume", action="store_true", help="continue the run whose report is in --out")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="a dask.distributed scheduler (tcp://HOST:8786): run the sizes on its workers "
+                        "(same results as a local run with the same seed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="no plots in --out")
     p.add_argument("-v", "--verbose", action="store_true", help="a table row for every quantity")
@@ -127,7 +130,7 @@ def _cmd_verify(args) -> int:
     try:
         report = run(checks=args.checks or None, widths=args.widths, samples=args.samples, seed=args.seed,
                      backend=args.backend, out=args.out, quick=quick, resume=args.resume,
-                     progress=not args.no_progress, plots=not args.no_plots)
+                     progress=not args.no_progress, plots=not args.no_plots, scheduler=args.scheduler)
     except (ValueError, TypeError) as exc:
         print(f"limitlab verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

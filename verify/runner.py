@@ -94,7 +94,8 @@ def _reusable(old: Optional[CheckResult], size: int, samples: int, seed: int, ba
 
 def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequence[int]] = None,
         samples: Optional[int] = None, seed: int = 0, backend: str = "auto", out: Optional[str] = None,
-        quick: bool = False, resume: bool = False, progress: bool = True, plots: bool = True) -> Report:
+        quick: bool = False, resume: bool = False, progress: bool = True, plots: bool = True,
+        scheduler=None) -> Report:
     """Run verify checks and return the :class:`Report`.
 
     Args:
@@ -110,6 +111,10 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
         quick: each check's quick sizes and samples.
         resume: reuse the finished sizes in ``out``/report.json (same check, seed, samples, backend).
         progress: a tqdm progress bar on stderr (only when stderr is a terminal).
+        scheduler: a dask.distributed scheduler address (``tcp://HOST:8786``) or Client: every
+            size of every check runs as one task on its workers, all at once; the results are
+            those of a local run with the same seed (size n draws from the stream (seed, n)),
+            and the report is written here as sizes finish.
 
     A check whose sizes go below its ``min_size``, or that declares a rate and runs fewer
     than three sizes, gets the verdict "inconclusive" (``Report.exit_code`` 3), never "pass".
@@ -158,6 +163,9 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
         bar = tqdm(total=sum(len(p[1]) for p in plan), file=sys.stderr, disable=not sys.stderr.isatty(),
                    unit="size", leave=False)
     t_start, reused_seconds = time.perf_counter(), 0.0
+    remote = _Remote(scheduler, plan, previous if resume else {}, seed, bk.name) if scheduler is not None else None
+    if remote is not None:
+        report.meta["scheduler"] = remote.address
     for c, sizes, S in plan:
         res = CheckResult(c.name, c.description, sizes, S, c.rate, c.bias_rate, c.size_name, seed=seed,
                           backend=bk.name, min_size=c.min_size, min_size_reason=c.min_size_reason)
@@ -175,7 +183,11 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
                 ctx = Context(n, S, seed, bk.name, bk.xp, bk.device)
                 t0 = time.perf_counter()
                 try:
-                    res.measurements[n] = c.run(ctx)
+                    if remote is None:
+                        res.measurements[n] = c.run(ctx)
+                    else:  # computed on a worker; its own time
+                        res.measurements[n], t_worker = remote.result(c.name, n)
+                        t0 = time.perf_counter() - t_worker
                 except Exception as exc:  # a broken check is reported, the run goes on
                     res.error = f"{type(exc).__name__} at {c.size_name} {n}: {exc}"
                     break
@@ -197,6 +209,8 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
             report.save()
     if bar is not None:
         bar.close()
+    if remote is not None:
+        remote.close()
     # the whole run: this session's time plus the seconds of the sizes reused from an earlier one
     report.meta["seconds_this_session"] = time.perf_counter() - t_start
     report.meta["seconds_reused"] = reused_seconds
@@ -209,3 +223,49 @@ def run(checks: Union[None, str, Sequence[str]] = None, widths: Optional[Sequenc
             report.meta["plots"] = [os.path.relpath(p, out) for p in report.plot(os.path.join(out, "plots"))]
         report.save()
     return report
+
+
+def _measure_on_worker(name: str, size: int, samples: int, seed: int, backend: str):
+    """One size of one check, on a Dask worker: (measurements, seconds). The check is looked up
+    by name in the worker's registry, so nothing but names and numbers travels."""
+    c = select([name])[0]
+    bk = get_backend(backend)
+    t0 = time.perf_counter()
+    out = c.run(Context(size, samples, seed, bk.name, bk.xp, bk.device))
+    return out, time.perf_counter() - t0
+
+
+class _Remote:
+    """The sizes of a run as dask.distributed futures, submitted at once (the reusable ones excepted)."""
+
+    def __init__(self, scheduler, plan, previous, seed, backend):
+        try:
+            from distributed import Client
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise ValueError("scheduler: needs the distributed package (pip install distributed)") from exc
+        if isinstance(scheduler, str):
+            try:
+                self.client, self.own = Client(scheduler, timeout="20s"), True
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"scheduler: no Dask scheduler answers at {scheduler!r} ({exc})") from None
+        elif isinstance(scheduler, Client):
+            self.client, self.own = scheduler, False
+        else:
+            raise TypeError(f"scheduler: expected a scheduler address (tcp://HOST:PORT) or a distributed.Client, got "
+                            f"{type(scheduler).__name__}")
+        self.address = self.client.scheduler.address
+        self.futures = {}
+        for c, sizes, S in plan:
+            old = [r for r in previous.values() if r.name == c.name]
+            for n in sizes:
+                if not any(_reusable(r, n, S, seed, backend) for r in old):
+                    self.futures[(c.name, n)] = self.client.submit(_measure_on_worker, c.name, n, S, seed, backend,
+                                                                   pure=False)
+
+    def result(self, name, size):
+        return self.futures.pop((name, size)).result()
+
+    def close(self):
+        self.client.cancel(list(self.futures.values()))  # sizes left after a broken check
+        if self.own:
+            self.client.close()
