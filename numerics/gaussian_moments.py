@@ -177,7 +177,7 @@ SERIES = ("m2", "s22", "s31", "s13", "d_q1", "d_q2", "d_c", "h_q1q1", "h_q2q2", 
 
 
 @nb.njit(cache=True)
-def _pair_series(A1, A2, A3, R, i, j, q1, q2, rho, tol, kmax, out):
+def _pair_series(A1, A2, A3, R, C2, C4, i, j, q1, q2, rho, tol, kmax, out):
     """The 13 SERIES for inputs i, j (tables A1 of phi, A2 of phi^2, A3 of phi^3: (N, K); R: the
     relative Parseval tails, R[i, k] >= sum_{m >= k} a_m^2 / E[f^2], the largest over the three
     functions). Terms stop at the first K where every series' remainder, bounded by Cauchy-Schwarz
@@ -185,8 +185,10 @@ def _pair_series(A1, A2, A3, R, i, j, q1, q2, rho, tol, kmax, out):
     False when that needs more terms than kmax (the caller then integrates)."""
     r = abs(rho)
     K = 5
-    while K < kmax and (K + 4.0) ** 2 * r ** (K - 2) * math.sqrt(R[i, K] * R[j, K]) > tol:
+    rk = r * r * r  # r^(K - 2), updated as K grows
+    while K < kmax and (K + 4.0) ** 2 * rk * math.sqrt(R[i, K] * R[j, K]) > tol:
         K += 1
+        rk *= r
     if K >= kmax:
         return False
     for s in range(13):
@@ -201,8 +203,8 @@ def _pair_series(A1, A2, A3, R, i, j, q1, q2, rho, tol, kmax, out):
         out[1] += A2[i, k] * A2[j, k] * p
         out[2] += A3[i, k] * A1[j, k] * p
         out[3] += A1[i, k] * A3[j, k] * p
-        c2 = 0.5 * math.sqrt((k + 1.0) * (k + 2.0))
-        c4 = 0.25 * math.sqrt((k + 1.0) * (k + 2.0) * (k + 3.0) * (k + 4.0))
+        c2 = C2[k]
+        c4 = C4[k]
         out[4] += c2 * A1[i, k + 2] * a_j * p
         out[5] += c2 * a_i * A1[j, k + 2] * p
         out[6] += k * a_i * a_j * pm1
@@ -227,8 +229,11 @@ def _pair_series(A1, A2, A3, R, i, j, q1, q2, rho, tol, kmax, out):
 
 @nb.njit(parallel=True, cache=True)
 def _all_pair_series(A1, A2, A3, R, I, J, q, rho, tol, kmax, out, ok):
+    k = np.arange(A1.shape[1], dtype=np.float64)
+    C2 = 0.5 * np.sqrt((k + 1.0) * (k + 2.0))  # the heat-equation shift factors (module note)
+    C4 = 0.25 * np.sqrt((k + 1.0) * (k + 2.0) * (k + 3.0) * (k + 4.0))
     for p in nb.prange(I.shape[0]):
-        ok[p] = _pair_series(A1, A2, A3, R, I[p], J[p], q[I[p]], q[J[p]], rho[p], tol, kmax, out[p])
+        ok[p] = _pair_series(A1, A2, A3, R, C2, C4, I[p], J[p], q[I[p]], q[J[p]], rho[p], tol, kmax, out[p])
 
 
 def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13):

@@ -42,6 +42,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numba as nb
 import numpy as np
 import sympy as sp
 
@@ -140,13 +141,8 @@ def _two_input_moments(act, K):
     <phi_a phi_b^3>), and <phi_a^4>. By Mehler series (``gaussian_moments.pair_series``); pairs
     too close to parallel for the series go to nested quadrature (:func:`_pair_moments`)."""
     N = K.shape[0]
-    q = np.diagonal(K).copy()
     I, J = np.triu_indices(N, 1)
-    _check_corr(K, I, J)
-    S, bad, (m2, d1, d2, m4) = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks)
-    for p in np.nonzero(bad)[0]:
-        v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
-        S[p] = [v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]]
+    S, (m2, d1, d2, m4) = _series(act, K)
     i = np.arange(N)
     M2 = np.diag(m2)
     M2[I, J] = M2[J, I] = S[:, 0]
@@ -166,6 +162,72 @@ def _two_input_moments(act, K):
         ee, ff = (1 - e if e < 2 else 2), (1 - f if f < 2 else 2)  # (a, b) -> (b, a): K_aa <-> K_bb
         H[ee, ff, J, I] = H[ff, ee, J, I] = S[:, col]
     return M2, D, H, P4, m4
+
+
+def _series(act, K):
+    """``gaussian_moments.pair_series`` over the pairs a < b (row-major), with the pairs it flags
+    (too close to parallel for the series) integrated by :func:`_pair_moments`; and the one-input
+    (E[phi^2], d/dq, d2/dq2, E[phi^4])."""
+    N = K.shape[0]
+    q = np.diagonal(K).copy()
+    I, J = np.triu_indices(N, 1)
+    _check_corr(K, I, J)
+    S, bad, diag = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks)
+    for p in np.nonzero(bad)[0]:
+        v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
+        S[p] = [v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]]
+    return S, diag
+
+
+@nb.njit(parallel=True, cache=True)
+def _block_step(S, I, J, m2, d1, d2, m4, K1, Vb, w, b, Kn, K1n, Vn):
+    """One layer of the two-input block recursion (module docstring) from the series S (P, 13)
+    of gaussian_moments.SERIES: Kn, K1n (N, N) and Vn (3, 3, N, N), Vn[e, g, a, b] = V_(e)(g)
+    with e, g in ((aa), (bb), (ab))."""
+    N = m2.shape[0]
+    w2 = w * w
+    for a in nb.prange(N):
+        Kn[a, a] = w * m2[a] + b
+        K1n[a, a] = w * (d1[a] * K1[a, a] + 0.5 * d2[a] * Vb[0, 0, a, a])
+        v = w2 * (m4[a] - m2[a] * m2[a]) + w2 * d1[a] * d1[a] * Vb[0, 0, a, a]
+        for e in range(3):
+            for g in range(3):
+                Vn[e, g, a, a] = v
+    for p in nb.prange(I.shape[0]):
+        a, bb = I[p], J[p]
+        s = S[p]
+        Kn[a, bb] = Kn[bb, a] = w * s[0] + b
+        H = np.empty((3, 3))
+        H[0, 0], H[1, 1], H[2, 2] = s[7], s[8], s[12]
+        H[0, 1] = H[1, 0] = s[9]
+        H[0, 2] = H[2, 0] = s[10]
+        H[1, 2] = H[2, 1] = s[11]
+        acc = 0.0
+        for e in range(3):
+            for g in range(3):
+                acc += H[e, g] * Vb[e, g, a, bb]
+        K1n[a, bb] = K1n[bb, a] = w * (s[4] * K1[a, a] + s[5] * K1[bb, bb] + s[6] * K1[a, bb] + 0.5 * acc)
+        # per pair e of (a, b): <phi phi> and its derivative in (K_aa, K_bb, K_ab); powers of (a, b)
+        Dm = np.zeros((3, 3))
+        Dm[0, 0] = d1[a]
+        Dm[1, 1] = d1[bb]
+        Dm[2, 0], Dm[2, 1], Dm[2, 2] = s[4], s[5], s[6]
+        m2e = (m2[a], m2[bb], s[0])
+        pa = (2, 0, 1)
+        for e in range(3):
+            for g in range(3):
+                k = pa[e] + pa[g]  # power of phi_a in <phi_e phi_g>; phi_b's is 4 - k
+                A4 = m4[a] if k == 4 else (m4[bb] if k == 0 else (s[1] if k == 2 else (s[2] if k == 3 else s[3])))
+                t = 0.0
+                for x in range(3):
+                    for y in range(3):
+                        t += Dm[e, x] * Dm[g, y] * Vb[x, y, a, bb]
+                val = w2 * (A4 - m2e[e] * m2e[g] + t)
+                Vn[e, g, a, bb] = val
+                # the (b, a) orientation: (aa) <-> (bb)
+                es = 1 - e if e < 2 else 2
+                gs = 1 - g if g < 2 else 2
+                Vn[es, gs, bb, a] = val
 
 
 def _pair_moments(act, K, a, b):
@@ -203,25 +265,29 @@ def _four_moments(act, K, N, P4):
 
 
 def _layer_step(act, w, b, K, K1, V, full):
-    """(K, K1, V) of layer l -> layer l + 1 (module docstring). ``full``: V as (N,)*4; else
-    V is the dict of two-input blocks {'d': V_(aa)(aa) (N,), 'p': (N, N, 6)} (see _pair_block)."""
+    """(K, K1, V) of layer l -> layer l + 1 (module docstring). ``full``: V as (N,)*4 (einsum over
+    arrays, small N); else V holds the two-input blocks (3, 3, N, N) of _pair_block, updated by the
+    fused pass _block_step (the two are checked against each other in the tests)."""
     N = K.shape[0]
+    if not full:
+        # the two-input blocks only: one fused pass over the pairs (no (3, 3, N, N) temporaries)
+        S, (m2, d1, d2, m4) = _series(act, K)
+        Kn, K1n, Vn = np.empty((N, N)), np.empty((N, N)), np.empty((3, 3, N, N))
+        I, J = np.triu_indices(N, 1)
+        _block_step(S, I, J, m2, d1, d2, m4, K1, V, float(w), float(b), Kn, K1n, Vn)
+        return Kn, K1n, Vn
     M2, D, H, P4, m4 = _two_input_moments(act, K)
     Kn = w * M2 + b
     # K1: first-order propagation of K1 plus the second-order response to V (two-input blocks only)
-    Vb = _pair_block(V, N) if full else V
+    Vb = _pair_block(V, N)
     K1n = w * (D[0] * np.diagonal(K1)[:, None] + D[1] * np.diagonal(K1)[None, :] + D[2] * K1
                + 0.5 * np.einsum("egab,egab->ab", H, Vb))
-    if full:
-        M4 = _four_moments(act, K, N, P4)
-        U = (np.einsum("cd,xyc->xycd", D[0], np.einsum("xycc->xyc", V))
-             + np.einsum("cd,xyd->xycd", D[1], np.einsum("xycc->xyc", V)) + D[2][None, None] * V)
-        Uaa = np.einsum("aacd->acd", U)
-        T = D[0][:, :, None, None] * Uaa[:, None] + D[1][:, :, None, None] * Uaa[None, :] + D[2][:, :, None, None] * U
-        Vn = w * w * (M4 - M2[:, :, None, None] * M2[None, None]) + w * w * T
-        return Kn, K1n, Vn
-    # the two-input blocks of V at layer l + 1 from those of layer l (closed under the recursion)
-    Vn = _pair_step(w, M2, P4, D, Vb, m4)
+    M4 = _four_moments(act, K, N, P4)
+    U = (np.einsum("cd,xyc->xycd", D[0], np.einsum("xycc->xyc", V))
+         + np.einsum("cd,xyd->xycd", D[1], np.einsum("xycc->xyc", V)) + D[2][None, None] * V)
+    Uaa = np.einsum("aacd->acd", U)
+    T = D[0][:, :, None, None] * Uaa[:, None] + D[1][:, :, None, None] * Uaa[None, :] + D[2][:, :, None, None] * U
+    Vn = w * w * (M4 - M2[:, :, None, None] * M2[None, None]) + w * w * T
     return Kn, K1n, Vn
 
 
@@ -234,43 +300,6 @@ def _pair_block(V, N):
     for e, (p, q) in enumerate(pairs):
         for g, (r, s) in enumerate(pairs):
             out[e, g] = V[p, q, r, s]
-    return out
-
-
-def _pair_step(w, M2, P4, D, Vb, m4):
-    """The two-input blocks Vb (3, 3, N, N) at the next layer (same rule as the full V)."""
-    N = M2.shape[0]
-    i = np.arange(N)
-    diag = np.diagonal(M2)
-    # <phi_e1 phi_e2 phi_g1 phi_g2> for e, g in {aa, bb, ab}: powers of (a, b) sum to 4
-    A4 = {(4, 0): m4[:, None] * np.ones(N)[None, :], (0, 4): m4[None, :] * np.ones(N)[:, None],
-          (2, 2): P4[0], (3, 1): P4[1], (1, 3): P4[2]}
-    pw = [(2, 0), (0, 2), (1, 1)]
-    m2e = [diag[:, None] * np.ones(N)[None, :], diag[None, :] * np.ones(N)[:, None], M2]
-    out = np.empty_like(Vb)
-    for e in range(3):
-        for g in range(3):
-            key = (pw[e][0] + pw[g][0], pw[e][1] + pw[g][1])
-            cov = A4[key] - m2e[e] * m2e[g]
-            # derivative term: sum over e', g' of D_e(e') D_g(g') Vb[e', g'], where D_e is the
-            # derivative of M2 at the pair e: (aa) -> diag derivative of a, (bb) of b, (ab) -> D
-            De = _derivs_of(e, D, i)
-            Dg = _derivs_of(g, D, i)
-            term = np.einsum("xab,yab,xyab->ab", De, Dg, Vb)
-            out[e, g] = w * w * (cov + term)
-    return out
-
-
-def _derivs_of(e, D, i):
-    """The derivatives of M2 at pair e of (a, b) with respect to (K_aa, K_bb, K_ab), (3, N, N)."""
-    N = D.shape[1]
-    out = np.zeros((3, N, N))
-    if e == 0:
-        out[0] = np.diagonal(D[0])[:, None]
-    elif e == 1:
-        out[1] = np.diagonal(D[0])[None, :]
-    else:
-        out[:] = D
     return out
 
 
