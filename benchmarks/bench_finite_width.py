@@ -41,7 +41,7 @@ def main(quick: bool = False):
     N = 200 if quick else 1000
     X = rng.standard_normal((N, 16))
     _, t = timed(lambda: finite_width(net, X, four_point=False))
-    note = "" if N == 1000 else f" (x{(1000 / N) ** 2:.0f} pairs at N = 1000: ~{t * (1000 / N) ** 2:.1f} s)"
+    note = "" if N == 1000 else " (--quick; without it, N = 1000)"
     print(f"K1, tanh depth {depth}, N = {N}: {t:.2f} s{note} (target < 5 s at N = 1000)")
 
     Xs = rng.standard_normal((4, 16))
