@@ -496,13 +496,20 @@ class _ZeroVariance(Exception):
 
 def _buffers(p: Plan, want_t):
     """Per-thread buffers: for op k its padded input (K, T, (Hp, Wp)) (flat (Hp Wp)^2 arrays),
-    the last one the terminal's input; and two row scratches."""
-    dims = [(op.in_hw[0] + op.pad[0] + op.pad[1], op.in_hw[1] + op.pad[2] + op.pad[3]) for op in p.ops]
-    dims.append(p.ops[-1].out_hw)
-    bufs = []
-    for H, W in dims:
-        K = np.zeros((H * W) ** 2)
-        bufs.append((K, np.zeros_like(K) if want_t else K, (H, W)))
+    the last one the terminal's input; and two row scratches. Ops with the same input layout
+    (size, padding, wrap) share buffers, alternating two (op k reads one, writes the other), so
+    a deep network holds two sets per layout, not one per layer; the zero padding is never
+    written, so it stays zero for every op that shares it."""
+    keys = [(op.in_hw, op.pad, op.circular) for op in p.ops] + [(p.ops[-1].out_hw, (0, 0, 0, 0), False)]
+    pool, bufs, dims = {}, [], []
+    for k, key in enumerate(keys):
+        (H, W), (lh, hh, lw, hw), _ = key
+        H, W = H + lh + hh, W + lw + hw
+        if (key, k % 2) not in pool:
+            K = np.zeros((H * W) ** 2)
+            pool[key, k % 2] = (K, np.zeros_like(K) if want_t else K, (H, W))
+        bufs.append(pool[key, k % 2])
+        dims.append((H, W))
     n = max(W * W for _, W in dims)  # a row block: at most one padded (Wp x Wp) slab
     return bufs, np.zeros(n), np.zeros(n)
 
