@@ -748,6 +748,13 @@ class Layer:
     def nngp(self, X1, X2=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("nngp",)).nngp
 
+    def recursion(self) -> list:
+        """The kernel recursion as sympy equations, ``K_l(s, s')`` and ``Theta_l(s, s')`` layer by
+        layer (:mod:`limitlab.theory.kernels.layer_rules`)."""
+        from limitlab.theory.kernels.layer_rules import recursion
+
+        return recursion(self)
+
     def ntk(self, X1, X2=None) -> np.ndarray:
         return self.kernels(X1, X2, get=("ntk",)).ntk
 
