@@ -20,6 +20,15 @@ faster on the ReLU NTK than in one entry's order, where they queue behind each o
 for balance) and the caller mirrors it. The diagonal variances q[l, i] come first, from the
 same compiled map with the same arithmetic as a snapped diagonal entry, so diagonal entries
 equal them bit for bit.
+
+Why the loops are a source template and not ordinary ``@njit`` code taking the generated map:
+Numba's disk cache does not serve such code. Measured (Numba 0.68, two fresh processes each):
+an ``@njit(cache=True)`` loop taking the map as a first-class function argument is a cache miss
+in every process (its signature names the function object's type), and so is one closing over
+the map; each new process would recompile the recursion (seconds per activation) where the
+generated module loads from the cache. So :mod:`limitlab.numerics.codegen` writes the map and
+the loops into one module, keyed by the hash of its source; the same holds for
+:mod:`limitlab.theory.kernels.fused` and the DMFT single-site template.
 """
 from __future__ import annotations
 

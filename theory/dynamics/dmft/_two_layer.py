@@ -1,5 +1,11 @@
 """Two-layer DMFT by Monte Carlo over the single-site process (Bordelon & Pehlevan 2022, sec. 3),
-and the closed form of a two-layer linear network on one whitened input."""
+and the closed form of a two-layer linear network on one whitened input.
+
+The single-site loop is a source template compiled with the activation's generated map in one
+module (:func:`limitlab.numerics.codegen.compile_module`): Numba's disk cache misses, in every
+new process, a loop that takes the map as a function argument or closes over it (measured; see
+:mod:`limitlab.numerics.recursion`), so ordinary ``@njit`` code would recompile per process.
+"""
 from __future__ import annotations
 
 import math
