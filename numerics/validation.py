@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["integer", "real", "positive", "flag", "choice", "real_array", "renamed"]
+__all__ = ["is_integer", "integer", "real", "positive", "flag", "choice", "real_array", "renamed"]
 
 
 def _bounds(lo, lo_open, hi, hi_open) -> str:
@@ -35,7 +35,9 @@ def _outside(v, lo, lo_open, hi, hi_open) -> bool:
             or (hi is not None and (v >= hi if hi_open else v > hi)))
 
 
-def _is_integer(value) -> bool:
+def is_integer(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), ``bool`` excluded: the test for callers
+    that must raise something other than ``integer``'s ``ValueError`` (a ``TypeError``)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -44,7 +46,7 @@ def integer(value, name: str, minimum=None, maximum=None, meaning: str = "") -> 
 
     ``meaning`` (e.g. ``"number of hidden layers"``) ends the message, in parentheses.
     """
-    if not _is_integer(value) or _outside(value, minimum, False, maximum, False):
+    if not is_integer(value) or _outside(value, minimum, False, maximum, False):
         what = f" ({meaning})" if meaning else ""
         raise ValueError(f"{name}: must be an integer{_bounds(minimum, False, maximum, False)}, got {value!r}{what}")
     return int(value)

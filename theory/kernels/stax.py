@@ -86,7 +86,6 @@ the measured figures.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
@@ -95,6 +94,7 @@ import numpy as np
 import sympy as sp
 
 from limitlab.numerics import codegen, gaussian, recursion
+from limitlab.numerics import validation as validate
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
 from limitlab.theory.kernels.mlp import Kernels, check_get
@@ -161,39 +161,29 @@ def _describe_shape(shape) -> str:
 # argument checks
 # ---------------------------------------------------------------------------------------
 
-def _pos_int(v, layer, arg):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{layer}: {arg} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _int_tuple(v, layer, arg, ndim=None):
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+    if validate.is_integer(v):
         v = (v,)
     try:
         t = tuple(v)
     except TypeError:
-        raise TypeError(f"{layer}: {arg} must be a tuple of positive integers, got {v!r}") from None
+        raise TypeError(f"{layer}: {arg}: must be a tuple of positive integers, got {v!r}") from None
     if not t:
-        raise ValueError(f"{layer}: {arg} must have at least one entry, got {v!r}")
-    t = tuple(_pos_int(e, layer, f"{arg} entries") for e in t)
+        raise ValueError(f"{layer}: {arg}: must have at least one entry, got {v!r}")
+    t = tuple(validate.integer(e, f"{layer}: {arg} entries", minimum=1) for e in t)
     if ndim is not None and len(t) != ndim:
-        raise ValueError(f"{layer}: {arg} must have {ndim} entries (one per spatial axis of the filter/window), "
+        raise ValueError(f"{layer}: {arg}: must have {ndim} entries (one per spatial axis of the filter/window), "
                          f"got {v!r}")
     return t
 
 
 def _padding(p, layer):
-    if not isinstance(p, str) or p.upper() not in PADDINGS:
-        raise ValueError(f"{layer}: padding must be one of {', '.join(map(repr, PADDINGS))}, got {p!r}")
-    return p.upper()
+    return validate.choice(p.upper() if isinstance(p, str) else p, f"{layer}: padding", PADDINGS)
 
 
 def _variances(layer, weight_var, bias_var, W_std, b_std):
     def num(v, arg):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{layer}: {arg} must be a finite number >= 0, got {v!r}")
-        return float(v)
+        return validate.real(v, f"{layer}: {arg}", at_least=0)
 
     if W_std is not None:
         if weight_var != 1.0:
@@ -217,9 +207,7 @@ def _parametrization(parametrization, parameterization, layer):
         raise ValueError(f"{layer}: give parametrization or parameterization (neural-tangents' spelling), not both")
     p = parametrization if parametrization is not None else parameterization
     p = "ntk" if p is None else p
-    if p not in ("ntk", "standard"):
-        raise ValueError(f"{layer}: parametrization must be 'ntk' or 'standard', got {p!r}")
-    return p
+    return validate.choice(p, f"{layer}: parametrization", ("ntk", "standard"))
 
 
 def _affine_args(self, layer, weight_var, bias_var, W_std, b_std, parametrization, parameterization):
@@ -708,7 +696,7 @@ class Layer:
             P = _prod(X1.shape[1:-1])
             b = max(1, math.isqrt(max(_BLOCK_BYTES // (8 * P * P), 1)))
             batch_size = b if max(n1, n2) > b and _per_input(self) else max(n1, n2)
-        b = _pos_int(batch_size, "kernels", "batch_size")
+        b = validate.integer(batch_size, "kernels: batch_size", minimum=1)
         if n1 <= b and n2 <= b:
             nngp, ntk, spatial = self._run(X1, X2, symmetric, get)
         else:  # blocks of pairs; with X2 None the lower blocks are the upper ones transposed
@@ -880,9 +868,9 @@ class Dense(Layer):
 
     def __init__(self, out_dim, weight_var=1.0, bias_var=0.0, *, W_std=None, b_std=_UNSET, in_dim=None,
                  parametrization=None, parameterization=None):
-        self.out_dim = _pos_int(out_dim, "Dense", "out_dim")
+        self.out_dim = validate.integer(out_dim, "Dense: out_dim", minimum=1)
         _affine_args(self, "Dense", weight_var, bias_var, W_std, b_std, parametrization, parameterization)
-        self.in_dim = None if in_dim is None else _pos_int(in_dim, "Dense", "in_dim")
+        self.in_dim = None if in_dim is None else validate.integer(in_dim, "Dense: in_dim", minimum=1)
 
     def __repr__(self):
         return f"Dense({self.out_dim}, {_affine_repr(self)})"
@@ -946,13 +934,13 @@ class Conv(Layer):
 
     def __init__(self, out_chan, filter_shape, strides=None, padding="VALID", weight_var=1.0, bias_var=0.0, *,
                  W_std=None, b_std=_UNSET, in_chan=None, parametrization=None, parameterization=None):
-        self.out_chan = _pos_int(out_chan, "Conv", "out_chan")
+        self.out_chan = validate.integer(out_chan, "Conv: out_chan", minimum=1)
         self.filter_shape = _int_tuple(filter_shape, "Conv", "filter_shape")
         d = len(self.filter_shape)
         self.strides = (1,) * d if strides is None else _int_tuple(strides, "Conv", "strides", d)
         self.padding = _padding(padding, "Conv")
         _affine_args(self, "Conv", weight_var, bias_var, W_std, b_std, parametrization, parameterization)
-        self.in_chan = None if in_chan is None else _pos_int(in_chan, "Conv", "in_chan")
+        self.in_chan = None if in_chan is None else validate.integer(in_chan, "Conv: in_chan", minimum=1)
 
     def __repr__(self):
         return (f"Conv({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
@@ -1041,9 +1029,7 @@ class _Pool(Layer):
         d = len(self.window_shape)
         self.strides = (1,) * d if strides is None else _int_tuple(strides, self._name, "strides", d)
         self.padding = _padding(padding, self._name)
-        if not isinstance(normalize_edges, bool):
-            raise TypeError(f"{self._name}: normalize_edges must be True or False, got {normalize_edges!r}")
-        self.normalize_edges = normalize_edges
+        self.normalize_edges = validate.flag(normalize_edges, f"{self._name}: normalize_edges")
 
     def __repr__(self):
         return f"{self._name}({self.window_shape}, strides={self.strides}, padding={self.padding!r})"
@@ -1183,7 +1169,7 @@ class FanOut(Layer):
     """``FanOut(n)``: n copies of its input, for parallel branches."""
 
     def __init__(self, num):
-        self.num = _pos_int(num, "FanOut", "num")
+        self.num = validate.integer(num, "FanOut: num", minimum=1)
 
     def __repr__(self):
         return f"FanOut({self.num})"
@@ -1258,8 +1244,8 @@ class FanInConcat(Layer):
     n_in = None
 
     def __init__(self, axis=-1):
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"FanInConcat: axis must be an integer, got {axis!r}")
+        if not validate.is_integer(axis):  # a TypeError, as for any non-integer index
+            raise TypeError(f"FanInConcat: axis: must be an integer, got {axis!r}")
         self.axis = int(axis)
 
     def __repr__(self):

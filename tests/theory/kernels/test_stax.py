@@ -342,11 +342,11 @@ def test_filter_larger_than_input_with_valid_padding():
 
 @pytest.mark.parametrize("make, msg", [
     (lambda: stax.Conv(4, (3, 3), padding="FULL"),
-     r"Conv: padding must be one of 'VALID', 'SAME', 'CIRCULAR', got 'FULL'"),
-    (lambda: stax.AvgPool((2, 2), padding="REFLECT"), r"AvgPool: padding must be one of"),
-    (lambda: stax.Conv(4, (3, 3), strides=(1,)), r"Conv: strides must have 2 entries"),
-    (lambda: stax.Conv(0, (3, 3)), r"Conv: out_chan must be a positive integer, got 0"),
-    (lambda: stax.Dense(3, weight_var=-1.0), r"Dense: weight_var must be a finite number >= 0"),
+     r"Conv: padding: must be one of 'VALID', 'SAME', 'CIRCULAR', got 'FULL'"),
+    (lambda: stax.AvgPool((2, 2), padding="REFLECT"), r"AvgPool: padding: must be one of"),
+    (lambda: stax.Conv(4, (3, 3), strides=(1,)), r"Conv: strides: must have 2 entries"),
+    (lambda: stax.Conv(0, (3, 3)), r"Conv: out_chan: must be an integer >= 1, got 0"),
+    (lambda: stax.Dense(3, weight_var=-1.0), r"Dense: weight_var: must be a finite number >= 0"),
     (lambda: stax.Dense(3, weight_var=2.0, W_std=1.0), r"Dense: give weight_var or W_std"),
     (lambda: stax.Activation("nope"), r"Activation: activation: unknown name 'nope'"),
 ])
@@ -543,7 +543,7 @@ def test_standard_parametrization_ntk_is_mlps_and_its_spellings():
     assert not nob.has_bias and "bias_var=None" in repr(nob)
     np.testing.assert_allclose(nob.ntk(X), X @ X.T, rtol=1e-12)  # the input Gram, no +1 of a bias
     np.testing.assert_allclose(stax.Dense(1, parametrization="standard").ntk(X), X @ X.T + 1.0, rtol=1e-12)
-    with pytest.raises(ValueError, match="Dense: parametrization must be 'ntk' or 'standard'"):
+    with pytest.raises(ValueError, match="Dense: parametrization: must be one of 'ntk', 'standard', got 'mup'"):
         stax.Dense(1, parametrization="mup")
     with pytest.raises(ValueError, match="not both"):
         stax.Conv(1, (2,), parametrization="ntk", parameterization="standard")
