@@ -376,6 +376,14 @@ def _tril_inv(xp, bk: Backend, Lc):
     return out
 
 
+def _conditional_start(spec: NetworkSpec, Xb, bk: Backend, z):
+    """What both conditional samplers start from: (xp, activation, N, d, depth, networks B, bias,
+    fan-ins, first layer's pre-activations)."""
+    N, d = Xb.shape
+    return (bk.xp, spec.activation, N, d, spec.depth, z[0].shape[0], spec.has_bias, spec.fan_ins(d),
+            _conditional_first_layer(spec, Xb, bk, z))
+
+
 def _conditional_cholesky(spec: NetworkSpec, Xb, bk: Backend, z):
     """(NNGP, NTK, outputs, ok) by Gaussian conditioning with Cholesky factors of Gram matrices.
 
@@ -387,13 +395,7 @@ def _conditional_cholesky(spec: NetworkSpec, Xb, bk: Backend, z):
     of N x N by N x n or N x n by n x N. ``ok[i]`` is False where a factor of network i is
     ill-conditioned (its result is then not used); a failed factorization raises.
     """
-    xp, act = bk.xp, spec.activation
-    N, d = Xb.shape
-    L = spec.depth
-    B = z[0].shape[0]
-    bias = spec.has_bias
-    fans = spec.fan_ins(d)
-    h = _conditional_first_layer(spec, Xb, bk, z)
+    xp, act, N, d, L, B, bias, fans, h = _conditional_start(spec, Xb, bk, z)
     acts, ders = [xp.broadcast_to(Xb, (B, N, d))], []
     A, Linvs = [None] * (L + 1), [None] * L
     ok = np.ones(B, dtype=bool)
@@ -457,13 +459,7 @@ def _conditional_qr(spec: NetworkSpec, Xb, bk: Backend, z):
     """Per-network (NNGP, NTK, outputs) by Gaussian conditioning with thin QR factorizations
     (stable at any rank: more inputs than units, duplicate or dependent rows); see the module
     docstring."""
-    xp, act = bk.xp, spec.activation
-    N, d = Xb.shape
-    L = spec.depth
-    B = z[0].shape[0]
-    bias = spec.has_bias
-    fans = spec.fan_ins(d)
-    h = _conditional_first_layer(spec, Xb, bk, z)
+    xp, act, N, d, L, B, bias, fans, h = _conditional_start(spec, Xb, bk, z)
     acts, ders, Qs = [xp.broadcast_to(Xb, (B, N, d))], [], []
     for l in range(1, L + 1):
         a = act(h, xp)

@@ -327,6 +327,15 @@ def _store(outk, outt, want_t, Kout, Tout, Hp, Wp, oh, ow, i, ii, W, R):
                 dst[jj] = src[jj]
 
 
+@nb.njit(inline="always", cache=True)
+def _accumulate(dst, src, base, n):
+    """dst[:n] += src[base:base + n]; through a slice, so the index is a non-negative loop
+    counter (no wraparound test) and the loop vectorizes."""
+    s = src[base:base + n]
+    for m in range(n):
+        dst[m] += s[m]
+
+
 @nb.njit(nogil=True, inline="always", cache=True)
 def _taps(Kin, Tin, t_zero, want_t, Hp, Wp, fh, fw, sh, sw, i, ii, Wo, R, row, rowt):
     """row[j R + j'] = sum_{u, v} Kin[sh i + u, sh i' + u, sw j + v, sw j' + v] (and Tin's): the
@@ -343,14 +352,9 @@ def _taps(Kin, Tin, t_zero, want_t, Hp, Wp, fh, fw, sh, sw, i, ii, Wo, R, row, r
         for v in range(fw):
             if sw == 1:  # R = Wp: one flat loop over the slab shifted by (v, v)
                 base = slab + v * Wp + v
-                # slices, so the index is a non-negative loop counter (no wraparound test): SIMD
-                src = Kin[base:base + n]
-                for m in range(n):
-                    row[m] += src[m]
+                _accumulate(row, Kin, base, n)
                 if tt:
-                    srct = Tin[base:base + n]
-                    for m in range(n):
-                        rowt[m] += srct[m]
+                    _accumulate(rowt, Tin, base, n)
             else:
                 for j in range(Wo):
                     base = slab + (sw * j + v) * Wp + v
@@ -397,13 +401,9 @@ def _pool(Kin, Tin, want_t, Hpi, Wpi, wh, ww, sh, sw, Ho, Wo, div_h, div_w, Kout
             for u in range(wh):
                 for u2 in range(wh):
                     base = _at(sh * i + u, sh * ii + u2, 0, 0, Hpi, Wpi)
-                    src = Kin[base:base + n]
-                    for m in range(n):
-                        slab_k[m] += src[m]
+                    _accumulate(slab_k, Kin, base, n)
                     if want_t:
-                        src = Tin[base:base + n]
-                        for m in range(n):
-                            slab_t[m] += src[m]
+                        _accumulate(slab_t, Tin, base, n)
             dh = div_h[i] * div_h[ii]
             for j in range(Wo):
                 ob = _at(oh + i, oh + ii, ow + j, ow, Hpo, Wpo)
