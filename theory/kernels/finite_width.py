@@ -53,8 +53,8 @@ __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recu
            "MAX_FULL_INPUTS"]
 
 # the full four-point vertex takes one r-dimensional quadrature per set of r distinct inputs,
-# r <= 4 (0.1 s at r = 3, seconds at r = 4): by default it is computed for up to three inputs,
-# beyond that only K1 and the two-input blocks of V
+# r <= 4 (its cost grows steeply with r: docs/finite_width.md has the figures): by default it is
+# computed for up to three inputs, beyond that only K1 and the two-input blocks of V
 MAX_FULL_INPUTS = 3
 # inputs whose correlation at some layer is within this of +-1 have no finite score weights
 # (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
