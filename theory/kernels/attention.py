@@ -70,11 +70,11 @@ Positional embeddings have no finite side yet (NotImplementedError).
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import replace
 
 import numpy as np
 
+from limitlab.numerics import validation as validate
 from limitlab.theory.kernels.normalization import _check_batch_channel
 from limitlab.theory.kernels.stax import Layer, _affine_finite, _Finite, _prod
 
@@ -86,9 +86,7 @@ POS_EMB_TYPES = ("none", "sum", "concat")
 
 def _var(layer, var, var_arg, std, std_arg, default=1.0):
     def num(v, arg):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{layer}: {arg} must be a finite number >= 0, got {v!r}")
-        return float(v)
+        return validate.real(v, f"{layer}: {arg}", at_least=0)
 
     if std is not None:
         if var != default:
@@ -150,43 +148,31 @@ class GlobalSelfAttention(Layer):
                  W_key_std=None, W_value_std=None, W_query_std=None, W_out_std=None, b_std=None,
                  W_pos_emb_std=None):
         L = "GlobalSelfAttention"
-        for arg, v in (("n_chan_out", n_chan_out), ("n_chan_key", n_chan_key), ("n_chan_val", n_chan_val),
-                       ("n_heads", n_heads)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{L}: {arg} must be a positive integer, got {v!r}")
-        self.n_chan_out, self.n_chan_key, self.n_chan_val, self.n_heads = map(
-            int, (n_chan_out, n_chan_key, n_chan_val, n_heads))
-        if not isinstance(linear_scaling, bool):
-            raise TypeError(f"{L}: linear_scaling must be True or False, got {linear_scaling!r}")
-        self.linear_scaling = linear_scaling
+        self.n_chan_out, self.n_chan_key, self.n_chan_val, self.n_heads = (
+            validate.integer(v, f"{L}: {arg}", minimum=1) for arg, v in (
+                ("n_chan_out", n_chan_out), ("n_chan_key", n_chan_key), ("n_chan_val", n_chan_val),
+                ("n_heads", n_heads)))
+        self.linear_scaling = validate.flag(linear_scaling, f"{L}: linear_scaling")
         self.key_weight_var = _var(L, key_weight_var, "key_weight_var", W_key_std, "W_key_std")
         self.value_weight_var = _var(L, value_weight_var, "value_weight_var", W_value_std, "W_value_std")
         self.query_weight_var = _var(L, query_weight_var, "query_weight_var", W_query_std, "W_query_std")
         self.out_weight_var = _var(L, out_weight_var, "out_weight_var", W_out_std, "W_out_std")
         self.bias_var = _var(L, bias_var, "bias_var", b_std, "b_std", default=None)
         self.pos_emb_weight_var = _var(L, pos_emb_weight_var, "pos_emb_weight_var", W_pos_emb_std, "W_pos_emb_std")
-        if not isinstance(attention_mechanism, str) or attention_mechanism.lower() not in MECHANISMS:
-            raise ValueError(f"{L}: attention_mechanism must be one of {MECHANISMS} (any case), "
-                             f"got {attention_mechanism!r}")
-        self.attention_mechanism = attention_mechanism.lower()
-        if not isinstance(pos_emb_type, str) or pos_emb_type.lower() not in POS_EMB_TYPES:
-            raise ValueError(f"{L}: pos_emb_type must be one of {POS_EMB_TYPES} (any case), got {pos_emb_type!r}")
-        self.pos_emb_type = pos_emb_type.lower()
-        if isinstance(pos_emb_p_norm, bool) or not isinstance(pos_emb_p_norm, numbers.Real) \
-                or not math.isfinite(pos_emb_p_norm) or pos_emb_p_norm <= 0:
-            raise ValueError(f"{L}: pos_emb_p_norm must be a finite number > 0, got {pos_emb_p_norm!r}")
-        self.pos_emb_p_norm = float(pos_emb_p_norm)
+        # names in any case, as neural-tangents' enums accept them
+        self.attention_mechanism = validate.choice(
+            attention_mechanism.lower() if isinstance(attention_mechanism, str) else attention_mechanism,
+            f"{L}: attention_mechanism", MECHANISMS)
+        self.pos_emb_type = validate.choice(pos_emb_type.lower() if isinstance(pos_emb_type, str) else pos_emb_type,
+                                            f"{L}: pos_emb_type", POS_EMB_TYPES)
+        self.pos_emb_p_norm = validate.positive(pos_emb_p_norm, f"{L}: pos_emb_p_norm")
         if pos_emb_decay_fn is not None and not callable(pos_emb_decay_fn):
             raise TypeError(f"{L}: pos_emb_decay_fn must be None or a function of the distance array, "
                             f"got {pos_emb_decay_fn!r}")
         self.pos_emb_decay_fn = pos_emb_decay_fn
-        if n_chan_pos_emb is not None and (isinstance(n_chan_pos_emb, bool)
-                                           or not isinstance(n_chan_pos_emb, numbers.Integral) or n_chan_pos_emb < 1):
-            raise ValueError(f"{L}: n_chan_pos_emb must be None or a positive integer, got {n_chan_pos_emb!r}")
-        self.n_chan_pos_emb = None if n_chan_pos_emb is None else int(n_chan_pos_emb)
-        if not isinstance(val_pos_emb, bool):
-            raise TypeError(f"{L}: val_pos_emb must be True or False, got {val_pos_emb!r}")
-        self.val_pos_emb = val_pos_emb
+        self.n_chan_pos_emb = None if n_chan_pos_emb is None else validate.integer(
+            n_chan_pos_emb, f"{L}: n_chan_pos_emb", minimum=1)
+        self.val_pos_emb = validate.flag(val_pos_emb, f"{L}: val_pos_emb")
         _check_batch_channel(L, batch_axis, channel_axis)
 
     def __repr__(self):

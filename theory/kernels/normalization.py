@@ -44,12 +44,12 @@ mode each network draws one Bernoulli(rate) mask per input, pixel and channel (p
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import replace
 from statistics import NormalDist
 
 import numpy as np
 
+from limitlab.numerics import validation as validate
 from limitlab.theory.kernels.stax import PER_INPUT, Layer, _Finite, _no_params_finite, _prod
 
 __all__ = ["LayerNorm", "Dropout"]
@@ -57,8 +57,8 @@ __all__ = ["LayerNorm", "Dropout"]
 
 def _check_batch_channel(layer, batch_axis, channel_axis):
     for arg, v, ok in (("batch_axis", batch_axis, (0,)), ("channel_axis", channel_axis, (-1,))):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{layer}: {arg} must be an integer, got {v!r}")
+        if not validate.is_integer(v):
+            raise TypeError(f"{layer}: {arg}: must be an integer, got {v!r}")
         if int(v) not in ok:
             raise ValueError(f"{layer}: limitlab.stax is batch-first and channels-last; {arg} must be {ok[0]}, "
                              f"got {v!r}")
@@ -76,18 +76,16 @@ class LayerNorm(Layer):
     """
 
     def __init__(self, axis=-1, eps=1e-12, batch_axis=0, channel_axis=-1):
-        if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
+        if validate.is_integer(axis):
             axis = (int(axis),)
         try:
             axis = tuple(axis)
         except TypeError:
-            raise TypeError(f"LayerNorm: axis must be an integer or a tuple of integers, got {axis!r}") from None
-        if not axis or any(isinstance(a, bool) or not isinstance(a, numbers.Integral) for a in axis):
-            raise TypeError(f"LayerNorm: axis must be an integer or a non-empty tuple of integers, got {axis!r}")
+            raise TypeError(f"LayerNorm: axis: must be an integer or a tuple of integers, got {axis!r}") from None
+        if not axis or not all(map(validate.is_integer, axis)):
+            raise TypeError(f"LayerNorm: axis: must be an integer or a non-empty tuple of integers, got {axis!r}")
         self.axis = tuple(int(a) for a in axis)
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"LayerNorm: eps must be a finite number >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = validate.real(eps, "LayerNorm: eps", at_least=0)
         _check_batch_channel("LayerNorm", batch_axis, channel_axis)
 
     def __repr__(self):
@@ -208,11 +206,8 @@ class Dropout(Layer):
     """
 
     def __init__(self, rate, mode="train"):
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0.0 < rate <= 1.0):
-            raise ValueError(f"Dropout: rate (the keep probability) must be in (0, 1], got {rate!r}")
-        if mode not in ("train", "test"):
-            raise ValueError(f"Dropout: mode must be 'train' or 'test', got {mode!r}")
-        self.rate, self.mode = float(rate), mode
+        self.rate = validate.real(rate, "Dropout: rate", above=0, at_most=1, meaning="the keep probability")
+        self.mode = validate.choice(mode, "Dropout: mode", ("train", "test"))
 
     def __repr__(self):
         return f"Dropout({self.rate:g}, mode={self.mode!r})"

@@ -205,14 +205,14 @@ def test_positional_embedding_misuse():
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(n_heads=0), ValueError, "GlobalSelfAttention: n_heads must be a positive integer"),
-    (dict(n_chan_key=2.5), ValueError, "GlobalSelfAttention: n_chan_key must be a positive integer"),
-    (dict(attention_mechanism="sigmoid"), ValueError, "GlobalSelfAttention: attention_mechanism must be one of"),
-    (dict(pos_emb_type="rotary"), ValueError, "GlobalSelfAttention: pos_emb_type must be one of"),
+    (dict(n_heads=0), ValueError, "GlobalSelfAttention: n_heads: must be an integer >= 1, got 0"),
+    (dict(n_chan_key=2.5), ValueError, "GlobalSelfAttention: n_chan_key: must be an integer >= 1, got 2.5"),
+    (dict(attention_mechanism="sigmoid"), ValueError, "GlobalSelfAttention: attention_mechanism: must be one of 'softmax'"),
+    (dict(pos_emb_type="rotary"), ValueError, "GlobalSelfAttention: pos_emb_type: must be one of 'none'"),
     (dict(key_weight_var=2.0, W_key_std=1.0), ValueError, "give key_weight_var or W_key_std"),
     (dict(bias_var=0.1, b_std=0.1), ValueError, "give bias_var or b_std"),
-    (dict(out_weight_var=-1.0), ValueError, "GlobalSelfAttention: out_weight_var must be a finite number >= 0"),
-    (dict(linear_scaling=1), TypeError, "GlobalSelfAttention: linear_scaling must be True or False"),
+    (dict(out_weight_var=-1.0), ValueError, "GlobalSelfAttention: out_weight_var: must be a finite number >= 0"),
+    (dict(linear_scaling=1), TypeError, "GlobalSelfAttention: linear_scaling: must be True or False"),
     (dict(pos_emb_decay_fn=3.0), TypeError, "GlobalSelfAttention: pos_emb_decay_fn must be None or a function"),
     (dict(channel_axis=1), ValueError, "GlobalSelfAttention: .* channel_axis must be -1"),
 ])

@@ -191,14 +191,14 @@ def test_layernorm_bad_axis_names_the_shape(make, exc, msg):
 
 
 @pytest.mark.parametrize("make, exc, msg", [
-    (lambda: LayerNorm(eps=-1.0), ValueError, "LayerNorm: eps must be a finite number >= 0"),
-    (lambda: LayerNorm(axis="channels"), TypeError, "LayerNorm: axis must be an integer"),
-    (lambda: LayerNorm(axis=1.5), TypeError, "LayerNorm: axis must be an integer"),
+    (lambda: LayerNorm(eps=-1.0), ValueError, "LayerNorm: eps: must be a finite number >= 0"),
+    (lambda: LayerNorm(axis="channels"), TypeError, "LayerNorm: axis: must be an integer"),
+    (lambda: LayerNorm(axis=1.5), TypeError, "LayerNorm: axis: must be an integer"),
     (lambda: LayerNorm(channel_axis=1), ValueError, "LayerNorm: .* channel_axis must be -1"),
     (lambda: LayerNorm(batch_axis=1), ValueError, "LayerNorm: .* batch_axis must be 0"),
-    (lambda: Dropout(0.0), ValueError, r"Dropout: rate .* must be in \(0, 1\]"),
+    (lambda: Dropout(0.0), ValueError, r"Dropout: rate: must be a finite number in \(0, 1\], got 0.0 \(the keep probability\)"),
     (lambda: Dropout(1.5), ValueError, r"Dropout: rate"),
-    (lambda: Dropout(0.5, "eval"), ValueError, "Dropout: mode must be 'train' or 'test'"),
+    (lambda: Dropout(0.5, "eval"), ValueError, "Dropout: mode: must be one of 'train', 'test', got 'eval'"),
 ])
 def test_bad_arguments(make, exc, msg):
     with pytest.raises(exc, match=msg):
