@@ -47,6 +47,7 @@ import numpy as np
 import sympy as sp
 
 from limitlab.numerics import gaussian, gaussian_moments
+from limitlab.numerics import validation as validate
 from limitlab.theory.kernels.mlp import MLP, _check_inputs
 
 __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recursion", "single_input_closed_form",
@@ -122,9 +123,7 @@ class FiniteWidth:
 
 
 def _width(width) -> float:
-    if isinstance(width, bool) or not isinstance(width, (int, float, np.integer, np.floating)) or not width >= 1:
-        raise ValueError(f"width: must be a number >= 1, got {width!r}")
-    return float(width)
+    return validate.real(width, "width", at_least=1, finite=False)  # inf: the limit itself
 
 
 # --------------------------------------------------------------------------------------
@@ -391,10 +390,8 @@ def single_input_closed_form(activation: str, depth, width=None):
     Returns a dict of sympy expressions in L (and n): 'V_over_K2', 'K1', 'kurtosis' (order 1/n),
     'kurtosis_exact' (finite n).
     """
-    name = str(activation).lower()
-    c = {"linear": 2, "identity": 2, "relu": 5}.get(name)
-    if c is None:
-        raise ValueError(f"activation: closed forms exist for 'linear' and 'relu', got {activation!r}")
+    closed = {"linear": 2, "identity": 2, "relu": 5}  # the only activations with closed forms
+    c = closed[validate.choice(str(activation).lower(), "activation", closed)]
     L, n = sp.symbols("L n", positive=True)
     out = {"V_over_K2": c * L, "K1": sp.Integer(0), "kurtosis": 3 * c * L / n,
            "kurtosis_exact": 3 * ((1 + sp.Integer(c) / n) ** L - 1)}

@@ -69,10 +69,10 @@ def _tile_sizes(chunks, per_entry: int, symmetric: bool):
     if chunks is None or chunks == "auto":
         t = max(1, math.isqrt(max(1, _TILE_BYTES // (8 * per_entry))))
         return t, t
-    pair = (chunks, chunks) if isinstance(chunks, (int, np.integer)) and not isinstance(chunks, bool) else chunks
+    pair = (chunks, chunks) if validate.is_integer(chunks) else chunks
     try:
         r, c = pair
-        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (r, c))
+        ok = all(validate.is_integer(v) and v >= 1 for v in (r, c))
     except (TypeError, ValueError):
         ok = False
     if not ok:
