@@ -54,6 +54,7 @@ from typing import Optional, Union
 import numpy as np
 
 from limitlab.numerics import arrays
+from limitlab.numerics import validation as validate
 from limitlab.theory import activations as _act
 from limitlab.verify.backend import Backend, get_backend
 
@@ -103,18 +104,10 @@ def _layer_values(value, name, n, allow_none=False):
         if allow_none:
             return None
         raise ValueError(f"{name}: must be given, got None")
-    vals = np.atleast_1d(np.asarray(value, dtype=float))
+    vals = np.atleast_1d(validate.real_array(value, name, at_least=0))
     if vals.ndim != 1 or vals.size not in (1, n):
-        raise ValueError(f"{name}: expected a number or {n} numbers (one per Dense layer), got {value!r}")
-    if not np.all(np.isfinite(vals)) or np.any(vals < 0):
-        raise ValueError(f"{name}: variances must be finite and >= 0, got {value!r}")
+        raise ValueError(f"{name}: must be a number or {n} numbers (one per Dense layer), got {value!r}")
     return tuple(float(v) for v in np.broadcast_to(vals, (n,)))
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def as_spec(mlp=None, width=None, *, depth=None, activation=None, weight_var=1.0, bias_var=0.0,
@@ -137,19 +130,18 @@ def as_spec(mlp=None, width=None, *, depth=None, activation=None, weight_var=1.0
         bias_var, parametrization = mlp.bias_var, mlp.parametrization
         if width is None:
             width = getattr(mlp, "width", None)
-    depth = _positive_int(depth, "depth")
-    if parametrization not in ("ntk", "standard"):
-        raise ValueError(f"parametrization: must be 'ntk' or 'standard', got {parametrization!r}")
+    depth = validate.integer(depth, "depth", minimum=1)
+    validate.choice(parametrization, "parametrization", ("ntk", "standard"))
     if width is None:
         raise ValueError("width: a finite network needs a hidden width (a positive integer), got None")
     widths = np.atleast_1d(np.asarray(width))
     if widths.ndim != 1 or widths.size not in (1, depth) or widths.dtype.kind not in "iu" and not np.all(
             widths == np.round(widths)):
         raise ValueError(f"width: expected a positive integer or {depth} of them, got {width!r}")
-    widths = tuple(_positive_int(int(v), "width") for v in np.broadcast_to(widths, (depth,)))
+    widths = tuple(validate.integer(int(v), "width", minimum=1) for v in np.broadcast_to(widths, (depth,)))
     return NetworkSpec(depth, _act.get(activation), _layer_values(weight_var, "weight_var", depth + 1),
                        _layer_values(bias_var, "bias_var", depth + 1, allow_none=True), parametrization, widths,
-                       _positive_int(n_outputs, "n_outputs"))
+                       validate.integer(n_outputs, "n_outputs", minimum=1))
 
 
 def network_seeds(seed: SeedLike, n: int) -> np.ndarray:
@@ -627,14 +619,13 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
     import time
 
     spec = as_spec(mlp, width)
-    if method not in ("auto", "weights", "conditional"):
-        raise ValueError(f"method: expected 'auto', 'weights' or 'conditional', got {method!r}")
+    validate.choice(method, "method", ("auto", "weights", "conditional"))
     X1 = _check_X(X1, "X1")
     N1 = X1.shape[0]
     X = X1 if X2 is None else np.concatenate([X1, _check_X(X2, "X2", X1.shape[1])])
     N, d = X.shape
     bk = get_backend(backend)
-    n_networks = _positive_int(n_networks, "n_networks")
+    n_networks = validate.integer(n_networks, "n_networks", minimum=1)
     # repeated inputs: the networks are evaluated once per distinct input (the kernels' rows and
     # columns of a repeated input are copies); for the conditional sampler this keeps the Gram
     # matrices nonsingular. Distinct rows keep their order of first appearance.
@@ -648,7 +639,8 @@ def sample_kernels(mlp, X1, X2=None, *, width=None, n_networks: int = 64, seed: 
     Nu = Xu.shape[0]
     method = _auto_method(Nu, spec.widths) if method == "auto" else method
     seeds = network_seeds(seed, n_networks)
-    bs = _positive_int(batch_size, "batch_size") if batch_size else _auto_batch(bk, spec, Nu, d, method, n_networks)
+    bs = (validate.integer(batch_size, "batch_size", minimum=1) if batch_size
+          else _auto_batch(bk, spec, Nu, d, method, n_networks))
     nngps, ntks, fs = [], [], []
     t0 = time.perf_counter()
     bar = None

@@ -54,18 +54,13 @@ from typing import Optional
 import numpy as np
 
 from limitlab.numerics import arrays
+from limitlab.numerics import validation as validate
 from limitlab.theory.kernels import stax
 from limitlab.theory.kernels.attention import GlobalSelfAttention
 from limitlab.verify.backend import Backend, get_backend
 from limitlab.verify.montecarlo import KernelSamples, SeedLike, network_seeds
 
 __all__ = ["at_width", "limit", "FiniteNetworks", "sample_kernels", "TrainResult", "train"]
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_net(net):
@@ -94,8 +89,8 @@ def at_width(net, width: Optional[int] = None, n_outputs: int = 1):
     converges to the kernel rule's expectation; growing d_k and d_v as well would cost n^3)."""
     _check_net(net)
     if width is not None:
-        width = _positive_int(width, "width")
-    n_outputs = _positive_int(n_outputs, "n_outputs")
+        width = validate.integer(width, "width", minimum=1)
+    n_outputs = validate.integer(n_outputs, "n_outputs", minimum=1)
     leaves = _leaves(net)
     readout = leaves[-1]
     if type(readout) is not stax.Dense:
@@ -171,11 +166,12 @@ class FiniteNetworks:
         """``n_networks`` networks of ``at_width(net, width)`` for inputs of per-input shape ``in_shape``
         (``n_inputs``: the number of inputs, needed only by per-input noise: Dropout in train mode)."""
         _check_net(net)
-        in_shape = tuple(_positive_int(int(s), "in_shape entries") for s in in_shape)
+        in_shape = tuple(validate.integer(int(s), "in_shape entries", minimum=1) for s in in_shape)
         net._finite(in_shape, "")  # the description as given must fit the inputs (declared in_dim, ...)
         fin = at_width(net, width)
         bk = get_backend(backend)
-        seeds = network_seeds(seed, _positive_int(n_networks, "n_networks")) if seeds is None else np.asarray(seeds)
+        seeds = (network_seeds(seed, validate.integer(n_networks, "n_networks", minimum=1)) if seeds is None
+                 else np.asarray(seeds))
         body, readout = _setup(*_split_body(fin), in_shape)
         params = _draw(bk, seeds, body.param_shapes + readout.param_shapes, body.init_scales + readout.init_scales,
                        n_inputs)
@@ -292,8 +288,7 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     O(k n^2)); ``"auto"``: conditional for N <= 64 inputs (batched QR is slow beyond), else
     weights. Network i's parameters depend only on ``(seed, i, method)``, never on ``batch_size``."""
     _check_net(net)
-    if method not in ("auto", "weights", "conditional"):
-        raise ValueError(f"method: expected 'auto', 'weights' or 'conditional', got {method!r}")
+    validate.choice(method, "method", ("auto", "weights", "conditional"))
     X1 = stax._check_inputs(X1, "X1")
     N1 = X1.shape[0]
     if X2 is not None:
@@ -305,12 +300,12 @@ def sample_kernels(net, X1, X2=None, *, width: Optional[int] = None, n_networks:
     net._finite(in_shape, "")  # validates the description as given
     fin = at_width(net, width)
     bk = get_backend(backend)
-    n_networks = _positive_int(n_networks, "n_networks")
+    n_networks = validate.integer(n_networks, "n_networks", minimum=1)
     seeds = network_seeds(seed, n_networks)
     if method == "auto":
         method = "conditional" if X.shape[0] <= 64 else "weights"
     body, readout = _setup(*_split_body(fin), in_shape, X.shape[0] if method == "conditional" else None)
-    bs = (_positive_int(batch_size, "batch_size") if batch_size
+    bs = (validate.integer(batch_size, "batch_size", minimum=1) if batch_size
           else _auto_batch(bk, body, readout, X.shape[0], n_networks))
     xp = bk.xp
     Xb = bk.asarray(X)
@@ -504,16 +499,10 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
     batching.
     """
     _check_net(net)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr: must be a positive finite number, got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps: must be an integer >= 0, got {steps!r}")
-    steps = int(steps)
-    if loss_scale not in ("mean", "sum"):
-        raise ValueError(f"loss_scale: expected 'mean' or 'sum', got {loss_scale!r}")
-    if not (isinstance(weight_decay, (int, float, np.floating)) and math.isfinite(weight_decay)
-            and weight_decay >= 0):
-        raise ValueError(f"weight_decay: must be a finite number >= 0, got {weight_decay!r}")
+    validate.positive(lr, "lr")
+    steps = validate.integer(steps, "steps", minimum=0)
+    validate.choice(loss_scale, "loss_scale", ("mean", "sum"))
+    validate.real(weight_decay, "weight_decay", at_least=0)
     bad = set(record) - {"ntk", "features", "readout"}
     if isinstance(record, str) or bad:
         raise ValueError(f"record: expected a collection of 'ntk', 'features', 'readout', got {record!r}")
@@ -529,7 +518,8 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
         if Xt.shape[1:] != X.shape[1:]:
             raise ValueError(f"X_test: per-input shape {Xt.shape[1:]} does not match X's {X.shape[1:]}")
     if record_steps is None:
-        every = max(1, steps // 100) if record_every is None else _positive_int(record_every, "record_every")
+        every = (max(1, steps // 100) if record_every is None
+                 else validate.integer(record_every, "record_every", minimum=1))
         record_steps = set(range(0, steps + 1, every)) | {steps}
     record_steps = sorted(set(int(t) for t in record_steps))
     if record_steps and (record_steps[0] < 0 or record_steps[-1] > steps):
@@ -555,14 +545,14 @@ def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, para
     scales = sum((f.init_scales for f in subs), [])
     bk = get_backend(backend)
     xp = bk.xp
-    n_networks = _positive_int(n_networks, "n_networks")
+    n_networks = validate.integer(n_networks, "n_networks", minimum=1)
     seeds = network_seeds(seed, n_networks)
     n_test = 0 if Xt is None else Xt.shape[0]
     if batch_size is None:
         per = 8 * (4 * sum(int(np.prod([N if d == stax.PER_INPUT else d for d in s])) for s in shapes)
                    + 4 * (N + n_test) * sum(f.floats for f in subs))
         batch_size = max(1, min(n_networks, bk.batch_budget() // max(per, 1)))
-    bs = _positive_int(batch_size, "batch_size")
+    bs = validate.integer(batch_size, "batch_size", minimum=1)
     Xb, Yb = bk.asarray(X), bk.asarray(Y)
     Xtb = None if Xt is None else bk.asarray(Xt)
     scale = 1.0 / N if loss_scale == "mean" else 1.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from limitlab.numerics import validation as validate
 from limitlab.theory.kernels import stax
 
 __all__ = ["mup_mlp", "train_mup_mlp", "coordinate_change", "train_deep_linear"]
@@ -26,10 +27,8 @@ __all__ = ["mup_mlp", "train_mup_mlp", "coordinate_change", "train_deep_linear"]
 
 def _mlp(depth, activation, readout_weight_var=1.0):
     """``depth`` hidden Dense(1)->activation layers and a Dense readout (widths set by at_width)."""
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth: must be an integer >= 1, got {depth!r}")
     layers = []
-    for _ in range(int(depth)):
+    for _ in range(validate.integer(depth, "depth", minimum=1)):
         layers += [stax.Dense(1), stax.Activation(activation)]
     return stax.serial(*layers, stax.Dense(1, weight_var=readout_weight_var))
 
@@ -37,9 +36,8 @@ def _mlp(depth, activation, readout_weight_var=1.0):
 def mup_mlp(depth: int, activation, gamma0: float):
     """Bordelon & Pehlevan 2022's muP network (see the module docstring) as (stax network, base rate
     factor gamma0^2): train it with ``parametrization="mup"``, ``lr = dt * gamma0^2``, ``loss_scale="sum"``."""
-    if not (isinstance(gamma0, (int, float, np.floating)) and np.isfinite(gamma0) and gamma0 > 0):
-        raise ValueError(f"gamma0: must be > 0 for the mean-field scaling, got {gamma0!r}")
-    return _mlp(depth, activation, 1.0 / float(gamma0) ** 2), float(gamma0) ** 2
+    gamma0 = validate.positive(gamma0, "gamma0", meaning="the mean-field scale")
+    return _mlp(depth, activation, 1.0 / gamma0 ** 2), gamma0 ** 2
 
 
 def train_mup_mlp(X, y, depth, activation, gamma0, width, steps, dt, *, n_networks=1, seed=0, backend="numpy",
