@@ -162,10 +162,7 @@ def diagonal(A, client=None) -> np.ndarray:
 
 
 def _rhs(B, n):
-    B = np.asarray(B)
-    if B.dtype.kind not in "biuf":
-        raise TypeError(f"B: expected real numbers, got dtype {B.dtype}")
-    B = B.astype(np.float64)
+    B = validate.real_array(B, "B", finite=False)
     if B.ndim not in (1, 2) or B.shape[0] != n:
         raise ValueError(f"B: expected shape ({n},) or ({n}, k), got {B.shape}")
     if not np.all(np.isfinite(B)):

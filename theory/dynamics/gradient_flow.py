@@ -43,13 +43,8 @@ class Gaussian:
     covariance: Optional[np.ndarray] = None
 
 
-def _real_array(a, name):
-    """``a`` as a float64 array, finite or not (``validation.real_array``; kept for theory/dynamics/scale.py)."""
-    return validate.real_array(a, name, finite=False)
-
-
 def _as_matrix(a, name, shape0=None, square=False):
-    a = _real_array(a, name)
+    a = validate.real_array(a, name, finite=False)
     if a.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D kernel matrix, got shape {a.shape}")
     if square and a.shape[0] != a.shape[1]:
@@ -61,16 +56,19 @@ def _as_matrix(a, name, shape0=None, square=False):
     return a
 
 
-def _times(t, steps):
+def times(t, steps=False):
+    """``(times, scalar)``: ``t`` as a 1-D float array of times >= 0 (``inf`` allowed; ``None`` is
+    t = infinity) and whether it was a scalar; with ``steps`` the finite ones must be integer
+    step counts. The one check of a time argument in theory/dynamics (gradient_flow, scale)."""
     if t is None:
         return np.array([np.inf]), True
-    arr = _real_array(t, "t")
+    arr = validate.real_array(t, "t", finite=False)
     scalar = arr.ndim == 0
     arr = np.atleast_1d(arr)
     if arr.ndim != 1 or np.any(np.isnan(arr)) or np.any(arr < 0):
-        raise ValueError(f"t: times must be >= 0 (or None for t = infinity), got {t!r}")
+        raise ValueError(f"t: must be times >= 0 (or None for t = infinity), got {t!r}")
     if steps and np.any((arr != np.round(arr)) & np.isfinite(arr)):
-        raise ValueError(f"t: with steps=True times are integer step counts, got {t!r}")
+        raise ValueError(f"t: must be integer step counts (steps=True), got {t!r}")
     return arr, scalar
 
 
@@ -87,7 +85,7 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
     """
     theta = _as_matrix(ntk_train_train, "ntk_train_train", square=True)
     n = theta.shape[0]
-    y = _real_array(y_train, "y_train")
+    y = validate.real_array(y_train, "y_train", finite=False)
     if y.ndim not in (1, 2) or y.shape[0] != n:
         raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
     if not np.all(np.isfinite(y)):
@@ -135,7 +133,7 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
         return e, g
 
     def predict(t=None, ntk_test_train=None, nngp_test_train=None, nngp_test_test=None, compute_cov=False):
-        ts, scalar = _times(t, steps)
+        ts, scalar = times(t, steps)
         test = ntk_test_train is not None
         if test:
             k_tx = _as_matrix(ntk_test_train, "ntk_test_train", shape0=n)

@@ -29,7 +29,7 @@ import numpy as np
 from limitlab.numerics import blocked
 from limitlab.numerics import validation as validate
 from limitlab.numerics.solvers import SolverResult
-from limitlab.theory.dynamics.gradient_flow import _real_array, _times
+from limitlab.theory.dynamics.gradient_flow import times
 
 __all__ = ["StoredPrediction", "gradient_flow_mean", "nngp_posterior"]
 
@@ -58,7 +58,7 @@ def _train(K, name, block):
 
 
 def _targets(y, n):
-    y = _real_array(y, "y_train")
+    y = validate.real_array(y, "y_train", finite=False)
     if y.ndim not in (1, 2) or y.shape[0] != n:
         raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
     if not np.all(np.isfinite(y)):
@@ -101,7 +101,7 @@ def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *,
     norm = float(y.size if normalization is None else validate.positive(normalization, "normalization"))
     reg = _ridge(T, diag_reg, diag_reg_absolute_scale, client)
     rate = lr / norm
-    ts, scalar = _times(t, False)
+    ts, scalar = times(t)
     y2 = y.reshape(n, -1)
     means, diags = [], []
     for tt in ts:
@@ -155,7 +155,7 @@ def nngp_posterior(nngp_train_train, y_train, nngp_test_train=None, nngp_test_te
         if test is None:
             raise ValueError("nngp_test_test_diag: the posterior variance is computed at test points; pass "
                              "nngp_test_train (the training points' own variances would need N columns)")
-        prior = _real_array(nngp_test_test_diag, "nngp_test_test_diag")
+        prior = validate.real_array(nngp_test_test_diag, "nngp_test_test_diag", finite=False)
         if prior.shape != (test.shape[0],):
             raise ValueError(f"nngp_test_test_diag: expected the {test.shape[0]} prior variances K(x, x), got shape "
                              f"{prior.shape}")

@@ -11,15 +11,13 @@ from limitlab.numerics import solvers
 from limitlab.numerics import validation as validate
 from limitlab.numerics.linalg import psd_sqrt
 
-from ..gradient_flow import _real_array
-
 
 def input_kernel(X) -> np.ndarray:
     """K^x = X X^T / D, the input Gram matrix the DMFT depends on (B&P eq. (2)).
 
     ``X``: a real, finite (P, D) array with P >= 1 inputs of dimension D >= 1.
     """
-    X = _real_array(X, "X")
+    X = validate.real_array(X, "X", finite=False)
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise ValueError(f"X: expected a (P, D) array with P >= 1 inputs and dimension D >= 1, got shape {X.shape}")
     if not np.all(np.isfinite(X)):
@@ -29,8 +27,8 @@ def input_kernel(X) -> np.ndarray:
 
 def _check_common(kx, y, gamma0, steps, lr):
     """(root of kx, kx, y, gamma0, T, dt): checked arguments, T = steps and dt = lr in the paper's notation."""
-    kx = _real_array(kx, "kx")
-    y = _real_array(y, "y")
+    kx = validate.real_array(kx, "kx", finite=False)
+    y = validate.real_array(y, "y", finite=False)
     root = psd_sqrt(kx, "kx")
     if y.shape != (kx.shape[0],) or not np.all(np.isfinite(y)):
         raise ValueError(f"y: expected finite targets of shape ({kx.shape[0]},), got {y.shape}")
