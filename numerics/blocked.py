@@ -162,11 +162,7 @@ def diagonal(A, client=None) -> np.ndarray:
 
 
 def _rhs(B, n):
-    B = validate.real_array(B, "B", finite=False)
-    if B.ndim not in (1, 2) or B.shape[0] != n:
-        raise ValueError(f"B: expected shape ({n},) or ({n}, k), got {B.shape}")
-    if not np.all(np.isfinite(B)):
-        raise ValueError("B: contains non-finite values")
+    B = validate.rows(B, "B", n)
     return B.reshape(n, -1), B.ndim == 1
 
 

@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["is_integer", "integer", "real", "positive", "flag", "choice", "real_array", "renamed"]
+__all__ = ["is_integer", "integer", "real", "positive", "flag", "choice", "real_array", "rows", "renamed"]
 
 
 def _bounds(lo, lo_open, hi, hi_open) -> str:
@@ -125,6 +125,15 @@ def real_array(value, name: str, *, above=None, at_least=None, finite: bool = Tr
         rule = _bounds(above if above is not None else at_least, above is not None, None, False)
         raise ValueError(f"{name}: must be finite{' and' + rule if rule else ''}, got {v!r}")
     return a
+
+
+def rows(value, name: str, n: int) -> np.ndarray:
+    """``value`` as a finite float64 array of shape ``(n,)`` or ``(n, k)``: one number or one row
+    per each of ``n`` points (targets, right-hand sides). The shape is checked before the entries."""
+    a = real_array(value, name, finite=False)
+    if a.ndim not in (1, 2) or a.shape[0] != n:
+        raise ValueError(f"{name}: must have shape ({n},) or ({n}, k), got shape {a.shape}")
+    return real_array(a, name)
 
 
 def renamed(**old_to_new):

@@ -46,7 +46,6 @@ than channels). Networks run in batches sized to a 256 MB budget (30% of free me
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Optional

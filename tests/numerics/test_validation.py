@@ -1,4 +1,6 @@
 """numerics/validation.py: one message style, "<name>: must be <allowed>, got <value>", and no bool as a number."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -65,6 +67,19 @@ def test_real_array_names_the_first_bad_entry_and_refuses_complex():
         validate.real_array(["a"], "y")
     a = validate.real_array([np.inf, np.nan], "x", finite=False)  # kind only
     assert np.isinf(a[0]) and np.isnan(a[1])
+
+
+def test_rows_checks_the_shape_before_the_entries():
+    assert validate.rows([1, 2, 3], "y", 3).shape == (3,)
+    assert validate.rows(np.ones((3, 2)), "y", 3).dtype == np.float64
+    for bad in (np.ones(2), np.ones((2, 3)), np.ones((3, 1, 1)), np.full(2, np.nan)):
+        shape = re.escape(str(bad.shape))
+        with pytest.raises(ValueError, match=rf"^y: must have shape \(3,\) or \(3, k\), got shape {shape}$"):
+            validate.rows(bad, "y", 3)
+    with pytest.raises(ValueError, match=r"^y: must be finite, got inf$"):
+        validate.rows([0.0, np.inf, 1.0], "y", 3)
+    with pytest.raises(TypeError, match="^y: must be real"):
+        validate.rows(np.ones(3, dtype=complex), "y", 3)
 
 
 def test_renamed_keywords_warn_and_refuse_both():

@@ -85,11 +85,7 @@ def gradient_descent_mse_ensemble(ntk_train_train, y_train, nngp_train_train=Non
     """
     theta = _as_matrix(ntk_train_train, "ntk_train_train", square=True)
     n = theta.shape[0]
-    y = validate.real_array(y_train, "y_train", finite=False)
-    if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y_train: contains non-finite values")
+    y = validate.rows(y_train, "y_train", n)
     validate.positive(lr, "lr", meaning="learning rate")
     validate.real(diag_reg, "diag_reg", at_least=0.0)
     norm = float(y.size if normalization is None else normalization)

@@ -57,15 +57,6 @@ def _train(K, name, block):
         raise type(exc)(f"{name}: {exc}") from None
 
 
-def _targets(y, n):
-    y = validate.real_array(y, "y_train", finite=False)
-    if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"y_train: expected shape ({n},) or ({n}, k), got {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y_train: contains non-finite values")
-    return y
-
-
 def _test_rows(K, name, n):
     if K is None:
         return None
@@ -95,7 +86,7 @@ def gradient_flow_mean(ntk_train_train, y_train, t=None, ntk_test_train=None, *,
     """
     T = _train(ntk_train_train, "ntk_train_train", block)
     n = T.shape[0]
-    y = _targets(y_train, n)
+    y = validate.rows(y_train, "y_train", n)
     test = _test_rows(ntk_test_train, "ntk_test_train", n)
     validate.positive(lr, "lr")
     norm = float(y.size if normalization is None else validate.positive(normalization, "normalization"))
@@ -146,7 +137,7 @@ def nngp_posterior(nngp_train_train, y_train, nngp_test_train=None, nngp_test_te
     """
     T = _train(nngp_train_train, "nngp_train_train", block)
     n = T.shape[0]
-    y = _targets(y_train, n)
+    y = validate.rows(y_train, "y_train", n)
     test = _test_rows(nngp_test_train, "nngp_test_train", n)
     reg = _ridge(T, diag_reg, diag_reg_absolute_scale, client)
     y2 = y.reshape(n, -1)
