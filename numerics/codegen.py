@@ -1,4 +1,4 @@
-"""The one code generator: sympy expressions -> Numba kernels, cached in memory and on disk.
+"""The one code generator: sympy expressions -> compiled Numba functions, cached in memory and on disk.
 
 Expressions are printed with sympy's Python code printer after common-subexpression
 elimination, written to a module under the cache directory (``$LIMITLAB_CACHE`` or

@@ -1,4 +1,4 @@
-"""The branch-free arctangent the compiled kernels use instead of libm's."""
+"""The branch-free arctangent the compiled loops use instead of libm's."""
 import math
 
 import mpmath as mp

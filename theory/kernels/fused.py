@@ -9,7 +9,7 @@ recursion (the rules in stax's module docstring) one pair of images ``(x, x')`` 
 with a fixed per-thread working set:
 
 * the pairs are independent, so each thread takes pairs from a queue (``nogil`` Numba
-  kernels driven by a thread pool), and with ``X2 = None`` only the pairs ``a <= b`` are
+  functions driven by a thread pool), and with ``X2 = None`` only the pairs ``a <= b`` are
   computed: half of what the block path does;
 * a Conv and the activation after it are one pass: for each output row pair ``(i, i')`` the
   filter's taps are summed into an L1-resident row of ``W_out x W_out`` entries, then the
@@ -59,7 +59,7 @@ class _Op:
     strides: tuple = (1, 1)
     w: float = 1.0            # conv: weight_var / |F|
     b: float = 0.0
-    act: object = None        # conv (fused) or act: the compiled map kernels
+    act: object = None        # conv (fused) or act: the map's compiled passes
     div_h: Optional[np.ndarray] = None   # pool: divisor per output index along H, W
     div_w: Optional[np.ndarray] = None
     act_slot: int = -1        # index of the per-image standard deviations this op's map reads
@@ -140,7 +140,7 @@ def plan(net, X_shape) -> Optional[Plan]:
         elif isinstance(layer, stax.Activation):
             if not gaussian or not layer.activation.has_closed_form:
                 return None
-            kern = _act_kernels(layer.activation)
+            kern = _map_passes(layer.activation)
             if kern is None:
                 return None
             prev = ops[-1] if ops else None
@@ -165,35 +165,35 @@ def plan(net, X_shape) -> Optional[Plan]:
 
 
 # ---------------------------------------------------------------------------------------
-# compiled kernels (one pair; 4-D buffers (H, W, H', W'), padded)
+# compiled passes (one pair; flat padded buffers)
 # ---------------------------------------------------------------------------------------
 
-_ACT_KERNELS: dict = {}
+_MAP_PASSES: dict = {}
 
 
-def _act_kernels(act):
-    """(conv+map, map-in-place) kernels of act's closed-form maps, or None if they do not compile."""
+def _map_passes(act):
+    """(conv+map, map-in-place) compiled passes of act's closed-form maps, or None if they do not compile."""
     from limitlab.theory.kernels import stax
     import sympy as sp
 
     key = (act.name, act.params, sp.srepr(act.expr))
-    if key not in _ACT_KERNELS:
-        _ACT_KERNELS[key] = None
+    if key not in _MAP_PASSES:
+        _MAP_PASSES[key] = None
         ev = stax._closed_map(act)
         try:
-            mod = codegen.compile_module(codegen.scalar_function_source("g", ev.args, ev.maps) + _KERNELS,
+            mod = codegen.compile_module(codegen.scalar_function_source("g", ev.args, ev.maps) + _PASSES,
                                          tag="fused")
-            kernels = (mod.conv_map, mod.map_inplace)
-            _warm(kernels)
+            passes = (mod.conv_map, mod.map_inplace)
+            _warm(passes)
         except Exception:  # a map Numba cannot type: the layer path
             return None
-        _ACT_KERNELS[key] = kernels
-    return _ACT_KERNELS[key]
+        _MAP_PASSES[key] = passes
+    return _MAP_PASSES[key]
 
 
-def _warm(kernels):
+def _warm(passes):
     """Compile (or load from Numba's disk cache) now, so a map that does not compile is known at once."""
-    conv_map, map_inplace = kernels
+    conv_map, map_inplace = passes
     one, z = np.ones(1), np.zeros(1)
     for t_zero, want_t in ((True, True), (False, True), (False, False)):
         conv_map(one, one, t_zero, want_t, 1, 1, 1, 1, 1, 1, 1, 1, 1.0, 0.0, one, one, z.copy(), z.copy(), 1, 1, 0,
@@ -201,12 +201,12 @@ def _warm(kernels):
     map_inplace(one.copy(), one.copy(), True, 1, 1, 1, 1, 0, 0, one, one)
 
 
-# The kernels that apply an activation's map, generated per activation with the map g (sympy ->
+# The passes that apply an activation's map, generated per activation with the map g (sympy ->
 # codegen.scalar_function_source) in the same module: Numba's disk cache does not serve
 # functions that take another compiled function as an argument (their type names its
 # address), and a closure is not cached at all, so a module per map is what keeps the first
 # call of a new Python process free of compilation (codegen.compile_module).
-_KERNELS = '''
+_PASSES = '''
 
 from limitlab.numerics.vecmath import angle as _angle
 from limitlab.theory.kernels.fused import _store, _taps, _tiles, _at
