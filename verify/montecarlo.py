@@ -155,14 +155,10 @@ def network_seeds(seed: SeedLike, n: int) -> np.ndarray:
 
 
 def _check_X(X, name, d=None) -> np.ndarray:
-    try:
-        X = np.asarray(X, dtype=float)
-    except Exception as exc:
-        raise TypeError(f"{name}: expected a numeric array of shape (N, d), got {type(X).__name__}") from exc
+    X = validate.real_array(X, name, finite=False)  # the kind first, then the shape, then the entries
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name}: expected a non-empty array of shape (N, d), got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
+        raise ValueError(f"{name}: must be a non-empty array of shape (N, d), got shape {X.shape}")
+    X = validate.real_array(X, name)
     if d is not None and X.shape[1] != d:
         raise ValueError(f"{name}: feature dimension {X.shape[1]} does not match the networks' input dimension {d}")
     return X

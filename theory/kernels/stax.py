@@ -811,23 +811,13 @@ def _per_input(layer) -> bool:
 
 
 def _check_inputs(X, name):
-    try:
-        X = np.asarray(X)
-    except Exception as exc:  # pragma: no cover - exotic array types
-        raise TypeError(f"{name}: expected a numeric array (N, ..., C), got {type(X).__name__}") from exc
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) \
-            or np.issubdtype(X.dtype, np.complexfloating):
-        raise TypeError(f"{name}: expected a real numeric array of shape (N, d), (N, T, C), (N, H, W, C) or "
-                        f"(N, D, H, W, C), got dtype {X.dtype}")
+    X = validate.real_array(X, name, finite=False)  # the kind first, then the shape, then the entries
     if X.ndim < 2:
-        raise ValueError(f"{name}: expected shape (N, d), (N, T, C), (N, H, W, C) or (N, D, H, W, C), "
+        raise ValueError(f"{name}: must have shape (N, d), (N, T, C), (N, H, W, C) or (N, D, H, W, C), "
                          f"got shape {X.shape}")
     if X.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got shape {X.shape}")
-    X = np.asarray(X, dtype=np.float64)
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
-    return X
+        raise ValueError(f"{name}: must be a non-empty array, got shape {X.shape}")
+    return validate.real_array(X, name)
 
 
 def _input_state(X1, X2, symmetric, want_ntk):
