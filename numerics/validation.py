@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["is_integer", "integer", "real", "positive", "flag", "choice", "real_array", "rows", "renamed"]
+__all__ = ["is_integer", "integer", "real", "positive", "flag", "choice", "real_array", "rows", "dtype", "renamed"]
 
 
 def _bounds(lo, lo_open, hi, hi_open) -> str:
@@ -134,6 +134,18 @@ def rows(value, name: str, n: int) -> np.ndarray:
     if a.ndim not in (1, 2) or a.shape[0] != n:
         raise ValueError(f"{name}: must have shape ({n},) or ({n}, k), got shape {a.shape}")
     return real_array(a, name)
+
+
+def dtype(value, name: str, allowed) -> np.dtype:
+    """``value`` as a NumPy dtype if it is one of ``allowed`` (``TypeError`` if it names no dtype)."""
+    names = ", ".join(np.dtype(a).name for a in allowed)
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name}: must be one of {names}, got {value!r}") from None
+    if dt not in [np.dtype(a) for a in allowed]:
+        raise ValueError(f"{name}: must be one of {names}, got {dt.name}")
+    return dt
 
 
 def renamed(**old_to_new):

@@ -82,6 +82,14 @@ def test_rows_checks_the_shape_before_the_entries():
         validate.rows(np.ones(3, dtype=complex), "y", 3)
 
 
+def test_dtype_is_one_of_the_allowed_dtypes():
+    assert validate.dtype("float32", "dtype", (np.float64, np.float32)) == np.float32
+    with pytest.raises(ValueError, match=r"^dtype: must be one of float64, float32, got int64$"):
+        validate.dtype(np.int64, "dtype", (np.float64, np.float32))
+    with pytest.raises(TypeError, match=r"^dtype: must be one of float64, got 'no such type'$"):
+        validate.dtype("no such type", "dtype", (np.float64,))
+
+
 def test_renamed_keywords_warn_and_refuse_both():
     @validate.renamed(learning_rate="lr")
     def f(x, lr=1.0):

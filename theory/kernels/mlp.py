@@ -196,12 +196,7 @@ class MLP:
         if dtype is None:
             low = all(X.dtype in (np.float32, np.float16) for X in (X1, X2))
             dtype = np.float32 if low else np.float64
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError as exc:
-            raise TypeError(f"dtype: must be float64, float32 or None, got {dtype!r}") from exc
-        if dtype not in (np.float64, np.float32):
-            raise ValueError(f"dtype: must be float64, float32 or None (the inputs' precision), got {dtype}")
+        dtype = validate.dtype(dtype, "dtype", (np.float64, np.float32))
         if X1.shape[1] != X2.shape[1]:
             raise ValueError(f"X2: feature dimension {X2.shape[1]} does not match X1's {X1.shape[1]}")
         want_k, want_th = "nngp" in get, "ntk" in get

@@ -54,16 +54,6 @@ def _checked_net(net):
     return net
 
 
-def _checked_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype: must be float64 or float32, got {dtype!r}") from exc
-    if dt not in (np.float64, np.float32):
-        raise ValueError(f"dtype: must be float64 or float32, got {dt}")
-    return dt
-
-
 def _tile_sizes(chunks, per_entry: int, symmetric: bool):
     """(row tile, column tile) from ``chunks``: an int, a pair, or None (about _TILE_BYTES per tile)."""
     if chunks is None or chunks == "auto":
@@ -155,7 +145,7 @@ def _plan(net, X1, X2, get, chunks, dtype) -> _Plan:
         low = isinstance(net, _mlp.MLP) and all(X.dtype in (np.float32, np.float16)
                                                 for X in (X1, X1 if X2 is None else X2))
         dtype = np.float32 if low else np.float64
-    dtype = _checked_dtype(dtype)
+    dtype = validate.dtype(dtype, "dtype", (np.float64, np.float32))
     if X2 is not None and X1.shape[1:] != X2.shape[1:]:
         raise ValueError(f"X2: per-input shape {X2.shape[1:]} does not match X1's {X1.shape[1:]}")
     # the per-pair output shape ((), or the spatial axes twice) from the network on one pair

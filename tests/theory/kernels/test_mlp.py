@@ -296,7 +296,7 @@ def test_float32_inputs_give_float32_kernels_rounded_once(activation):
     assert m.ntk(X, X[:3].astype(np.float64)).dtype == np.float64  # mixed: the wider
     assert m.ntk(X.astype(np.float64), dtype=np.float32).dtype == np.float32  # explicit dtype wins
     assert m.ntk(np.ones((2, 3), dtype=np.int64)).dtype == np.float64
-    with pytest.raises(ValueError, match="dtype: must be float64, float32 or None"):
+    with pytest.raises(ValueError, match="dtype: must be one of float64, float32, got float16"):
         m.ntk(X, dtype=np.float16)
 
 
