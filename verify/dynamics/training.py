@@ -35,14 +35,16 @@ def _mlp(depth, activation, readout_weight_var=1.0):
 
 def mup_mlp(depth: int, activation, gamma0: float):
     """Bordelon & Pehlevan 2022's muP network (see the module docstring) as (stax network, base rate
-    factor gamma0^2): train it with ``parametrization="mup"``, ``lr = dt * gamma0^2``, ``loss_scale="sum"``."""
+    factor gamma0^2): train it with ``parametrization="mup"``, ``lr = (DMFT lr) * gamma0^2``, ``loss_scale="sum"``."""
     gamma0 = validate.positive(gamma0, "gamma0", meaning="the mean-field scale")
     return _mlp(depth, activation, 1.0 / gamma0 ** 2), gamma0 ** 2
 
 
-def train_mup_mlp(X, y, depth, activation, gamma0, width, steps, dt, *, n_networks=1, seed=0, backend="numpy",
+@validate.renamed(dt="lr")
+def train_mup_mlp(X, y, depth, activation, gamma0, width, steps, lr, *, n_networks=1, seed=0, backend="numpy",
                   record=None):
-    """``n_networks`` muP networks (Bordelon & Pehlevan 2022) trained by GD with step dt.
+    """``n_networks`` muP networks (Bordelon & Pehlevan 2022) trained by GD with step lr (the
+    DMFT solvers' ``lr``: the raw learning rate is ``lr * gamma0^2``).
 
     Returns (f, Phi): f (S, T, P) at the recorded steps (default 0 and ``steps``) and
     ``Phi_L = phi(h^L) phi(h^L)^T / N`` (S, T, P, P)."""
@@ -50,13 +52,13 @@ def train_mup_mlp(X, y, depth, activation, gamma0, width, steps, dt, *, n_networ
 
     net, g2 = mup_mlp(depth, activation, gamma0)
     rec = sorted(set(record if record is not None else (0, steps)))
-    res = train(net, X, y, lr=dt * g2, steps=steps, width=width, parametrization="mup", n_networks=n_networks,
+    res = train(net, X, y, lr=lr * g2, steps=steps, width=width, parametrization="mup", n_networks=n_networks,
                 seed=seed, backend=backend, record_steps=rec, record=("features",), loss_scale="sum")
     feats = res.features
     return res.f_train[..., 0], np.einsum("stpi,stqi->stpq", feats, feats) / feats.shape[-1]
 
 
-def coordinate_change(X, y, abc, eta, width, steps, activation="tanh", *, n_networks=1, seed=0, backend="numpy"):
+def coordinate_change(X, y, abc, lr, width, steps, activation="tanh", *, n_networks=1, seed=0, backend="numpy"):
     """RMS over units and inputs of ``h^L_t - h^L_0`` (the last hidden pre-activations) after
     ``steps`` full-batch GD steps in the abc-parametrization ``abc`` ((a, b, c) or an ABC, one
     exponent per layer) at width n, divided by the RMS initial residual (the first step is linear
@@ -66,7 +68,7 @@ def coordinate_change(X, y, abc, eta, width, steps, activation="tanh", *, n_netw
 
     depth = (len(abc.a) if isinstance(abc, ABC) else len(abc[0])) - 1
     net = _mlp(depth, activation)
-    res = train(net, X, y, lr=eta, steps=steps, width=width, parametrization=abc, n_networks=n_networks, seed=seed,
+    res = train(net, X, y, lr=lr, steps=steps, width=width, parametrization=abc, n_networks=n_networks, seed=seed,
                 backend=backend, record_steps=[0, steps], record=("features",), features_at=2 * depth - 1,
                 loss_scale="sum")
     h = res.features
