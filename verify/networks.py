@@ -459,14 +459,7 @@ def _abc_scales(abc, layout, n: int, lr: float, n_params: int):
 
 
 def _outputs_of(y, N):
-    y = np.asarray(y, dtype=float)
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2 or y.shape[0] != N:
-        raise ValueError(f"y: expected shape ({N},) or ({N}, k), got {np.shape(y)}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y: contains non-finite values (NaN or inf)")
-    return y
+    return validate.rows(y, "y", N).reshape(N, -1)
 
 
 def train(net, X, y, *, lr: float, steps: int, width: Optional[int] = None, parametrization="layers",

@@ -126,19 +126,21 @@ def test_network_seeds_are_prefix_stable(seed, n):
 
 def test_bad_inputs_raise_clear_errors():
     spec = mc.as_spec(None, 8, depth=1, activation="relu")
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ValueError, match=r"^width: must be an integer >= 1, got 0$"):
         mc.as_spec(None, 0, depth=1, activation="relu")
     with pytest.raises(ValueError, match="width"):
         mc.as_spec(None, None, depth=1, activation="relu")
-    with pytest.raises(ValueError, match="parametrization"):
+    with pytest.raises(ValueError, match=r"^parametrization: must be one of 'ntk', 'standard', got 'mup'$"):
         mc.as_spec(None, 8, depth=1, activation="relu", parametrization="mup")
-    with pytest.raises(ValueError, match="X1"):
+    with pytest.raises(ValueError, match=r"^weight_var: must be finite and >= 0, got -1.0$"):
+        mc.as_spec(None, 8, depth=1, activation="relu", weight_var=-1.0)
+    with pytest.raises(ValueError, match=r"^X1: must be finite, got nan$"):
         mc.sample_kernels(spec, np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match="X1"):
         mc.sample_kernels(spec, np.ones(3))
-    with pytest.raises(ValueError, match="n_networks"):
+    with pytest.raises(ValueError, match=r"^n_networks: must be an integer >= 1, got 0$"):
         mc.sample_kernels(spec, X3, n_networks=0)
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match=r"^method: must be one of 'auto', 'weights', 'conditional', got 'autodiff'$"):
         mc.sample_kernels(spec, X3, method="autodiff")
     with pytest.raises(ValueError, match="backend"):
         mc.sample_kernels(spec, X3, backend="jax")

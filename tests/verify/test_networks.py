@@ -627,11 +627,13 @@ def test_training_records_batches_backends_and_weight_decay():
 def test_training_bad_inputs_name_the_argument():
     net, shape, _ = TRAIN_NETS["mlp"]
     X = np.ones((3, 4))
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match=r"^lr: must be a finite number > 0, got -1.0$"):
         nw.train(net, X, np.ones(3), lr=-1.0, steps=2)
-    with pytest.raises(ValueError, match="y"):
+    with pytest.raises(ValueError, match=r"^y: must have shape \(3,\) or \(3, k\), got shape \(4,\)$"):
         nw.train(net, X, np.ones(4), lr=0.1, steps=2)
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match=r"^y: must be finite, got nan$"):
+        nw.train(net, X, np.array([0.0, np.nan, 1.0]), lr=0.1, steps=2)
+    with pytest.raises(ValueError, match=r"^steps: must be an integer >= 0, got -1$"):
         nw.train(net, X, np.ones(3), lr=0.1, steps=-1)
     with pytest.raises(ValueError, match="width.*abc"):
         nw.train(net, X, np.ones(3), lr=0.1, steps=1, parametrization="mup")

@@ -51,9 +51,7 @@ def _as_matrix(a, name, shape0=None, square=False):
         raise ValueError(f"{name}: expected a square matrix, got shape {a.shape}")
     if shape0 is not None and a.shape[1] != shape0:
         raise ValueError(f"{name}: expected {shape0} columns (training points), got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: contains non-finite values")
-    return a
+    return validate.real_array(a, name)  # finite: checked after the shape
 
 
 def times(t, steps=False):
