@@ -43,9 +43,9 @@ from limitlab.numerics import codegen
 
 __all__ = ["plan", "run", "FUSED_MIN_PIXELS"]
 
-# smaller images keep the layer path: there a whole block of pairs per NumPy call beats one
-# pair per compiled call (per-pair overhead ~10 us a layer)
-FUSED_MIN_PIXELS = 144
+# smaller images keep the layer path: with a handful of pixels a whole block of pairs per
+# NumPy call beats one pair per compiled call (docs/benchmarks.md has the crossover)
+FUSED_MIN_PIXELS = 16
 
 
 @dataclass

@@ -49,7 +49,7 @@ def test_fixture_has_the_myrtle_networks():
 
 @pytest.mark.parametrize("case", CASES, ids=[c["key"] for c in CASES])
 def test_matches_neural_tangents_to_1e10(case):
-    check_case(FIX, case)
+    check_case(FIX, case, batch_size=64)  # the layer path (test_fused.py: the pair engine)
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,6 +503,9 @@ def test_compiled_activation_and_blocks_equal_numpy_path(monkeypatch):
     rng = np.random.default_rng(1)
     X1, X2 = rng.standard_normal((5, 8, 8, 3)), rng.standard_normal((3, 8, 8, 3))
     net = _myrtle5_8x8()
+    from limitlab.theory.kernels import fused
+
+    monkeypatch.setattr(fused, "FUSED_MIN_PIXELS", 1 << 62)  # the layer path throughout
     monkeypatch.setattr(stax, "_COMPILED_MIN", 1 << 62)
     ref = [net.kernels(X1), net.kernels(X1, X2)]
     monkeypatch.setattr(stax, "_COMPILED_MIN", 0)
