@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numba as nb
 import numpy as np
 
-__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "Z_MAX"]
+__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives", "Z_MAX"]
 
 Z_MAX = 9.0
 
@@ -160,6 +160,21 @@ def score_derivatives(cov, xi, Fw, directions):
     AA = 0.5 * (AA + AA.transpose(0, 1, 3, 2))
     h = ss - np.einsum("efij,ij->ef", AA, m2) + 0.5 * np.einsum("efii->ef", AA) * m0
     return g, h
+
+
+def one_input_derivatives(fs: Sequence[Callable], q: float, kinks: Sequence[float]) -> np.ndarray:
+    """(len(fs), 3): E[f(z)], d/dq E[f(z)] and d2/dq2 E[f(z)] for z ~ N(0, q), each f NumPy-vectorized.
+
+    By the one-dimensional score weights (module docstring with r = 1, z = sqrt(q) xi):
+    d/dq = E[f He_2(xi)] / (2 q), d2/dq2 = E[f He_4(xi)] / (4 q^2), He_2 = xi^2 - 1,
+    He_4 = xi^4 - 6 xi^2 + 3; no derivative of f is taken, so steps and kinks are exact.
+    """
+    z, xi, w = nested_nodes(np.array([[float(q)]]), [tuple(kinks)])
+    x = xi[:, 0]
+    x2 = x * x
+    weights = np.stack([w, w * (x2 - 1) / (2 * q), w * (x2 * x2 - 6 * x2 + 3) / (4 * q * q)], axis=1)
+    F = np.stack([np.asarray(f(z[:, 0]), dtype=float) * np.ones(w.size) for f in fs])
+    return F @ weights
 
 
 # ---------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ class FiniteWidthLayer:
     nngp: np.ndarray  # K^l (N, N)
     nngp_correction: np.ndarray  # K1^l (N, N)
     four_point: Optional[np.ndarray]  # V^l (N, N, N, N), or None when not computed
+    # the NTK's single-input quantities (one value per input; None in the standard parametrization):
+    # Theta^l_aa, Theta1^l_aa, and n Var[Thetahat^l_{ii;aa}] = A + 2 B (module docstring)
+    ntk_diag: Optional[np.ndarray] = None
+    ntk_correction_diag: Optional[np.ndarray] = None
+    ntk_variance_diag: Optional[np.ndarray] = None
+    ntk_tensors: Optional[dict] = None  # {"A", "B", "D", "F"}: (N,) each, single input
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class FiniteWidth:
     # the two-input blocks of V at the output: four_point_pairs[e, g, a, b] = V_(e)(g) for e, g in
     # ((aa), (bb), (ab)) -- all that K1 needs, computed even when the full V is not
     four_point_pairs: np.ndarray = None
+    # the NTK at the output, single input (one value per input; None in the standard parametrization)
+    ntk_diag: Optional[np.ndarray] = None
+    ntk_correction_diag: Optional[np.ndarray] = None
+    ntk_variance_diag: Optional[np.ndarray] = None
 
     def depth_to_width(self, width) -> float:
         """L / n, the ratio that controls the corrections (PDLT ch. 5)."""
@@ -113,6 +123,19 @@ class FiniteWidth:
         V = np.diagonal(self.four_point_pairs[0, 0])
         k = 3 * V / np.diagonal(self.nngp) ** 2
         return k if width is None else k / _width(width)
+
+    def expected_ntk_diag(self, width) -> np.ndarray:
+        """E[Thetahat_aa] = Theta_aa + Theta1_aa / n to order 1/n (per input)."""
+        return self._need_ntk("expected_ntk_diag")[0] + self.ntk_correction_diag / _width(width)
+
+    def ntk_variance(self, width) -> np.ndarray:
+        """Var[Thetahat_aa] = (A + 2 B)_aa / n to leading order (per input)."""
+        return self._need_ntk("ntk_variance")[1] / _width(width)
+
+    def _need_ntk(self, what):
+        if self.ntk_diag is None:
+            raise ValueError(f"{what}: the NTK's 1/n quantities are computed for parametrization='ntk' only")
+        return self.ntk_diag, self.ntk_variance_diag
 
     def _need_v(self):
         if self.four_point is None:
@@ -289,6 +312,36 @@ def _layer_step(act, w, b, K, K1, V, full):
     return Kn, K1n, Vn
 
 
+def _ntk_step(act, w, b, K, K1, V, state):
+    """One layer of the single-input NTK recursion (docs/finite_width.md, "The NTK"), per input:
+    (Theta, Theta1, A, B, D, F) at layer l, with K, K1, V (the diagonal entries) at layer l, ->
+    layer l + 1. Moments at K^l by :func:`gaussian_moments.one_input_derivatives`:
+    g = <phi^2>, p = <phi'^2> (value and K-derivatives), <phi^4>, <phi'^4>, <phi^2 phi'^2>, <z phi phi'>."""
+    Th, Th1, A, B, D, F = state
+    out = np.empty((6, K.size))
+    dphi = act.derivative
+    fs = [lambda z: act(z) ** 2, lambda z: dphi(z) ** 2, lambda z: act(z) ** 4, lambda z: dphi(z) ** 4,
+          lambda z: (act(z) * dphi(z)) ** 2, lambda z: z * act(z) * dphi(z)]
+    for a in range(K.size):
+        m = gaussian_moments.one_input_derivatives(fs, K[a], act.kinks)
+        (g, g1, _), (p, p1, p2) = m[0], m[1]
+        m4, q4, c22, e = m[2, 0], m[3, 0], m[4, 0], m[5, 0] / K[a]
+        th, v, d = Th[a], V[a], D[a]
+        Kn = w * g + b
+        K1n = w * (g1 * K1[a] + 0.5 * m[0, 2] * v)
+        Vn = w * w * (m4 - g * g) + (w * g1) ** 2 * v
+        # Hhat = (w/n) sum_i phi'(z_i)^2 Thetahat_ii: its conditional mean w p(Ghat) Thetabar (+ 2 w Fhat p' / n)
+        hh = w * w * (th * th * (q4 - p * p) + (p1 * th) ** 2 * v + 2 * p * p1 * th * d + p * p * A[a])
+        Dn = Vn + w * w * (th * (c22 - g * p) + g1 * (p1 * th * v + p * d))
+        out[:, a] = (Kn + w * p * th,
+                     K1n + w * (p1 * th * K1[a] + p * Th1[a] + p1 * d + 0.5 * p2 * th * v + 2 * F[a] * p1),
+                     Vn + 2 * (Dn - Vn) + hh,
+                     w * w * (q4 * th * th + p * p * B[a]),
+                     Dn,
+                     w * w * (c22 * th + e * e * F[a]))
+    return tuple(out)
+
+
 def _pair_block(V, N):
     """Vb[e, g, a, b] = V_(e)(g) for e, g in {(aa), (bb), (ab)} of the pair (a, b), from the full V."""
     i = np.arange(N)
@@ -331,11 +384,27 @@ def finite_width(net: MLP, X, *, four_point: Optional[bool] = None) -> FiniteWid
     K = w[0] * (X @ X.T) / d + b[0]
     K1 = np.zeros((N, N))
     V = np.zeros((N,) * 4) if full else np.zeros((3, 3, N, N))
-    layers = [FiniteWidthLayer(1, K, K1, V if full else None)]
+    ntk = net.parametrization == "ntk"
+    i = np.arange(N)
+    # the NTK of layer 1 is deterministic: Thetahat^1_ij = delta_ij Ghat^1 (PDLT ch. 8)
+    state = (np.diagonal(K).copy(), *np.zeros((5, N))) if ntk else None
+    layers = [_layer(1, K, K1, V, full, state)]
     for l in range(net.depth):
+        Kd, K1d, Vd = np.diagonal(K).copy(), np.diagonal(K1).copy(), (V[i, i, i, i] if full else V[0, 0, i, i])
         K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full)
-        layers.append(FiniteWidthLayer(l + 2, K, K1, V if full else None))
-    return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V)
+        if ntk:
+            state = _ntk_step(act, float(w[l + 1]), float(b[l + 1]), Kd, K1d, Vd, state)
+        layers.append(_layer(l + 2, K, K1, V, full, state))
+    top = layers[-1]
+    return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V,
+                       top.ntk_diag, top.ntk_correction_diag, top.ntk_variance_diag)
+
+
+def _layer(l, K, K1, V, full, state):
+    if state is None:
+        return FiniteWidthLayer(l, K, K1, V if full else None)
+    Th, Th1, A, B, D, F = state
+    return FiniteWidthLayer(l, K, K1, V if full else None, Th, Th1, A + 2 * B, dict(A=A, B=B, D=D, F=F))
 
 
 # --------------------------------------------------------------------------------------

@@ -238,3 +238,145 @@ def test_mehler_series_match_nested_quadrature(activation):
         v, g, h, s22, s31, s13 = fwmod._pair_moments(act, K, I[p], J[p])
         ref = np.array([v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]])
         np.testing.assert_allclose(S[p], ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+
+
+# --------------------------------------------------------------------------------------
+# the NTK's single-input 1/n quantities: Theta1, A, B, D, F (docs/finite_width.md, "The NTK")
+# --------------------------------------------------------------------------------------
+
+MP_DERIVS = {"tanh": lambda x: 1 / mp.cosh(x) ** 2, "relu": lambda x: mp.mpf(1) if x > 0 else mp.mpf(0),
+             "erf": lambda x: 2 / mp.sqrt(mp.pi) * mp.exp(-x * x)}
+
+
+def _mp_ntk_single_input(activation, depth, w, b, g):
+    """The single-input NTK recursion at 30 digits (moments by mpmath.quad, K-derivatives by
+    mpmath.diff): (Theta, Theta1, A, B, D, F) at the output."""
+    f, kinks = MP_FUNCS[activation]
+    df = MP_DERIVS[activation]
+    with mp.workdps(30):
+        def E(h):
+            return lambda q: gaussian.mp_expect(h, q, kinks=kinks, dps=30)
+
+        g2, p2 = E(lambda x: f(x) ** 2), E(lambda x: df(x) ** 2)
+        K = mp.mpf(w) * mp.mpf(g) + mp.mpf(b)
+        V = K1 = Th1 = A_ = B_ = D = F = mp.mpf(0)
+        Th = K
+        h = mp.mpf("1e-7")
+        for _ in range(depth):
+            g, g1, gg = g2(K), mp.diff(g2, K, h=h), mp.diff(g2, K, 2, h=h)
+            p, p1, pp = p2(K), mp.diff(p2, K, h=h), mp.diff(p2, K, 2, h=h)
+            m4, q4 = E(lambda x: f(x) ** 4)(K), E(lambda x: df(x) ** 4)(K)
+            c22, e = E(lambda x: (f(x) * df(x)) ** 2)(K), E(lambda x: x * f(x) * df(x))(K) / K
+            Kn, K1n = w * g + b, w * (g1 * K1 + gg * V / 2)
+            Vn = w * w * (m4 - g * g) + (w * g1) ** 2 * V
+            Dn = Vn + w * w * (Th * (c22 - g * p) + g1 * (p1 * Th * V + p * D))
+            hh = w * w * (Th ** 2 * (q4 - p * p) + (p1 * Th) ** 2 * V + 2 * p * p1 * Th * D + p * p * A_)
+            Th, Th1, A_, B_, D, F = (Kn + w * p * Th, K1n + w * (p1 * Th * K1 + p * Th1 + p1 * D + pp * Th * V / 2
+                                                                   + 2 * F * p1),
+                                     Vn + 2 * (Dn - Vn) + hh, w * w * (q4 * Th ** 2 + p * p * B_), Dn,
+                                     w * w * (c22 * Th + e * e * F))
+            K, K1, V = Kn, K1n, Vn
+        return [float(v) for v in (Th, Th1, A_, B_, D, F)]
+
+
+@pytest.mark.parametrize("activation,w,b", [("tanh", 1.5, 0.1), ("relu", 1.5, 0.1),
+                                            pytest.param("erf", 2.0, 0.05, marks=pytest.mark.slow)])
+def test_ntk_single_input_recursion_matches_30_digit_mpmath(activation, w, b):
+    """Theta, Theta1 and the NTK's fluctuation tensors A, B, D, F at the output against the same
+    recursion with 30-digit mpmath moments and mpmath.diff derivatives."""
+    depth = 3
+    X = np.array([[1.0, -0.5, 2.0, 0.3]])
+    fw = finite_width(MLP(depth, activation, weight_var=w, bias_var=b), X)
+    Th, Th1, A_, B_, D, F = _mp_ntk_single_input(activation, depth, w, b, float(X[0] @ X[0] / 4))
+    top = fw.layers[-1]
+    assert fw.ntk_diag[0] == pytest.approx(Th, rel=1e-12)
+    assert fw.ntk_correction_diag[0] == pytest.approx(Th1, rel=1e-9, abs=1e-11 * Th)
+    for name, ref in (("A", A_), ("B", B_), ("D", D), ("F", F)):
+        assert top.ntk_tensors[name][0] == pytest.approx(ref, rel=1e-9, abs=1e-11 * Th * Th), name
+    assert fw.ntk_variance_diag[0] == pytest.approx(A_ + 2 * B_, rel=1e-9)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "erf", "linear"])
+def test_ntk_diag_is_the_limiting_ntk(activation):
+    X = np.array([[1.0, -0.5], [0.2, 0.9], [-1.0, 0.4]])
+    net = MLP(3, activation, weight_var=1.7, bias_var=0.2)
+    np.testing.assert_allclose(finite_width(net, X, four_point=False).ntk_diag, np.diagonal(net.ntk(X)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5, 9])
+def test_ntk_linear_network_closed_forms(depth):
+    """Deep linear, C_W = 1, no biases, q = |x|^2 / d (layer l = 1..L+1): Theta^l = l q, Theta1 = 0,
+    A^l = (l-1) l (2l-1) q^2 / 3, B^l = A^l / 2, D^l = l (l-1) q^2, F^l = D^l / 2, so the output's
+    n Var[Thetahat] / Theta^2 = 2 L (2 L + 1) / (3 (L + 1)): linear in L / n at large depth."""
+    X = np.array([[0.3, 1.1, -0.4]])
+    q = float(X[0] @ X[0] / 3)
+    fw = finite_width(MLP(depth, "linear", weight_var=1.0, bias_var=0.0), X)
+    for lay in fw.layers:
+        l, T = lay.layer, lay.ntk_tensors
+        assert lay.ntk_diag[0] == pytest.approx(l * q, rel=1e-12)
+        # Theta1 = 0 exactly; its rounding comes from terms of size eps * D^l ~ eps l^2 q^2
+        assert abs(lay.ntk_correction_diag[0]) <= 1e-13 * l * l * q
+        assert T["A"][0] == pytest.approx((l - 1) * l * (2 * l - 1) * q * q / 3, rel=1e-12, abs=1e-14)
+        assert T["B"][0] == pytest.approx((l - 1) * l * (2 * l - 1) * q * q / 6, rel=1e-12, abs=1e-14)
+        assert T["D"][0] == pytest.approx(l * (l - 1) * q * q, rel=1e-12, abs=1e-14)
+        assert T["F"][0] == pytest.approx(l * (l - 1) * q * q / 2, rel=1e-12, abs=1e-14)
+    L = depth
+    assert fw.ntk_variance_diag[0] / fw.ntk_diag[0] ** 2 == pytest.approx(2 * L * (2 * L + 1) / (3 * (L + 1)),
+                                                                          rel=1e-12)
+
+
+def test_ntk_quantities_need_the_ntk_parametrization():
+    fw = finite_width(MLP(2, "tanh", parametrization="standard"), np.array([[1.0, 0.5]]))
+    assert fw.ntk_diag is None and fw.layers[-1].ntk_tensors is None
+    with pytest.raises(ValueError, match="parametrization"):
+        fw.ntk_variance(64)
+
+
+def _ntk_moments(ks):
+    """Per ensemble: (mean, its SE), (variance, its SE), (Cov[Thetahat, f^2], its SE) of the
+    one-input NTK and output."""
+    th, f2 = ks.ntk[:, 0, 0], ks.outputs[:, 0] ** 2
+    S = th.size
+    c, cf = th - th.mean(), f2 - f2.mean()
+    v = c @ c / (S - 1)
+    cov = c * cf
+    return ((th.mean(), c.std() / np.sqrt(S)), (v, np.sqrt(np.mean((c * c - v) ** 2) / S)),
+            (cov.mean(), cov.std() / np.sqrt(S)))
+
+
+# GELU, depth 3, C_W = 1: the configuration with the largest Theta1 relative to the NTK's spread
+# (Theta1 / sqrt(A + 2 B) ~ 0.6) among those scanned, so that one test checks the mean too
+SIM_NET = dict(depth=3, activation="gelu", weight_var=1.0, bias_var=0.0)
+
+
+def test_ntk_correction_and_variance_match_simulation():
+    """Monte Carlo networks (widths 64, 128; 10^5 each): n Var[Thetahat], extrapolated in 1/n
+    (2 y_128 - y_64), matches A + 2 B and rejects it 10% off; n Cov[Thetahat, f^2] -> D + 2 F
+    (f the output: E[Thetahat_ii z_i^2] has the D and twice the F structure); n (mean - Theta) ->
+    Theta1 at each width, and a zero or doubled Theta1 is rejected. z-tests at 4 SE."""
+    from limitlab.verify.montecarlo import sample_kernels
+
+    X = np.array([[1.0, -0.5, 2.0, 0.3]])
+    net = MLP(**SIM_NET)
+    fw = finite_width(net, X)
+    T = fw.layers[-1].ntk_tensors
+    Th, Th1, var, cross = fw.ntk_diag[0], fw.ntk_correction_diag[0], fw.ntk_variance_diag[0], T["D"][0] + 2 * T["F"][0]
+    est = {}
+    for n in (64, 128):
+        est[n] = _ntk_moments(sample_kernels(net, X, width=n, n_networks=100_000, seed=3, backend="numpy"))
+        (m, se), _, _ = est[n]
+        z = (n * (m - Th) - Th1) / (n * se)
+        assert abs(z) < 4, (n, z)
+        for wrong in (0.0, 2.0):
+            assert abs((n * (m - Th) - wrong * Th1) / (n * se)) > 4, (n, wrong)
+
+    def extrapolated(k):
+        (a, sa), (b, sb) = est[128][k], est[64][k]
+        return 2 * 128 * a - 64 * b, np.hypot(2 * 128 * sa, 64 * sb)
+
+    y, se = extrapolated(1)
+    assert abs(y - var) < 4 * se, (y, var, se)
+    for wrong in (0.9, 1.1):
+        assert abs(y - wrong * var) > 4 * se, (wrong, y, var, se)
+    y, se = extrapolated(2)
+    assert abs(y - cross) < 4 * se, (y, cross, se)
