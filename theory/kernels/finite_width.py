@@ -27,6 +27,11 @@ sums over the independent entries e in {(aa), (bb), (ab)}, g in {(cc), (dd), (cd
 K1^1 = 0 and V^1 = 0. The same forward pass serves both parametrizations, so these NNGP
 quantities are the same for ``parametrization="ntk"`` and ``"standard"``.
 
+The NTK (``parametrization="ntk"``, one input; PDLT ch. 8): per layer Theta (the limit),
+Theta1 with E[Thetahat_ii] = Theta + Theta1 / n, and the fluctuation tensors A, B, D, F
+(n Var[Thetahat_ii] -> A + 2 B), by :func:`_ntk_step`; the recursion and its derivation (law of
+total covariance on the conditional NTK Ghat + (C_W/n) tr M) are in docs/finite_width.md.
+
 Numerics (:mod:`limitlab.numerics.gaussian_moments`): one and two inputs by Mehler series of
 the engine's Hermite coefficients (:func:`limitlab.numerics.gaussian.hermite_coefficients`,
 interpolated in log q), whose covariance derivatives are shifted series of the same tables;

@@ -380,3 +380,15 @@ def test_ntk_correction_and_variance_match_simulation():
         assert abs(y - wrong * var) > 4 * se, (wrong, y, var, se)
     y, se = extrapolated(2)
     assert abs(y - cross) < 4 * se, (y, cross, se)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 10, 40])
+@pytest.mark.parametrize("w", [0.8, 2.0])
+def test_ntk_relu_relative_variance_closed_form(depth, w):
+    """ReLU without biases, any C_W: n Var[Thetahat] / Theta^2 = L (11 L + 7) / (3 (L + 1)) at the
+    output (the recursion solved by hand: every quantity is homogeneous in C_W), ~ 11 L / 3 at large
+    depth, and Theta1 = 0 (<phi'^2> = 1/2 and <phi^2> = K/2 have no curvature)."""
+    fw = finite_width(MLP(depth, "relu", weight_var=w, bias_var=0.0), np.array([[0.3, 1.1, -0.4]]))
+    L = depth
+    assert fw.ntk_variance_diag[0] / fw.ntk_diag[0] ** 2 == pytest.approx(L * (11 * L + 7) / (3 * (L + 1)), rel=1e-12)
+    assert abs(fw.ntk_correction_diag[0]) <= 1e-13 * L * L * fw.ntk_diag[0]
