@@ -392,3 +392,24 @@ def test_ntk_relu_relative_variance_closed_form(depth, w):
     L = depth
     assert fw.ntk_variance_diag[0] / fw.ntk_diag[0] ** 2 == pytest.approx(L * (11 * L + 7) / (3 * (L + 1)), rel=1e-12)
     assert abs(fw.ntk_correction_diag[0]) <= 1e-13 * L * L * fw.ntk_diag[0]
+
+
+@pytest.mark.slow
+def test_ntk_correction_10_percent_off_is_rejected_by_simulation():
+    """n (mean - Theta) = Theta1 + c / n + O(1/n^2): extrapolated from n = 32 (1.6 x 10^6 networks)
+    and n = 128 (3.2 x 10^6), (4 y_128 - y_32) / 3, it matches Theta1 within 4 SE and rejects
+    0.9 x and 1.1 x Theta1 (~2 min: the one-network spread sqrt(n (A + 2 B)) makes the mean's
+    check the costly one; at n = 128 alone the O(1/n) term, ~ -0.02, is too close to the SE)."""
+    from limitlab.verify.montecarlo import sample_kernels
+
+    X = np.array([[1.0, -0.5, 2.0, 0.3]])
+    net = MLP(**SIM_NET)
+    fw = finite_width(net, X)
+    y = {}
+    for n, S in ((32, 1_600_000), (128, 3_200_000)):
+        (m, se), _, _ = _ntk_moments(sample_kernels(net, X, width=n, n_networks=S, seed=5, backend="numpy"))
+        y[n] = (n * (m - fw.ntk_diag[0]), n * se)
+    est, s = (4 * y[128][0] - y[32][0]) / 3, np.hypot(4 * y[128][1], y[32][1]) / 3
+    assert abs(est - fw.ntk_correction_diag[0]) < 4 * s, (est, s, y)
+    for wrong in (0.9, 1.1):
+        assert abs(est - wrong * fw.ntk_correction_diag[0]) > 4 * s, (wrong, est, s, y)
