@@ -413,3 +413,24 @@ def test_ntk_correction_10_percent_off_is_rejected_by_simulation():
     assert abs(est - fw.ntk_correction_diag[0]) < 4 * s, (est, s, y)
     for wrong in (0.9, 1.1):
         assert abs(est - wrong * fw.ntk_correction_diag[0]) > 4 * s, (wrong, est, s, y)
+
+
+@settings(max_examples=25, deadline=None)
+@given(activation=st.sampled_from(["tanh", "relu", "gelu", "erf", "softplus", "selu", "sigmoid"]),
+       depth=st.integers(1, 5), w=st.floats(0.3, 3.0), b=st.floats(0.0, 1.0),
+       x=st.lists(st.floats(-2.0, 2.0), min_size=2, max_size=2).filter(lambda v: v[0] ** 2 + v[1] ** 2 > 0.01))
+def test_ntk_fluctuations_are_covariances(activation, depth, w, b, x):
+    """At every layer A = n Var[Thetabar] >= 0, B = n E[Thetahat_ij^2] >= 0 and (V, D, A) is the
+    covariance matrix of (Ghat, Thetabar): D^2 <= V A; the NTK itself is MLP.ntk's."""
+    net = MLP(depth, activation, weight_var=w, bias_var=b)
+    X = np.array([x])
+    fw = finite_width(net, X)
+    for lay in fw.layers:
+        T = lay.ntk_tensors
+        A_, B_, D = T["A"][0], T["B"][0], T["D"][0]
+        V = lay.four_point[0, 0, 0, 0]
+        scale = lay.ntk_diag[0] ** 2
+        assert A_ >= -1e-12 * scale and B_ >= -1e-12 * scale
+        assert D * D <= V * A_ + 1e-10 * scale * scale
+        assert lay.ntk_variance_diag[0] == pytest.approx(A_ + 2 * B_, rel=1e-14, abs=1e-300)
+    assert fw.ntk_diag[0] == pytest.approx(net.ntk(X)[0, 0], rel=1e-11)
