@@ -76,15 +76,6 @@ class Plan:
     n_slots: int
 
 
-def _flatten(layer, where, serial_cls):
-    if isinstance(layer, serial_cls):
-        out = []
-        for i, sub in enumerate(layer.layers):
-            out += _flatten(sub, f" at serial[{i}]{where}", serial_cls)
-        return out
-    return [(layer, where)]
-
-
 def plan(net, X_shape) -> Optional[Plan]:
     """The fused plan of ``net`` on inputs of shape ``X_shape``, or None (layer path)."""
     from limitlab.theory.kernels import stax
@@ -96,7 +87,7 @@ def plan(net, X_shape) -> Optional[Plan]:
     if hw[0] * hw[1] < FUSED_MIN_PIXELS:
         return None
     d = len(spatial)
-    items = _flatten(net, "", stax._Serial)
+    items = stax._serial_items(net)
     ops, gaussian, width, slots = [], False, X_shape[-1], 0
     for idx, (layer, where) in enumerate(items):
         cls = type(layer)
@@ -125,16 +116,8 @@ def plan(net, X_shape) -> Optional[Plan]:
                 op.w, op.b = layer.weight_var / (window[0] * window[1]), layer.bias_var
                 gaussian, width = True, layer.out_chan
             else:
-                divs = []
-                for n, k, st, out, (lo, _) in zip(hw, window, strides, outs, (pads[:2], pads[2:])):
-                    if not layer._average:
-                        div = np.ones(out)
-                    elif layer.normalize_edges and padding == "SAME":
-                        div = np.array([min(n, st * j + k - lo) - max(0, st * j - lo) for j in range(out)], float)
-                    else:
-                        div = np.full(out, float(k))
-                    divs.append(div)
-                op.div_h, op.div_w = divs
+                op.div_h, op.div_w = (stax._pool_divisors(n, k, st, padding, layer._average, layer.normalize_edges)
+                                      for n, k, st in zip(hw, window, strides))
             ops.append(op)
             hw = op.out_hw
         elif isinstance(layer, stax.Activation):

@@ -86,12 +86,7 @@ def recursion(net, flat=None) -> list:
     flat inputs: ``flat=True``; default: flat when the first layer is a Dense)."""
     from limitlab.theory.kernels import stax
 
-    def chain(layer):
-        if isinstance(layer, stax._Serial):
-            return [y for sub in layer.layers for y in chain(sub)]
-        return [layer]
-
-    layers = chain(net)
+    layers = [layer for layer, _ in stax._serial_items(net)]
     if flat is None:
         flat = bool(layers) and isinstance(layers[0], stax.Dense)
     K0, T0 = _K(0)

@@ -338,28 +338,33 @@ _conv_axis_par = nb.njit(parallel=True, cache=True)(_conv_axis)
 _conv_axis_ser = nb.njit(cache=True)(_conv_axis)
 
 
+def _pool_divisors(n, k, st, padding, average, normalize_edges):
+    """What a pool divides each output's window sum by along one axis of n inputs: 1 (SumPool),
+    the window size k, or with SAME padding and ``normalize_edges`` the in-image count."""
+    out, (lo, _) = _out_and_pads(n, k, st, padding)
+    if not average:
+        return np.ones(out)
+    if normalize_edges and padding == "SAME":
+        return np.array([min(n, st * j - lo + k) - max(0, st * j - lo) for j in range(out)], dtype=float)
+    return np.full(out, float(k))
+
+
 def _pool_cov(a, bnd, window, strides, padding, average, normalize_edges):
     """sum_{o, o'} a[st s + o, st s' + o'] (/ |window|^2 or the counts at the edges)."""
     d = len(window)
     for i in range(d):
         n = a.shape[bnd + i]
         out, pads = _out_and_pads(n, window[i], strides[i], padding)
-        count = None
-        if average and normalize_edges and padding == "SAME":
-            ones = _pad_axes(np.ones(n), (0,), pads, "SAME")
-            count = sum(ones[idx[0]] for idx in _taps(ones, 0, window[i], strides[i], out))
+        count = _pool_divisors(n, window[i], strides[i], padding, average, normalize_edges)
         for ax in (bnd + i, bnd + d + i):
             a = _pad_axes(a, (ax,), pads, padding)
             acc = None
             for idx in _taps(a, ax, window[i], strides[i], out):
                 acc = a[idx].copy() if acc is None else acc + a[idx]
             if average:
-                if count is None:
-                    acc = acc / window[i]
-                else:
-                    shape = [1] * acc.ndim
-                    shape[ax] = out
-                    acc = acc / count.reshape(shape)
+                shape = [1] * acc.ndim
+                shape[ax] = out
+                acc = acc / count.reshape(shape)
             a = acc
     return a
 
@@ -486,11 +491,7 @@ def _pool_matrix(n, k, st, padding, average, normalize_edges):
     S, out = _selection(n, k, st, padding)
     M = S.reshape(k, out, n).sum(axis=0)
     if average:
-        if normalize_edges and padding == "SAME":
-            inside = _selection(n, k, st, "SAME")[0].reshape(k, out, n).sum(axis=(0, 2))
-            M = M / inside[:, None]
-        else:
-            M = M / k
+        M = M / _pool_divisors(n, k, st, padding, average, normalize_edges)[:, None]
     return M
 
 
@@ -1406,6 +1407,15 @@ class _Parallel(_Combinator):
 
         return _Finite([f.out_shape for f in subs], sum((f.param_shapes for f in subs), []), forward, backward,
                        sum(f.floats for f in subs), sum((f.init_scales for f in subs), []))
+
+
+def _serial_items(layer, where=""):
+    """[(layer, where)]: the layers of nested serials in order, each with the position string
+    its errors name (as ``_Serial._apply`` builds it)."""
+    if isinstance(layer, _Serial):
+        return [item for i, sub in enumerate(layer.layers)
+                for item in _serial_items(sub, f" at {layer._name}[{i}]{where}")]
+    return [(layer, where)]
 
 
 def serial(*layers) -> Layer:

@@ -51,6 +51,16 @@ def _layer_path(net, X1, X2=None):
 ACTS = [stax.Relu, stax.Erf, lambda: stax.ABRelu(-0.5, 1.5)]
 
 
+def _window(draw, spatial, kmax):
+    """A filter or pooling window, strides and a padding that fit ``spatial``; the output shape."""
+    k = tuple(draw(st.integers(1, kmax)) for _ in spatial)
+    s = tuple(draw(st.integers(1, 2)) for _ in spatial)
+    pad = draw(st.sampled_from(["SAME", "VALID", "CIRCULAR"]))
+    if pad == "VALID" and any(a > n for a, n in zip(k, spatial)):
+        pad = "SAME"
+    return k, s, pad, [stax._out_and_pads(n, a, t, pad)[0] for n, a, t in zip(spatial, k, s)]
+
+
 @st.composite
 def conv_nets(draw):
     """Random chains of Conv / closed-form activation / pools ending in a flatten or global pool."""
@@ -63,28 +73,18 @@ def conv_nets(draw):
         if kind == "act" and not gaussian:
             kind = "conv"
         if kind == "conv":
-            f = tuple(draw(st.integers(1, 3)) for _ in range(d))
-            s = tuple(draw(st.integers(1, 2)) for _ in range(d))
-            pad = draw(st.sampled_from(["SAME", "VALID", "CIRCULAR"]))
-            if pad == "VALID" and any(k > n for k, n in zip(f, spatial)):
-                pad = "SAME"
+            f, s, pad, spatial = _window(draw, spatial, 3)
             layers.append(stax.Conv(3, f, s, pad, weight_var=draw(st.floats(0.5, 2.5)),
                                     bias_var=draw(st.sampled_from([0.0, 0.3]))))
-            spatial = [stax._out_and_pads(n, k, t, pad)[0] for n, k, t in zip(spatial, f, s)]
             gaussian, convs = True, convs + 1
             if draw(st.booleans()):
                 layers.append(draw(st.sampled_from(ACTS))())
                 gaussian = False
         elif kind == "pool":
-            w = tuple(draw(st.integers(1, 2)) for _ in range(d))
-            s = tuple(draw(st.integers(1, 2)) for _ in range(d))
-            pad = draw(st.sampled_from(["SAME", "VALID", "CIRCULAR"]))
-            if pad == "VALID" and any(k > n for k, n in zip(w, spatial)):
-                pad = "SAME"
+            w, s, pad, spatial = _window(draw, spatial, 2)
             avg = draw(st.booleans())
             layers.append(stax.AvgPool(w, s, pad, normalize_edges=draw(st.booleans())) if avg
                           else stax.SumPool(w, s, pad))
-            spatial = [stax._out_and_pads(n, k, t, pad)[0] for n, k, t in zip(spatial, w, s)]
         else:
             layers.append(draw(st.sampled_from(ACTS))())
             gaussian = False
