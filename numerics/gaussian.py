@@ -72,7 +72,7 @@ def nodes(breakpoints: Sequence[float] = (0.0,), z_max: float = Z_MAX, panel: fl
     return _nodes_cached(tuple(sorted(set(float(b) for b in breakpoints))), float(z_max), float(panel), int(order))
 
 
-def _breaks_for(kinks, q):
+def breakpoints_for(kinks, q):
     s = math.sqrt(q)
     return tuple(sorted({0.0} | {k / s for k in kinks}))
 
@@ -98,7 +98,7 @@ def _group_by_nodes(q, kinks):
     """Indices of q sharing one quadrature node set (all of them when the only kink is 0)."""
     groups = {}
     for i, qi in enumerate(q):
-        groups.setdefault(_breaks_for(kinks, qi) if qi > 0 else (0.0,), []).append(i)
+        groups.setdefault(breakpoints_for(kinks, qi) if qi > 0 else (0.0,), []).append(i)
     return {k: np.array(v) for k, v in groups.items()}
 
 
@@ -286,7 +286,7 @@ def nested_dual(phi: Callable, dphi: Callable, q1: float, q2: float, c: float, k
     point where v crosses the activation's kink (or 0), each half-line on nodes graded toward
     it, so both levels see piecewise-smooth integrands whatever |rho|.
     """
-    z1, w1 = nodes(_breaks_for(kinks, q1), panel=1.0, order=12)
+    z1, w1 = nodes(breakpoints_for(kinks, q1), panel=1.0, order=12)
     u = math.sqrt(q1) * z1
     c, s = _snap_parallel(q1, q2, c)
     mean = (c / q1) * u

@@ -169,8 +169,12 @@ def one_input_derivatives(fs: Sequence[Callable], q: float, kinks: Sequence[floa
     d/dq = E[f He_2(xi)] / (2 q), d2/dq2 = E[f He_4(xi)] / (4 q^2), He_2 = xi^2 - 1,
     He_4 = xi^4 - 6 xi^2 + 3; no derivative of f is taken, so steps and kinks are exact.
     """
-    z, xi, w = nested_nodes(np.array([[float(q)]]), [tuple(kinks)])
-    x = xi[:, 0]
+    from limitlab.numerics import gaussian
+
+    # the engine's 1-D rule: graded toward 0 and the kinks, so steep maps (tanh at large q, whose
+    # poles sit at pi / (2 sqrt(q)) from 0) keep their accuracy, unlike fixed-width panels
+    x, w = gaussian.nodes(gaussian.breakpoints_for(kinks, float(q)))
+    z = np.sqrt(float(q)) * x[:, None]
     x2 = x * x
     weights = np.stack([w, w * (x2 - 1) / (2 * q), w * (x2 * x2 - 6 * x2 + 3) / (4 * q * q)], axis=1)
     F = np.stack([np.asarray(f(z[:, 0]), dtype=float) * np.ones(w.size) for f in fs])
