@@ -97,14 +97,14 @@ from limitlab.numerics import codegen, gaussian, recursion
 from limitlab.numerics import validation as validate
 from limitlab.theory import activations as _act
 from limitlab.theory.kernels.dual import Dual
-from limitlab.theory.kernels.mlp import Kernels, check_get
+from limitlab.theory.kernels.mlp import MLP, Kernels, check_get
 
 __all__ = [
     "serial", "parallel", "Dense", "Conv", "AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool",
     "Flatten", "Identity", "FanOut", "FanInSum", "FanInConcat", "Activation",
     "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Gelu", "Tanh", "Sigmoid", "Sigmoid_like", "Sin", "Cos",
     "Rbf", "Exp", "Gaussian", "Sign", "Monomial", "RectifiedMonomial", "Polynomial", "Hermite",
-    "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "Kernels",
+    "Softplus", "Silu", "Swish", "Elu", "Selu", "Mish", "Kernels", "as_mlp",
 ]
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
@@ -1416,6 +1416,47 @@ def _serial_items(layer, where=""):
         return [item for i, sub in enumerate(layer.layers)
                 for item in _serial_items(sub, f" at {layer._name}[{i}]{where}")]
     return [(layer, where)]
+
+
+def as_mlp(net, name: str = "net"):
+    """The :class:`limitlab.theory.kernels.MLP` that a fully connected stax network is:
+    ``serial(Dense(n), act, ..., Dense(n), act, Dense(k))`` with one activation, equal hidden
+    widths n and one parametrization (what the finite-width theory of PDLT covers). Anything
+    else is a ValueError naming the first layer that does not fit."""
+    if not isinstance(net, Layer):
+        raise TypeError(f"{name}: expected a stax network (limitlab.theory.kernels.stax.serial(...)), "
+                        f"got {type(net).__name__}")
+    items = _serial_items(net)
+    shape = "serial(Dense, activation, ..., Dense, activation, Dense)"
+    if len(items) < 3 or len(items) % 2 == 0:
+        raise ValueError(f"{name}: expected a fully connected network {shape}; got {len(items)} layers")
+    dense, acts = items[0::2], items[1::2]
+    for layer, where in dense:
+        if type(layer) is not Dense:
+            raise ValueError(f"{name}: expected Dense{where}, got {layer!r}; finite-width corrections are computed "
+                             f"for fully connected networks {shape}")
+    for layer, where in acts:
+        if not isinstance(layer, Activation):
+            raise ValueError(f"{name}: expected an activation{where}, got {layer!r}; finite-width corrections are "
+                             f"computed for fully connected networks {shape}")
+    first = acts[0][0].activation
+    for layer, where in acts[1:]:
+        if layer.activation.name != first.name or sp.simplify(layer.activation.expr - first.expr) != 0:
+            raise ValueError(f"{name}: one activation for every layer is required; {layer!r}{where} differs from "
+                             f"{acts[0][0]!r}")
+    widths = sorted({layer.out_dim for layer, _ in dense[:-1]})
+    if len(widths) > 1:
+        raise ValueError(f"{name}: the 1/n theory takes every hidden layer of one width n; got widths {widths}")
+    params = {layer.parametrization for layer, _ in dense}
+    if len(params) > 1:
+        raise ValueError(f"{name}: one parametrization for every Dense layer is required, got {sorted(params)}")
+    biases = {layer.has_bias for layer, _ in dense}
+    param = params.pop()
+    if len(biases) > 1 and param == "standard":
+        raise ValueError(f"{name}: in the standard parametrization every Dense layer needs a bias or none does")
+    bias = None if biases == {False} else [layer.bias_var if layer.has_bias else 0.0 for layer, _ in dense]
+    return MLP(len(acts), first, weight_var=[layer.weight_var for layer, _ in dense], bias_var=bias,
+               parametrization=param, width=widths[0])
 
 
 def serial(*layers) -> Layer:

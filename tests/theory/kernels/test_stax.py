@@ -73,6 +73,35 @@ def test_serial_dense_equals_mlp_to_1e12(act, layer):
             np.testing.assert_allclose(o, r, rtol=1e-12, atol=1e-12 * np.max(np.abs(r)))
 
 
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+def test_as_mlp_gives_the_mlp_with_the_same_kernels(param):
+    """as_mlp(serial(Dense, act, ..., Dense)) is the MLP of the same variances, widths and
+    parametrization: its kernels equal the stax network's (computed by the layer path)."""
+    X = np.random.default_rng(4).standard_normal((5, 3))
+    w, b = [1.7, 2.1, 0.9], [0.1, 0.0, 0.3]
+    net = stax.serial(stax.Dense(32, w[0], b[0], parametrization=param), stax.Relu(),
+                      stax.serial(stax.Dense(32, w[1], b[1], parametrization=param), stax.Relu()),
+                      stax.Dense(1, w[2], b[2], parametrization=param))
+    mlp = stax.as_mlp(net)
+    assert (mlp.depth, mlp.activation.name, mlp.parametrization) == (2, "relu", param)
+    ours, ref = net.kernels(X), mlp.kernels(X)
+    np.testing.assert_allclose(ref.nngp, ours.nngp, rtol=1e-12)
+    np.testing.assert_allclose(ref.ntk, ours.ntk, rtol=1e-12)
+
+
+@pytest.mark.parametrize("net, match", [
+    (stax.serial(stax.Conv(4, (2,)), stax.Relu(), stax.Dense(1)), r"expected Dense at serial\[0\]"),
+    (stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(4), stax.Tanh(), stax.Dense(1)), "one activation"),
+    (stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(8), stax.Relu(), stax.Dense(1)), "one width"),
+    (stax.serial(stax.Dense(4), stax.Relu()), "fully connected"),
+    (stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(4, parametrization="standard"), stax.Relu(),
+                 stax.Dense(1)), "one parametrization"),
+])
+def test_as_mlp_names_the_layer_that_is_not_fully_connected(net, match):
+    with pytest.raises(ValueError, match=match):
+        stax.as_mlp(net)
+
+
 def test_numerical_activation_matches_mlp_quadrature():
     """tanh has no closed form: both go through the Gaussian engine (1e-10 vs mpmath)."""
     X = np.random.default_rng(3).standard_normal((5, 4))
