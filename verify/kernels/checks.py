@@ -8,12 +8,15 @@ so they are compared divided by the width (quantity ``ntk/width[i,j]``), against
 finite-width standard-parametrization formula of the same width.
 
 The fluctuation of one network's kernel is O(n^-1/2) (Hanin & Nica 2020; Roberts, Yaida &
-Hanin 2022, ch. 8 and 11): rate -0.5. The ensemble-mean bias is O(1/n): bias_rate 1 for the
-NTK. The NNGP's 1/n term is predicted (``limitlab.theory.kernels.finite_width``: E[Ghat] =
-K + K1/n + O(1/n^2), PDLT eq. (4.115)), so its theory value at width n is K + K1/n and its
-remaining bias is O(1/n^2): the NNGP quantities carry bias_rate 2, and the verdict's allowance
-for them (the error at the next-smaller size, extrapolated) shrinks from a quarter to a
-sixteenth of that error at sizes 4x apart (docs/finite_width.md, "Sharper kernel checks").
+Hanin 2022, ch. 8 and 11): rate -0.5. The ensemble-mean bias is O(1/n) (bias_rate 1) where
+its 1/n term is not predicted. Where it is (``limitlab.theory.kernels.finite_width``), the
+theory value at width n carries it and the remaining bias is O(1/n^2): bias_rate 2, so the
+verdict's allowance (the error at the next-smaller size, extrapolated) shrinks from a quarter
+to a sixteenth of that error at sizes 4x apart (docs/finite_width.md, "Sharper kernel
+checks"). Predicted: the NNGP, E[Ghat] = K + K1/n + O(1/n^2) (PDLT eq. (4.115)), and, in the
+NTK parametrization, the NTK's diagonal, E[Thetahat_aa] = Theta_aa + Theta1_aa/n + O(1/n^2)
+(PDLT ch. 8; ``FiniteWidth.ntk_correction_diag``). The NTK's off-diagonal entries and the
+standard parametrization's NTK keep bias_rate 1 (their 1/n term is not computed).
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import numpy as np
 
 from limitlab.verify.registry import Context, Measurement, check
 
-__all__ = ["INPUTS", "kernel_spec", "measure", "theory_values", "nngp_correction", "ACTIVATIONS", "DEPTHS",
-           "PARAMETRIZATIONS"]
+__all__ = ["INPUTS", "kernel_spec", "measure", "theory_values", "nngp_correction", "ntk_correction",
+           "ACTIVATIONS", "DEPTHS", "PARAMETRIZATIONS"]
 
 ACTIVATIONS = ("relu", "erf", "tanh", "gelu")
 DEPTHS = (1, 3)
@@ -38,8 +41,10 @@ QUICK_SAMPLES = 256
 # below this width the 1/n expansion behind the bias allowance and the n^-1/2 rate is not a small
 # correction: the kernel's fluctuations are governed by depth/width (Hanin & Nica 2020), and
 # 64 keeps depth/width <= 3/64 ~ 0.05 for the registered depths
-# the NNGP's theory carries its 1/n term (K + K1/n): what remains of its bias is O(1/n^2)
+# a theory that carries its 1/n term (the NNGP's K + K1/n, the NTK-parametrization NTK's diagonal
+# Theta + Theta1/n): what remains of its bias is O(1/n^2)
 NNGP_BIAS_RATE = 2.0
+NTK_BIAS_RATE = 2.0
 MIN_WIDTH = 64
 MIN_WIDTH_REASON = ("the 1/n expansion (bias allowance, n^-1/2 rate) needs depth/width small (Hanin & Nica 2020); "
                     "64 keeps it <= 3/64")
@@ -78,26 +83,46 @@ def _theory_cached(activation, depth, parametrization, width):
 
 
 @lru_cache(maxsize=None)
-def nngp_correction(activation: str, depth: int) -> np.ndarray:
-    """K1 on INPUTS: E[Ghat] = K + K1/n + O(1/n^2) (the same in both parametrizations)."""
+def _finite_width(activation: str, depth: int):
     from limitlab.theory.kernels import finite_width
 
-    return finite_width(kernel_spec(activation, depth, "ntk"), INPUTS, four_point=False).nngp_correction
+    return finite_width(kernel_spec(activation, depth, "ntk"), INPUTS, four_point=False)
+
+
+def nngp_correction(activation: str, depth: int) -> np.ndarray:
+    """K1 on INPUTS: E[Ghat] = K + K1/n + O(1/n^2) (the same in both parametrizations)."""
+    return _finite_width(activation, depth).nngp_correction
+
+
+def ntk_correction(activation: str, depth: int) -> np.ndarray:
+    """The NTK parametrization's predicted 1/n term on INPUTS, (N, N): Theta1_aa on the diagonal
+    (E[Thetahat_aa] = Theta_aa + Theta1_aa/n + O(1/n^2)), 0 off it, where it is not computed."""
+    return np.diag(_finite_width(activation, depth).ntk_correction_diag)
+
+
+def ntk_corrected(parametrization: str) -> np.ndarray:
+    """(N, N) mask of the NTK entries whose theory carries the predicted 1/n term."""
+    N = INPUTS.shape[0]
+    return np.eye(N, dtype=bool) if parametrization == "ntk" else np.zeros((N, N), dtype=bool)
 
 
 def theory_values(activation: str, depth: int, parametrization: str, width: int, corrected: bool = True):
     """(NNGP, NTK in the check's normalization) on INPUTS: NTK/width in the standard parametrization;
-    the NNGP with its predicted 1/n term, K + K1/width (``corrected=False``: the limit K)."""
+    the NNGP with its predicted 1/n term, K + K1/width, and in the NTK parametrization the NTK's
+    diagonal with its own, Theta + Theta1/width (``corrected=False``: the limits K and Theta)."""
     k, t = _theory_cached(activation, depth, parametrization, int(width))
     if corrected:
         k = k + nngp_correction(activation, depth) / width
+        if parametrization == "ntk":
+            t = t + ntk_correction(activation, depth) / width
     return k, (t / width if parametrization == "standard" else t)
 
 
 def measure(ctx: Context, activation: str, depth: int, parametrization: str, theory=None) -> list:
     """Measurements of one check at ctx.size; ``theory(width) -> (nngp, ntk)`` overrides the theory
     (tests use it to prove the verdict's power against wrong theories). The NNGP quantities carry
-    bias_rate NNGP_BIAS_RATE: their theory includes the predicted 1/n term."""
+    bias_rate NNGP_BIAS_RATE, the NTK entries of ``ntk_corrected`` NTK_BIAS_RATE: their theory
+    includes the predicted 1/n term."""
     from limitlab.verify.montecarlo import sample_kernels
 
     n = ctx.size
@@ -107,7 +132,9 @@ def measure(ctx: Context, activation: str, depth: int, parametrization: str, the
     ntk = ks.ntk / n if parametrization == "standard" else ks.ntk
     tname = "ntk/width" if parametrization == "standard" else "ntk"
     out = [Measurement(f"nngp[{i},{j}]", K[i, j], ks.nngp[:, i, j], bias_rate=NNGP_BIAS_RATE) for i, j in PAIRS]
-    out += [Measurement(f"{tname}[{i},{j}]", T[i, j], ntk[:, i, j]) for i, j in PAIRS]
+    sharp = ntk_corrected(parametrization)
+    out += [Measurement(f"{tname}[{i},{j}]", T[i, j], ntk[:, i, j], bias_rate=NTK_BIAS_RATE if sharp[i, j] else None)
+            for i, j in PAIRS]
     return out
 
 

@@ -16,6 +16,27 @@ is one Ghat_p, p = (a, b).
   product spreads O(1), but with heavy tails at these depth/width (ReLU's kurtosis grows like
   (1 + 5/n)^L), whose decay makes the fitted slope of its RMS error drift from 0.
 
+The NTK parametrization's empirical NTK Thetahat_aa of one input a (the output's, readout
+included; ``FiniteWidth.ntk_*``, docs/finite_width.md, "The NTK (single input)"), on each of the
+three inputs:
+
+* ``kernels.finite-width.ntk-variance.<act>``: per network, n (Thetahat_aa - m_a)^2 with m =
+  Theta + Theta1/n the predicted mean; theory A + 2B (n Var[Thetahat_aa] -> A + 2B, PDLT ch. 8's
+  A and B); bias O(1/n) (bias_rate 1); no rate test (heavy tails, as for the four-point check).
+* ``kernels.finite-width.ntk-mean.<act>``: per network, n (Thetahat_aa - Theta_a) - beta_a
+  n (Ghat_aa - K_a - K1_a/n); theory Theta1_a (E[Thetahat] = Theta + Theta1/n + O(1/n^2)). The
+  second term has mean O(1/n) (the NNGP's own 1/n theory, checked by nngp-mean), so it leaves the
+  limit Theta1 unchanged; it is a control variate: with beta = D/V (n Cov[Thetahat_aa, Ghat_aa]
+  -> D, n Var[Ghat_aa] -> V) it removes the part of the NTK's fluctuation carried by the NNGP's,
+  a fraction D^2 / (V (A + 2B)) of the variance (0.73 for the GELU network: 2.6x fewer networks
+  for the same SE, measured). Bias O(1/n) (bias_rate 1). No rate test: one network's value
+  spreads like sqrt(n) only asymptotically; at these widths n^2 Var[Thetahat] = n (A + 2B) +
+  O(1), its O(1) part as large as the first (n Var is twice A + 2B at n = 16), and the fitted
+  slope of the RMS error was 0.25, not 0.5 (measured, widths 16-64). ReLU's Theta1 is exactly 0 on one input (with or without biases: <phi'^2> and
+  <phi^2>/K are constant), and tanh's at criticality is 0.1 of the NTK's spread sqrt(A + 2B),
+  which no affordable ensemble resolves; so this check runs GELU at weight_var 1 without biases,
+  where Theta1 / sqrt(A + 2B) = 0.68, 0.68, 0.56 on the three inputs.
+
 The networks are critical (PDLT ch. 5: ReLU at C_W = 2, tanh at C_W = 1, no biases) and of
 depth ``DEPTH``, so that both K1 and the propagated part of V are exercised. A theory wrong
 by a constant factor is rejected with the power measured in
@@ -29,9 +50,12 @@ import numpy as np
 
 from limitlab.verify.registry import Context, Measurement, check
 
-__all__ = ["NETWORKS", "spec", "theory", "measure_mean", "measure_four_point", "pairs", "four_point_entries"]
+__all__ = ["NETWORKS", "NTK_MEAN_NETWORKS", "spec", "theory", "ntk_theory", "measure_mean", "measure_four_point",
+           "ntk_samples", "measure_ntk_variance", "measure_ntk_mean", "pairs", "four_point_entries"]
 
 NETWORKS = {"relu": dict(weight_var=2.0, bias_var=0.0), "tanh": dict(weight_var=1.0, bias_var=0.0)}
+# the NTK mean check's network: Theta1 is 0 for ReLU and small against the spread for critical tanh
+NTK_MEAN_NETWORKS = {"gelu": dict(weight_var=1.0, bias_var=0.0)}
 DEPTH = 3
 # the mean: one network's n (Ghat - K) spreads like sqrt(n V), so small widths and many networks
 MEAN_SIZES = (16, 64, 256)
@@ -43,16 +67,28 @@ FOUR_SIZES = (64, 256, 1024)
 FOUR_QUICK_SIZES = (32, 64, 128)
 FOUR_SAMPLES = 200_000
 FOUR_QUICK_SAMPLES = 40_000
+# the NTK's variance: one network's n (Thetahat - m)^2 spreads O(1) (heavy-tailed). For a theory off by a
+# factor 1 + d, the allowance absorbs an exact c/n bias and leaves (1 - n_{K-1}/n_K) d of the error:
+# half at the quick sizes (2x apart), three quarters at the full ones (4x apart)
+NTK_VAR_SIZES = (32, 128, 512)
+NTK_VAR_QUICK_SIZES = (32, 64, 128)
+NTK_VAR_SAMPLES = 200_000
+NTK_VAR_QUICK_SAMPLES = 40_000
+# the NTK's mean: one network's value spreads like sqrt(n (1 - rho^2)(A + 2B)): small widths
+NTK_MEAN_SIZES = (16, 32, 64)
+NTK_MEAN_QUICK_SIZES = (16, 32, 64)
+NTK_MEAN_SAMPLES = 800_000
+NTK_MEAN_QUICK_SAMPLES = 50_000
 MIN_WIDTH = 16
 MIN_WIDTH_REASON = ("the 1/n expansion needs depth/width small (PDLT ch. 5; Hanin & Nica 2020): 16 keeps "
                     f"depth/width <= {DEPTH}/16")
-SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0}  # measured, loaded 2-core machine
+SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0, "ntk-variance": 15.0, "ntk-mean": 15.0}  # measured, loaded 2-core machine
 
 
 def spec(activation: str):
     from limitlab.theory.kernels import MLP
 
-    return MLP(DEPTH, activation, **NETWORKS[activation])
+    return MLP(DEPTH, activation, **{**NETWORKS, **NTK_MEAN_NETWORKS}[activation])
 
 
 def pairs():
@@ -70,6 +106,21 @@ def theory(activation: str):
 
     fw = finite_width(spec(activation), INPUTS, four_point=False)
     return fw.nngp, fw.nngp_correction, fw.four_point_pairs
+
+
+@lru_cache(maxsize=None)
+def ntk_theory(activation: str) -> dict:
+    """The single-input NTK theory of the check's network on each input of ``checks.INPUTS``, (N,)
+    arrays: Theta, Theta1, A + 2B ("variance"), and beta = D / V, the control variate's
+    coefficient, with the NNGP's K and K1 it uses (diagonals)."""
+    from limitlab.theory.kernels import finite_width
+    from limitlab.verify.kernels.checks import INPUTS
+
+    fw = finite_width(spec(activation), INPUTS, four_point=False)
+    N = INPUTS.shape[0]
+    V = np.array([fw.four_point_pairs[0, 0, a, a] for a in range(N)])
+    return dict(theta=fw.ntk_diag, theta1=fw.ntk_correction_diag, variance=fw.ntk_variance_diag,
+                beta=fw.layers[-1].ntk_tensors["D"] / V, K=np.diag(fw.nngp).copy(), K1=np.diag(fw.nngp_correction).copy())
 
 
 def four_point_entries():
@@ -120,6 +171,60 @@ def measure_four_point(ctx: Context, activation: str, theory_fn=None) -> list:
             for label, (e, g), (a, b), (p, q) in four_point_entries()]
 
 
+def ntk_samples(ctx: Context, activation: str):
+    """Per network (S, N): the NTK's and the NNGP's diagonals, Thetahat_aa and Ghat_aa."""
+    from limitlab.verify.kernels.checks import INPUTS
+    from limitlab.verify.montecarlo import sample_kernels
+
+    # the conditional sampler (auto) was the faster one at widths 16-256 with these 3 inputs (measured)
+    ks = sample_kernels(spec(activation), INPUTS, width=ctx.size, n_networks=ctx.samples, seed=ctx.rng,
+                        backend=ctx.backend)
+    return np.diagonal(ks.ntk, axis1=1, axis2=2), np.diagonal(ks.nngp, axis1=1, axis2=2)
+
+
+def measure_ntk_variance(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
+    """n (Thetahat_aa - m_a)^2 per network against A_a + 2 B_a, m = Theta + Theta1/n; ``theory_fn()``
+    overrides ``ntk_theory`` and ``samples`` (``ntk_samples``' pair) the simulation."""
+    th = theory_fn() if theory_fn is not None else ntk_theory(activation)
+    T, _ = samples if samples is not None else ntk_samples(ctx, activation)
+    n = ctx.size
+    m = th["theta"] + th["theta1"] / n
+    return [Measurement(f"nVar(ntk)[{a},{a}]", th["variance"][a], n * (T[:, a] - m[a]) ** 2)
+            for a in range(T.shape[1])]
+
+
+def measure_ntk_mean(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
+    """n (Thetahat_aa - Theta_a) - beta_a n (Ghat_aa - K_a - K1_a/n) per network against Theta1_a
+    (module docstring); ``theory_fn`` and ``samples`` as for :func:`measure_ntk_variance`."""
+    th = theory_fn() if theory_fn is not None else ntk_theory(activation)
+    T, G = samples if samples is not None else ntk_samples(ctx, activation)
+    n = ctx.size
+    y = n * (T - th["theta"]) - th["beta"] * n * (G - th["K"] - th["K1"] / n)
+    return [Measurement(f"n(ntk-Theta)[{a},{a}]", th["theta1"][a], y[:, a]) for a in range(T.shape[1])]
+
+
+def _register_ntk(kind: str, activation: str):
+    cfg = {**NETWORKS, **NTK_MEAN_NETWORKS}[activation]
+    desc = f"depth-{DEPTH} {activation} MLP ({cfg}), NTK parametrization, each of the kernel checks' 3 inputs"
+    if kind == "ntk-variance":
+        def fn(ctx: Context):
+            return measure_ntk_variance(ctx, activation)
+
+        kw = dict(sizes=NTK_VAR_SIZES, quick_sizes=NTK_VAR_QUICK_SIZES, samples=NTK_VAR_SAMPLES,
+                  quick_samples=NTK_VAR_QUICK_SAMPLES, rate=None,
+                  description=f"n Var[empirical NTK] -> A + 2B (PDLT ch. 8): {desc}")
+    else:
+        def fn(ctx: Context):
+            return measure_ntk_mean(ctx, activation)
+
+        kw = dict(sizes=NTK_MEAN_SIZES, quick_sizes=NTK_MEAN_QUICK_SIZES, samples=NTK_MEAN_SAMPLES,
+                  quick_samples=NTK_MEAN_QUICK_SAMPLES, rate=None,
+                  description=f"n (E[empirical NTK] - Theta) -> Theta1 (PDLT ch. 8), NNGP control variate: {desc}")
+    fn.__name__ = f"kernels_finite_width_{kind.replace('-', '_')}_{activation}"
+    check(f"kernels.finite-width.{kind}.{activation}", bias_rate=1.0, tags=("kernels", "finite-width", "ntk", activation),
+          min_size=MIN_WIDTH, min_size_reason=MIN_WIDTH_REASON, seconds_quick=SECONDS_QUICK[kind], **kw)(fn)
+
+
 def _register(activation: str):
     desc = f"depth-{DEPTH} critical {activation} MLP ({NETWORKS[activation]}) on the kernel checks' 3 inputs"
 
@@ -144,3 +249,6 @@ def _register(activation: str):
 
 for _a in NETWORKS:
     _register(_a)
+    _register_ntk("ntk-variance", _a)
+for _a in NTK_MEAN_NETWORKS:
+    _register_ntk("ntk-mean", _a)
