@@ -35,7 +35,8 @@ from typing import Callable, Sequence
 import numba as nb
 import numpy as np
 
-__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives", "Z_MAX"]
+__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives", "one_input_derivatives_many",
+           "pair_tables", "pair_series", "power_expectations", "Z_MAX"]
 
 Z_MAX = 9.0
 
@@ -135,6 +136,123 @@ def product_expectation(fs: Sequence[Callable], cov, kinks: Sequence[Sequence[fl
     return float(F @ w)
 
 
+# ---------------------------------------------------------------------------------
+# Products of powers on three and four inputs: the innermost level smoothed once
+# ---------------------------------------------------------------------------------
+#
+# Given the outer coordinates, the innermost z_r is N(m, s^2) with m = L[r, :r] xi (linear in
+# the outer nodes) and s = L[r, r] fixed, so the innermost integral is one function of one
+# variable, g(m) = E[f(m + s u)]: a Gaussian smoothing of f, smooth even where f has kinks. It
+# is fitted once per set of inputs by piecewise Chebyshev interpolation (checked against direct
+# quadrature at the panel midpoints) and evaluated at the outer nodes, so an r-input
+# expectation costs an (r-1)-level grid instead of an r-level one.
+
+_CHEB_DEG = 16  # degree per panel
+_MAX_PANELS = 4096
+
+
+@lru_cache(maxsize=None)
+def _cheb_points(D: int):
+    """Chebyshev points of the second kind on [0, 1] (D + 1) and the midpoints between them (D)."""
+    x = 0.5 * (1.0 - np.cos(np.pi * np.arange(D + 1) / D))
+    xm = 0.5 * (1.0 - np.cos(np.pi * (np.arange(D) + 0.5) / D))
+    return x, xm
+
+
+def _cheb_coeffs(V):
+    """Chebyshev coefficients (..., D + 1) on [-1, 1] from values at cos(pi j / D) (DCT-I by FFT)."""
+    D = V.shape[-1] - 1
+    c = np.fft.rfft(np.concatenate([V, V[..., -2:0:-1]], axis=-1), axis=-1).real / D
+    c[..., 0] /= 2
+    c[..., D] /= 2
+    return c
+
+
+@nb.njit(parallel=True, cache=True)
+def _piecewise_cheb(lo, h, C, m, out):
+    """g(m) from P uniform panels of width h from lo, Chebyshev coefficients C (P, D + 1), by Clenshaw."""
+    P, D1 = C.shape
+    for t in nb.prange(m.shape[0]):
+        x = (m[t] - lo) / h
+        p = min(max(int(math.floor(x)), 0), P - 1)
+        u = 2.0 * (x - p) - 1.0  # the panel's Chebyshev variable, -1 at its left end
+        b1 = 0.0
+        b2 = 0.0
+        for k in range(D1 - 1, 0, -1):
+            b1, b2 = 2.0 * u * b1 - b2 + C[p, k], b1
+        out[t] = u * b1 - b2 + C[p, 0]
+
+
+def _smoothed_direct(f, s, kinks, m):
+    """E[f(m + s u)], u ~ N(0, 1), per entry of m, on the two-input rule of :func:`nested_nodes`."""
+    cuts = np.sort(np.stack([(k - m) / s for k in kinks], axis=1), axis=1) if kinks else np.zeros((m.size, 0))
+    x, w = _pieces_nodes(cuts, *_rule(bool(kinks), 2))
+    return np.sum(f(m[:, None] + s * x) * w, axis=1)
+
+
+def _smoothed_fit(f, s, kinks, lo, hi, tol):
+    """Piecewise Chebyshev fit of g(m) = E[f(m + s u)] on [lo, hi]: (lo, h, C), or None when
+    _MAX_PANELS panels do not reach ``tol`` (relative to max |g|) at the panel midpoints."""
+    x, xm = _cheb_points(_CHEB_DEG)
+    P = 8
+    while P <= _MAX_PANELS:
+        h = max(hi - lo, 1e-300) / P
+        left = lo + h * np.arange(P)[:, None]
+        V = _smoothed_direct(f, s, kinks, (left + h * x).ravel()).reshape(P, -1)
+        Vm = _smoothed_direct(f, s, kinks, (left + h * xm).ravel()).reshape(P, -1)
+        C = _cheb_coeffs(V[:, ::-1])  # cos(pi j / D) runs from the right end to the left
+        got = np.empty(Vm.size)
+        _piecewise_cheb(lo, h, C, (left + h * xm).ravel(), got)
+        if np.max(np.abs(got - Vm.ravel())) <= tol * max(np.max(np.abs(V)), 1e-300):
+            return lo, h, C
+        P *= 2
+    return None
+
+
+def power_expectations(phi: Callable, cov, powers, kinks: Sequence[float] = (0.0,), tol: float = 1e-13) -> np.ndarray:
+    """E[prod_i phi(z_i)^powers[t, i]] for each row t of ``powers`` (T, r), z ~ N(0, cov), r >= 2.
+
+    Nested quadrature (:func:`nested_nodes`) over r - 1 coordinates; the innermost one (the
+    coordinate with the largest conditional variance) integrated by the fitted smoothing of its
+    power of phi (section note above); where no fit reaches ``tol``, the innermost level is
+    integrated at every outer node instead.
+    """
+    cov = np.asarray(cov, dtype=float)
+    powers = np.atleast_2d(np.asarray(powers, dtype=int))
+    r = cov.shape[0]
+    # the innermost coordinate: the largest conditional variance given the others (smoothest g)
+    P = np.linalg.inv(cov)
+    last = int(np.argmax(1.0 / np.diag(P)))
+    order = [i for i in range(r) if i != last] + [last]
+    cov = cov[np.ix_(order, order)]
+    powers = powers[:, order]
+    kinks = tuple(float(k) for k in kinks)
+    L = _cholesky(cov)
+    z, xi, w = nested_nodes(cov[:-1, :-1], [kinks] * (r - 1))
+    m = xi @ L[-1, :-1]
+    s = L[-1, -1]
+    base = [phi(z[:, i]) for i in range(r - 1)]
+    inner = {}
+    for p in sorted(set(powers[:, -1].tolist())):
+        f = (lambda p_: (lambda t: phi(t) ** p_))(p)
+        if s <= 1e-14 * math.sqrt(cov[-1, -1]):
+            inner[p] = f(m)  # no conditional spread
+            continue
+        fit = _smoothed_fit(f, s, kinks, float(m.min()), float(m.max()), tol)
+        if fit is None:
+            inner[p] = _smoothed_direct(f, s, kinks, m)
+        else:
+            inner[p] = np.empty(m.size)
+            _piecewise_cheb(fit[0], fit[1], fit[2], m, inner[p])
+    out = np.empty(len(powers))
+    for t, pw in enumerate(powers):
+        F = inner[int(pw[-1])] * w
+        for i in range(r - 1):
+            F = F * base[i] ** int(pw[i]) if pw[i] != 1 else F * base[i]
+        out[t] = F.sum()
+    return out
+
+
 def score_derivatives(cov, xi, Fw, directions):
     """First and second covariance derivatives of E[F] by the score function (module docstring).
 
@@ -181,6 +299,41 @@ def one_input_derivatives(fs: Sequence[Callable], q: float, kinks: Sequence[floa
     return F @ weights
 
 
+
+def one_input_derivatives_many(fs: Sequence[Callable], q, kinks: Sequence[float]) -> np.ndarray:
+    """:func:`one_input_derivatives` for many variances at once: (len(q), len(fs), 3).
+
+    The same 1-D rule, one array call per function and node set; for many distinct q,
+    (E[f], q dE/dq, q^2 d2E/dq2) are interpolated in log q
+    (:func:`limitlab.numerics.gaussian.interpolated`, checked at the midpoints to 2e-14 of the
+    largest of the three), so a layer of thousands of inputs costs a few dozen evaluations.
+    """
+    from limitlab.numerics import gaussian
+
+    q = np.asarray(q, dtype=float).ravel()
+    nf = len(fs)
+
+    def fn(qs):  # E[f], q dE/dq, q^2 d2E/dq2: smooth in log q, all on the scale of E[f]
+        out = np.empty((qs.size, nf, 3))
+        for breaks, idx in gaussian._group_by_nodes(qs, kinks).items():
+            x, w = gaussian.nodes(breaks)
+            x2 = x * x
+            W = np.stack([w, w * (x2 - 1) / 2, w * (x2 * x2 - 6 * x2 + 3) / 4], axis=1)  # (m, 3)
+            z = np.sqrt(qs[idx])[:, None] * x[None, :]
+            for s, f in enumerate(fs):
+                out[idx, s] = (np.asarray(f(z), dtype=float) * np.ones(z.shape)) @ W
+        return out.reshape(qs.size, -1)
+
+    def scale(V):  # per function: the largest of its three entries
+        return np.repeat(np.abs(V.reshape(V.shape[0], nf, 3)).max(axis=2), 3, axis=1) + 1e-300
+
+    V, _ = gaussian.interpolated(fn, q, scale=scale)
+    V = V.reshape(q.size, nf, 3)
+    V[:, :, 1] /= q[:, None]
+    V[:, :, 2] /= (q * q)[:, None]
+    return V.reshape(q.size, nf, 3)
+
+
 # ---------------------------------------------------------------------------------
 # Two-input expectations and their covariance derivatives by Mehler series
 # ---------------------------------------------------------------------------------
@@ -195,74 +348,16 @@ def one_input_derivatives(fs: Sequence[Callable], q: float, kinks: Sequence[floa
 SERIES = ("m2", "s22", "s31", "s13", "d_q1", "d_q2", "d_c", "h_q1q1", "h_q2q2", "h_q1q2", "h_q1c", "h_q2c", "h_cc")
 
 
-@nb.njit(cache=True)
-def _pair_series(A1, A2, A3, R, C2, C4, i, j, q1, q2, rho, tol, kmax, out):
-    """The 13 SERIES for inputs i, j (tables A1 of phi, A2 of phi^2, A3 of phi^3: (N, K); R: the
-    relative Parseval tails, R[i, k] >= sum_{m >= k} a_m^2 / E[f^2], the largest over the three
-    functions). Terms stop at the first K where every series' remainder, bounded by Cauchy-Schwarz
-    as (K + 4)^2 |rho|^(K-2) sqrt(R[i, K] R[j, K]) relative to its scale, is below tol. Returns
-    False when that needs more terms than kmax (the caller then integrates)."""
-    r = abs(rho)
-    K = 5
-    rk = r * r * r  # r^(K - 2), updated as K grows
-    while K < kmax and (K + 4.0) ** 2 * rk * math.sqrt(R[i, K] * R[j, K]) > tol:
-        K += 1
-        rk *= r
-    if K >= kmax:
-        return False
-    for s in range(13):
-        out[s] = 0.0
-    s12 = math.sqrt(q1 * q2)
-    p = 1.0  # rho^k
-    pm1 = 0.0  # rho^(k-1)
-    pm2 = 0.0  # rho^(k-2)
-    for k in range(K):
-        a_i, a_j = A1[i, k], A1[j, k]
-        out[0] += a_i * a_j * p
-        out[1] += A2[i, k] * A2[j, k] * p
-        out[2] += A3[i, k] * A1[j, k] * p
-        out[3] += A1[i, k] * A3[j, k] * p
-        c2 = C2[k]
-        c4 = C4[k]
-        out[4] += c2 * A1[i, k + 2] * a_j * p
-        out[5] += c2 * a_i * A1[j, k + 2] * p
-        out[6] += k * a_i * a_j * pm1
-        out[7] += c4 * A1[i, k + 4] * a_j * p
-        out[8] += c4 * a_i * A1[j, k + 4] * p
-        out[9] += c2 * c2 * A1[i, k + 2] * A1[j, k + 2] * p
-        out[10] += k * c2 * A1[i, k + 2] * a_j * pm1
-        out[11] += k * c2 * a_i * A1[j, k + 2] * pm1
-        out[12] += k * (k - 1.0) * a_i * a_j * pm2
-        pm2, pm1, p = pm1, p, p * rho
-    out[4] /= q1
-    out[5] /= q2
-    out[6] /= s12
-    out[7] /= q1 * q1
-    out[8] /= q2 * q2
-    out[9] /= q1 * q2
-    out[10] /= q1 * s12
-    out[11] /= q2 * s12
-    out[12] /= q1 * q2
-    return True
+def pair_tables(phi, q, kinks=(0.0,), K: int = 256):
+    """Per input (rows): the tables of the two-input series. Returns (A, G, diag):
 
+    * A (5, N, K): Hermite coefficients of phi(sqrt(q) z), phi^2 and phi^3 (module note, a_k),
+      then the heat-equation shifts C2_k a_{k+2} and C4_k a_{k+4} of phi's (zero past the table);
+    * G (N, K): log(k + 4) + log(R) / 2, R[i, k] >= sum_{m >= k} a_m^2 / E[f^2] the relative
+      Parseval tails, the largest over the three functions (plus a rounding allowance);
+    * diag: (E[phi^2], d/dq, d2/dq2, E[phi^4]) per input.
 
-@nb.njit(parallel=True, cache=True)
-def _all_pair_series(A1, A2, A3, R, I, J, q, rho, tol, kmax, out, ok):
-    k = np.arange(A1.shape[1], dtype=np.float64)
-    C2 = 0.5 * np.sqrt((k + 1.0) * (k + 2.0))  # the heat-equation shift factors (module note)
-    C4 = 0.25 * np.sqrt((k + 1.0) * (k + 2.0) * (k + 3.0) * (k + 4.0))
-    for p in nb.prange(I.shape[0]):
-        ok[p] = _pair_series(A1, A2, A3, R, C2, C4, I[p], J[p], q[I[p]], q[J[p]], rho[p], tol, kmax, out[p])
-
-
-def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13):
-    """For input pairs (I[p], J[p]) with variances q[I], q[J] and covariances C[p]: the SERIES
-    (E[phi phi], E[phi^2 phi^2], E[phi^3 phi], E[phi phi^3], the first derivatives of E[phi(u)
-    phi(v)] in (q1, q2, c) and its second derivatives), shape (P, 13), and a mask of the pairs
-    whose |rho| is too close to 1 for K terms (their rows are not set).
-
-    Also returns, per input, (E[phi^2], d/dq, d2/dq2, E[phi^4]) from the same tables. The Hermite
-    coefficients are interpolated in log q by :func:`limitlab.numerics.gaussian.interpolated`.
+    The coefficients are interpolated in log q by :func:`limitlab.numerics.gaussian.interpolated`.
     """
     from limitlab.numerics import gaussian
 
@@ -284,7 +379,12 @@ def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13)
         return np.concatenate(out, axis=1) + 1e-300
 
     V, _ = gaussian.interpolated(fn, q, scale=scale)
-    A = [np.ascontiguousarray(V[:, s * (K + 1):s * (K + 1) + K]) for s in range(3)]
+    A = np.zeros((5, q.size, K))
+    for s in range(3):
+        A[s] = V[:, s * (K + 1):s * (K + 1) + K]
+    k = np.arange(K, dtype=float)
+    A[3, :, :K - 2] = 0.5 * np.sqrt((k[:-2] + 1) * (k[:-2] + 2)) * A[0, :, 2:]
+    A[4, :, :K - 4] = 0.25 * np.sqrt((k[:-4] + 1) * (k[:-4] + 2) * (k[:-4] + 3) * (k[:-4] + 4)) * A[0, :, 4:]
     m4 = V[:, 2 * (K + 1) - 1]  # E[(phi^2)^2]
     # relative Parseval tails: 1 - sum_{m<k} a_m^2 / E[f^2], plus a rounding allowance
     R = np.zeros((q.size, K))
@@ -293,11 +393,96 @@ def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13)
         part = np.concatenate([np.zeros((q.size, 1)), np.cumsum(A[s] ** 2, axis=1)[:, :-1]], axis=1)
         R = np.maximum(R, np.maximum(1.0 - part / m, 0.0) + 1e-14)
     # one input: E[phi^2] = a_0(phi^2); d/dq and d2/dq2 by the heat-equation shift (module note)
-    diag = (A[1][:, 0], math.sqrt(2.0) / 2 * A[1][:, 2] / q, math.sqrt(24.0) / 4 * A[1][:, 4] / q ** 2, m4)
+    diag = (A[1, :, 0].copy(), math.sqrt(2.0) / 2 * A[1, :, 2] / q, math.sqrt(24.0) / 4 * A[1, :, 4] / q ** 2, m4)
+    return A, np.log(k + 4.0) + 0.5 * np.log(R), diag
+
+
+@nb.njit(cache=True)
+def _terms(Gi, Gj, r, tol, kmax):
+    """The number of terms K after which every series' remainder, bounded by Cauchy-Schwarz as
+    (K + 4)^2 |rho|^(K-2) sqrt(R_i[K] R_j[K]) relative to its scale, is below tol (kmax: too many);
+    in logs, with G = log(K + 4) + log(R) / 2 (:func:`pair_tables`), so no product chain."""
+    lr = math.log(max(r, 1e-300))
+    lt = math.log(tol)
+    K = 5
+    while K < kmax and Gi[K] + Gj[K] + (K - 2) * lr > lt:
+        K += 1
+    return K
+
+
+@nb.njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _series_pair(A, G, i, j, qi, qj, rho, tol, kmax, P, out):
+    """The 13 SERIES of inputs i, j (tables A (5, N, K) and log tails G (N, K) of
+    :func:`pair_tables`) at correlation rho, into out[:13]; False (out not set) when
+    :func:`_terms` needs more than kmax terms (the caller integrates). P: scratch (>= kmax + 2).
+    Summed as dot products with the powers P[k + 2] = rho^k (P[0] = P[1] = 0 for the
+    rho-derivative series sum_k k a_k b_k rho^(k-1) and sum_k k (k-1) a_k b_k rho^(k-2))."""
+    K = _terms(G[i], G[j], abs(rho), tol, kmax)
+    if K >= kmax:
+        return False
+    P[0] = 0.0
+    P[1] = 0.0
+    P[2] = 1.0
+    for k in range(3, min(K + 2, 10)):
+        P[k] = P[k - 1] * rho
+    if K + 2 > 10:
+        r8 = P[9] * rho
+        for k in range(10, K + 2):  # dependence distance 8: no serial chain
+            P[k] = P[k - 8] * r8
+    f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = f8 = f9 = f10 = f11 = f12 = 0.0
+    for k in range(K):
+        a1, c1 = A[0, i, k], A[0, j, k]
+        b2, e2 = A[3, i, k], A[3, j, k]
+        p, p1, p2 = P[k + 2], k * P[k + 1], (k * (k - 1.0)) * P[k]
+        t = a1 * c1
+        f0 += t * p
+        f6 += t * p1
+        f12 += t * p2
+        f1 += A[1, i, k] * A[1, j, k] * p
+        f2 += A[2, i, k] * c1 * p
+        f3 += a1 * A[2, j, k] * p
+        t = b2 * c1
+        f4 += t * p
+        f10 += t * p1
+        t = a1 * e2
+        f5 += t * p
+        f11 += t * p1
+        f7 += A[4, i, k] * c1 * p
+        f8 += a1 * A[4, j, k] * p
+        f9 += b2 * e2 * p
+    s12 = math.sqrt(qi * qj)
+    out[0], out[1], out[2], out[3] = f0, f1, f2, f3
+    out[4], out[5], out[6] = f4 / qi, f5 / qj, f6 / s12
+    out[7], out[8], out[9] = f7 / (qi * qi), f8 / (qj * qj), f9 / (qi * qj)
+    out[10], out[11], out[12] = f10 / (qi * s12), f11 / (qj * s12), f12 / (qi * qj)
+    return True
+
+
+@nb.njit(parallel=True, cache=True)
+def _all_pair_series(A, G, I, J, q, rho, tol, kmax, out, ok):
+    P = I.shape[0]
+    nblk = (P + 255) // 256
+    for t in nb.prange(nblk):
+        scratch = np.empty(kmax + 2)
+        for p in range(t * 256, min(P, (t + 1) * 256)):
+            ok[p] = _series_pair(A, G, I[p], J[p], q[I[p]], q[J[p]], rho[p], tol, kmax, scratch, out[p])
+
+
+def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13):
+    """For input pairs (I[p], J[p]) with variances q[I], q[J] and covariances C[p]: the SERIES
+    (E[phi phi], E[phi^2 phi^2], E[phi^3 phi], E[phi phi^3], the first derivatives of E[phi(u)
+    phi(v)] in (q1, q2, c) and its second derivatives), shape (P, 13), and a mask of the pairs
+    whose |rho| is too close to 1 for K terms (their rows are not meaningful).
+
+    Also returns, per input, (E[phi^2], d/dq, d2/dq2, E[phi^4]) from the same tables
+    (:func:`pair_tables`; the sums: :func:`_series_pair`).
+    """
+    q = np.ascontiguousarray(q, dtype=float)
+    A, G, diag = pair_tables(phi, q, kinks, K)
     I = np.ascontiguousarray(I, dtype=np.int64)
     J = np.ascontiguousarray(J, dtype=np.int64)
-    rho = np.asarray(C, dtype=float) / np.sqrt(q[I] * q[J])
+    rho = np.ascontiguousarray(np.asarray(C, dtype=float) / np.sqrt(q[I] * q[J]))
     out = np.empty((I.size, 13))
     ok = np.empty(I.size, dtype=np.bool_)
-    _all_pair_series(A[0], A[1], A[2], np.ascontiguousarray(R), I, J, q, rho, tol, K - 4, out, ok)
+    _all_pair_series(A, G, I, J, q, rho, tol, K - 4, out, ok)
     return out, ~ok, diag

@@ -43,6 +43,7 @@ E[z_a z_b z_c z_d]_conn = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n + O(1/n^2).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -55,7 +56,7 @@ from limitlab.numerics import validation as validate
 from limitlab.theory.kernels.mlp import MLP, _check_inputs
 
 __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recursion", "single_input_closed_form",
-           "MAX_FULL_INPUTS"]
+           "MAX_FULL_INPUTS", "MAX_NTK_PAIR_INPUTS"]
 
 # the full four-point vertex takes one r-dimensional quadrature per set of r distinct inputs,
 # r <= 4 (its cost grows steeply with r: docs/finite_width.md has the figures): by default it is
@@ -64,6 +65,11 @@ MAX_FULL_INPUTS = 3
 # inputs whose correlation at some layer is within this of +-1 have no finite score weights
 # (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
 RHO_MAX = 1.0 - 1e-6
+# the NTK's pair quantities take one two-input quadrature per pair and layer: by default computed for
+# up to this many inputs (beyond it, the single-input ones only)
+MAX_NTK_PAIR_INPUTS = 4
+# the two-input series: Hermite table length and the bound on every remainder (gaussian_moments.pair_series)
+_TERMS, _TOL = 256, 1e-13
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,20 @@ class FiniteWidthLayer:
     nngp: np.ndarray  # K^l (N, N)
     nngp_correction: np.ndarray  # K1^l (N, N)
     four_point: Optional[np.ndarray]  # V^l (N, N, N, N), or None when not computed
-    # the NTK's single-input quantities (one value per input; None in the standard parametrization):
-    # Theta^l_aa, Theta1^l_aa, and n Var[Thetahat^l_{ii;aa}] = A + 2 B (module docstring)
+    # the NTK's single-input quantities (one value per input; None in the standard parametrization
+    # without a width): Theta^l_aa, Theta1^l_aa, and n Var[Thetahat^l_{ii;aa}] = A + 2 B (module docstring)
     ntk_diag: Optional[np.ndarray] = None
     ntk_correction_diag: Optional[np.ndarray] = None
     ntk_variance_diag: Optional[np.ndarray] = None
     ntk_tensors: Optional[dict] = None  # {"A", "B", "D", "F"}: (N,) each, single input
+    # the NTK on all pairs (None when not computed: ``finite_width(..., ntk_pairs=False)``):
+    # Theta^l, Theta1^l (N, N) and ntk_covariance_pairs[e, g, a, b] = n Cov[Thetahat_{ii;e}, Thetahat_{ii;g}]
+    # with e, g in ((aa), (bb), (ab)) (one neuron; the diagonals are the *_diag fields)
+    ntk: Optional[np.ndarray] = None
+    ntk_correction: Optional[np.ndarray] = None
+    ntk_covariance_pairs: Optional[np.ndarray] = None
+    # {"A", "D": (3, 3, N, N), "B": (4, 4, N, N), "F": (3, 2, 2, N, N)}: _ntk_pair_step's state per pair
+    ntk_pair_tensors: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -98,10 +112,18 @@ class FiniteWidth:
     # the two-input blocks of V at the output: four_point_pairs[e, g, a, b] = V_(e)(g) for e, g in
     # ((aa), (bb), (ab)) -- all that K1 needs, computed even when the full V is not
     four_point_pairs: np.ndarray = None
-    # the NTK at the output, single input (one value per input; None in the standard parametrization)
+    # the NTK at the output, single input (one value per input; None in the standard parametrization
+    # without a width)
     ntk_diag: Optional[np.ndarray] = None
     ntk_correction_diag: Optional[np.ndarray] = None
     ntk_variance_diag: Optional[np.ndarray] = None
+    # the NTK at the output on all pairs (FiniteWidthLayer; None when not computed)
+    ntk: Optional[np.ndarray] = None
+    ntk_correction: Optional[np.ndarray] = None
+    ntk_covariance_pairs: Optional[np.ndarray] = None
+    # standard parametrization: the hidden width n the NTK quantities were computed at (they depend
+    # on it: docs/finite_width.md); None in the ntk parametrization
+    width: Optional[float] = None
 
     def depth_to_width(self, width) -> float:
         """L / n, the ratio that controls the corrections (PDLT ch. 5)."""
@@ -131,16 +153,34 @@ class FiniteWidth:
 
     def expected_ntk_diag(self, width) -> np.ndarray:
         """E[Thetahat_aa] = Theta_aa + Theta1_aa / n to order 1/n (per input)."""
-        return self._need_ntk("expected_ntk_diag")[0] + self.ntk_correction_diag / _width(width)
+        th = self._need_ntk("expected_ntk_diag", width)
+        return th + self.ntk_correction_diag / _width(width)
 
     def ntk_variance(self, width) -> np.ndarray:
         """Var[Thetahat_aa] = (A + 2 B)_aa / n to leading order (per input)."""
-        return self._need_ntk("ntk_variance")[1] / _width(width)
+        self._need_ntk("ntk_variance", width)
+        return self.ntk_variance_diag / _width(width)
 
-    def _need_ntk(self, what):
+    def expected_ntk(self, width) -> np.ndarray:
+        """E[Thetahat_ab] = Theta_ab + Theta1_ab / n to order 1/n (N, N)."""
+        self._need_ntk("expected_ntk", width, pairs=True)
+        return self.ntk + self.ntk_correction / _width(width)
+
+    def ntk_covariance(self, width) -> np.ndarray:
+        """Cov[Thetahat_e, Thetahat_g] = ntk_covariance_pairs[e, g] / n to leading order (3, 3, N, N)."""
+        self._need_ntk("ntk_covariance", width, pairs=True)
+        return self.ntk_covariance_pairs / _width(width)
+
+    def _need_ntk(self, what, width, pairs=False):
         if self.ntk_diag is None:
-            raise ValueError(f"{what}: the NTK's 1/n quantities are computed for parametrization='ntk' only")
-        return self.ntk_diag, self.ntk_variance_diag
+            raise ValueError(f"{what}: the NTK's 1/n quantities need parametrization='ntk', or 'standard' with "
+                             "the MLP's width=n")
+        if pairs and self.ntk is None:
+            raise ValueError(f"{what}: the NTK's pair quantities were not computed; pass ntk_pairs=True")
+        if self.width is not None and _width(width) != self.width:
+            raise ValueError(f"width: the standard parametrization's NTK quantities were computed at the MLP's "
+                             f"width {self.width:g}, got {width!r}")
+        return self.ntk_diag
 
     def _need_v(self):
         if self.four_point is None:
@@ -197,19 +237,58 @@ def _series(act, K):
     N = K.shape[0]
     q = np.diagonal(K).copy()
     I, J = np.triu_indices(N, 1)
-    _check_corr(K, I, J)
-    S, bad, diag = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks)
+    _check_corr(K)
+    S, bad, diag = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks, _TERMS, _TOL)
     for p in np.nonzero(bad)[0]:
         v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
         S[p] = [v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]]
     return S, diag
 
 
+@nb.njit(cache=True)
+def _pair_update(s, a, bb, m2, d1, d4, K1, Vb, w, b, Kn, K1n, Vn):
+    """One pair a != b of the two-input block recursion (module docstring) from its 13 SERIES s
+    (gaussian_moments.SERIES): Kn, K1n at (a, b), (b, a) and Vn[:, :, a, b], Vn[:, :, b, a]."""
+    w2 = w * w
+    Kn[a, bb] = Kn[bb, a] = w * s[0] + b
+    acc = (s[7] * Vb[0, 0, a, bb] + s[8] * Vb[1, 1, a, bb] + s[12] * Vb[2, 2, a, bb]
+           + s[9] * (Vb[0, 1, a, bb] + Vb[1, 0, a, bb]) + s[10] * (Vb[0, 2, a, bb] + Vb[2, 0, a, bb])
+           + s[11] * (Vb[1, 2, a, bb] + Vb[2, 1, a, bb]))
+    K1n[a, bb] = K1n[bb, a] = w * (s[4] * K1[a, a] + s[5] * K1[bb, bb] + s[6] * K1[a, bb] + 0.5 * acc)
+    # per pair e of (a, b): the derivative of <phi phi> in (K_aa, K_bb, K_ab), contracted with
+    # the V blocks: U[e, y] = sum_x D[e, x] Vb[x, y]; then T[e, g] = sum_y U[e, y] D[g, y]
+    da, db = d1[a], d1[bb]
+    m2e = (m2[a], m2[bb], s[0])
+    pa = (2, 0, 1)
+    U = ((da * Vb[0, 0, a, bb], da * Vb[0, 1, a, bb], da * Vb[0, 2, a, bb]),
+         (db * Vb[1, 0, a, bb], db * Vb[1, 1, a, bb], db * Vb[1, 2, a, bb]),
+         (s[4] * Vb[0, 0, a, bb] + s[5] * Vb[1, 0, a, bb] + s[6] * Vb[2, 0, a, bb],
+          s[4] * Vb[0, 1, a, bb] + s[5] * Vb[1, 1, a, bb] + s[6] * Vb[2, 1, a, bb],
+          s[4] * Vb[0, 2, a, bb] + s[5] * Vb[1, 2, a, bb] + s[6] * Vb[2, 2, a, bb]))
+    for e in range(3):
+        Ue = U[e]
+        T = (Ue[0] * da, Ue[1] * db, Ue[0] * s[4] + Ue[1] * s[5] + Ue[2] * s[6])
+        for g in range(3):
+            k = pa[e] + pa[g]  # power of phi_a in <phi_e phi_g>; phi_b's is 4 - k
+            A4 = d4[a] if k == 4 else (d4[bb] if k == 0 else (s[1] if k == 2 else (s[2] if k == 3 else s[3])))
+            val = w2 * (A4 - m2e[e] * m2e[g] + T[g])
+            Vn[e, g, a, bb] = val
+            # the (b, a) orientation: (aa) <-> (bb)
+            es = 1 - e if e < 2 else 2
+            gs = 1 - g if g < 2 else 2
+            Vn[es, gs, bb, a] = val
+
+
+_TILE = 32  # pairs (a, b) in tiles of 32 x 32: the mirrored writes (b, a) stay in cache
+
+
 @nb.njit(parallel=True, cache=True)
-def _block_step(S, I, J, m2, d1, d2, m4, K1, Vb, w, b, Kn, K1n, Vn):
-    """One layer of the two-input block recursion (module docstring) from the series S (P, 13)
-    of gaussian_moments.SERIES: Kn, K1n (N, N) and Vn (3, 3, N, N), Vn[e, g, a, b] = V_(e)(g)
-    with e, g in ((aa), (bb), (ab))."""
+def _block_step(A, G, q, m2, d1, d2, m4, K, K1, Vb, w, b, tol, kmax, Kn, K1n, Vn, ok):
+    """One layer of the two-input block recursion (module docstring), fused with the series:
+    per pair, gaussian_moments._series_pair, then :func:`_pair_update`, so no (P, 13) array is
+    formed. A (5, N, K), G (N, K): the tables of gaussian_moments.pair_tables. Vn[e, g, a, b] =
+    V_(e)(g) with e, g in ((aa), (bb), (ab)). ok[a, b] (a < b) False: the series needs more than
+    kmax terms (those pairs are left to the caller)."""
     N = m2.shape[0]
     w2 = w * w
     for a in nb.prange(N):
@@ -219,41 +298,36 @@ def _block_step(S, I, J, m2, d1, d2, m4, K1, Vb, w, b, Kn, K1n, Vn):
         for e in range(3):
             for g in range(3):
                 Vn[e, g, a, a] = v
-    for p in nb.prange(I.shape[0]):
-        a, bb = I[p], J[p]
-        s = S[p]
-        Kn[a, bb] = Kn[bb, a] = w * s[0] + b
-        H = np.empty((3, 3))
-        H[0, 0], H[1, 1], H[2, 2] = s[7], s[8], s[12]
-        H[0, 1] = H[1, 0] = s[9]
-        H[0, 2] = H[2, 0] = s[10]
-        H[1, 2] = H[2, 1] = s[11]
-        acc = 0.0
-        for e in range(3):
-            for g in range(3):
-                acc += H[e, g] * Vb[e, g, a, bb]
-        K1n[a, bb] = K1n[bb, a] = w * (s[4] * K1[a, a] + s[5] * K1[bb, bb] + s[6] * K1[a, bb] + 0.5 * acc)
-        # per pair e of (a, b): <phi phi> and its derivative in (K_aa, K_bb, K_ab); powers of (a, b)
-        Dm = np.zeros((3, 3))
-        Dm[0, 0] = d1[a]
-        Dm[1, 1] = d1[bb]
-        Dm[2, 0], Dm[2, 1], Dm[2, 2] = s[4], s[5], s[6]
-        m2e = (m2[a], m2[bb], s[0])
-        pa = (2, 0, 1)
-        for e in range(3):
-            for g in range(3):
-                k = pa[e] + pa[g]  # power of phi_a in <phi_e phi_g>; phi_b's is 4 - k
-                A4 = m4[a] if k == 4 else (m4[bb] if k == 0 else (s[1] if k == 2 else (s[2] if k == 3 else s[3])))
-                t = 0.0
-                for x in range(3):
-                    for y in range(3):
-                        t += Dm[e, x] * Dm[g, y] * Vb[x, y, a, bb]
-                val = w2 * (A4 - m2e[e] * m2e[g] + t)
-                Vn[e, g, a, bb] = val
-                # the (b, a) orientation: (aa) <-> (bb)
-                es = 1 - e if e < 2 else 2
-                gs = 1 - g if g < 2 else 2
-                Vn[es, gs, bb, a] = val
+    nt = (N + _TILE - 1) // _TILE
+    ntiles = nt * (nt + 1) // 2
+    for t in nb.prange(ntiles):
+        # tile t -> (ta, tb), tb >= ta, in row-major order over the upper triangle
+        tt = np.int64(t)
+        ta = np.int64(0)
+        while tt >= nt - ta:
+            tt -= nt - ta
+            ta += 1
+        tb = ta + tt
+        s = np.empty(13)
+        scratch = np.empty(kmax + 2)
+        for a in range(ta * _TILE, min((ta + 1) * _TILE, N)):
+            for c in range(max(tb * _TILE, a + 1), min((tb + 1) * _TILE, N)):
+                ok[a, c] = gaussian_moments._series_pair(A, G, a, c, q[a], q[c], K[a, c] / math.sqrt(q[a] * q[c]),
+                                                         tol, kmax, scratch, s)
+                if ok[a, c]:
+                    _pair_update(s, a, c, m2, d1, m4, K1, Vb, w, b, Kn, K1n, Vn)
+
+
+@nb.njit(cache=True)
+def _first_parallel(K, rho_max):
+    """The first pair a < b (row-major) whose correlation exceeds rho_max in modulus: (a, b, rho), or (-1, -1, 0)."""
+    N = K.shape[0]
+    for a in range(N):
+        for bb in range(a + 1, N):
+            r = K[a, bb] / math.sqrt(K[a, a] * K[bb, bb])
+            if abs(r) > rho_max:
+                return a, bb, r
+    return -1, -1, 0.0
 
 
 def _pair_moments(act, K, a, b):
@@ -297,10 +371,18 @@ def _layer_step(act, w, b, K, K1, V, full):
     N = K.shape[0]
     if not full:
         # the two-input blocks only: one fused pass over the pairs (no (3, 3, N, N) temporaries)
-        S, (m2, d1, d2, m4) = _series(act, K)
+        _check_corr(K)
+        q = np.diagonal(K).copy()
+        A, G, (m2, d1, d2, m4) = gaussian_moments.pair_tables(act.__call__, q, act.kinks, _TERMS)
         Kn, K1n, Vn = np.empty((N, N)), np.empty((N, N)), np.empty((3, 3, N, N))
-        I, J = np.triu_indices(N, 1)
-        _block_step(S, I, J, m2, d1, d2, m4, K1, V, float(w), float(b), Kn, K1n, Vn)
+        ok = np.ones((N, N), dtype=np.bool_)
+        w, b = float(w), float(b)
+        _block_step(A, G, q, m2, d1, d2, m4,
+                    K, K1, V, w, b, _TOL, _TERMS - 4, Kn, K1n, Vn, ok)
+        for a, c in zip(*np.nonzero(~ok)):  # too close to parallel for the series: nested quadrature
+            v, g, h, s22, s31, s13 = _pair_moments(act, K, a, c)
+            s = np.array([v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]])
+            _pair_update(s, a, c, m2, d1, m4, K1, V, w, b, Kn, K1n, Vn)
         return Kn, K1n, Vn
     M2, D, H, P4, m4 = _two_input_moments(act, K)
     Kn = w * M2 + b
@@ -317,18 +399,26 @@ def _layer_step(act, w, b, K, K1, V, full):
     return Kn, K1n, Vn
 
 
-def _ntk_step(act, w, b, K, K1, V, state):
-    """One layer of the single-input NTK recursion (docs/finite_width.md, "The NTK"), per input:
-    (Theta, Theta1, A, B, D, F) at layer l, with K, K1, V (the diagonal entries) at layer l, ->
-    layer l + 1. Moments at K^l by :func:`gaussian_moments.one_input_derivatives`:
-    g = <phi^2>, p = <phi'^2> (value and K-derivatives), <phi^4>, <phi'^4>, <phi^2 phi'^2>, <z phi phi'>."""
-    Th, Th1, A, B, D, F = state
-    out = np.empty((6, K.size))
+def _one_input_ntk_moments(act, K):
+    """Per input (K: the variances, (N,)): (N, 6, 3) rows <phi^2>, <phi'^2> (value, d/dK, d2/dK2),
+    <phi^4>, <phi'^4>, <phi^2 phi'^2>, <z phi phi'> (values in column 0), by
+    :func:`gaussian_moments.one_input_derivatives_many`."""
     dphi = act.derivative
     fs = [lambda z: act(z) ** 2, lambda z: dphi(z) ** 2, lambda z: act(z) ** 4, lambda z: dphi(z) ** 4,
           lambda z: (act(z) * dphi(z)) ** 2, lambda z: z * act(z) * dphi(z)]
+    return gaussian_moments.one_input_derivatives_many(fs, K, act.kinks)
+
+
+def _ntk_step(m1, w, b, K, K1, V, state, lam=1.0, mu=0.0):
+    """One layer of the single-input NTK recursion (docs/finite_width.md, "The NTK"), per input:
+    (Theta, Theta1, A, B, D, F) at layer l, with K, K1, V (the diagonal entries) at layer l, ->
+    layer l + 1. m1: :func:`_one_input_ntk_moments` at K^l (g = <phi^2>, p = <phi'^2> with their
+    K-derivatives, <phi^4>, <phi'^4>, <phi^2 phi'^2>, <z phi phi'>). The layer's own term of the NTK
+    is lam Ghat + mu (ntk parametrization: lam = 1, mu = 0; standard: :func:`_layer_weights`)."""
+    Th, Th1, A, B, D, F = state
+    out = np.empty((6, K.size))
     for a in range(K.size):
-        m = gaussian_moments.one_input_derivatives(fs, K[a], act.kinks)
+        m = m1[a]
         (g, g1, _), (p, p1, p2) = m[0], m[1]
         m4, q4, c22, e = m[2, 0], m[3, 0], m[4, 0], m[5, 0] / K[a]
         th, v, d = Th[a], V[a], D[a]
@@ -337,14 +427,143 @@ def _ntk_step(act, w, b, K, K1, V, state):
         Vn = w * w * (m4 - g * g) + (w * g1) ** 2 * v
         # Hhat = (w/n) sum_i phi'(z_i)^2 Thetahat_ii: its conditional mean w p(Ghat) Thetabar (+ 2 w Fhat p' / n)
         hh = w * w * (th * th * (q4 - p * p) + (p1 * th) ** 2 * v + 2 * p * p1 * th * d + p * p * A[a])
-        Dn = Vn + w * w * (th * (c22 - g * p) + g1 * (p1 * th * v + p * d))
-        out[:, a] = (Kn + w * p * th,
-                     K1n + w * (p1 * th * K1[a] + p * Th1[a] + p1 * d + 0.5 * p2 * th * v + 2 * F[a] * p1),
-                     Vn + 2 * (Dn - Vn) + hh,
+        X = w * w * (th * (c22 - g * p) + g1 * (p1 * th * v + p * d))  # n Cov[Hhat, Ghat]
+        out[:, a] = (lam * Kn + mu + w * p * th,
+                     lam * K1n + w * (p1 * th * K1[a] + p * Th1[a] + p1 * d + 0.5 * p2 * th * v + 2 * F[a] * p1),
+                     lam * lam * Vn + 2 * lam * X + hh,
                      w * w * (q4 * th * th + p * p * B[a]),
-                     Dn,
+                     lam * Vn + X,
                      w * w * (c22 * th + e * e * F[a]))
     return tuple(out)
+
+
+# the NTK's pair recursion (docs/finite_width.md, "The NTK"): per pair (a, b) the symmetric entries
+# E3 = ((aa), (bb), (ab)) (as in four_point_pairs) and, for the off-diagonal neuron pairs, the ordered
+# entries O4 = ((aa), (bb), (ab), (ba)); local input 0 is a, 1 is b
+_E3 = ((0, 0), (1, 1), (0, 1))
+_O4 = ((0, 0), (1, 1), (0, 1), (1, 0))
+_O4_T = (0, 1, 3, 2)  # (ab) <-> (ba)
+_E3_OF = {(0, 0): 0, (1, 1): 1, (0, 1): 2, (1, 0): 2}  # an ordered pair's symmetric entry
+_COUNT_A = (2, 0, 1, 1)  # powers of input a in the O4 entries
+
+
+def _pair_ntk_moments(act, K, m1, a, b):
+    """The two-input moments of the NTK pair recursion at covariance K (N, N) for inputs a != b; the
+    one-input ones (m1: :func:`_one_input_ntk_moments`) where a quantity depends on one input only,
+    so that the pair's (aa) entries follow the single-input recursion exactly. Nested quadrature
+    (``gaussian_moments.nested_nodes``) with score-function covariance derivatives: no derivative of
+    phi' is taken, so ReLU's step is exact. Returns a dict of arrays (docstring of _ntk_pair_step)."""
+    cov = np.array([[K[a, a], K[a, b]], [K[a, b], K[b, b]]])
+    z, xi, wts = gaussian_moments.nested_nodes(cov, [act.kinks, act.kinks])
+    ph = (act(z[:, 0]), act(z[:, 1]))
+    dp = (act.derivative(z[:, 0]), act.derivative(z[:, 1]))
+    ma, mb = m1[a], m1[b]
+    one = (ma, mb)
+    # <phi phi> on E3 and its first derivatives in (K_aa, K_bb, K_ab)
+    Gp, dGp = np.zeros(3), np.zeros((3, 3))
+    Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
+    for e in range(2):
+        Gp[e], dGp[e, e] = one[e][0, 0], one[e][0, 1]
+        Pp[e], dP[e, e], d2P[e, e, e] = one[e][1]
+    F = ph[0] * ph[1] * wts
+    g, _ = gaussian_moments.score_derivatives(cov, xi, F, _DIRECTIONS)
+    Gp[2], dGp[2] = F.sum(), g
+    F = dp[0] * dp[1] * wts
+    g, h = gaussian_moments.score_derivatives(cov, xi, F, _DIRECTIONS)
+    Pp[2], dP[2], d2P[2] = F.sum(), g, h
+    # Mdp[e, g] = <phi'_e1 phi'_e2 phi_g1 phi_g2>, Q[k] = <phi'_a^k phi'_b^(4 - k)>
+    Mdp = np.empty((3, 3))
+    for e, (e1, e2) in enumerate(_E3):
+        for gg, (g1, g2) in enumerate(_E3):
+            if e == gg and e < 2:
+                Mdp[e, gg] = one[e][4, 0]
+            else:
+                Mdp[e, gg] = (dp[e1] * dp[e2] * ph[g1] * ph[g2]) @ wts
+    Q = np.array([mb[3, 0], (dp[0] * dp[1] ** 3) @ wts, (dp[0] ** 2 * dp[1] ** 2) @ wts,
+                  (dp[0] ** 3 * dp[1]) @ wts, ma[3, 0]])
+    # R[c, e1] = E[phi_c phi'_e1 K^-1 z] (= E[grad(phi_c phi'_e1)] by Stein): on one input <z phi phi'> / K
+    R = np.zeros((2, 2, 2))
+    Ki = np.linalg.inv(cov)
+    for c in range(2):
+        R[c, c, c] = one[c][5, 0] / cov[c, c]
+        h2 = ph[c] * dp[1 - c] * wts
+        R[c, 1 - c] = Ki @ (z.T @ h2)
+    return dict(Gp=Gp, dGp=dGp, P=Pp, dP=dP, d2P=d2P, Mdp=Mdp, Q=Q, R=R)
+
+
+def _ntk_pair_step(m, w, lam, mu, K1, V, Kn, K1n, Vn, st):
+    """One layer of the NTK pair recursion (docs/finite_width.md, "The NTK") for one pair (a, b):
+    the state st at layer l -> layer l + 1. m: :func:`_pair_ntk_moments` at K^l; K1 (3,), V (3, 3):
+    K1^l and V^l on E3; Kn, K1n (3,), Vn (3, 3) the same at layer l + 1. The state, over E3
+    (Thetahat's entries (aa), (bb), (ab)) and O4 (ordered: (aa), (bb), (ab), (ba)):
+    Th, Th1 (3,): Theta, Theta1; A (3, 3): n Cov[Thetabar_e, Thetabar_g]; D (3, 3):
+    n Cov[Thetabar_e, Ghat_g]; B (4, 4): n E[Thetahat_{12;e} Thetahat_{12;g}] (neurons 1 != 2);
+    F (3, 2, 2): F[e, c, d] = n E[Thetahat_{12;e} z_{1;c} z_{2;d}]."""
+    Th, Th1, A, D, B, F = st["Th"], st["Th1"], st["A"], st["D"], st["B"], st["F"]
+    Gp, dGp, P, dP, d2P, Mdp, Q, R = (m[k] for k in ("Gp", "dGp", "P", "dP", "d2P", "Mdp", "Q", "R"))
+    w2 = w * w
+    # the conditional mean of Thetahat_jj given z_j carries (1/n) (z^T K^-1 F_e K^-1 z - tr): a score
+    # weight, 2 d/dt <.>_{K + t sym(F_e)}, so F enters Theta1 through its symmetric part on (aa, bb, ab)
+    Fv = np.stack([F[:, 0, 0], F[:, 1, 1], 0.5 * (F[:, 0, 1] + F[:, 1, 0])], axis=1)
+    Th_n = lam * Kn + mu + w * P * Th
+    Th1_n = lam * K1n + w * (P * Th1 + Th * (dP @ K1) + np.einsum("ef,ef->e", dP, D)
+                             + 0.5 * Th * np.einsum("efg,fg->e", d2P, V) + 2 * np.einsum("ef,ef->e", dP, Fv))
+    TdP = Th[:, None] * dP  # d(P_e Theta_e)/dK_f at fixed Thetabar
+    # X = n Cov[Hhat_e, Ghat_g], Y = n Cov[Hhat_e, Hhat_g] (Hhat = (w/n) sum_i phi'phi' Thetahat_ii)
+    X = w2 * (Th[:, None] * (Mdp - P[:, None] * Gp[None, :]) + TdP @ V @ dGp.T + (P[:, None] * D) @ dGp.T)
+    Mdd = np.array([[Q[_COUNT_A[e] + _COUNT_A[g]] for g in range(3)] for e in range(3)])
+    C = TdP @ D.T * P[None, :]  # Theta_e sum_f dP[e, f] D[g, f] P_g
+    Y = w2 * (np.outer(Th, Th) * (Mdd - np.outer(P, P)) + TdP @ V @ TdP.T + C + C.T + np.outer(P, P) * A)
+    A_n = lam * lam * Vn + lam * (X + X.T) + Y
+    D_n = lam * Vn + X
+    Th4 = Th[[0, 1, 2, 2]]
+    B_n = np.empty((4, 4))
+    for e, (e1, e2) in enumerate(_O4):
+        for g, (g1, g2) in enumerate(_O4):
+            B_n[e, g] = w2 * (Th4[e] * Th4[g] * Q[_COUNT_A[e] + _COUNT_A[g]]
+                              + P[_E3_OF[e1, g1]] * P[_E3_OF[e2, g2]] * B[e, g])
+    F_n = np.empty((3, 2, 2))
+    for e, (e1, e2) in enumerate(_E3):
+        F_n[e] = w2 * (Th[e] * Mdp[e][[[0, 2], [2, 1]]] + R[:, e1] @ F[e] @ R[:, e2].T)
+    return dict(Th=Th_n, Th1=Th1_n, A=A_n, D=D_n, B=B_n, F=F_n)
+
+
+def _pair_state(Th3):
+    """The NTK pair state of layer 1 (deterministic: Thetahat^1_ij = delta_ij Theta^1)."""
+    return dict(Th=np.asarray(Th3, dtype=float), Th1=np.zeros(3), A=np.zeros((3, 3)), D=np.zeros((3, 3)),
+                B=np.zeros((4, 4)), F=np.zeros((3, 2, 2)))
+
+
+def _ntk_pair_fields(diag, pairs, N):
+    """The (N, N) fields of one layer from the single-input state ``diag`` (Th, Th1, A, B, D, F: (N,)
+    each) and the pair states {(a, b): state}: ntk, ntk_correction, ntk_covariance_pairs
+    (3, 3, N, N) (n Cov[Thetahat_e, Thetahat_g] of one neuron, e, g in E3 of (a, b)), and the pair
+    tensors A, D (3, 3, N, N), B (4, 4, N, N), F (3, 2, 2, N, N) in the (a, b) orientation."""
+    Th, Th1, A, B, D, F = diag
+    i = np.arange(N)
+    out = dict(ntk=np.diag(Th), ntk_correction=np.diag(Th1), cov=np.zeros((3, 3, N, N)),
+               A=np.zeros((3, 3, N, N)), D=np.zeros((3, 3, N, N)), B=np.zeros((4, 4, N, N)),
+               F=np.zeros((3, 2, 2, N, N)))
+    out["cov"][:, :, i, i] = A + 2 * B
+    out["A"][:, :, i, i], out["D"][:, :, i, i], out["B"][:, :, i, i] = A, D, B
+    out["F"][:, :, :, i, i] = F
+    s3, s4 = [1, 0, 2], [1, 0, 3, 2]  # (a, b) -> (b, a): (aa) <-> (bb), (ab) <-> (ba)
+    for (a, b), st in pairs.items():
+        out["ntk"][a, b] = out["ntk"][b, a] = st["Th"][2]
+        out["ntk_correction"][a, b] = out["ntk_correction"][b, a] = st["Th1"][2]
+        Bs = st["B"]
+        cov = st["A"] + Bs[:3, :3] + Bs[:3, [0, 1, 3]]
+        for name, val in (("cov", cov), ("A", st["A"]), ("D", st["D"])):
+            out[name][:, :, a, b] = val
+            out[name][:, :, b, a] = val[np.ix_(s3, s3)]
+        out["B"][:, :, a, b] = Bs
+        out["B"][:, :, b, a] = Bs[np.ix_(s4, s4)]
+        out["F"][:, :, :, a, b] = st["F"]
+        # F[e, c, d] of (b, a): its (ab) entry is the (ba) entry of (a, b), F_(ba);cd = F_(ab);dc
+        Fs = st["F"][s3][:, ::-1, ::-1].copy()
+        Fs[2] = st["F"][2].T[::-1, ::-1]
+        out["F"][:, :, :, b, a] = Fs
+    return out
 
 
 def _pair_block(V, N):
@@ -359,23 +578,50 @@ def _pair_block(V, N):
     return out
 
 
-def _check_corr(K, I, J):
-    """Refuse pairs (I[p], J[p]) whose correlation is within 1 - RHO_MAX of +-1."""
-    rho = K[I, J] / np.sqrt(K[I, I] * K[J, J])
-    bad = np.nonzero(np.abs(rho) > RHO_MAX)[0]
-    if bad.size:
-        a, b, r = I[bad[0]], J[bad[0]], rho[bad[0]]
+def _check_corr(K):
+    """Refuse pairs of inputs whose correlation is within 1 - RHO_MAX of +-1."""
+    a, b, r = _first_parallel(K, RHO_MAX)
+    if a >= 0:
         raise ValueError(f"X: inputs {a} and {b} are (anti)parallel at some layer (correlation {r:.9f}); the 1/n "
                          "corrections are computed for distinct directions (merge repeated inputs)")
 
 
-def finite_width(net: MLP, X, *, four_point: Optional[bool] = None) -> FiniteWidth:
-    """K, K1 and V of an MLP on the rows of X, at the output and per layer (module docstring).
+def _layer_weights(net: MLP, X):
+    """The NTK's own term of each Dense layer l, lam_l Ghat^{l+1} + mu_l (docs/finite_width.md), and
+    Theta^1, the deterministic NTK of layer 1; the width n for the standard parametrization (None in
+    the ntk one). ntk: lam = 1, mu = 0, Theta^1 = K^1. standard (verify/montecarlo.py: gradients
+    unweighted): the layer's term is a^l . a^l + beta = (n / w_l)(Ghat^{l+1} - b_l) + beta, so
+    lam_l = n / w_l, mu_l = beta - n b_l / w_l, and Theta^1 = x . x' + beta."""
+    L = net.depth
+    if net.parametrization == "ntk":
+        return np.ones(L + 1), np.zeros(L + 1), None, None
+    if net._widths is None:
+        return None, None, None, None
+    n = float(net._widths[0])
+    if np.any(net._widths != n):
+        raise ValueError(f"width: the finite-width theory is for equal hidden widths, got {net.width!r}")
+    w, b, beta = net._w, net._b, net._beta
+    if np.any(w[1:] <= 0):
+        raise ValueError(f"weight_var: the standard parametrization's finite-width NTK needs weight_var > 0 in "
+                         f"every hidden and readout layer (it reads a^l . a^l off Ghat^(l+1)), got {net.weight_var!r}")
+    lam = np.concatenate([[np.nan], n / w[1:]])
+    mu = np.concatenate([[np.nan], beta[1:] - n * b[1:] / w[1:]])
+    return lam, mu, X @ X.T + beta[0], n
+
+
+def finite_width(net: MLP, X, *, four_point: Optional[bool] = None, ntk_pairs: Optional[bool] = None) -> FiniteWidth:
+    """K, K1 and V of an MLP on the rows of X, at the output and per layer (module docstring), and
+    the NTK's 1/n quantities (docs/finite_width.md, "The NTK").
 
     ``four_point``: compute the full vertex V (N^4 entries); default: when N <= MAX_FULL_INPUTS.
     Without it, K1 is computed from the two-input blocks of V, which close under the
     recursion (V^{l+1} on inputs {a, b} needs V^l on {a, b} only); ``four_point`` is then None
     and single entries come from ``finite_width(net, X[[a, b, c, d]])``.
+    ``ntk_pairs``: compute the NTK's quantities on every pair of inputs (ntk, ntk_correction,
+    ntk_covariance_pairs; one two-input quadrature per pair and layer); default: when
+    N <= MAX_NTK_PAIR_INPUTS. The single-input ones (*_diag) are always computed. In the standard
+    parametrization the NTK quantities need the MLP's ``width`` (they depend on it) and are
+    computed at that width.
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a limitlab.theory.kernels.MLP, got {type(net).__name__}")
@@ -384,32 +630,55 @@ def finite_width(net: MLP, X, *, four_point: Optional[bool] = None) -> FiniteWid
     if len(np.unique(X, axis=0)) < N:
         raise ValueError("X: repeated rows; the 1/n corrections are computed for distinct inputs (pass each once)")
     full = N <= MAX_FULL_INPUTS if four_point is None else bool(four_point)
+    pairs_wanted = N <= MAX_NTK_PAIR_INPUTS if ntk_pairs is None else bool(ntk_pairs)
     act = net.activation
     w, b = net._w, net._b
     K = w[0] * (X @ X.T) / d + b[0]
     K1 = np.zeros((N, N))
     V = np.zeros((N,) * 4) if full else np.zeros((3, 3, N, N))
-    ntk = net.parametrization == "ntk"
+    lam, mu, Th0, width = _layer_weights(net, X)
+    ntk = lam is not None
     i = np.arange(N)
-    # the NTK of layer 1 is deterministic: Thetahat^1_ij = delta_ij Ghat^1 (PDLT ch. 8)
-    state = (np.diagonal(K).copy(), *np.zeros((5, N))) if ntk else None
-    layers = [_layer(1, K, K1, V, full, state)]
+    I, J = np.triu_indices(N, 1)
+    state = pairs = None
+    if ntk:
+        # the NTK of layer 1 is deterministic: Thetahat^1_ij = delta_ij Theta^1 (PDLT ch. 8)
+        Th0 = K if Th0 is None else Th0
+        state = (np.diagonal(Th0).copy(), *np.zeros((5, N)))
+        if pairs_wanted:
+            pairs = {(a, c): _pair_state((Th0[a, a], Th0[c, c], Th0[a, c])) for a, c in zip(I, J)}
+    layers = [_layer(1, K, K1, V, full, state, pairs)]
     for l in range(net.depth):
         Kd, K1d, Vd = np.diagonal(K).copy(), np.diagonal(K1).copy(), (V[i, i, i, i] if full else V[0, 0, i, i])
+        Ko, K1o, Vbo = K, K1, (_pair_block(V, N) if full and pairs else V)
         K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full)
         if ntk:
-            state = _ntk_step(act, float(w[l + 1]), float(b[l + 1]), Kd, K1d, Vd, state)
-        layers.append(_layer(l + 2, K, K1, V, full, state))
+            wl, lm, ml = float(w[l + 1]), float(lam[l + 1]), float(mu[l + 1])
+            m1 = _one_input_ntk_moments(act, Kd)
+            state = _ntk_step(m1, wl, float(b[l + 1]), Kd, K1d, Vd, state, lm, ml)
+            if pairs:
+                Vbn = _pair_block(V, N) if full else V
+                for (a, c), st in pairs.items():
+                    e3 = ([a, c, a], [a, c, c])
+                    pairs[a, c] = _ntk_pair_step(_pair_ntk_moments(act, Ko, m1, a, c), wl, lm, ml, K1o[e3],
+                                                 Vbo[:, :, a, c], K[e3], K1[e3], Vbn[:, :, a, c], st)
+        layers.append(_layer(l + 2, K, K1, V, full, state, pairs))
     top = layers[-1]
     return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V,
-                       top.ntk_diag, top.ntk_correction_diag, top.ntk_variance_diag)
+                       top.ntk_diag, top.ntk_correction_diag, top.ntk_variance_diag, top.ntk, top.ntk_correction,
+                       top.ntk_covariance_pairs, width)
 
 
-def _layer(l, K, K1, V, full, state):
+def _layer(l, K, K1, V, full, state, pairs):
     if state is None:
         return FiniteWidthLayer(l, K, K1, V if full else None)
     Th, Th1, A, B, D, F = state
-    return FiniteWidthLayer(l, K, K1, V if full else None, Th, Th1, A + 2 * B, dict(A=A, B=B, D=D, F=F))
+    single = (Th, Th1, A + 2 * B, dict(A=A, B=B, D=D, F=F))
+    if pairs is None:
+        return FiniteWidthLayer(l, K, K1, V if full else None, *single)
+    f = _ntk_pair_fields(state, pairs, K.shape[0])
+    return FiniteWidthLayer(l, K, K1, V if full else None, *single, f["ntk"], f["ntk_correction"], f["cov"],
+                            {k: f[k] for k in ("A", "B", "D", "F")})
 
 
 # --------------------------------------------------------------------------------------

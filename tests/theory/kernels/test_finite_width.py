@@ -325,11 +325,29 @@ def test_ntk_linear_network_closed_forms(depth):
                                                                           rel=1e-12)
 
 
-def test_ntk_quantities_need_the_ntk_parametrization():
-    fw = finite_width(MLP(2, "tanh", parametrization="standard"), np.array([[1.0, 0.5]]))
-    assert fw.ntk_diag is None and fw.layers[-1].ntk_tensors is None
+def test_standard_parametrization_ntk_quantities_need_the_width():
+    """Standard parametrization: without the MLP's width there are no NTK quantities; with it they
+    are computed at that width (Theta = MLP.ntk at that width) and refuse another one."""
+    X = np.array([[1.0, 0.5], [0.3, -0.8]])
+    fw = finite_width(MLP(2, "tanh", parametrization="standard"), X)
+    assert fw.ntk_diag is None and fw.ntk is None and fw.layers[-1].ntk_tensors is None
     with pytest.raises(ValueError, match="parametrization"):
         fw.ntk_variance(64)
+    net = MLP(2, "tanh", weight_var=1.3, bias_var=0.2, parametrization="standard", width=50)
+    fw = finite_width(net, X)
+    assert fw.width == 50
+    np.testing.assert_allclose(fw.ntk, net.ntk(X), rtol=1e-13)
+    np.testing.assert_allclose(fw.expected_ntk(50), fw.ntk + fw.ntk_correction / 50)
+    with pytest.raises(ValueError, match="width"):
+        fw.expected_ntk(64)
+    with pytest.raises(ValueError, match="weight_var"):
+        finite_width(MLP(2, "tanh", weight_var=[1.0, 0.0, 1.0], parametrization="standard", width=50), X)
+    with pytest.raises(ValueError, match="width"):
+        finite_width(MLP(2, "tanh", parametrization="standard", width=[50, 60]), X)
+    blocks = finite_width(net, X, ntk_pairs=False)
+    assert blocks.ntk is None and blocks.ntk_diag is not None
+    with pytest.raises(ValueError, match="ntk_pairs"):
+        blocks.ntk_covariance(50)
 
 
 def _ntk_moments(ks):
@@ -434,3 +452,331 @@ def test_ntk_fluctuations_are_covariances(activation, depth, w, b, x):
         assert D * D <= V * A_ + 1e-10 * scale * scale
         assert lay.ntk_variance_diag[0] == pytest.approx(A_ + 2 * B_, rel=1e-14, abs=1e-300)
     assert fw.ntk_diag[0] == pytest.approx(net.ntk(X)[0, 0], rel=1e-11)
+
+
+# --------------------------------------------------------------------------------------
+# the NTK on pairs of inputs (docs/finite_width.md, "The NTK")
+# --------------------------------------------------------------------------------------
+
+_S3 = ((0, 0), (1, 1), (0, 1))  # symmetric entries of a pair, as four_point_pairs orders them
+_O4 = ((0, 0), (1, 1), (0, 1), (1, 0))
+
+
+def _mp_erf_pair_ntk(layers, w, b, lam=None, mu=None, th0=None):
+    """An independent 30-digit version of the NTK pair recursion for erf on inputs (0, 1): every
+    two-input moment in closed form (a Gaussian weight exp(-z^T Lam z) turns a Gaussian into another,
+    K' = (K^-1 + 2 Lam)^-1, and E[erf erf] is Williams' arcsin), covariance derivatives by
+    mpmath.diff of those closed forms, the score term of Theta1 as the expectation it is,
+    E[phi'_e1 phi'_e2 (z^T K^-1 F K^-1 z - tr K^-1 F)]; state in dicts over input index tuples. K
+    is recomputed here; K1 and V (tested elsewhere) come from ``layers`` (finite_width's, float).
+    lam, mu (per Dense layer), th0 (2 x 2): the standard parametrization's weights; default ntk.
+    Returns the output's (Theta, Theta1, A, D, B, F, cov) as dicts."""
+    with mp.workdps(30):
+        c2 = 2 / mp.sqrt(mp.pi)
+
+        def gauss(K, ka, kb):
+            """(prefactor, K') with E_K[phi'_0^ka phi'_1^kb h(z)] = prefactor * E_K'[h]."""
+            M = mp.matrix([[1 + 2 * ka * K[0, 0], 2 * kb * K[0, 1]], [2 * ka * K[1, 0], 1 + 2 * kb * K[1, 1]]])
+            Kp = mp.inverse(M) * K
+            return c2 ** (ka + kb) / mp.sqrt(mp.det(M)), Kp
+
+        def erf2(K, c, d):
+            return 2 / mp.pi * mp.asin(2 * K[c, d] / mp.sqrt((1 + 2 * K[c, c]) * (1 + 2 * K[d, d])))
+
+        def powers(*idx):
+            return idx.count(0), idx.count(1)
+
+        def mom(K, dprime, phis=()):
+            """E_K[prod_{i in dprime} phi'(z_i) prod_{j in phis} phi(z_j)], phis: () or two indices."""
+            pref, Kp = gauss(K, *powers(*dprime))
+            return pref * (erf2(Kp, *phis) if phis else 1)
+
+        def mat(q1, q2, c):
+            return mp.matrix([[q1, c], [c, q2]])
+
+        def entries(K):
+            return (K[0, 0], K[1, 1], K[0, 1])
+
+        def derivs(f, K):
+            """first (3,) and second (3, 3) derivatives of f(q1, q2, c) at K (c: both off-diagonal entries)."""
+            x = entries(K)
+            h = mp.mpf("1e-8")
+            g = [mp.diff(f, x, tuple(int(i == j) for i in range(3)), h=h) for j in range(3)]
+            H = [[mp.diff(f, x, tuple(int(i == j) + int(i == k) for i in range(3)), h=h) for k in range(3)]
+                 for j in range(3)]
+            return g, H
+
+        L = len(layers) - 1
+        lam = [1] * (L + 1) if lam is None else [mp.mpf(v) for v in lam]
+        mu = [0] * (L + 1) if mu is None else [mp.mpf(v) for v in mu]
+        K0 = layers[0].nngp
+        K = mp.matrix([[mp.mpf(K0[i, j]) for j in range(2)] for i in range(2)])
+        T0 = K if th0 is None else mp.matrix([[mp.mpf(th0[i, j]) for j in range(2)] for i in range(2)])
+        Th = {e: T0[e] for e in _O4}
+        Th1 = {e: mp.mpf(0) for e in _O4}
+        A = {(e, g): mp.mpf(0) for e in _S3 for g in _S3}
+        D, B = dict(A), {(e, g): mp.mpf(0) for e in _O4 for g in _O4}
+        F = {(e, c, d): mp.mpf(0) for e in _S3 for c in range(2) for d in range(2)}
+        sym = lambda e: (min(e), max(e))  # noqa: E731
+        for l in range(L):
+            lay, nxt = layers[l], layers[l + 1]
+            K1 = {e: mp.mpf(lay.nngp_correction[e]) for e in _S3}
+            V = {(e, g): mp.mpf(lay.four_point[e + g]) for e in _S3 for g in _S3}
+            K1n = {e: mp.mpf(nxt.nngp_correction[e]) for e in _S3}
+            Vn = {(e, g): mp.mpf(nxt.four_point[e + g]) for e in _S3 for g in _S3}
+            Kn = mp.matrix(2, 2)
+            for i in range(2):
+                for j in range(2):
+                    Kn[i, j] = w * erf2(K, i, j) + b
+            P = {e: mom(K, e) for e in _S3}
+            Gp = {e: erf2(K, *e) for e in _S3}
+            dP, d2P, dG = {}, {}, {}
+            for e in _S3:
+                g1, H1 = derivs(lambda q1, q2, c, e=e: mom(mat(q1, q2, c), e), K)
+                dP[e] = dict(zip(_S3, g1))
+                d2P[e] = {(f, h): H1[i][j] for i, f in enumerate(_S3) for j, h in enumerate(_S3)}
+                g1, _ = derivs(lambda q1, q2, c, e=e: erf2(mat(q1, q2, c), *e), K)
+                dG[e] = dict(zip(_S3, g1))
+            Ki = mp.inverse(K)
+            Thn, Th1n, Xs, Ys, Bn, Fn = {}, {}, {}, {}, {}, {}
+            for e in _S3:
+                Fm = mp.matrix([[F[e, 0, 0], F[e, 0, 1]], [F[e, 1, 0], F[e, 1, 1]]])
+                pref, Kp = gauss(K, *powers(*e))
+                M = Ki * Fm * Ki
+                score = pref * (sum(M[i, j] * Kp[j, i] for i in range(2) for j in range(2))
+                                - sum((Ki * Fm)[i, i] for i in range(2)))
+                Thn[e] = lam[l + 1] * Kn[e] + mu[l + 1] + w * P[e] * Th[e]
+                Th1n[e] = lam[l + 1] * K1n[e] + w * (
+                    P[e] * Th1[e] + Th[e] * sum(dP[e][f] * K1[f] for f in _S3) + sum(dP[e][f] * D[e, f] for f in _S3)
+                    + Th[e] / 2 * sum(d2P[e][f, h] * V[f, h] for f in _S3 for h in _S3) + score)
+            for e in _S3:
+                for g in _S3:
+                    Xs[e, g] = w * w * (Th[e] * (mom(K, e, g) - P[e] * Gp[g]) + sum(
+                        dG[g][h] * (Th[e] * sum(dP[e][f] * V[f, h] for f in _S3) + P[e] * D[e, h]) for h in _S3))
+                    Ys[e, g] = w * w * (Th[e] * Th[g] * (mom(K, e + g) - P[e] * P[g])
+                                        + Th[e] * Th[g] * sum(dP[e][f] * dP[g][h] * V[f, h] for f in _S3 for h in _S3)
+                                        + Th[e] * P[g] * sum(dP[e][f] * D[g, f] for f in _S3)
+                                        + Th[g] * P[e] * sum(dP[g][h] * D[e, h] for h in _S3) + P[e] * P[g] * A[e, g])
+            An = {(e, g): lam[l + 1] ** 2 * Vn[e, g] + lam[l + 1] * (Xs[e, g] + Xs[g, e]) + Ys[e, g]
+                  for e in _S3 for g in _S3}
+            Dn = {(e, g): lam[l + 1] * Vn[e, g] + Xs[e, g] for e in _S3 for g in _S3}
+            for e in _O4:
+                for g in _O4:
+                    Bn[e, g] = w * w * (Th[e] * Th[g] * mom(K, e + g)
+                                        + P[sym((e[0], g[0]))] * P[sym((e[1], g[1]))] * B[e, g])
+            for e in _S3:
+                # R[c][e1] = K^-1 E[phi_c phi'_e1 z], E_K'[erf(z_c) z] = K'[:, c] E_K'[erf'(z_c)]
+                def R(c, e1):
+                    pref, Kp = gauss(K, *powers(e1))
+                    v = c2 / mp.sqrt(1 + 2 * Kp[c, c])
+                    return Ki * mp.matrix([pref * Kp[0, c] * v, pref * Kp[1, c] * v])
+                for c in range(2):
+                    for d in range(2):
+                        r1, r2 = R(c, e[0]), R(d, e[1])
+                        Fn[e, c, d] = w * w * (Th[e] * mom(K, e, (c, d)) + sum(
+                            r1[i] * F[e, i, j] * r2[j] for i in range(2) for j in range(2)))
+            Th = {e: Thn[sym(e)] for e in _O4}
+            Th1 = {e: Th1n[sym(e)] for e in _O4}
+            A, D, B, F, K = An, Dn, Bn, Fn, Kn
+        T = {(0, 0): (0, 0), (1, 1): (1, 1), (0, 1): (1, 0)}
+        cov = {(e, g): A[e, g] + B[e, g] + B[e, T[g]] for e in _S3 for g in _S3}
+        fl = lambda dct: {k: float(v) for k, v in dct.items()}  # noqa: E731
+        return fl(Th), fl(Th1), fl(A), fl(D), fl(B), fl(F), fl(cov)
+
+
+def _pair_outputs(lay):
+    """The output's pair quantities of finite_width at (0, 1) as the dicts of _mp_erf_pair_ntk."""
+    T = lay.ntk_pair_tensors
+    return ({e: lay.ntk[e] for e in _S3}, {e: lay.ntk_correction[e] for e in _S3},
+            {(e, g): T["A"][i, j, 0, 1] for i, e in enumerate(_S3) for j, g in enumerate(_S3)},
+            {(e, g): T["D"][i, j, 0, 1] for i, e in enumerate(_S3) for j, g in enumerate(_S3)},
+            {(e, g): T["B"][i, j, 0, 1] for i, e in enumerate(_O4) for j, g in enumerate(_O4)},
+            {(e, c, d): T["F"][i, c, d, 0, 1] for i, e in enumerate(_S3) for c in range(2) for d in range(2)},
+            {(e, g): lay.ntk_covariance_pairs[i, j, 0, 1] for i, e in enumerate(_S3) for j, g in enumerate(_S3)})
+
+
+@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+def test_ntk_pairs_match_30_digit_closed_form_recursion_for_erf(parametrization):
+    """Every pair quantity of the output (Theta, Theta1, A, D, B, F and the one-neuron covariance
+    blocks) against the independent 30-digit recursion with closed-form erf moments; the standard
+    parametrization at width 100 through its per-layer weights lam = n / w, mu = beta - n b / w."""
+    X = np.array([[1.0, 0.0, 1.0, 0.5], [0.6, 0.9, 0.2, 0.8]])
+    w, b, depth, n = 2.0, 0.05, 3, 100
+    net = MLP(depth, "erf", weight_var=w, bias_var=b, parametrization=parametrization,
+              width=n if parametrization == "standard" else None)
+    fw = finite_width(net, X)
+    kw = {}
+    if parametrization == "standard":
+        kw = dict(lam=[np.nan] + [n / w] * depth, mu=[np.nan] + [1 - n * b / w] * depth, th0=X @ X.T + 1)
+    ref = _mp_erf_pair_ntk(fw.layers, w, b, **kw)
+    got = _pair_outputs(fw.layers[-1])
+    names = ("Theta", "Theta1", "A", "D", "B", "F", "cov")
+    for name, r, g in zip(names, ref, got):
+        scale = max(abs(v) for v in r.values())
+        for k in g:
+            # K1 and V enter from finite_width (float64, tested above to 1e-10); the rest is exact
+            assert g[k] == pytest.approx(r[k], rel=1e-10, abs=1e-12 * scale), (name, k, g[k], r[k])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "erf", "linear"])
+def test_ntk_pairs_diagonal_is_the_single_input_theory_and_theta_is_mlp_ntk(activation):
+    """On three inputs: Theta = MLP.ntk; the pair fields' diagonals are the single-input fields exactly;
+    each pair's (aa)(aa) block is the single-input variance of input a; the two orientations (a, b)
+    and (b, a) of a block are the same numbers with (aa) <-> (bb)."""
+    X = np.array([[1.0, -0.5], [0.2, 0.9], [-1.0, 0.4]])
+    net = MLP(3, activation, weight_var=1.7, bias_var=0.2)
+    fw = finite_width(net, X)
+    np.testing.assert_allclose(fw.ntk, net.ntk(X), rtol=1e-12)
+    np.testing.assert_array_equal(np.diagonal(fw.ntk), fw.ntk_diag)
+    np.testing.assert_array_equal(np.diagonal(fw.ntk_correction), fw.ntk_correction_diag)
+    C = fw.ntk_covariance_pairs
+    s = [1, 0, 2]
+    for a, c in itertools.permutations(range(3), 2):
+        assert C[0, 0, a, c] == pytest.approx(fw.ntk_variance_diag[a], rel=1e-12)
+        assert C[1, 1, a, c] == pytest.approx(fw.ntk_variance_diag[c], rel=1e-12)
+        np.testing.assert_array_equal(C[:, :, c, a], C[np.ix_(s, s)][:, :, a, c])
+    for a in range(3):
+        np.testing.assert_array_equal(C[:, :, a, a], fw.ntk_variance_diag[a])
+    np.testing.assert_allclose(fw.ntk_correction, fw.ntk_correction.T, rtol=0, atol=0)
+    np.testing.assert_allclose(fw.expected_ntk(64), fw.ntk + fw.ntk_correction / 64)
+    # the per-layer pair fields agree with the single-input ones at every layer
+    for lay in fw.layers:
+        np.testing.assert_array_equal(np.diagonal(lay.ntk), lay.ntk_diag)
+        np.testing.assert_array_equal(lay.ntk_pair_tensors["B"][0, 0, 0, 0], lay.ntk_tensors["B"][0])
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_ntk_pairs_linear_network_closed_forms(depth):
+    """Deep linear, C_W = 1, no biases, K the input Gram / d (layer l = 1..L+1): Theta^l = l K,
+    Theta1 = 0, and with W_(e)(g) = K_e1g1 K_e2g2 + K_e1g2 K_e2g1 and s_l = (l-1) l (2l-1) / 6:
+    A^l_(e)(g) = s_l W, B^l_(e)(g) = s_l K_e K_g (ordered e, g), D^l = l (l-1) W / 2,
+    F^l_(e);cd = l (l-1) K_e K_cd / 2, so the one-neuron covariance is
+    n Cov[Thetahat_e, Thetahat_g] = s_l (W_(e)(g) + 2 K_e K_g); e.g. (ab)(ab): s_l (K_aa K_bb + 3 K_ab^2)."""
+    X = np.array([[0.3, 1.1, -0.4], [1.0, 0.2, 0.5]])
+    K = X @ X.T / 3
+    fw = finite_width(MLP(depth, "linear", weight_var=1.0, bias_var=0.0), X)
+    for lay in fw.layers:
+        l, T = lay.layer, lay.ntk_pair_tensors
+        s = (l - 1) * l * (2 * l - 1) / 6
+        tol = dict(rtol=1e-12, atol=1e-13 * l ** 3 * np.abs(K).max() ** 2)
+        np.testing.assert_allclose(lay.ntk, l * K, rtol=1e-12)
+        assert np.abs(lay.ntk_correction).max() <= 1e-12 * l * l * np.abs(K).max()
+        for i, e in enumerate(_S3):
+            for j, g in enumerate(_S3):
+                W = K[e[0], g[0]] * K[e[1], g[1]] + K[e[0], g[1]] * K[e[1], g[0]]
+                np.testing.assert_allclose(T["A"][i, j, 0, 1], s * W, **tol)
+                np.testing.assert_allclose(T["D"][i, j, 0, 1], l * (l - 1) * W / 2, **tol)
+                np.testing.assert_allclose(lay.ntk_covariance_pairs[i, j, 0, 1], s * (W + 2 * K[e] * K[g]), **tol)
+        for i, e in enumerate(_O4):
+            for j, g in enumerate(_O4):
+                np.testing.assert_allclose(T["B"][i, j, 0, 1], s * K[e] * K[g], **tol)
+        for i, e in enumerate(_S3):
+            np.testing.assert_allclose(T["F"][i, :, :, 0, 1], l * (l - 1) * K[e] * K / 2, **tol)
+
+
+@settings(max_examples=15, deadline=None)
+@given(activation=st.sampled_from(["tanh", "relu", "gelu", "erf", "softplus", "selu"]),
+       depth=st.integers(1, 4), w=st.floats(0.3, 3.0), b=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_ntk_pair_fluctuations_are_covariances(activation, depth, w, b, seed):
+    """At every layer, for a random pair: the one-neuron covariance blocks (3 x 3) and B (the second
+    moments of the off-diagonal entries over O4) are symmetric positive semi-definite; the joint
+    covariance of (Ghat_e, Thetabar_e), [[V, D^T], [D, A]] (6 x 6), is PSD; F_(aa) and F_(bb) are
+    symmetric in (c, d); and Theta = MLP.ntk."""
+    X = np.random.default_rng(seed).standard_normal((2, 3))
+    net = MLP(depth, activation, weight_var=w, bias_var=b)
+    fw = finite_width(net, X)
+
+    def psd(M, scale):
+        np.testing.assert_allclose(M, M.T, atol=1e-12 * scale)
+        assert np.linalg.eigvalsh(0.5 * (M + M.T)).min() >= -1e-10 * scale
+
+    for lay in fw.layers[1:]:
+        T = lay.ntk_pair_tensors
+        C = lay.ntk_covariance_pairs[:, :, 0, 1]
+        scale = max(np.abs(lay.ntk).max() ** 2, 1e-300)
+        psd(C, scale)
+        psd(T["B"][:, :, 0, 1], scale)
+        V = _pair_block_of(lay.four_point)
+        J = np.block([[V, T["D"][:, :, 0, 1].T], [T["D"][:, :, 0, 1], T["A"][:, :, 0, 1]]])
+        psd(J, max(scale, np.abs(V).max()))
+        # F_(aa) is symmetric in (c, d) (swap the two neurons), F_(ab);cd = F_(ba);dc
+        np.testing.assert_allclose(T["F"][:2, :, :, 0, 1], T["F"][:2, :, :, 0, 1].transpose(0, 2, 1),
+                                   atol=1e-12 * scale)
+    np.testing.assert_allclose(fw.ntk, net.ntk(X), rtol=1e-11)
+
+
+def _pair_block_of(V):
+    """V_(e)(g) for e, g in _S3 of inputs (0, 1), from the full V."""
+    return np.array([[V[e + g] for g in _S3] for e in _S3])
+
+
+def _pair_ntk_moments_mc(ks, n):
+    """Per ensemble, over E3 of inputs (0, 1): n (mean) and its SE; n Cov (3 x 3) and its SE."""
+    th = np.stack([ks.ntk[:, a, b] for a, b in _S3], axis=1)
+    S = th.shape[0]
+    m = th.mean(axis=0)
+    c = th - m
+    prod = c[:, :, None] * c[:, None, :]
+    return (n * m, n * c.std(axis=0) / np.sqrt(S)), (n * prod.mean(axis=0), n * prod.std(axis=0) / np.sqrt(S))
+
+
+# GELU, depth 3, C_W = 1, inputs at correlation ~0.5 at the output: the largest Theta1_ab relative to
+# the spread of Thetahat_ab among the configurations scanned (Theta1_ab / sqrt(C_(ab)(ab)) ~ 0.5)
+PAIR_X = np.array([[1.0, 0.0, 1.0, 0.5], [0.6, 0.9, 0.2, 0.8]])
+
+
+def _check_pair_simulation(make_net, sizes, S, seed, reject):
+    """n (mean - Theta) on E3 at each width within 4 SE of Theta1; n Cov over ntk_covariance_pairs,
+    extrapolated in 1/n from the two widths (2 r_2n - r_n), within 4 SE of 1 (six z-tests each);
+    ``reject``: Theta1_ab = 0 and doubled, and the covariance 10% off, rejected beyond 4 SE.
+    make_net(n): the MLP at width n (the standard parametrization's theory depends on n)."""
+    from limitlab.verify.montecarlo import sample_kernels
+
+    ratio = {}
+    for n in sizes:
+        net = make_net(n)
+        fw = finite_width(net, PAIR_X)
+        th = np.array([fw.ntk[e] for e in _S3])
+        th1 = np.array([fw.ntk_correction[e] for e in _S3])
+        C = fw.ntk_covariance_pairs[:, :, 0, 1]
+        ks = sample_kernels(net, PAIR_X, width=n, n_networks=S, seed=seed, backend="numpy")
+        (m, se), (cov, cse) = _pair_ntk_moments_mc(ks, n)
+        z = (m - n * th - th1) / se
+        assert np.all(np.abs(z) < 4), (n, z)
+        if reject:
+            for wrong in (0.0, 2.0):
+                assert abs((m[2] - n * th[2] - wrong * th1[2]) / se[2]) > 4, (n, wrong)
+        ratio[n] = (cov / C, cse / C)
+    n1, n2 = sizes
+    c1, c2 = n2 / (n2 - n1), n1 / (n2 - n1)
+    y = c1 * ratio[n2][0] - c2 * ratio[n1][0]
+    se = np.hypot(c1 * ratio[n2][1], c2 * ratio[n1][1])
+    assert np.all(np.abs(y - 1) < 4 * se), (y, se)
+    if reject:
+        for wrong in (0.9, 1.1):
+            for e in ((2, 2), (0, 2), (1, 2)):  # the blocks with an off-diagonal entry
+                assert abs(y[e] - wrong) > 4 * se[e], (wrong, e, y[e], se[e])
+    return y, se
+
+
+@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+def test_ntk_pairs_match_simulation_small(parametrization):
+    """Monte Carlo networks (GELU depth 3, widths 32 and 64, 4 x 10^4 each): n (mean - Theta_e) ->
+    Theta1_e on (aa), (bb), (ab) within 4 SE at each width, and n Cov[Thetahat_e, Thetahat_g]
+    extrapolated in 1/n within 4 SE of ntk_covariance_pairs. Standard parametrization (with a bias,
+    so that beta enters): the theory at each width n, Theta(n) + Theta1(n) / n with Theta1(n) = O(n)."""
+    kw = dict(SIM_NET, parametrization=parametrization)
+    if parametrization == "standard":
+        kw["bias_var"] = 0.1
+    _check_pair_simulation(lambda n: MLP(**kw, width=n), (32, 64), 40_000, 7, reject=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+def test_ntk_pairs_match_simulation_and_reject_wrong_coefficients(parametrization):
+    """As the small test at widths 64 and 128 with 2 x 10^5 networks each: also Theta1_ab = 0 and
+    doubled are rejected at each width, and the (ab)(ab), (aa)(ab), (bb)(ab) covariances 10% off."""
+    kw = dict(SIM_NET, parametrization=parametrization)
+    if parametrization == "standard":
+        kw["bias_var"] = 0.1
+    _check_pair_simulation(lambda n: MLP(**kw, width=n), (64, 128), 200_000, 11, reject=True)
