@@ -1,49 +1,56 @@
-"""The dNTK of wide MLPs at order 1/n, one input (Roberts, Yaida & Hanin 2022, "The Principles of
-Deep Learning Theory" (PDLT), ch. 11): the statistics that drive the NTK's change in training.
+"""The dNTK and ddNTKs of wide MLPs at order 1/n, one input (Roberts, Yaida & Hanin 2022, "The
+Principles of Deep Learning Theory" (PDLT), ch. 11): the statistics that drive the NTK's change
+in training.
 
 Conventions (docs/dntk.md): ``MLP(depth=L)``, NTK parametrization, every hidden width n, one input
 x, pre-activations z^l_i of layer l (1..L hidden, L + 1 the scalar output f). With the NTK
 parametrization's learning-rate tensor lambda (c_W = w_l / fan_in on the weights of Dense layer l,
 c_b = b_l on its biases: Thetahat = sum_mu lambda_mu (df/dtheta_mu)^2 is the NTK of
-``limitlab.verify.montecarlo.sample_kernels``), the dNTK of layer l is
+``limitlab.verify.montecarlo.sample_kernels``), the dNTK and ddNTKs of layer l are
 
-    dH^l_{i0 i1 i2} = sum_{mu, nu} lambda_mu lambda_nu (d2 z_i0 / dtheta_mu dtheta_nu)(dz_i1 / dtheta_mu)(dz_i2 / dtheta_nu),
+    dH_{i0 i1 i2}        = sum lambda lambda (d2 z_i0)(dz_i1)(dz_i2),
+    ddI_{i0 i1 i2 i3}    = sum lambda lambda lambda (d3 z_i0)(dz_i1)(dz_i2)(dz_i3),
+    ddII_{i1 i2 i3 i4}   = sum lambda lambda lambda (d2 z_i1 / dmu1 dmu3)(d2 z_i2 / dmu2 dmu3)(dz_i3 / dmu1)(dz_i4 / dmu2);
 
-and for the output dH = g^T Hess(f) g in the coordinates where lambda = 1 (g = grad f). Under
-gradient flow on (f - y)^2 / 2 with the one input, dThetahat/dt = -2 eta (f - y) dH. The dNTK has
-mean zero (it is odd in the readout) and its leading statistic is its correlation with the
-pre-activations, with two coefficients per layer (PDLT's P and Q, re-derived here):
+at the output, in the coordinates where lambda = 1 (g = grad f, H = Hess f): dH = g^T H g,
+ddII = |H g|^2, ddI = f'''[g, g, g]. Under gradient flow on (f - y)^2 / 2 with the one input,
+dThetahat/dt = -2 eta (f - y) dH. E[dH] = 0 (it is odd in the readout); the leading statistics,
+with coefficients re-derived here (docs/dntk.md):
 
-    n E[dH^l_{i0 i1 i2} z^l_i3] = (d_{i0 i1} d_{i2 i3} + d_{i0 i2} d_{i1 i3}) P^l + d_{i0 i3} d_{i1 i2} Q^l + O(1/n),
+    n E[dH_{i0 i1 i2} z_i3]   -> (d01 d23 + d02 d13) P + d03 d12 Q,
+    n E[ddI_{i0 i1 i2 i3}]    -> (d01 d23 + d02 d13 + d03 d12) R,
+    n E[ddII_{i1 i2 i3 i4}]   -> d12 d34 U1 + d13 d24 U2 + d14 d23 U3,
 
-so that n E[dH f] -> 2 P^{L+1} + Q^{L+1} at the output, and the NTK's mean velocity at
-initialization is E[dThetahat/dt] = -2 eta (2 P + Q) / n + O(1/n^2).
+so at the output n E[dH f] -> 2 P + Q, n E[ddI] -> 3 R, n E[ddII] -> U1 + U2 + U3, and the NTK's
+mean velocity at initialization is -2 eta (2 P + Q) / n. The recursion (C_W = w_l, moments <.>
+over z ~ N(0, K^l), layer-l quantities on the right, all zero at layer 1;
+alpha = phi phi' + Theta phi'' phi', p = <phi'^2>, e = <z phi phi'> / K, e' = <z alpha> / K):
 
-The recursion (derived in docs/dntk.md by conditioning on layer l; C_W = w_l, moments <.> over
-z ~ N(0, K^l), layer-l quantities on the right, P^1 = Q^1 = 0):
-
-    P^{l+1} = C_W^2 [ <phi^2 phi'^2> Theta + <phi'' phi'^2 phi> Theta^2
-                      + F <z phi phi'> (<z phi phi'> + Theta <z phi'' phi'>) / K^2 + P <phi'^2> <z phi phi'> / K ],
-    Q^{l+1} = C_W^2 [ <phi'' phi'^2 phi> Theta^2 + B <phi'' phi> <phi'^2> + Q <phi'^2> <z phi phi'> / K ],
+    P' = C_W^2 [ <phi^2 phi'^2> Theta + <phi'' phi'^2 phi> Theta^2 + F e e' + P p e ],
+    Q' = C_W^2 [ <phi'' phi'^2 phi> Theta^2 + B <phi'' phi> p + Q p e ],
+    R' = C_W^2 [ <phi'' phi'^2 phi> Theta^2 + <phi''' phi'^3> Theta^3 + B p (<phi'' phi> + Theta <phi''' phi'>) + Q p e' + R p^2 ],
+    U1' = B' + C_W^2 [ <phi''^2 phi'^2> Theta^3 + B Theta <phi''^2> p + U1 p^2 ],
+    U2' = C_W^2 [ Theta <alpha^2> + F e'^2 + 2 P p e' + U2 p^2 ],
+    U3' = C_W^2 [ <phi''^2 phi'^2> Theta^3 + U3 p^2 ],
 
 with Theta, B, F the NTK's limit and fluctuation tensors (docs/finite_width.md, "The NTK"), carried
-here by their own leading-order recursion. The phi'' moments are taken in the integrated-by-parts
-(Stein) form, E[h'(z) s(z)] = E[z h s] / K - E[h s'], so only phi and phi' are evaluated:
-
-    <phi'' phi'^2 phi> = (<z phi phi'^3> / K - <phi'^4>) / 3,
-    <z phi'' phi'>     = <z^2 phi'^2> / (2 K) - <phi'^2> / 2,
-    <phi'' phi>        = <z phi phi'> / K - <phi'^2>,
-
-exact for smooth phi and the smooth limit for kinked ones: for ReLU and leaky ReLU all three
-vanish (the delta of phi'' sits where z = phi = 0), as the a.e. Hessian of such a network says.
-Moments by :func:`limitlab.numerics.gaussian_moments.one_input_derivatives` (the engine's graded
-1-D rule, cut at the kinks).
+here by their own leading-order recursion. The dNTK's phi'' moments are taken in the
+integrated-by-parts (Stein) form, E[h'(z) s(z)] = E[z h s] / K - E[h s'], so only phi and phi'
+are evaluated (exact for smooth phi; for ReLU-like activations they vanish, the delta of phi''
+sitting where z = phi = 0); phi''' enters only as <phi''' phi'^3> = <z phi'' phi'^3> / K
+- 3 <phi''^2 phi'^2> and <phi''' phi'> = <z phi'' phi'> / K - <phi''^2>. The ddNTKs contain
+phi''^2, whose smooth limit diverges at a kink: for kinked activations they are the a.e. ones
+(phi'' = 0 at the kink, the Hessian a ReLU network has almost everywhere). Moments by
+:func:`limitlab.numerics.gaussian_moments.one_input_derivatives` (the engine's graded 1-D rule, cut
+at the kinks).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+import sympy as sp
 
 from limitlab.numerics import gaussian_moments
 from limitlab.numerics import validation as validate
@@ -51,10 +58,13 @@ from limitlab.theory.kernels.mlp import MLP, _check_inputs
 
 __all__ = ["dntk_single_input", "dntk_layer_step", "DNTK"]
 
+_STATE = ("P", "Q", "R", "U1", "U2", "U3")
+
 
 @dataclass(frozen=True)
 class DNTK:
-    """``dntk_single_input(net, X)``: the dNTK's 1/n coefficients per layer and input (module docstring).
+    """``dntk_single_input(net, X)``: the dNTK's and ddNTKs' 1/n coefficients per layer and input
+    (module docstring).
 
     Arrays are (depth + 1, N): row l - 1 is layer l (1-based; the last row is the output), column
     a the input X[a]. ``ntk`` is Theta^l (the limiting NTK of layer l's pre-activations),
@@ -62,8 +72,12 @@ class DNTK:
     """
 
     depth: int
-    P: np.ndarray
+    P: np.ndarray  # n E[dH_{i0 i1 i2} z_i3] -> (d01 d23 + d02 d13) P + d03 d12 Q
     Q: np.ndarray
+    R: np.ndarray  # n E[ddI_{i0 i1 i2 i3}] -> (d01 d23 + d02 d13 + d03 d12) R
+    U1: np.ndarray  # n E[ddII_{i1 i2 i3 i4}] -> d12 d34 U1 + d13 d24 U2 + d14 d23 U3
+    U2: np.ndarray
+    U3: np.ndarray
     ntk: np.ndarray
     ntk_fluctuations: dict  # {"B": (depth + 1, N), "F": (depth + 1, N)}
 
@@ -72,9 +86,24 @@ class DNTK:
         """2 P + Q at the output, per input: n E[dH f] -> 2 P^{L+1} + Q^{L+1}."""
         return 2 * self.P[-1] + self.Q[-1]
 
+    @property
+    def ddI_output(self) -> np.ndarray:
+        """3 R at the output: n E[ddI] -> 3 R^{L+1} (the third derivative of f on three gradients)."""
+        return 3 * self.R[-1]
+
+    @property
+    def ddII_output(self) -> np.ndarray:
+        """U1 + U2 + U3 at the output: n E[|Hess(f) g|^2] -> U1 + U2 + U3."""
+        return self.U1[-1] + self.U2[-1] + self.U3[-1]
+
     def expected_dntk_output(self, width) -> np.ndarray:
         """E[dH f] = (2 P + Q) / n to leading order (per input)."""
         return self.output / _width(width)
+
+    def expected_ddntk_output(self, width):
+        """(E[ddI], E[ddII]) = (3 R, U1 + U2 + U3) / n to leading order (per input)."""
+        n = _width(width)
+        return self.ddI_output / n, self.ddII_output / n
 
     def ntk_velocity(self, width, learning_rate=1.0) -> np.ndarray:
         """E[dThetahat/dt] at initialization under gradient flow on (f(x) - y)^2 / 2 with the one
@@ -87,11 +116,23 @@ def _width(width) -> float:
     return validate.real(width, "width", at_least=1, finite=False)
 
 
+@lru_cache(maxsize=None)
+def _second_derivative(act):
+    """phi'' as a NumPy function: the a.e. second derivative of the activation's expression (a
+    kink's delta dropped, as ``Activation.derivative_expr`` drops a jump's)."""
+    from limitlab.theory import activations
+
+    expr = sp.diff(act.scalar_exprs[0], activations.x, 2).replace(sp.DiracDelta, lambda *a: sp.Integer(0))
+    return act._lambdified(sp.piecewise_fold(expr), np)
+
+
 def _moments(act, K):
-    """Per input: <phi^2>, <phi'^2>, <phi'^4>, <phi^2 phi'^2>, <z phi phi'>, <z phi phi'^3>, <z^2 phi'^2> at K."""
-    phi, dphi = act, act.derivative
+    """Per input, at z ~ N(0, K): <phi^2>, <phi'^2>, <phi'^4>, <phi^2 phi'^2>, <z phi phi'>,
+    <z phi phi'^3>, <z^2 phi'^2>, <phi''^2 phi'^2>, <z phi'' phi'^3>, <phi''^2>."""
+    phi, dphi, ddphi = act, act.derivative, _second_derivative(act)
     fs = [lambda z: phi(z) ** 2, lambda z: dphi(z) ** 2, lambda z: dphi(z) ** 4, lambda z: (phi(z) * dphi(z)) ** 2,
-          lambda z: z * phi(z) * dphi(z), lambda z: z * phi(z) * dphi(z) ** 3, lambda z: (z * dphi(z)) ** 2]
+          lambda z: z * phi(z) * dphi(z), lambda z: z * phi(z) * dphi(z) ** 3, lambda z: (z * dphi(z)) ** 2,
+          lambda z: (ddphi(z) * dphi(z)) ** 2, lambda z: z * ddphi(z) * dphi(z) ** 3, lambda z: ddphi(z) ** 2]
     out = np.zeros((len(fs), K.size))
     for a, k in enumerate(K):
         if k > 0:  # K = 0: z = 0, and every quantity below is multiplied by Theta = 0 (docs/dntk.md)
@@ -99,33 +140,45 @@ def _moments(act, K):
     return out
 
 
-def dntk_layer_step(activation, weight_var, K, Theta, B, F, P, Q):
-    """(P, Q) of layer l -> layer l + 1 (module docstring), per input: K, Theta, B, F, P, Q are the
-    layer-l values (arrays over inputs), ``weight_var`` the C_W = w_l of Dense layer l."""
+def dntk_layer_step(activation, weight_var, K, Theta, B, F, state: dict) -> dict:
+    """One layer of the recursion (module docstring), per input: K, Theta, B, F and ``state``
+    (a dict of P, Q, R, U1, U2, U3; missing keys count as 0) at layer l, ``weight_var`` the
+    C_W = w_l of Dense layer l; returns the dict at layer l + 1."""
     from limitlab.theory import activations
 
     act = activations.get(activation)
-    K, Theta, B, F, P, Q = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (K, Theta, B, F, P, Q))
-    m = _moments(act, K)
-    return _step(float(weight_var), K, Theta, B, F, P, Q, m)
+    K, Theta, B, F = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (K, Theta, B, F))
+    unknown = set(state) - set(_STATE)
+    if unknown:
+        raise ValueError(f"state: unknown keys {sorted(unknown)}; allowed: {', '.join(_STATE)}")
+    st = [np.broadcast_to(np.asarray(state.get(k, 0.0), dtype=float), K.shape) for k in _STATE]
+    return dict(zip(_STATE, _step(float(weight_var), K, Theta, B, F, st, _moments(act, K))))
 
 
-def _step(w, K, Th, B, F, P, Q, m):
-    _, p, q4, c22, e, zpd3, z2d2 = m
-    Ks = np.where(K > 0, K, 1.0)  # K = 0 layers have Theta = B = F = P = Q = 0: their terms vanish
+def _step(w, K, Th, B, F, st, m):
+    P, Q, R, U1, U2, U3 = st
+    _, p, q4, c22, e, zpd3, z2d2, s22, zdd3, s2 = m
+    Ks = np.where(K > 0, K, 1.0)  # K = 0 layers have Theta = B = F = ... = 0: their terms vanish
     e = e / Ks  # <z phi phi'> / K
     a = (zpd3 / Ks - q4) / 3  # <phi'' phi'^2 phi>
     bz = z2d2 / (2 * Ks) - p / 2  # <z phi'' phi'>
     c = e - p  # <phi'' phi>
+    t3 = zdd3 / Ks - 3 * s22  # <phi''' phi'^3>
+    t1 = bz / Ks - s2  # <phi''' phi'>
+    ea = e + Th * bz / Ks  # <z alpha> / K, alpha = phi phi' + Theta phi'' phi'
     w2 = w * w
-    Pn = w2 * (c22 * Th + a * Th ** 2 + F * e * (e + Th * bz / Ks) + P * p * e)
-    Qn = w2 * (a * Th ** 2 + B * c * p + Q * p * e)
-    return Pn, Qn
+    Bn = w2 * (q4 * Th ** 2 + p * p * B)
+    return (w2 * (c22 * Th + a * Th ** 2 + F * e * ea + P * p * e),
+            w2 * (a * Th ** 2 + B * c * p + Q * p * e),
+            w2 * (a * Th ** 2 + t3 * Th ** 3 + B * p * (c + Th * t1) + Q * p * ea + R * p * p),
+            Bn + w2 * (s22 * Th ** 3 + B * Th * s2 * p + U1 * p * p),
+            w2 * (Th * (c22 + 2 * Th * a + Th ** 2 * s22) + F * ea * ea + 2 * P * p * ea + U2 * p * p),
+            w2 * (s22 * Th ** 3 + U3 * p * p))
 
 
 def dntk_single_input(net: MLP, X) -> DNTK:
-    """P^l and Q^l (and Theta^l, B^l, F^l) for l = 1..depth + 1, each row of X taken on its own
-    (module docstring); ``net`` in the NTK parametrization."""
+    """P, Q, R, U1, U2, U3 (and Theta, B, F) for layers l = 1..depth + 1, each row of X taken on
+    its own (module docstring); ``net`` in the NTK parametrization."""
     from limitlab.theory import activations
 
     if not isinstance(net, MLP):
@@ -138,18 +191,19 @@ def dntk_single_input(net: MLP, X) -> DNTK:
     act = activations.get(net.activation)
     w, b = net._w, net._b
     K = w[0] * np.einsum("ad,ad->a", X, X) / d + b[0]
-    # layer 1 is linear in its parameters: dH^1 = 0, Thetahat^1 = Ghat^1 = K^1 exactly
-    Th, B, F, P, Q = K.copy(), *np.zeros((4, N))
-    rows = [(Th, B, F, P, Q)]
+    # layer 1 is linear in its parameters: dH^1 = ddI^1 = ddII^1 = 0, Thetahat^1 = Ghat^1 = K^1 exactly
+    Th, B, F = K.copy(), np.zeros(N), np.zeros(N)
+    st = list(np.zeros((len(_STATE), N)))
+    rows = [(Th, B, F, *st)]
     for l in range(1, net.depth + 1):
         m = _moments(act, K)
-        P, Q = _step(float(w[l]), K, Th, B, F, P, Q, m)
+        st = _step(float(w[l]), K, Th, B, F, st, m)
         g, p, q4, c22, e = m[:5]
         Ks = np.where(K > 0, K, 1.0)
         # the NTK's leading recursion (docs/finite_width.md, "The NTK"), with the same moments
         B, F = w[l] ** 2 * (q4 * Th ** 2 + p * p * B), w[l] ** 2 * (c22 * Th + (e / Ks) ** 2 * F)
         K = w[l] * g + b[l]
         Th = K + w[l] * p * Th
-        rows.append((Th, B, F, P, Q))
-    Th, B, F, P, Q = (np.array(r) for r in zip(*rows))
-    return DNTK(net.depth, P, Q, Th, {"B": B, "F": F})
+        rows.append((Th, B, F, *st))
+    Th, B, F, P, Q, R, U1, U2, U3 = (np.array(r) for r in zip(*rows))
+    return DNTK(net.depth, P, Q, R, U1, U2, U3, Th, {"B": B, "F": F})
