@@ -28,17 +28,19 @@ three inputs:
   second term has mean O(1/n) (the NNGP's own 1/n theory, checked by nngp-mean), so it leaves the
   limit Theta1 unchanged; it is a control variate: with beta = D/V (n Cov[Thetahat_aa, Ghat_aa]
   -> D, n Var[Ghat_aa] -> V) it removes the part of the NTK's fluctuation carried by the NNGP's,
-  a fraction D^2 / (V (A + 2B)) of the variance (0.73 for the GELU network: 2.6x fewer networks
-  for the same SE, measured). Bias O(1/n) (bias_rate 1). No rate test: one network's value
-  spreads like sqrt(n) only asymptotically; at these widths n^2 Var[Thetahat] = n (A + 2B) +
-  O(1), its O(1) part as large as the first (n Var is twice A + 2B at n = 16), and the fitted
-  slope of the RMS error was 0.25, not 0.5 (measured, widths 16-64). ReLU's Theta1 is exactly 0 on one input (with or without biases: <phi'^2> and
-  <phi^2>/K are constant), and tanh's at criticality is 0.1 of the NTK's spread sqrt(A + 2B),
-  which no affordable ensemble resolves; so this check runs GELU at weight_var 1 without biases,
-  where Theta1 / sqrt(A + 2B) = 0.68, 0.68, 0.56 on the three inputs.
+  asymptotically a fraction D^2 / (V (A + 2B)) of the variance (0.73 for the GELU network;
+  measured at n = 16-64: 2.5-3.3x fewer networks for the same SE). Bias O(1/n) (bias_rate 1).
+  No rate test: one network's value spreads like sqrt(n) only asymptotically; at these widths
+  n^2 Var[Thetahat] = n (A + 2B) + O(1) with the O(1) part as large as the first (n Var is twice
+  A + 2B at n = 16), and the RMS error's fitted slope was 0.25, not 0.5 (widths 16-64).
+  ReLU's Theta1 is exactly 0 on one input (with or without biases: <phi'^2> and <phi^2>/K are
+  constant), and critical tanh's is 0.1 of the NTK's spread sqrt(A + 2B), which no affordable
+  ensemble resolves; so this check runs GELU at weight_var 1 without biases, where
+  Theta1 / sqrt(A + 2B) = 0.68, 0.68, 0.56 on the three inputs.
 
-The networks are critical (PDLT ch. 5: ReLU at C_W = 2, tanh at C_W = 1, no biases) and of
-depth ``DEPTH``, so that both K1 and the propagated part of V are exercised. A theory wrong
+The networks are critical (PDLT ch. 5: ReLU at C_W = 2, tanh at C_W = 1, no biases; the NTK
+mean check's GELU aside) and of depth ``DEPTH``, so that both K1 and the propagated part of V
+(and of the NTK's A, B, D, F) are exercised. A theory wrong
 by a constant factor is rejected with the power measured in
 tests/verify/kernels/test_finite_width_checks.py (docs/finite_width.md, "Verify").
 """
@@ -82,7 +84,8 @@ NTK_MEAN_QUICK_SAMPLES = 50_000
 MIN_WIDTH = 16
 MIN_WIDTH_REASON = ("the 1/n expansion needs depth/width small (PDLT ch. 5; Hanin & Nica 2020): 16 keeps "
                     f"depth/width <= {DEPTH}/16")
-SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0, "ntk-variance": 15.0, "ntk-mean": 15.0}  # measured, loaded 2-core machine
+# measured, loaded 2-core machine (ntk-variance: ReLU; tanh ~10)
+SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0, "ntk-variance": 20.0, "ntk-mean": 12.0}
 
 
 def spec(activation: str):
@@ -120,7 +123,8 @@ def ntk_theory(activation: str) -> dict:
     N = INPUTS.shape[0]
     V = np.array([fw.four_point_pairs[0, 0, a, a] for a in range(N)])
     return dict(theta=fw.ntk_diag, theta1=fw.ntk_correction_diag, variance=fw.ntk_variance_diag,
-                beta=fw.layers[-1].ntk_tensors["D"] / V, K=np.diag(fw.nngp).copy(), K1=np.diag(fw.nngp_correction).copy())
+                beta=fw.layers[-1].ntk_tensors["D"] / V, K=np.diag(fw.nngp).copy(),
+                K1=np.diag(fw.nngp_correction).copy())
 
 
 def four_point_entries():
@@ -221,8 +225,9 @@ def _register_ntk(kind: str, activation: str):
                   quick_samples=NTK_MEAN_QUICK_SAMPLES, rate=None,
                   description=f"n (E[empirical NTK] - Theta) -> Theta1 (PDLT ch. 8), NNGP control variate: {desc}")
     fn.__name__ = f"kernels_finite_width_{kind.replace('-', '_')}_{activation}"
-    check(f"kernels.finite-width.{kind}.{activation}", bias_rate=1.0, tags=("kernels", "finite-width", "ntk", activation),
-          min_size=MIN_WIDTH, min_size_reason=MIN_WIDTH_REASON, seconds_quick=SECONDS_QUICK[kind], **kw)(fn)
+    check(f"kernels.finite-width.{kind}.{activation}", bias_rate=1.0,
+          tags=("kernels", "finite-width", "ntk", activation), min_size=MIN_WIDTH, min_size_reason=MIN_WIDTH_REASON,
+          seconds_quick=SECONDS_QUICK[kind], **kw)(fn)
 
 
 def _register(activation: str):

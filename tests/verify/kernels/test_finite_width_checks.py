@@ -162,6 +162,17 @@ def test_ntk_mean_check_quick_accepts_Theta1_and_rejects_20_percent():
         assert not _ntk_verdict("mean", *args, factor=f).passed, f
 
 
+@pytest.mark.slow
+def test_ntk_mean_check_full_rejects_10_percent():
+    """GELU at the full sizes (16, 32, 64; 800k networks, ~2.5 min): Theta1 accepted, 0.9x and 1.1x
+    rejected (seed 0: n (mean - Theta) = 0.591 +- 0.005 at n = 64 against Theta1 = 0.604)."""
+    args = ("gelu", fwc.NTK_MEAN_SIZES, fwc.NTK_MEAN_SAMPLES, 0)
+    v = _ntk_verdict("mean", *args)
+    assert v.passed, v.reason
+    for f in (0.9, 1.1):
+        assert not _ntk_verdict("mean", *args, factor=f).passed, f
+
+
 def test_ntk_mean_control_variate_cuts_the_variance():
     """The NNGP control variate removes most of one network's NTK fluctuation: at width 16 the
     variance of the compared value is below half that of n (Thetahat - Theta) (measured 0.38; the
