@@ -10,7 +10,8 @@ c_b = b_l on its biases: Thetahat = sum_mu lambda_mu (df/dtheta_mu)^2 is the NTK
 
     dH_{i0 i1 i2}        = sum lambda lambda (d2 z_i0)(dz_i1)(dz_i2),
     ddI_{i0 i1 i2 i3}    = sum lambda lambda lambda (d3 z_i0)(dz_i1)(dz_i2)(dz_i3),
-    ddII_{i1 i2 i3 i4}   = sum lambda lambda lambda (d2 z_i1 / dmu1 dmu3)(d2 z_i2 / dmu2 dmu3)(dz_i3 / dmu1)(dz_i4 / dmu2);
+    ddII_{i1 i2 i3 i4}   = sum lambda lambda lambda (d2 z_i1 / dmu1 dmu3)(d2 z_i2 / dmu2 dmu3)
+                           (dz_i3 / dmu1)(dz_i4 / dmu2);
 
 at the output, in the coordinates where lambda = 1 (g = grad f, H = Hess f): dH = g^T H g,
 ddII = |H g|^2, ddI = f'''[g, g, g]. Under gradient flow on (f - y)^2 / 2 with the one input,
@@ -28,7 +29,8 @@ alpha = phi phi' + Theta phi'' phi', p = <phi'^2>, e = <z phi phi'> / K, e' = <z
 
     P' = C_W^2 [ <phi^2 phi'^2> Theta + <phi'' phi'^2 phi> Theta^2 + F e e' + P p e ],
     Q' = C_W^2 [ <phi'' phi'^2 phi> Theta^2 + B <phi'' phi> p + Q p e ],
-    R' = C_W^2 [ <phi'' phi'^2 phi> Theta^2 + <phi''' phi'^3> Theta^3 + B p (<phi'' phi> + Theta <phi''' phi'>) + Q p e' + R p^2 ],
+    R' = C_W^2 [ <phi'' phi'^2 phi> Theta^2 + <phi''' phi'^3> Theta^3 + B p (<phi'' phi> + Theta <phi''' phi'>)
+                 + Q p e' + R p^2 ],
     U1' = B' + C_W^2 [ <phi''^2 phi'^2> Theta^3 + B Theta <phi''^2> p + U1 p^2 ],
     U2' = C_W^2 [ Theta <alpha^2> + F e'^2 + 2 P p e' + U2 p^2 ],
     U3' = C_W^2 [ <phi''^2 phi'^2> Theta^3 + U3 p^2 ],

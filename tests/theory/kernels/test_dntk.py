@@ -351,8 +351,9 @@ def exact_ddntk(Om, be, x, act, w, b, i0, i1, i2, i3, e=1e-4):
 
 def _flat(g):
     """A factored vector as dense arrays (tests of the reference only)."""
-    return [U[:, :, None] * A[:, None, :] + (0 if V is None else V[:, :, None] * C[:, None, :]) for U, A, V, C, _ in g] \
-        + [bb for *_, bb in g]
+    dense = [U[:, :, None] * A[:, None, :] + (0 if V is None else V[:, :, None] * C[:, None, :])
+             for U, A, V, C, _ in g]
+    return dense + [bb for *_, bb in g]
 
 
 def test_reference_hessian_vector_products_match_finite_differences():
