@@ -36,7 +36,8 @@ import numba as nb
 import numpy as np
 
 __all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives", "one_input_derivatives_many",
-           "pair_tables", "pair_series", "power_expectations", "Z_MAX"]
+           "pair_tables", "pair_series", "power_expectations", "product_tables",
+           "product_series", "Z_MAX"]
 
 Z_MAX = 9.0
 
@@ -486,3 +487,109 @@ def pair_series(phi, q, I, J, C, kinks=(0.0,), K: int = 256, tol: float = 1e-13)
     ok = np.empty(I.size, dtype=np.bool_)
     _all_pair_series(A, G, I, J, q, rho, tol, K - 4, out, ok)
     return out, ~ok, diag
+
+
+# ---------------------------------------------------------------------------------
+# Two-input expectations of products of several functions, by Mehler series
+# ---------------------------------------------------------------------------------
+#
+# The NTK's pair recursion needs E[f(u) g(v)] for a dozen (f, g) built from phi, phi' and z, and
+# the covariance derivatives of E[phi'(u) phi'(v)] and E[phi(u) phi(v)]: the Mehler series of the
+# module note above with one Hermite table per function, the derivatives by the heat-equation
+# shifts (d/dq1 shifts f's table by 2 with C2_k, d2/dq1^2 by 4 with C4_k, d/dc multiplies by k).
+
+def product_tables(fs: Sequence[Callable], q, kinks=(0.0,), K: int = 256):
+    """Hermite tables of several functions at the variances q: (A, R) with A (len(fs), N, K) the
+    normalized coefficients a_k = E[f(sqrt(q) z) h_k(z)] (interpolated in log q by
+    :func:`limitlab.numerics.gaussian.interpolated`) and R (N, K) >= sum_{m >= k} a_m^2 / E[f^2],
+    the relative Parseval tails, the largest over the functions (plus a rounding allowance)."""
+    from limitlab.numerics import gaussian
+
+    q = np.ascontiguousarray(q, dtype=float)
+    F = len(fs)
+
+    def fn(qs):
+        cols = []
+        for f in fs:
+            alpha, m2, _ = gaussian.hermite_coefficients(f, qs, K, kinks, df=f)
+            cols += [alpha, m2[:, None]]
+        return np.concatenate(cols, axis=1)
+
+    def scale(V):  # each function's coefficients against the root of its second moment (Parseval)
+        out = []
+        for s in range(F):
+            m = V[:, s * (K + 1) + K:s * (K + 1) + K + 1]
+            out += [np.repeat(np.sqrt(np.abs(m)), K, axis=1), np.abs(m)]
+        return np.concatenate(out, axis=1) + 1e-300
+
+    V, _ = gaussian.interpolated(fn, q, scale=scale)
+    A = np.stack([V[:, s * (K + 1):s * (K + 1) + K] for s in range(F)])
+    R = np.zeros((q.size, K))
+    for s in range(F):
+        m = np.abs(V[:, s * (K + 1) + K])[:, None] + 1e-300
+        part = np.concatenate([np.zeros((q.size, 1)), np.cumsum(A[s] ** 2, axis=1)[:, :-1]], axis=1)
+        R = np.maximum(R, np.maximum(1.0 - part / m, 0.0) + 1e-14)
+    return A, R
+
+
+def product_series(A, R, q, I, J, C, products, first=(), second=(), tol: float = 1e-13):
+    """Two-input expectations of the pairs of inputs (I[p], J[p]) (variances q, covariances C[p])
+    from :func:`product_tables`' (A, R):
+
+    * ``products``: (fi, fj) table indices -> E[f_fi(u) f_fj(v)], (P, len(products));
+    * ``first``: (fi, fj) -> the derivatives of E[f(u) g(v)] in (q1, q2, c), (P, len(first), 3);
+    * ``second``: (fi, fj) -> its second derivatives, (P, len(second), 3, 3).
+
+    Returns (values, first, second, bad): ``bad`` flags the pairs whose |rho| is too close to 1 for
+    the table (the Cauchy-Schwarz bound (k + 4)^2 |rho|^(k - 2) sqrt(R_i R_j) on every remainder,
+    relative to its scale, above tol within K - 4 terms); their rows are not meaningful.
+    """
+    K = A.shape[2]
+    I = np.asarray(I, dtype=np.int64)
+    J = np.asarray(J, dtype=np.int64)
+    q1, q2 = q[I], q[J]
+    rho = np.asarray(C, dtype=float) / np.sqrt(q1 * q2)
+    r = np.abs(rho)
+    k = np.arange(K, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rho = 0: log 0, and 0 * -inf at k = 2 (never read)
+        logb = 2 * np.log(k + 4.0)[None, :] + (k[None, :] - 2) * np.log(r)[:, None] \
+            + 0.5 * np.log(R[I] * R[J])
+    below = logb <= math.log(tol)
+    below[:, :5] = False
+    need = np.where(below.any(axis=1), below.argmax(axis=1), K)
+    bad = need > K - 4
+    n = int(min(max(need[~bad].max(initial=5), 5), K - 4))
+    k = k[:n]
+    # rho^k, k rho^(k-1), k (k-1) rho^(k-2) (no negative powers at rho = 0)
+    pw = rho[:, None] ** k[None, :]
+    pw1 = np.zeros_like(pw)
+    pw1[:, 1:] = k[1:] * pw[:, :-1]
+    pw2 = np.zeros_like(pw)
+    pw2[:, 2:] = k[2:] * (k[2:] - 1) * pw[:, :-2]
+    C2 = 0.5 * np.sqrt((k + 1) * (k + 2))
+    C4 = 0.25 * np.sqrt((k + 1) * (k + 2) * (k + 3) * (k + 4))
+    s12 = np.sqrt(q1 * q2)
+
+    def tab(f, idx, shift=0):
+        return A[f][idx, shift:shift + n]
+
+    vals = np.stack([np.einsum("pk,pk,pk->p", tab(a, I), tab(b, J), pw) for a, b in products], axis=1) \
+        if products else np.zeros((I.size, 0))
+    d1 = np.zeros((I.size, len(first), 3))
+    for s, (a, b) in enumerate(first):
+        ai, bj = tab(a, I), tab(b, J)
+        d1[:, s, 0] = np.einsum("pk,pk,pk->p", C2 * tab(a, I, 2), bj, pw) / q1
+        d1[:, s, 1] = np.einsum("pk,pk,pk->p", ai, C2 * tab(b, J, 2), pw) / q2
+        d1[:, s, 2] = np.einsum("pk,pk,pk->p", ai, bj, pw1) / s12
+    d2 = np.zeros((I.size, len(second), 3, 3))
+    for s, (a, b) in enumerate(second):
+        ai, bj = tab(a, I), tab(b, J)
+        ai2, bj2 = C2 * tab(a, I, 2), C2 * tab(b, J, 2)
+        h = d2[:, s]
+        h[:, 0, 0] = np.einsum("pk,pk,pk->p", C4 * tab(a, I, 4), bj, pw) / q1 ** 2
+        h[:, 1, 1] = np.einsum("pk,pk,pk->p", ai, C4 * tab(b, J, 4), pw) / q2 ** 2
+        h[:, 0, 1] = h[:, 1, 0] = np.einsum("pk,pk,pk->p", ai2, bj2, pw) / (q1 * q2)
+        h[:, 0, 2] = h[:, 2, 0] = np.einsum("pk,pk,pk->p", ai2, bj, pw1) / (q1 * s12)
+        h[:, 1, 2] = h[:, 2, 1] = np.einsum("pk,pk,pk->p", ai, bj2, pw1) / (q2 * s12)
+        h[:, 2, 2] = np.einsum("pk,pk,pk->p", ai, bj, pw2) / (q1 * q2)
+    return vals, d1, d2, bad

@@ -65,9 +65,10 @@ MAX_FULL_INPUTS = 3
 # inputs whose correlation at some layer is within this of +-1 have no finite score weights
 # (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
 RHO_MAX = 1.0 - 1e-6
-# the NTK's pair quantities take one two-input quadrature per pair and layer: by default computed for
-# up to this many inputs (beyond it, the single-input ones only)
-MAX_NTK_PAIR_INPUTS = 4
+# the NTK's pair quantities (Mehler series per pair and layer, nested quadrature for pairs too close to
+# parallel, a Python loop over the pairs): by default computed for up to this many inputs (beyond it,
+# the single-input ones only)
+MAX_NTK_PAIR_INPUTS = 16
 # the two-input series: Hermite table length and the bound on every remainder (gaussian_moments.pair_series)
 _TERMS, _TOL = 256, 1e-13
 
@@ -347,20 +348,27 @@ def _pair_moments(act, K, a, b):
 def _four_moments(act, K, N, P4):
     """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric): on one or
     two distinct inputs from the two-input moments P4 (so that the full V and its two-input blocks
-    agree to rounding), on three or four by nested quadrature."""
+    agree to rounding), on three or four by ``gaussian_moments.power_expectations``, one call per
+    set of distinct inputs (the three multisets on a set of three share its quadrature)."""
     M4 = np.empty((N,) * 4)
+    sets = {}
     for ms in itertools.combinations_with_replacement(range(N), 4):
-        idx = sorted(set(ms))
+        idx = tuple(sorted(set(ms)))
         powers = [ms.count(i) for i in idx]
         if len(idx) == 1:
             v = P4[0, idx[0], idx[0]]
         elif len(idx) == 2:
             v = P4[{(2, 2): 0, (3, 1): 1, (1, 3): 2}[tuple(powers)], idx[0], idx[1]]
         else:
-            fs = [(lambda p: (lambda t: act(t) ** p))(p) for p in powers]
-            v = gaussian_moments.product_expectation(fs, K[np.ix_(idx, idx)], [act.kinks] * len(idx))
+            sets.setdefault(idx, []).append((ms, powers))
+            continue
         for perm in set(itertools.permutations(ms)):
             M4[perm] = v
+    for idx, items in sets.items():
+        vals = gaussian_moments.power_expectations(act.__call__, K[np.ix_(idx, idx)], [p for _, p in items], act.kinks)
+        for (ms, _), v in zip(items, vals):
+            for perm in set(itertools.permutations(ms)):
+                M4[perm] = v
     return M4
 
 
@@ -489,6 +497,58 @@ def _pair_ntk_moments(act, K, m1, a, b):
         h2 = ph[c] * dp[1 - c] * wts
         R[c, 1 - c] = Ki @ (z.T @ h2)
     return dict(Gp=Gp, dGp=dGp, P=Pp, dP=dP, d2P=d2P, Mdp=Mdp, Q=Q, R=R)
+
+
+# the functions of the NTK's pair moments (Hermite tables per input): phi, phi', phi^2, phi'^2, phi phi',
+# phi'^2 phi, phi' phi^2, phi'^3, z phi, z phi'; and the pairs of them whose two-input expectations
+# _pair_ntk_moments computes (Mdp's entries, Q_1..3, R's four)
+_NTK_PRODUCTS = ((0, 0), (1, 1), (3, 2), (5, 0), (2, 3), (0, 5), (6, 1), (1, 6), (4, 4), (1, 7), (3, 3), (7, 1),
+                 (8, 1), (0, 9), (9, 0), (1, 8))
+_MDP_SLOTS = {(0, 1): 2, (0, 2): 3, (1, 0): 4, (1, 2): 5, (2, 0): 6, (2, 1): 7, (2, 2): 8}
+
+
+def _pair_ntk_moments_all(act, K, m1, I, J):
+    """:func:`_pair_ntk_moments` for the pairs (I[p], J[p]) at once, by Mehler series
+    (``gaussian_moments.product_series``: one Hermite table per function and input, covariance
+    derivatives by the heat-equation shifts); pairs too close to parallel for the series by
+    nested quadrature. Returns a list of the moment dicts."""
+    dphi = act.derivative
+    fs = (act.__call__, dphi, lambda t: act(t) ** 2, lambda t: dphi(t) ** 2, lambda t: act(t) * dphi(t),
+          lambda t: dphi(t) ** 2 * act(t), lambda t: dphi(t) * act(t) ** 2, lambda t: dphi(t) ** 3,
+          lambda t: t * act(t), lambda t: t * dphi(t))
+    q = np.diagonal(K).copy()
+    A, R = gaussian_moments.product_tables(fs, q, act.kinks)
+    vals, d1, d2, bad = gaussian_moments.product_series(A, R, q, I, J, K[I, J], _NTK_PRODUCTS,
+                                                        first=((0, 0), (1, 1)), second=((1, 1),))
+    out = []
+    for p, (a, b) in enumerate(zip(I, J)):
+        if bad[p]:
+            out.append(_pair_ntk_moments(act, K, m1, a, b))
+            continue
+        v = vals[p]
+        ma, mb = m1[a], m1[b]
+        one = (ma, mb)
+        Gp, dGp = np.zeros(3), np.zeros((3, 3))
+        Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
+        for e in range(2):
+            Gp[e], dGp[e, e] = one[e][0, 0], one[e][0, 1]
+            Pp[e], dP[e, e], d2P[e, e, e] = one[e][1]
+        Gp[2], Pp[2] = v[0], v[1]
+        dGp[2], dP[2], d2P[2] = d1[p, 0], d1[p, 1], d2[p, 0]
+        Mdp = np.empty((3, 3))
+        Mdp[0, 0], Mdp[1, 1] = ma[4, 0], mb[4, 0]
+        for (e, g), s in _MDP_SLOTS.items():
+            Mdp[e, g] = v[s]
+        Q = np.array([mb[3, 0], v[9], v[10], v[11], ma[3, 0]])
+        Rm = np.zeros((2, 2, 2))
+        cov = np.array([[K[a, a], K[a, b]], [K[a, b], K[b, b]]])
+        Ki = np.linalg.inv(cov)
+        for c in range(2):
+            Rm[c, c, c] = one[c][5, 0] / cov[c, c]
+        Rm[0, 1] = Ki @ v[12:14]  # E[z phi_a phi'_b]
+        Rm[1, 0] = Ki @ v[[14, 15]]  # E[z phi_b phi'_a]
+        out.append(dict(Gp=Gp, dGp=dGp, P=Pp, dP=dP, d2P=d2P, Mdp=Mdp, Q=Q, R=Rm))
+    return out
 
 
 def _ntk_pair_step(m, w, lam, mu, K1, V, Kn, K1n, Vn, st):
@@ -658,10 +718,11 @@ def finite_width(net: MLP, X, *, four_point: Optional[bool] = None, ntk_pairs: O
             state = _ntk_step(m1, wl, float(b[l + 1]), Kd, K1d, Vd, state, lm, ml)
             if pairs:
                 Vbn = _pair_block(V, N) if full else V
-                for (a, c), st in pairs.items():
+                moments = _pair_ntk_moments_all(act, Ko, m1, I, J)
+                for (a, c), m in zip(zip(I, J), moments):
                     e3 = ([a, c, a], [a, c, c])
-                    pairs[a, c] = _ntk_pair_step(_pair_ntk_moments(act, Ko, m1, a, c), wl, lm, ml, K1o[e3],
-                                                 Vbo[:, :, a, c], K[e3], K1[e3], Vbn[:, :, a, c], st)
+                    pairs[a, c] = _ntk_pair_step(m, wl, lm, ml, K1o[e3], Vbo[:, :, a, c], K[e3], K1[e3],
+                                                 Vbn[:, :, a, c], pairs[a, c])
         layers.append(_layer(l + 2, K, K1, V, full, state, pairs))
     top = layers[-1]
     return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V,

@@ -462,44 +462,93 @@ _S3 = ((0, 0), (1, 1), (0, 1))  # symmetric entries of a pair, as four_point_pai
 _O4 = ((0, 0), (1, 1), (0, 1), (1, 0))
 
 
-def _mp_erf_pair_ntk(layers, w, b, lam=None, mu=None, th0=None):
-    """An independent 30-digit version of the NTK pair recursion for erf on inputs (0, 1): every
-    two-input moment in closed form (a Gaussian weight exp(-z^T Lam z) turns a Gaussian into another,
-    K' = (K^-1 + 2 Lam)^-1, and E[erf erf] is Williams' arcsin), covariance derivatives by
-    mpmath.diff of those closed forms, the score term of Theta1 as the expectation it is,
+class _MpErf:
+    """erf's two-input moments in closed form at 30 digits: a Gaussian weight exp(-z^T Lam z) maps
+    N(0, K) onto N(0, K'), K' = (K^-1 + 2 Lam)^-1, and E[erf erf] is Williams' arcsin."""
+
+    c2 = 2 / mp.sqrt(mp.pi)
+
+    def _gauss(self, K, dprime):
+        """(prefactor, K') with E_K[prod_{i in dprime} phi'(z_i) h(z)] = prefactor E_K'[h]."""
+        ka, kb = dprime.count(0), dprime.count(1)
+        M = mp.matrix([[1 + 2 * ka * K[0, 0], 2 * kb * K[0, 1]], [2 * ka * K[1, 0], 1 + 2 * kb * K[1, 1]]])
+        return self.c2 ** (ka + kb) / mp.sqrt(mp.det(M)), mp.inverse(M) * K
+
+    @staticmethod
+    def _erf2(K, c, d):
+        return 2 / mp.pi * mp.asin(2 * K[c, d] / mp.sqrt((1 + 2 * K[c, c]) * (1 + 2 * K[d, d])))
+
+    def G(self, K, c, d):  # <phi_c phi_d>
+        return self._erf2(K, c, d)
+
+    def dmom(self, K, dprime, phis=()):  # <prod phi'(z_i), i in dprime, times phi_c phi_d>
+        pref, Kp = self._gauss(K, dprime)
+        return pref * (self._erf2(Kp, *phis) if phis else 1)
+
+    def zz(self, K, dprime):  # <prod phi' z z^T> (2 x 2)
+        pref, Kp = self._gauss(K, dprime)
+        return pref * Kp
+
+    def zphi(self, K, c, e1):  # <phi_c phi'_e1 z> (2,): E_K'[erf(z_c) z] = K'[:, c] E_K'[erf'(z_c)]
+        pref, Kp = self._gauss(K, (e1,))
+        v = pref * self.c2 / mp.sqrt(1 + 2 * Kp[c, c])
+        return mp.matrix([Kp[0, c] * v, Kp[1, c] * v])
+
+
+class _MpRelu:
+    """ReLU's two-input moments in closed form (phi' = 1{z > 0}): with theta the angle of (a, b),
+    <1_a 1_b> = (pi - theta) / 2pi, <relu_a relu_b> = sqrt(q_a q_b) (sin theta + (pi - theta) cos theta) / 2pi,
+    <z_a^2 1_a 1_b> = q_a (pi - theta + sin theta cos theta) / 2pi (polar coordinates over the wedge)."""
+
+    @staticmethod
+    def _angle(K):
+        return mp.acos(K[0, 1] / mp.sqrt(K[0, 0] * K[1, 1]))
+
+    def _both(self, K):  # E[1_a 1_b z z^T]
+        t = self._angle(K)
+        off = mp.sqrt(K[0, 0] * K[1, 1]) * (mp.sin(t) + (mp.pi - t) * mp.cos(t)) / (2 * mp.pi)
+        diag = [K[i, i] * (mp.pi - t + mp.sin(t) * mp.cos(t)) / (2 * mp.pi) for i in range(2)]
+        return mp.matrix([[diag[0], off], [off, diag[1]]])
+
+    def G(self, K, c, d):
+        return K[c, c] / 2 if c == d else self._both(K)[0, 1]
+
+    def dmom(self, K, dprime, phis=()):
+        on = set(dprime) | set(phis)  # relu_c relu_d prod 1_i = z_c z_d 1 over the inputs involved
+        if len(on) == 1:
+            i = on.pop()
+            return K[i, i] / 2 if phis else mp.mpf(1) / 2
+        if not phis:
+            return (mp.pi - self._angle(K)) / (2 * mp.pi)
+        return self._both(K)[phis]
+
+    def zz(self, K, dprime):
+        if len(set(dprime)) == 1:
+            return K / 2
+        return self._both(K)
+
+    def zphi(self, K, c, e1):  # E[z z_c 1_c 1_e1]
+        M = K / 2 if c == e1 else self._both(K)
+        return mp.matrix([M[0, c], M[1, c]])
+
+
+def _mp_pair_ntk(moments, layers, w, b, lam=None, mu=None, th0=None):
+    """An independent 30-digit version of the NTK pair recursion on inputs (0, 1): the two-input
+    moments in closed form (``moments``: _MpErf, _MpRelu), covariance derivatives by mpmath.diff of
+    those closed forms, the score term of Theta1 as the expectation it is,
     E[phi'_e1 phi'_e2 (z^T K^-1 F K^-1 z - tr K^-1 F)]; state in dicts over input index tuples. K
     is recomputed here; K1 and V (tested elsewhere) come from ``layers`` (finite_width's, float).
     lam, mu (per Dense layer), th0 (2 x 2): the standard parametrization's weights; default ntk.
     Returns the output's (Theta, Theta1, A, D, B, F, cov) as dicts."""
     with mp.workdps(30):
-        c2 = 2 / mp.sqrt(mp.pi)
-
-        def gauss(K, ka, kb):
-            """(prefactor, K') with E_K[phi'_0^ka phi'_1^kb h(z)] = prefactor * E_K'[h]."""
-            M = mp.matrix([[1 + 2 * ka * K[0, 0], 2 * kb * K[0, 1]], [2 * ka * K[1, 0], 1 + 2 * kb * K[1, 1]]])
-            Kp = mp.inverse(M) * K
-            return c2 ** (ka + kb) / mp.sqrt(mp.det(M)), Kp
-
-        def erf2(K, c, d):
-            return 2 / mp.pi * mp.asin(2 * K[c, d] / mp.sqrt((1 + 2 * K[c, c]) * (1 + 2 * K[d, d])))
-
-        def powers(*idx):
-            return idx.count(0), idx.count(1)
-
-        def mom(K, dprime, phis=()):
-            """E_K[prod_{i in dprime} phi'(z_i) prod_{j in phis} phi(z_j)], phis: () or two indices."""
-            pref, Kp = gauss(K, *powers(*dprime))
-            return pref * (erf2(Kp, *phis) if phis else 1)
+        mo = moments
 
         def mat(q1, q2, c):
             return mp.matrix([[q1, c], [c, q2]])
 
-        def entries(K):
-            return (K[0, 0], K[1, 1], K[0, 1])
-
         def derivs(f, K):
             """first (3,) and second (3, 3) derivatives of f(q1, q2, c) at K (c: both off-diagonal entries)."""
-            x = entries(K)
+            x = (K[0, 0], K[1, 1], K[0, 1])
             h = mp.mpf("1e-8")
             g = [mp.diff(f, x, tuple(int(i == j) for i in range(3)), h=h) for j in range(3)]
             H = [[mp.diff(f, x, tuple(int(i == j) + int(i == k) for i in range(3)), h=h) for k in range(3)]
@@ -527,33 +576,32 @@ def _mp_erf_pair_ntk(layers, w, b, lam=None, mu=None, th0=None):
             Kn = mp.matrix(2, 2)
             for i in range(2):
                 for j in range(2):
-                    Kn[i, j] = w * erf2(K, i, j) + b
-            P = {e: mom(K, e) for e in _S3}
-            Gp = {e: erf2(K, *e) for e in _S3}
+                    Kn[i, j] = w * mo.G(K, i, j) + b
+            P = {e: mo.dmom(K, e) for e in _S3}
+            Gp = {e: mo.G(K, *e) for e in _S3}
             dP, d2P, dG = {}, {}, {}
             for e in _S3:
-                g1, H1 = derivs(lambda q1, q2, c, e=e: mom(mat(q1, q2, c), e), K)
+                g1, H1 = derivs(lambda q1, q2, c, e=e: mo.dmom(mat(q1, q2, c), e), K)
                 dP[e] = dict(zip(_S3, g1))
                 d2P[e] = {(f, h): H1[i][j] for i, f in enumerate(_S3) for j, h in enumerate(_S3)}
-                g1, _ = derivs(lambda q1, q2, c, e=e: erf2(mat(q1, q2, c), *e), K)
+                g1, _ = derivs(lambda q1, q2, c, e=e: mo.G(mat(q1, q2, c), *e), K)
                 dG[e] = dict(zip(_S3, g1))
             Ki = mp.inverse(K)
             Thn, Th1n, Xs, Ys, Bn, Fn = {}, {}, {}, {}, {}, {}
             for e in _S3:
                 Fm = mp.matrix([[F[e, 0, 0], F[e, 0, 1]], [F[e, 1, 0], F[e, 1, 1]]])
-                pref, Kp = gauss(K, *powers(*e))
-                M = Ki * Fm * Ki
-                score = pref * (sum(M[i, j] * Kp[j, i] for i in range(2) for j in range(2))
-                                - sum((Ki * Fm)[i, i] for i in range(2)))
+                M, Z = Ki * Fm * Ki, mo.zz(K, e)
+                score = (sum(M[i, j] * Z[j, i] for i in range(2) for j in range(2))
+                         - P[e] * sum((Ki * Fm)[i, i] for i in range(2)))
                 Thn[e] = lam[l + 1] * Kn[e] + mu[l + 1] + w * P[e] * Th[e]
                 Th1n[e] = lam[l + 1] * K1n[e] + w * (
                     P[e] * Th1[e] + Th[e] * sum(dP[e][f] * K1[f] for f in _S3) + sum(dP[e][f] * D[e, f] for f in _S3)
                     + Th[e] / 2 * sum(d2P[e][f, h] * V[f, h] for f in _S3 for h in _S3) + score)
             for e in _S3:
                 for g in _S3:
-                    Xs[e, g] = w * w * (Th[e] * (mom(K, e, g) - P[e] * Gp[g]) + sum(
+                    Xs[e, g] = w * w * (Th[e] * (mo.dmom(K, e, g) - P[e] * Gp[g]) + sum(
                         dG[g][h] * (Th[e] * sum(dP[e][f] * V[f, h] for f in _S3) + P[e] * D[e, h]) for h in _S3))
-                    Ys[e, g] = w * w * (Th[e] * Th[g] * (mom(K, e + g) - P[e] * P[g])
+                    Ys[e, g] = w * w * (Th[e] * Th[g] * (mo.dmom(K, e + g) - P[e] * P[g])
                                         + Th[e] * Th[g] * sum(dP[e][f] * dP[g][h] * V[f, h] for f in _S3 for h in _S3)
                                         + Th[e] * P[g] * sum(dP[e][f] * D[g, f] for f in _S3)
                                         + Th[g] * P[e] * sum(dP[g][h] * D[e, h] for h in _S3) + P[e] * P[g] * A[e, g])
@@ -562,18 +610,14 @@ def _mp_erf_pair_ntk(layers, w, b, lam=None, mu=None, th0=None):
             Dn = {(e, g): lam[l + 1] * Vn[e, g] + Xs[e, g] for e in _S3 for g in _S3}
             for e in _O4:
                 for g in _O4:
-                    Bn[e, g] = w * w * (Th[e] * Th[g] * mom(K, e + g)
+                    Bn[e, g] = w * w * (Th[e] * Th[g] * mo.dmom(K, e + g)
                                         + P[sym((e[0], g[0]))] * P[sym((e[1], g[1]))] * B[e, g])
             for e in _S3:
-                # R[c][e1] = K^-1 E[phi_c phi'_e1 z], E_K'[erf(z_c) z] = K'[:, c] E_K'[erf'(z_c)]
-                def R(c, e1):
-                    pref, Kp = gauss(K, *powers(e1))
-                    v = c2 / mp.sqrt(1 + 2 * Kp[c, c])
-                    return Ki * mp.matrix([pref * Kp[0, c] * v, pref * Kp[1, c] * v])
                 for c in range(2):
                     for d in range(2):
-                        r1, r2 = R(c, e[0]), R(d, e[1])
-                        Fn[e, c, d] = w * w * (Th[e] * mom(K, e, (c, d)) + sum(
+                        # R_(c e1) = K^-1 <phi_c phi'_e1 z>
+                        r1, r2 = Ki * mo.zphi(K, c, e[0]), Ki * mo.zphi(K, d, e[1])
+                        Fn[e, c, d] = w * w * (Th[e] * mo.dmom(K, e, (c, d)) + sum(
                             r1[i] * F[e, i, j] * r2[j] for i in range(2) for j in range(2)))
             Th = {e: Thn[sym(e)] for e in _O4}
             Th1 = {e: Th1n[sym(e)] for e in _O4}
@@ -595,20 +639,20 @@ def _pair_outputs(lay):
             {(e, g): lay.ntk_covariance_pairs[i, j, 0, 1] for i, e in enumerate(_S3) for j, g in enumerate(_S3)})
 
 
-@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
-def test_ntk_pairs_match_30_digit_closed_form_recursion_for_erf(parametrization):
+@pytest.mark.parametrize("activation,parametrization", [("erf", "ntk"), ("erf", "standard"), ("relu", "ntk")])
+def test_ntk_pairs_match_30_digit_closed_form_recursion(activation, parametrization):
     """Every pair quantity of the output (Theta, Theta1, A, D, B, F and the one-neuron covariance
-    blocks) against the independent 30-digit recursion with closed-form erf moments; the standard
-    parametrization at width 100 through its per-layer weights lam = n / w, mu = beta - n b / w."""
+    blocks) against the independent 30-digit recursion with closed-form erf and ReLU moments; the
+    standard parametrization at width 100 through its per-layer weights lam = n / w, mu = beta - n b / w."""
     X = np.array([[1.0, 0.0, 1.0, 0.5], [0.6, 0.9, 0.2, 0.8]])
     w, b, depth, n = 2.0, 0.05, 3, 100
-    net = MLP(depth, "erf", weight_var=w, bias_var=b, parametrization=parametrization,
+    net = MLP(depth, activation, weight_var=w, bias_var=b, parametrization=parametrization,
               width=n if parametrization == "standard" else None)
     fw = finite_width(net, X)
     kw = {}
     if parametrization == "standard":
         kw = dict(lam=[np.nan] + [n / w] * depth, mu=[np.nan] + [1 - n * b / w] * depth, th0=X @ X.T + 1)
-    ref = _mp_erf_pair_ntk(fw.layers, w, b, **kw)
+    ref = _mp_pair_ntk({"erf": _MpErf, "relu": _MpRelu}[activation](), fw.layers, w, b, **kw)
     got = _pair_outputs(fw.layers[-1])
     names = ("Theta", "Theta1", "A", "D", "B", "F", "cov")
     for name, r, g in zip(names, ref, got):
@@ -616,6 +660,34 @@ def test_ntk_pairs_match_30_digit_closed_form_recursion_for_erf(parametrization)
         for k in g:
             # K1 and V enter from finite_width (float64, tested above to 1e-10); the rest is exact
             assert g[k] == pytest.approx(r[k], rel=1e-10, abs=1e-12 * scale), (name, k, g[k], r[k])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "selu", "erf", "softplus"])
+def test_ntk_pair_moment_series_match_nested_quadrature(activation):
+    """The NTK's two-input moments by Mehler series (product tables of phi, phi', their products and
+    z phi, z phi'; derivatives by heat-equation shifts) against the nested quadrature with
+    score-function derivatives, at correlations -0.9 to 0.7; a pair at correlation 0.99999 goes to
+    the quadrature (flagged by the series), and so do ReLU's and SELU's at -0.9."""
+    act = A.get(activation)
+    K = np.array([[1.3, 0.55, -0.9 * np.sqrt(1.3 * 2.5), 0.0], [0.55, 0.8, 0.7 * np.sqrt(0.8 * 2.5), 0.0],
+                  [-0.9 * np.sqrt(1.3 * 2.5), 0.7 * np.sqrt(0.8 * 2.5), 2.5, 0.99999 * np.sqrt(2.5)],
+                  [0.0, 0.0, 0.99999 * np.sqrt(2.5), 1.0]])
+    m1 = fwmod._one_input_ntk_moments(act, np.diagonal(K))
+    I, J = np.array([0, 0, 1, 2]), np.array([1, 2, 2, 3])
+    from limitlab.numerics import gaussian_moments as gm
+    q = np.diagonal(K).copy()
+    fs = [act.__call__, act.derivative]
+    *_, bad = gm.product_series(*gm.product_tables(fs, q, act.kinks), q, I, J, K[I, J], [(0, 0)])
+    # phi' with a jump (ReLU, SELU) has slowly decaying Hermite coefficients: at correlation -0.9 it
+    # takes the quadrature too
+    assert bad.tolist() == [False, activation in ("relu", "selu"), False, True]
+    series = fwmod._pair_ntk_moments_all(act, K, m1, I, J)
+    for p in np.nonzero(~bad)[0]:
+        quad = fwmod._pair_ntk_moments(act, K, m1, I[p], J[p])
+        for name in quad:
+            ref = quad[name]
+            np.testing.assert_allclose(series[p][name], ref, rtol=1e-9, atol=1e-11 * np.abs(ref).max(),
+                                       err_msg=f"{activation} pair {p} {name}")
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "erf", "linear"])
