@@ -8,15 +8,15 @@ so they are compared divided by the width (quantity ``ntk/width[i,j]``), against
 finite-width standard-parametrization formula of the same width.
 
 The fluctuation of one network's kernel is O(n^-1/2) (Hanin & Nica 2020; Roberts, Yaida &
-Hanin 2022, ch. 8 and 11): rate -0.5. The ensemble-mean bias is O(1/n) (bias_rate 1) where
-its 1/n term is not predicted. Where it is (``limitlab.theory.kernels.finite_width``), the
-theory value at width n carries it and the remaining bias is O(1/n^2): bias_rate 2, so the
-verdict's allowance (the error at the next-smaller size, extrapolated) shrinks from a quarter
-to a sixteenth of that error at sizes 4x apart (docs/finite_width.md, "Sharper kernel
-checks"). Predicted: the NNGP, E[Ghat] = K + K1/n + O(1/n^2) (PDLT eq. (4.115)), and, in the
-NTK parametrization, the NTK's diagonal, E[Thetahat_aa] = Theta_aa + Theta1_aa/n + O(1/n^2)
-(PDLT ch. 8; ``FiniteWidth.ntk_correction_diag``). The NTK's off-diagonal entries and the
-standard parametrization's NTK keep bias_rate 1 (their 1/n term is not computed).
+Hanin 2022, ch. 8 and 11): rate -0.5. The ensemble-mean bias is O(1/n), but its 1/n term is
+predicted (``limitlab.theory.kernels.finite_width``), so the theory value at width n carries it
+and the remaining bias is O(1/n^2): every quantity carries bias_rate 2, and the verdict's
+allowance (the error at the next-smaller size, extrapolated) shrinks from a quarter to a
+sixteenth of that error at sizes 4x apart (docs/finite_width.md, "Sharper kernel checks"). The
+NNGP: E[Ghat] = K + K1/n + O(1/n^2) (PDLT eq. (4.115)); the NTK: E[Thetahat] = Theta + Theta1/n
++ O(1/n^2) (PDLT ch. 8; ``FiniteWidth.ntk_correction``), in the standard parametrization
+Theta(n) + Theta1(n)/n with both computed at the width n (Theta1(n) = O(n): the remainder is
+still 1/n^2 relative).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ QUICK_SAMPLES = 256
 # below this width the 1/n expansion behind the bias allowance and the n^-1/2 rate is not a small
 # correction: the kernel's fluctuations are governed by depth/width (Hanin & Nica 2020), and
 # 64 keeps depth/width <= 3/64 ~ 0.05 for the registered depths
-# a theory that carries its 1/n term (the NNGP's K + K1/n, the NTK-parametrization NTK's diagonal
-# Theta + Theta1/n): what remains of its bias is O(1/n^2)
+# a theory that carries its 1/n term (the NNGP's K + K1/n, the NTK's Theta + Theta1/n): what
+# remains of its bias is O(1/n^2)
 NNGP_BIAS_RATE = 2.0
 NTK_BIAS_RATE = 2.0
 MIN_WIDTH = 64
@@ -83,10 +83,11 @@ def _theory_cached(activation, depth, parametrization, width):
 
 
 @lru_cache(maxsize=None)
-def _finite_width(activation: str, depth: int):
+def _finite_width(activation: str, depth: int, parametrization: str = "ntk", width=None, ntk_pairs: bool = False):
     from limitlab.theory.kernels import finite_width
 
-    return finite_width(kernel_spec(activation, depth, "ntk"), INPUTS, four_point=False)
+    return finite_width(kernel_spec(activation, depth, parametrization, width), INPUTS, four_point=False,
+                        ntk_pairs=ntk_pairs)
 
 
 def nngp_correction(activation: str, depth: int) -> np.ndarray:
@@ -94,35 +95,29 @@ def nngp_correction(activation: str, depth: int) -> np.ndarray:
     return _finite_width(activation, depth).nngp_correction
 
 
-def ntk_correction(activation: str, depth: int) -> np.ndarray:
-    """The NTK parametrization's predicted 1/n term on INPUTS, (N, N): Theta1_aa on the diagonal
-    (E[Thetahat_aa] = Theta_aa + Theta1_aa/n + O(1/n^2)), 0 off it, where it is not computed."""
-    return np.diag(_finite_width(activation, depth).ntk_correction_diag)
-
-
-def ntk_corrected(parametrization: str) -> np.ndarray:
-    """(N, N) mask of the NTK entries whose theory carries the predicted 1/n term."""
-    N = INPUTS.shape[0]
-    return np.eye(N, dtype=bool) if parametrization == "ntk" else np.zeros((N, N), dtype=bool)
+def ntk_correction(activation: str, depth: int, parametrization: str = "ntk", width=None) -> np.ndarray:
+    """Theta1 (N, N) on INPUTS: E[Thetahat] = Theta + Theta1/n + O(1/n^2); in the standard
+    parametrization Theta1(n), computed at ``width`` (docs/finite_width.md, "Standard
+    parametrization: the convention")."""
+    return _finite_width(activation, depth, parametrization, None if parametrization == "ntk" else int(width),
+                         True).ntk_correction
 
 
 def theory_values(activation: str, depth: int, parametrization: str, width: int, corrected: bool = True):
     """(NNGP, NTK in the check's normalization) on INPUTS: NTK/width in the standard parametrization;
-    the NNGP with its predicted 1/n term, K + K1/width, and in the NTK parametrization the NTK's
-    diagonal with its own, Theta + Theta1/width (``corrected=False``: the limits K and Theta)."""
+    with the predicted 1/n terms, K + K1/width and Theta + Theta1/width (``corrected=False``: K and
+    Theta, the limit, or in the standard parametrization Theta(width))."""
     k, t = _theory_cached(activation, depth, parametrization, int(width))
     if corrected:
         k = k + nngp_correction(activation, depth) / width
-        if parametrization == "ntk":
-            t = t + ntk_correction(activation, depth) / width
+        t = t + ntk_correction(activation, depth, parametrization, width) / width
     return k, (t / width if parametrization == "standard" else t)
 
 
 def measure(ctx: Context, activation: str, depth: int, parametrization: str, theory=None) -> list:
     """Measurements of one check at ctx.size; ``theory(width) -> (nngp, ntk)`` overrides the theory
     (tests use it to prove the verdict's power against wrong theories). The NNGP quantities carry
-    bias_rate NNGP_BIAS_RATE, the NTK entries of ``ntk_corrected`` NTK_BIAS_RATE: their theory
-    includes the predicted 1/n term."""
+    bias_rate NNGP_BIAS_RATE, the NTK's NTK_BIAS_RATE: their theory includes the predicted 1/n term."""
     from limitlab.verify.montecarlo import sample_kernels
 
     n = ctx.size
@@ -132,9 +127,7 @@ def measure(ctx: Context, activation: str, depth: int, parametrization: str, the
     ntk = ks.ntk / n if parametrization == "standard" else ks.ntk
     tname = "ntk/width" if parametrization == "standard" else "ntk"
     out = [Measurement(f"nngp[{i},{j}]", K[i, j], ks.nngp[:, i, j], bias_rate=NNGP_BIAS_RATE) for i, j in PAIRS]
-    sharp = ntk_corrected(parametrization)
-    out += [Measurement(f"{tname}[{i},{j}]", T[i, j], ntk[:, i, j], bias_rate=NTK_BIAS_RATE if sharp[i, j] else None)
-            for i, j in PAIRS]
+    out += [Measurement(f"{tname}[{i},{j}]", T[i, j], ntk[:, i, j], bias_rate=NTK_BIAS_RATE) for i, j in PAIRS]
     return out
 
 

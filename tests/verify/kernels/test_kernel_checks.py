@@ -113,19 +113,18 @@ def test_quick_run_of_one_check_passes_on_numpy_and_array_api_strict():
 
 def _rejected_factors(ms_by_size, activation, depth, parametrization, corrected, part="nngp"):
     """Factors f of a theory f * K (``part`` "nngp": the NNGP quantities only; "ntk": the NTK's) that
-    the verdict rejects: against the limit with the generic allowance (bias_rate 1), or against the
-    theory with its predicted 1/n term, where there is one, and bias_rate 2 there (the check's rule)."""
+    the verdict rejects: against the theory without its 1/n term and the generic allowance
+    (bias_rate 1), or with it and bias_rate 2 (the check's rule)."""
     Q = len(kc.PAIRS)
     grid = np.round(np.arange(0.990, 1.0101, 0.001), 4)
-    sharp = np.ones((3, 3), bool) if part == "nngp" else kc.ntk_corrected(parametrization)
     out = set()
     for f in grid:
         ms = []
         for n, mm in zip(kc.SIZES, ms_by_size):
             th = kc.theory_values(activation, depth, parametrization, n, corrected=corrected)[part == "ntk"]
             mm = mm[:Q] if part == "nngp" else mm[Q:]
-            ms.append([Measurement(m.quantity, f * th[i, j], m.samples, bias_rate=2.0 if corrected and sharp[i, j]
-                                   else None) for m, (i, j) in zip(mm, kc.PAIRS)])
+            ms.append([Measurement(m.quantity, f * th[i, j], m.samples, bias_rate=2.0 if corrected else None)
+                       for m, (i, j) in zip(mm, kc.PAIRS)])
         if not stats.verdict(kc.SIZES, ms, rate=-0.5, bias_rate=1.0, n_boot=10).passed:
             out.add(float(f))
     return out
@@ -161,9 +160,9 @@ def test_kernel_checks_carry_the_predicted_nngp_correction():
 
 
 def test_predicted_ntk_correction_sharpens_the_verdict():
-    """With the NTK diagonal's 1/n term predicted (Theta + Theta1/n, bias_rate 2), every wrong factor
-    of the NTK that the generic O(1/n) allowance rejects is still rejected, and smaller ones too (relu
-    depth 3 ntk, default sizes, 6 NTK quantities: seed 0 adds 1.006-1.008, seed 1 0.993 and 1.007,
+    """With the NTK's 1/n term predicted (Theta + Theta1/n, bias_rate 2), every wrong factor of the
+    NTK that the generic O(1/n) allowance rejects is still rejected, and smaller ones too (relu depth
+    3 ntk, default sizes, the 6 NTK quantities: seed 0 adds 1.006-1.008, seed 1 0.993 and 1.007,
     seed 2 0.991 and 0.992; docs/finite_width.md, "Sharper kernel checks")."""
     gained = 0
     for seed in (0, 1, 2):
@@ -177,25 +176,22 @@ def test_predicted_ntk_correction_sharpens_the_verdict():
 
 
 def test_kernel_checks_carry_the_predicted_ntk_correction():
-    """In the NTK parametrization the NTK's diagonal at width n is Theta + Theta1/n (finite_width's
-    expected_ntk_diag) with bias_rate 2; its off-diagonal entries and the standard parametrization's
-    NTK are the limit with the check's bias_rate 1."""
+    """The NTK theory of a check at width n is Theta + Theta1/n on every entry (finite_width's
+    expected_ntk), in the standard parametrization (Theta(n) + Theta1(n)/n)/n, each NTK quantity with
+    bias_rate 2; the correction is not zero (GELU depth 3) and vanishes at depth 1."""
     from limitlab.theory.kernels import finite_width
 
     n = 256
-    _, T = kc.theory_values("gelu", 3, "ntk", n)
-    _, T0 = kc.theory_values("gelu", 3, "ntk", n, corrected=False)
-    fw = finite_width(kc.kernel_spec("gelu", 3, "ntk"), kc.INPUTS, four_point=False)
-    np.testing.assert_allclose(np.diag(T), fw.expected_ntk_diag(n), rtol=1e-14)
-    assert np.all(np.abs(np.diag(T - T0)) > 1e-4)  # GELU's Theta1 is not zero: the correction is applied
-    off = ~np.eye(3, dtype=bool)
-    np.testing.assert_array_equal(T[off], T0[off])
-    np.testing.assert_allclose(T0, kc.kernel_spec("gelu", 3, "ntk").ntk(kc.INPUTS), rtol=1e-12)
-    _, S = kc.theory_values("gelu", 3, "standard", n)
-    _, S0 = kc.theory_values("gelu", 3, "standard", n, corrected=False)
-    np.testing.assert_array_equal(S, S0)
-    ms = kc.measure(Context(64, 4, 0, "numpy"), "gelu", 3, "ntk")
-    rates = {m.quantity: m.bias_rate for m in ms if m.quantity.startswith("ntk")}
-    assert rates == {f"ntk[{i},{j}]": (kc.NTK_BIAS_RATE if i == j else None) for i, j in kc.PAIRS}
-    ms = kc.measure(Context(64, 4, 0, "numpy"), "gelu", 1, "standard")
-    assert all(m.bias_rate is None for m in ms if m.quantity.startswith("ntk"))
+    for p in kc.PARAMETRIZATIONS:
+        _, T = kc.theory_values("gelu", 3, p, n)
+        _, T0 = kc.theory_values("gelu", 3, p, n, corrected=False)
+        net = kc.kernel_spec("gelu", 3, p, width=n)
+        fw = finite_width(net, kc.INPUTS, four_point=False)
+        scale = n if p == "standard" else 1
+        np.testing.assert_allclose(T * scale, fw.expected_ntk(n), rtol=1e-13)
+        np.testing.assert_allclose(T0 * scale, net.ntk(kc.INPUTS), rtol=1e-12)
+        assert np.all(np.abs(T - T0) > 1e-5 * np.abs(T0))
+        ms = kc.measure(Context(64, 4, 0, "numpy"), "gelu", 3, p)
+        assert all(m.bias_rate == kc.NTK_BIAS_RATE for m in ms if m.quantity.startswith("ntk"))
+        _, T1 = kc.theory_values("gelu", 1, p, n)
+        np.testing.assert_allclose(T1, kc.theory_values("gelu", 1, p, n, corrected=False)[1], rtol=1e-12)
