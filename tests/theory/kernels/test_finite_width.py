@@ -748,14 +748,17 @@ def test_ntk_pairs_linear_network_closed_forms(depth):
 
 @settings(max_examples=15, deadline=None)
 @given(activation=st.sampled_from(["tanh", "relu", "gelu", "erf", "softplus", "selu"]),
-       depth=st.integers(1, 4), w=st.floats(0.3, 3.0), b=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
-def test_ntk_pair_fluctuations_are_covariances(activation, depth, w, b, seed):
+       depth=st.integers(1, 4), w=st.floats(0.3, 3.0), b=st.floats(0.0, 1.0), seed=st.integers(0, 10_000),
+       width=st.one_of(st.none(), st.integers(4, 1000)))
+def test_ntk_pair_fluctuations_are_covariances(activation, depth, w, b, seed, width):
     """At every layer, for a random pair: the one-neuron covariance blocks (3 x 3) and B (the second
     moments of the off-diagonal entries over O4) are symmetric positive semi-definite; the joint
     covariance of (Ghat_e, Thetabar_e), [[V, D^T], [D, A]] (6 x 6), is PSD; F_(aa) and F_(bb) are
-    symmetric in (c, d); and Theta = MLP.ntk."""
+    symmetric in (c, d); and Theta = MLP.ntk. width: the standard parametrization at that width
+    (None: the ntk parametrization)."""
     X = np.random.default_rng(seed).standard_normal((2, 3))
-    net = MLP(depth, activation, weight_var=w, bias_var=b)
+    net = MLP(depth, activation, weight_var=w, bias_var=b, width=width,
+              parametrization="ntk" if width is None else "standard")
     fw = finite_width(net, X)
 
     def psd(M, scale):
