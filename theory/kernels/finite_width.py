@@ -42,6 +42,7 @@ E[z_a z_b z_c z_d]_conn = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n + O(1/n^2).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -507,11 +508,65 @@ _NTK_PRODUCTS = ((0, 0), (1, 1), (3, 2), (5, 0), (2, 3), (0, 5), (6, 1), (1, 6),
 _MDP_SLOTS = {(0, 1): 2, (0, 2): 3, (1, 0): 4, (1, 2): 5, (2, 0): 6, (2, 1): 7, (2, 2): 8}
 
 
+def _is_relu(act) -> bool:
+    return act.name == "relu" and tuple(act.params) == (0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _relu_pair_maps():
+    """ReLU's <phi_a phi_b> (arc-cosine, Cho & Saul 2009) and <phi'_a phi'_b> = (pi - theta) / 2pi as
+    functions of (q1, q2, c), with their first (both) and second (the latter) derivatives, by sympy."""
+    q1, q2, c = sp.symbols("q1 q2 c", positive=True)
+    th = sp.acos(c / sp.sqrt(q1 * q2))
+    G = (sp.sqrt(q1 * q2 - c * c) + (sp.pi - th) * c) / (2 * sp.pi)
+    P = (sp.pi - th) / (2 * sp.pi)
+    v = (q1, q2, c)
+    f = lambda e: sp.lambdify(v, e, "numpy")  # noqa: E731
+    return (f(G), [f(sp.diff(G, x)) for x in v], f(P), [f(sp.diff(P, x)) for x in v],
+            [[f(sp.diff(P, x, y)) for y in v] for x in v])
+
+
+def _relu_pair_ntk_moments(K, m1, a, b):
+    """:func:`_pair_ntk_moments` for ReLU in closed form (for the pairs whose step tables converge too
+    slowly for the series): with theta the angle of (a, b), <1_a 1_b> = (pi - theta) / 2pi,
+    <1_a 1_b z_a z_b> = <relu_a relu_b>, <1_a 1_b z_a^2> = q_a (pi - theta + sin theta cos theta) / 2pi
+    (polar coordinates over the wedge z_a, z_b > 0), and powers of the step are the step."""
+    G, dG, P, dP1, d2P1 = _relu_pair_maps()
+    x = (K[a, a], K[b, b], K[a, b])
+    rho = x[2] / math.sqrt(x[0] * x[1])
+    t = math.acos(rho)
+    g, p = float(G(*x)), float(P(*x))
+    both = np.array([[x[0], g], [g, x[1]]])  # E[1_a 1_b z z^T]
+    both[0, 0] = x[0] * (math.pi - t + rho * math.sin(t)) / (2 * math.pi)
+    both[1, 1] = x[1] * (math.pi - t + rho * math.sin(t)) / (2 * math.pi)
+    ma, mb = m1[a], m1[b]
+    one = (ma, mb)
+    Gp, dGp = np.zeros(3), np.zeros((3, 3))
+    Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
+    for e in range(2):
+        Gp[e], dGp[e, e] = one[e][0, 0], one[e][0, 1]
+        Pp[e], dP[e, e], d2P[e, e, e] = one[e][1]
+    Gp[2], Pp[2] = g, p
+    dGp[2] = [float(f(*x)) for f in dG]
+    dP[2] = [float(f(*x)) for f in dP1]
+    d2P[2] = [[float(f(*x)) for f in row] for row in d2P1]
+    Mdp = np.array([[ma[4, 0], both[1, 1], g], [both[0, 0], mb[4, 0], g], [both[0, 0], both[1, 1], g]])
+    Q = np.array([mb[3, 0], p, p, p, ma[3, 0]])
+    cov = np.array([[x[0], x[2]], [x[2], x[1]]])
+    Ki = np.linalg.inv(cov)
+    R = np.zeros((2, 2, 2))
+    for c in range(2):
+        R[c, c, c] = one[c][5, 0] / cov[c, c]
+        R[c, 1 - c] = Ki @ both[:, c]
+    return dict(Gp=Gp, dGp=dGp, P=Pp, dP=dP, d2P=d2P, Mdp=Mdp, Q=Q, R=R)
+
+
 def _pair_ntk_moments_all(act, K, m1, I, J):
     """:func:`_pair_ntk_moments` for the pairs (I[p], J[p]) at once, by Mehler series
     (``gaussian_moments.product_series``: one Hermite table per function and input, covariance
-    derivatives by the heat-equation shifts); pairs too close to parallel for the series by
-    nested quadrature. Returns a list of the moment dicts."""
+    derivatives by the heat-equation shifts); pairs too close to parallel for the series in closed
+    form for ReLU (:func:`_relu_pair_ntk_moments`), by nested quadrature otherwise. Returns a list
+    of the moment dicts."""
     dphi = act.derivative
     fs = (act.__call__, dphi, lambda t: act(t) ** 2, lambda t: dphi(t) ** 2, lambda t: act(t) * dphi(t),
           lambda t: dphi(t) ** 2 * act(t), lambda t: dphi(t) * act(t) ** 2, lambda t: dphi(t) ** 3,
@@ -520,10 +575,11 @@ def _pair_ntk_moments_all(act, K, m1, I, J):
     A, R = gaussian_moments.product_tables(fs, q, act.kinks)
     vals, d1, d2, bad = gaussian_moments.product_series(A, R, q, I, J, K[I, J], _NTK_PRODUCTS,
                                                         first=((0, 0), (1, 1)), second=((1, 1),))
+    relu = _is_relu(act)
     out = []
     for p, (a, b) in enumerate(zip(I, J)):
         if bad[p]:
-            out.append(_pair_ntk_moments(act, K, m1, a, b))
+            out.append(_relu_pair_ntk_moments(K, m1, a, b) if relu else _pair_ntk_moments(act, K, m1, a, b))
             continue
         v = vals[p]
         ma, mb = m1[a], m1[b]

@@ -690,6 +690,29 @@ def test_ntk_pair_moment_series_match_nested_quadrature(activation):
                                        err_msg=f"{activation} pair {p} {name}")
 
 
+def test_relu_pair_ntk_moments_in_closed_form():
+    """ReLU's pairs that the series cannot reach use closed forms: equal to the nested quadrature at
+    correlations -0.9, 0.3, 0.95 (within 3e-12 of each quantity's scale), and at 0.999, where the
+    quadrature loses digits (P off by 3e-7), <1_a 1_b> and <1_a 1_b z_a^2> match 20-digit mpmath."""
+    act = A.get("relu")
+    for rho in (-0.9, 0.3, 0.95, 0.999):
+        c = rho * np.sqrt(1.3 * 0.8)
+        K = np.array([[1.3, c], [c, 0.8]])
+        m1 = fwmod._one_input_ntk_moments(act, np.diagonal(K))
+        closed = fwmod._relu_pair_ntk_moments(K, m1, 0, 1)
+        if rho < 0.99:
+            quad = fwmod._pair_ntk_moments(act, K, m1, 0, 1)
+            for name in quad:
+                np.testing.assert_allclose(closed[name], quad[name], rtol=0, atol=3e-12 * np.abs(quad[name]).max(),
+                                           err_msg=f"{rho} {name}")
+        else:
+            step = lambda x: mp.mpf(1) if x > 0 else mp.mpf(0)  # noqa: E731
+            P = gaussian.mp_expect2(step, step, 1.3, 0.8, c, dps=20)
+            Z2 = gaussian.mp_expect2(lambda x: x * x * step(x), step, 1.3, 0.8, c, dps=20)
+            assert closed["P"][2] == pytest.approx(float(P), rel=1e-13)
+            assert closed["Mdp"][1, 0] == pytest.approx(float(Z2), rel=1e-13)  # <1_b 1_b z_a^2 1_a>
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "erf", "linear"])
 def test_ntk_pairs_diagonal_is_the_single_input_theory_and_theta_is_mlp_ntk(activation):
     """On three inputs: Theta = MLP.ntk; the pair fields' diagonals are the single-input fields exactly;
