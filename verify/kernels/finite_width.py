@@ -23,6 +23,11 @@ three inputs:
 * ``kernels.finite-width.ntk-variance.<act>``: per network, n (Thetahat_aa - m_a)^2 with m =
   Theta + Theta1/n the predicted mean; theory A + 2B (n Var[Thetahat_aa] -> A + 2B, PDLT ch. 8's
   A and B); bias O(1/n) (bias_rate 1); no rate test (heavy tails, as for the four-point check).
+* ``kernels.finite-width.ntk-covariance.<act>``: the same on pairs of inputs, as the four-point
+  check for the NNGP: per network and pair of entries (p, q), n (Thetahat_p - m_p)(Thetahat_q -
+  m_q) with m = Theta + Theta1/n on every entry (``FiniteWidth.ntk`` and ``ntk_correction``);
+  theory ``FiniteWidth.ntk_covariance_pairs`` (one output neuron's n Cov), the 15 entries on at
+  most two distinct inputs (its (aa)(aa) entries are the variance check's A + 2B).
 * ``kernels.finite-width.ntk-mean.<act>``: per network, n (Thetahat_aa - Theta_a) - beta_a
   n (Ghat_aa - K_a - K1_a/n); theory Theta1_a (E[Thetahat] = Theta + Theta1/n + O(1/n^2)). The
   second term has mean O(1/n) (the NNGP's own 1/n theory, checked by nngp-mean), so it leaves the
@@ -52,8 +57,9 @@ import numpy as np
 
 from limitlab.verify.registry import Context, Measurement, check
 
-__all__ = ["NETWORKS", "NTK_MEAN_NETWORKS", "spec", "theory", "ntk_theory", "measure_mean", "measure_four_point",
-           "ntk_samples", "measure_ntk_variance", "measure_ntk_mean", "pairs", "four_point_entries"]
+__all__ = ["NETWORKS", "NTK_MEAN_NETWORKS", "spec", "theory", "ntk_theory", "ntk_pair_theory", "measure_mean",
+           "measure_four_point", "ntk_samples", "measure_ntk_variance", "measure_ntk_covariance", "measure_ntk_mean",
+           "pairs", "four_point_entries"]
 
 NETWORKS = {"relu": dict(weight_var=2.0, bias_var=0.0), "tanh": dict(weight_var=1.0, bias_var=0.0)}
 # the NTK mean check's network: Theta1 is 0 for ReLU and small against the spread for critical tanh
@@ -85,7 +91,7 @@ MIN_WIDTH = 16
 MIN_WIDTH_REASON = ("the 1/n expansion needs depth/width small (PDLT ch. 5; Hanin & Nica 2020): 16 keeps "
                     f"depth/width <= {DEPTH}/16")
 # measured, loaded 2-core machine (ntk-variance: ReLU; tanh ~10)
-SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0, "ntk-variance": 20.0, "ntk-mean": 12.0}
+SECONDS_QUICK = {"nngp-mean": 8.0, "four-point": 12.0, "ntk-variance": 20.0, "ntk-covariance": 20.0, "ntk-mean": 12.0}
 
 
 def spec(activation: str):
@@ -107,7 +113,7 @@ def theory(activation: str):
     from limitlab.theory.kernels import finite_width
     from limitlab.verify.kernels.checks import INPUTS
 
-    fw = finite_width(spec(activation), INPUTS, four_point=False)
+    fw = finite_width(spec(activation), INPUTS, four_point=False, ntk_pairs=False)
     return fw.nngp, fw.nngp_correction, fw.four_point_pairs
 
 
@@ -119,12 +125,23 @@ def ntk_theory(activation: str) -> dict:
     from limitlab.theory.kernels import finite_width
     from limitlab.verify.kernels.checks import INPUTS
 
-    fw = finite_width(spec(activation), INPUTS, four_point=False)
+    fw = finite_width(spec(activation), INPUTS, four_point=False, ntk_pairs=False)
     N = INPUTS.shape[0]
     V = np.array([fw.four_point_pairs[0, 0, a, a] for a in range(N)])
     return dict(theta=fw.ntk_diag, theta1=fw.ntk_correction_diag, variance=fw.ntk_variance_diag,
                 beta=fw.layers[-1].ntk_tensors["D"] / V, K=np.diag(fw.nngp).copy(),
                 K1=np.diag(fw.nngp_correction).copy())
+
+
+@lru_cache(maxsize=None)
+def ntk_pair_theory(activation: str):
+    """(m, C): the NTK's predicted mean at width n as a function m(n) = Theta + Theta1/n (N, N), and
+    the one-neuron covariance blocks C[e, g, a, b] (``FiniteWidth.ntk_covariance_pairs``)."""
+    from limitlab.theory.kernels import finite_width
+    from limitlab.verify.kernels.checks import INPUTS
+
+    fw = finite_width(spec(activation), INPUTS, four_point=False, ntk_pairs=True)
+    return fw.ntk, fw.ntk_correction, fw.ntk_covariance_pairs
 
 
 def four_point_entries():
@@ -176,32 +193,46 @@ def measure_four_point(ctx: Context, activation: str, theory_fn=None) -> list:
 
 
 def ntk_samples(ctx: Context, activation: str):
-    """Per network (S, N): the NTK's and the NNGP's diagonals, Thetahat_aa and Ghat_aa."""
+    """Per network: the empirical NTK (S, N, N) and the NNGP's diagonal Ghat_aa (S, N)."""
     from limitlab.verify.kernels.checks import INPUTS
     from limitlab.verify.montecarlo import sample_kernels
 
     # the conditional sampler (auto) was the faster one at widths 16-256 with these 3 inputs (measured)
     ks = sample_kernels(spec(activation), INPUTS, width=ctx.size, n_networks=ctx.samples, seed=ctx.rng,
                         backend=ctx.backend)
-    return np.diagonal(ks.ntk, axis1=1, axis2=2), np.diagonal(ks.nngp, axis1=1, axis2=2)
+    return ks.ntk, np.diagonal(ks.nngp, axis1=1, axis2=2)
 
 
 def measure_ntk_variance(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
     """n (Thetahat_aa - m_a)^2 per network against A_a + 2 B_a, m = Theta + Theta1/n; ``theory_fn()``
     overrides ``ntk_theory`` and ``samples`` (``ntk_samples``' pair) the simulation."""
     th = theory_fn() if theory_fn is not None else ntk_theory(activation)
-    T, _ = samples if samples is not None else ntk_samples(ctx, activation)
+    T = np.diagonal((samples if samples is not None else ntk_samples(ctx, activation))[0], axis1=1, axis2=2)
     n = ctx.size
     m = th["theta"] + th["theta1"] / n
     return [Measurement(f"nVar(ntk)[{a},{a}]", th["variance"][a], n * (T[:, a] - m[a]) ** 2)
             for a in range(T.shape[1])]
 
 
+def measure_ntk_covariance(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
+    """n (Thetahat_p - m_p)(Thetahat_q - m_q) per network against C_(p)(q), m = Theta + Theta1/n, for the
+    entries of ``four_point_entries``; ``theory_fn() -> (Theta, Theta1, C)`` overrides ``ntk_pair_theory``,
+    ``samples`` (``ntk_samples``' pair) the simulation."""
+    Th, Th1, C = theory_fn() if theory_fn is not None else ntk_pair_theory(activation)
+    ntk, _ = samples if samples is not None else ntk_samples(ctx, activation)
+    n = ctx.size
+    m = np.array([Th[i, j] + Th1[i, j] / n for i, j in pairs()])
+    D = np.stack([ntk[:, i, j] for i, j in pairs()], axis=1) - m[None, :]
+    return [Measurement(label.replace("V[", "C[", 1), C[e, g, a, b], n * D[:, p] * D[:, q])
+            for label, (e, g), (a, b), (p, q) in four_point_entries()]
+
+
 def measure_ntk_mean(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
     """n (Thetahat_aa - Theta_a) - beta_a n (Ghat_aa - K_a - K1_a/n) per network against Theta1_a
     (module docstring); ``theory_fn`` and ``samples`` as for :func:`measure_ntk_variance`."""
     th = theory_fn() if theory_fn is not None else ntk_theory(activation)
-    T, G = samples if samples is not None else ntk_samples(ctx, activation)
+    ntk, G = samples if samples is not None else ntk_samples(ctx, activation)
+    T = np.diagonal(ntk, axis1=1, axis2=2)
     n = ctx.size
     y = n * (T - th["theta"]) - th["beta"] * n * (G - th["K"] - th["K1"] / n)
     return [Measurement(f"n(ntk-Theta)[{a},{a}]", th["theta1"][a], y[:, a]) for a in range(T.shape[1])]
@@ -217,6 +248,13 @@ def _register_ntk(kind: str, activation: str):
         kw = dict(sizes=NTK_VAR_SIZES, quick_sizes=NTK_VAR_QUICK_SIZES, samples=NTK_VAR_SAMPLES,
                   quick_samples=NTK_VAR_QUICK_SAMPLES, rate=None,
                   description=f"n Var[empirical NTK] -> A + 2B (PDLT ch. 8): {desc}")
+    elif kind == "ntk-covariance":
+        def fn(ctx: Context):
+            return measure_ntk_covariance(ctx, activation)
+
+        kw = dict(sizes=NTK_VAR_SIZES, quick_sizes=NTK_VAR_QUICK_SIZES, samples=NTK_VAR_SAMPLES,
+                  quick_samples=NTK_VAR_QUICK_SAMPLES, rate=None,
+                  description=f"n Cov[empirical NTK entries] on input pairs (PDLT ch. 8's A, B, D, F): {desc}")
     else:
         def fn(ctx: Context):
             return measure_ntk_mean(ctx, activation)
@@ -255,5 +293,6 @@ def _register(activation: str):
 for _a in NETWORKS:
     _register(_a)
     _register_ntk("ntk-variance", _a)
+    _register_ntk("ntk-covariance", _a)
 for _a in NTK_MEAN_NETWORKS:
     _register_ntk("ntk-mean", _a)

@@ -92,14 +92,15 @@ def test_three_input_entries_of_the_vertex_match_simulation():
 
 @lru_cache(maxsize=None)
 def _ntk_simulated(activation, sizes, samples, seed):
-    """Per size, the (Thetahat_aa, Ghat_aa) diagonals of the check's ensemble (shared by the tests)."""
+    """Per size, the check's ensemble: (NTK (S, N, N), NNGP diagonal (S, N)) (shared by the tests)."""
     return tuple(fwc.ntk_samples(Context(n, samples, seed, "numpy"), activation) for n in sizes)
 
 
 def _ntk_verdict(kind, activation, sizes, samples, seed, factor=1.0):
     """The check's verdict on its simulation, against its theory with the compared coefficient
     (A + 2B or Theta1) multiplied by ``factor``."""
-    fn = fwc.measure_ntk_variance if kind == "variance" else fwc.measure_ntk_mean
+    fn = {"variance": fwc.measure_ntk_variance, "covariance": fwc.measure_ntk_covariance,
+          "mean": fwc.measure_ntk_mean}[kind]
     ms = [[Measurement(m.quantity, factor * m.theory, m.samples) for m in fn(Context(n, samples, seed, "numpy"),
                                                                                 activation, samples=smp)]
           for n, smp in zip(sizes, _ntk_simulated(activation, sizes, samples, seed))]
@@ -109,7 +110,8 @@ def _ntk_verdict(kind, activation, sizes, samples, seed, factor=1.0):
 def test_ntk_checks_are_registered_with_their_rules():
     checks = all_checks()
     names = sorted(n for n, c in checks.items() if "ntk" in c.tags and "finite-width" in c.tags)
-    assert names == ["kernels.finite-width.ntk-mean.gelu", "kernels.finite-width.ntk-variance.relu",
+    assert names == ["kernels.finite-width.ntk-covariance.relu", "kernels.finite-width.ntk-covariance.tanh",
+                     "kernels.finite-width.ntk-mean.gelu", "kernels.finite-width.ntk-variance.relu",
                      "kernels.finite-width.ntk-variance.tanh"]
     for n in names:
         c = checks[n]
@@ -143,6 +145,24 @@ def test_ntk_variance_check_quick_accepts_A_plus_2B_and_rejects_10_percent():
     assert len(v.quantities) == 3
     for f in (0.9, 1.1):
         assert not _ntk_verdict("variance", *args, factor=f).passed, f
+
+
+def test_ntk_covariance_check_quick_accepts_the_pair_covariances_and_rejects_10_percent():
+    """tanh at the quick sizes, the same ensemble as the variance test: the 15 entries of one neuron's
+    n Cov[Thetahat_e, Thetahat_g] on at most two inputs (FiniteWidth.ntk_covariance_pairs) accepted,
+    0.9x and 1.1x rejected (seed 0 also rejects 0.95x and 1.05x)."""
+    args = ("tanh", fwc.NTK_VAR_QUICK_SIZES, fwc.NTK_VAR_QUICK_SAMPLES, 0)
+    v = _ntk_verdict("covariance", *args)
+    assert v.passed, v.reason
+    assert len(v.quantities) == 15
+    # its (aa)(aa) entries are the variance check's quantities
+    var = _ntk_verdict("variance", *args)
+    for a in range(3):
+        q = next(q for q in v.quantities if q.quantity == f"C[({a}{a})({a}{a})]")
+        assert q.mean == pytest.approx(var.quantities[a].mean, rel=1e-12)
+        assert q.theory == pytest.approx(var.quantities[a].theory, rel=1e-12)
+    for f in (0.9, 1.1):
+        assert not _ntk_verdict("covariance", *args, factor=f).passed, f
 
 
 @pytest.mark.slow
@@ -192,9 +212,9 @@ def test_ntk_mean_control_variate_cuts_the_variance():
     variance of the compared value is below half that of n (Thetahat - Theta) (measured 0.38; the
     limit of the ratio is 1 - D^2 / (V (A + 2B)) = 0.27, 0.29 for the first two inputs, the third)."""
     n = fwc.NTK_MEAN_QUICK_SIZES[0]
-    T, G = _ntk_simulated("gelu", fwc.NTK_MEAN_QUICK_SIZES, fwc.NTK_MEAN_QUICK_SAMPLES, 0)[0]
+    ntk, G = _ntk_simulated("gelu", fwc.NTK_MEAN_QUICK_SIZES, fwc.NTK_MEAN_QUICK_SAMPLES, 0)[0]
     th = fwc.ntk_theory("gelu")
-    plain = n * (T - th["theta"])
-    y = np.stack([m.samples for m in fwc.measure_ntk_mean(Context(n, T.shape[0], 0), "gelu", samples=(T, G))], 1)
+    plain = n * (np.diagonal(ntk, axis1=1, axis2=2) - th["theta"])
+    y = np.stack([m.samples for m in fwc.measure_ntk_mean(Context(n, G.shape[0], 0), "gelu", samples=(ntk, G))], 1)
     ratio = y.var(0) / plain.var(0)
     assert np.all((0.2 < ratio) & (ratio < 0.5)), ratio
