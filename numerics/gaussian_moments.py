@@ -83,24 +83,29 @@ def _rule(kinked: bool, r: int):
 def nested_nodes(cov: np.ndarray, kinks: Sequence[Sequence[float]], rule=None):
     """Quadrature nodes of N(0, cov) (cov: r x r, positive semi-definite).
 
-    ``kinks[i]``: the points where the i-th coordinate's integrand is not smooth. Returns
-    (z, xi, w): points (M, r), their whitened coordinates (M, r) (z = L xi; a coordinate with
-    no conditional spread gets the single node xi = 0) and weights (M,) summing to ~1.
+    ``kinks[i]``: the points where the i-th coordinate's integrand is not smooth. ``rule``:
+    (panels per piece, Gauss-Legendre order) for every level, or a list of them, one per level
+    (default: :func:`_rule`). Returns (z, xi, w): points (M, r), their whitened coordinates (M, r)
+    (z = L xi; a coordinate with no conditional spread gets the single node xi = 0) and weights
+    (M,) summing to ~1.
     """
     cov = np.asarray(cov, dtype=float)
     r = cov.shape[0]
-    L = _cholesky(cov)
-    z = np.zeros((1, r))
-    xi = np.zeros((1, r))
-    w = np.ones(1)
-    for k in range(r):
+    return _extend_levels(cov, _cholesky(cov), kinks, rule, np.zeros((1, r)), np.zeros((1, r)), np.ones(1), 0, r)
+
+
+def _extend_levels(cov, L, kinks, rule, z, xi, w, k0, k1):
+    """Nodes of levels k0 .. k1 - 1 of :func:`nested_nodes` appended to the nodes (z, xi, w) of the
+    levels before (rows: one per node so far)."""
+    r = cov.shape[0]
+    for k in range(k0, k1):
         mean = xi[:, :k] @ L[k, :k]
         s = L[k, k]
         if s <= 1e-14 * math.sqrt(max(cov[k, k], 1e-300)):
             # no conditional spread: z_k is its conditional mean (a repeated or parallel input)
             z[:, k] = mean
             continue
-        panels, order = rule if rule is not None else _rule(bool(kinks[k]), r)
+        panels, order = _rule(bool(kinks[k]), r) if rule is None else (rule[k] if isinstance(rule, list) else rule)
         cuts = np.sort(np.stack([(kk - mean) / s for kk in kinks[k]], axis=1), axis=1) if kinks[k] \
             else np.zeros((mean.size, 0))
         x, wx = _pieces_nodes(cuts, panels, order)
@@ -149,6 +154,7 @@ def product_expectation(fs: Sequence[Callable], cov, kinks: Sequence[Sequence[fl
 # expectation costs an (r-1)-level grid instead of an r-level one.
 
 _CHEB_DEG = 16  # degree per panel
+_CHUNK = 1 << 21  # outer nodes per chunk
 _MAX_PANELS = 4096
 
 
@@ -169,19 +175,46 @@ def _cheb_coeffs(V):
     return c
 
 
+@nb.njit(cache=True)
+def _clenshaw(C, p, u):
+    b1 = 0.0
+    b2 = 0.0
+    for k in range(C.shape[1] - 1, 0, -1):
+        b1, b2 = 2.0 * u * b1 - b2 + C[p, k], b1
+    return u * b1 - b2 + C[p, 0]
+
+
 @nb.njit(parallel=True, cache=True)
 def _piecewise_cheb(lo, h, C, m, out):
-    """g(m) from P uniform panels of width h from lo, Chebyshev coefficients C (P, D + 1), by Clenshaw."""
+    """g(m) from P uniform panels of width h from lo, Chebyshev coefficients C (P, D + 1), by
+    Clenshaw, four points at a time (four independent recurrences keep the FMA units busy)."""
     P, D1 = C.shape
-    for t in nb.prange(m.shape[0]):
-        x = (m[t] - lo) / h
-        p = min(max(int(math.floor(x)), 0), P - 1)
-        u = 2.0 * (x - p) - 1.0  # the panel's Chebyshev variable, -1 at its left end
-        b1 = 0.0
-        b2 = 0.0
+    M = m.shape[0]
+    for blk in nb.prange((M + 3) // 4):
+        t0 = blk * 4
+        if t0 + 4 > M:
+            for t in range(t0, M):
+                x = (m[t] - lo) / h
+                p = min(max(int(math.floor(x)), 0), P - 1)
+                out[t] = _clenshaw(C, p, 2.0 * (x - p) - 1.0)
+            continue
+        x0, x1, x2, x3 = (m[t0] - lo) / h, (m[t0 + 1] - lo) / h, (m[t0 + 2] - lo) / h, (m[t0 + 3] - lo) / h
+        p0 = min(max(int(math.floor(x0)), 0), P - 1)
+        p1 = min(max(int(math.floor(x1)), 0), P - 1)
+        p2 = min(max(int(math.floor(x2)), 0), P - 1)
+        p3 = min(max(int(math.floor(x3)), 0), P - 1)
+        u0, u1, u2, u3 = 2.0 * (x0 - p0) - 1.0, 2.0 * (x1 - p1) - 1.0, 2.0 * (x2 - p2) - 1.0, 2.0 * (x3 - p3) - 1.0
+        a0 = a1 = a2 = a3 = 0.0
+        c0 = c1 = c2 = c3 = 0.0
         for k in range(D1 - 1, 0, -1):
-            b1, b2 = 2.0 * u * b1 - b2 + C[p, k], b1
-        out[t] = u * b1 - b2 + C[p, 0]
+            a0, c0 = 2.0 * u0 * a0 - c0 + C[p0, k], a0
+            a1, c1 = 2.0 * u1 * a1 - c1 + C[p1, k], a1
+            a2, c2 = 2.0 * u2 * a2 - c2 + C[p2, k], a2
+            a3, c3 = 2.0 * u3 * a3 - c3 + C[p3, k], a3
+        out[t0] = u0 * a0 - c0 + C[p0, 0]
+        out[t0 + 1] = u1 * a1 - c1 + C[p1, 0]
+        out[t0 + 2] = u2 * a2 - c2 + C[p2, 0]
+        out[t0 + 3] = u3 * a3 - c3 + C[p3, 0]
 
 
 def _smoothed_direct(f, s, kinks, m):
@@ -210,6 +243,24 @@ def _smoothed_fit(f, s, kinks, lo, hi, tol):
     return None
 
 
+# panel width in z units for the outer levels: the 2-input rule's 0.5-wide panels at q = 10 are
+# 1.6 wide in z and hold 6e-11 on tanh (whose poles sit pi/2 off the real z axis); 0.8 gives
+# Gauss-Legendre 8 a Bernstein ellipse ~8 around each panel, ~1e-14
+_PANEL_Z = 0.8
+_PANEL_XI = (0.5, 1.0)  # bounds on the width in xi units
+
+
+def _scaled_rule(L, kinked):
+    """Per outer level j: panels of width _PANEL_Z / max_k |L_kj| in xi_j (clipped to _PANEL_XI),
+    so that every z_k that moves with xi_j sees panels _PANEL_Z wide or less."""
+    rules = []
+    for j in range(L.shape[0] - 1):
+        h = min(max(_PANEL_Z / max(np.abs(L[j:, j]).max(), 1e-300), _PANEL_XI[0]), _PANEL_XI[1])
+        panels = int(math.ceil(2 * Z_MAX / h))
+        rules.append(((max(2, int(math.ceil(0.75 * panels))) if kinked else panels), 8))
+    return rules
+
+
 def power_expectations(phi: Callable, cov, powers, kinks: Sequence[float] = (0.0,), tol: float = 1e-13) -> np.ndarray:
     """E[prod_i phi(z_i)^powers[t, i]] for each row t of ``powers`` (T, r), z ~ N(0, cov), r >= 2.
 
@@ -222,35 +273,75 @@ def power_expectations(phi: Callable, cov, powers, kinks: Sequence[float] = (0.0
     powers = np.atleast_2d(np.asarray(powers, dtype=int))
     r = cov.shape[0]
     # the innermost coordinate: the largest conditional variance given the others (smoothest g)
-    P = np.linalg.inv(cov)
-    last = int(np.argmax(1.0 / np.diag(P)))
+    last = int(np.argmax(1.0 / np.diag(np.linalg.inv(cov))))
     order = [i for i in range(r) if i != last] + [last]
     cov = cov[np.ix_(order, order)]
     powers = powers[:, order]
     kinks = tuple(float(k) for k in kinks)
     L = _cholesky(cov)
-    z, xi, w = nested_nodes(cov[:-1, :-1], [kinks] * (r - 1))
-    m = xi @ L[-1, :-1]
+    rules = _scaled_rule(L, bool(kinks))
     s = L[-1, -1]
-    base = [phi(z[:, i]) for i in range(r - 1)]
-    inner = {}
+    # the innermost power's smoothing g_p(m) on the range of the means m = L[-1, :-1] xi, |xi| <= Z
+    fits = {}
+    half = Z_MAX * np.abs(L[-1, :-1]).sum()
     for p in sorted(set(powers[:, -1].tolist())):
         f = (lambda p_: (lambda t: phi(t) ** p_))(p)
-        if s <= 1e-14 * math.sqrt(cov[-1, -1]):
-            inner[p] = f(m)  # no conditional spread
-            continue
-        fit = _smoothed_fit(f, s, kinks, float(m.min()), float(m.max()), tol)
+        spread = s > 1e-14 * math.sqrt(cov[-1, -1])
+        fits[p] = (f, spread, _smoothed_fit(f, s, kinks, -half, half, tol) if spread and half > 0 else None)
+
+    def inner(p, m):
+        f, spread, fit = fits[p]
+        if not spread:
+            return f(m)  # no conditional spread
         if fit is None:
-            inner[p] = _smoothed_direct(f, s, kinks, m)
+            return _smoothed_direct(f, s, kinks, m)
+        g = np.empty(m.size)
+        _piecewise_cheb(fit[0], fit[1], fit[2], np.ascontiguousarray(m), g)
+        return g
+
+    out = np.zeros(len(powers))
+    tensor = not kinks and bool(np.all(np.diag(L)[:-1] > 0))
+    z0, xi0, w0 = _extend_levels(cov[:-1, :-1], L[:-1, :-1], [kinks] * (r - 1), rules,
+                                 np.zeros((1, r - 1)), np.zeros((1, r - 1)), np.ones(1), 0, 1)
+    if tensor:
+        # no kinks: the outer nodes are a tensor grid in xi, and z_k needs only levels <= k
+        grid = [_pieces_nodes(np.zeros((1, 0)), *rule) for rule in rules[1:]]
+        xs = [x.ravel() for x, _ in grid]
+        ws = [wx.ravel() for _, wx in grid]
+        per_row = int(np.prod([x.size for x in xs])) if xs else 1
+    else:
+        per_row = int(np.prod([2 * rule[0] * rule[1] for rule in rules[1:]])) if r > 2 else 1
+    rows = max(1, _CHUNK // per_row)  # level-0 nodes per chunk: bounded memory
+    for c0 in range(0, w0.size, rows):
+        x0, wc = xi0[c0:c0 + rows, 0], w0[c0:c0 + rows]
+        if tensor:
+            shape = (x0.size,) + tuple(x.size for x in xs)
+            z = []
+            for k in range(r):
+                acc = L[k, 0] * x0.reshape((-1,) + (1,) * (r - 2))
+                for j in range(1, min(k + 1, r - 1)):
+                    acc = acc + L[k, j] * xs[j - 1].reshape([1] * j + [-1] + [1] * (r - 2 - j))
+                z.append(acc)
+            base = [phi(z[k]).reshape(z[k].shape[:k + 1]) for k in range(r - 1)]  # z_k: levels <= k
+            g = {p: inner(p, np.broadcast_to(z[-1], shape).ravel()).reshape(shape) for p in fits}
+            wl = [wc] + ws
+            for t, pw in enumerate(powers):
+                F = g[int(pw[-1])]
+                for k in range(r - 2, -1, -1):  # innermost outer level first
+                    b = base[k] if pw[k] == 1 else base[k] ** int(pw[k])
+                    F = np.tensordot(F * b, wl[k], axes=([k], [0]))
+                out[t] += float(F)
         else:
-            inner[p] = np.empty(m.size)
-            _piecewise_cheb(fit[0], fit[1], fit[2], m, inner[p])
-    out = np.empty(len(powers))
-    for t, pw in enumerate(powers):
-        F = inner[int(pw[-1])] * w
-        for i in range(r - 1):
-            F = F * base[i] ** int(pw[i]) if pw[i] != 1 else F * base[i]
-        out[t] = F.sum()
+            z, xi, w = _extend_levels(cov[:-1, :-1], L[:-1, :-1], [kinks] * (r - 1), rules, z0[c0:c0 + rows].copy(),
+                                      xi0[c0:c0 + rows].copy(), wc.copy(), 1, r - 1)
+            m = xi @ L[-1, :-1]
+            base = [phi(z[:, i]) for i in range(r - 1)]
+            g = {p: inner(p, m) for p in fits}
+            for t, pw in enumerate(powers):
+                F = g[int(pw[-1])] * w
+                for i in range(r - 1):
+                    F = F * (base[i] if pw[i] == 1 else base[i] ** int(pw[i]))
+                out[t] += F.sum()
     return out
 
 

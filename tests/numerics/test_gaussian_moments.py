@@ -3,6 +3,7 @@ against 30-digit mpmath (the finite-width recursions built on them: test_finite_
 import mpmath as mp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from limitlab.numerics import gaussian, gaussian_moments
 from limitlab.theory import activations as A
@@ -24,3 +25,109 @@ def test_one_input_moments_and_their_variance_derivatives_match_mpmath_for_steep
             ref = [E(q), mp.diff(E, q), mp.diff(E, q, 2)]
             for k in range(3):
                 assert abs(row[k] - ref[k]) <= 1e-12 * abs(ref[0]) / q ** k, (k, row[k], ref[k])
+
+
+# --------------------------------------------------------------------------------------
+# many variances at once; products of powers on three and four inputs; the fused pair series
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
+def test_one_input_derivatives_many_equal_the_per_variance_rule(activation):
+    """Interpolated in log q over 400 variances from 0.2 to 50: the k-th q-derivative within 1e-13
+    |E[f]| / q^k of the one-variance rule (itself pinned to mpmath above)."""
+    act = A.get(activation)
+    fs = [lambda z: act(z) ** 2, lambda z: act.derivative(z) ** 2, lambda z: z * act(z) * act.derivative(z)]
+    q = np.exp(np.random.default_rng(0).uniform(np.log(0.2), np.log(50.0), 400))
+    got = gaussian_moments.one_input_derivatives_many(fs, q, act.kinks)
+    ref = np.stack([gaussian_moments.one_input_derivatives(fs, v, act.kinks) for v in q])
+    scale = np.abs(ref[:, :, :1]) / q[:, None, None] ** np.arange(3)
+    assert np.all(np.abs(got - ref) <= 1e-13 * scale)
+
+
+def _cos_power_reference(cov, powers, omega, theta):
+    """E[prod_i cos(omega z_i + theta)^p_i] at 30 digits: cos^p expanded in exponentials, and
+    E[exp(i t.z)] = exp(-t^T cov t / 2)."""
+    import itertools
+
+    with mp.workdps(30):
+        C = mp.matrix(cov.tolist())
+        total = mp.mpf(0)
+        for ks in itertools.product(*[range(p + 1) for p in powers]):
+            t = [omega * (p - 2 * k) for p, k in zip(powers, ks)]
+            coef = mp.mpf(1)
+            for p, k in zip(powers, ks):
+                coef *= mp.binomial(p, k) / mp.mpf(2) ** p
+            quad = sum(t[i] * C[i, j] * t[j] for i in range(len(t)) for j in range(len(t)))
+            phase = theta * sum(p - 2 * k for p, k in zip(powers, ks))
+            total += coef * mp.re(mp.exp(1j * phase) * mp.exp(-quad / 2))
+        return float(total)
+
+
+def _random_cov(rng, r, scale):
+    B = rng.standard_normal((r, r + 2))
+    return B @ B.T / (r + 2) * scale
+
+
+@pytest.mark.parametrize("r", [3, 4])
+# a (spurious) kink takes the cut, non-tensor path; at the larger variances its fit of the smoothed
+# cosine takes ~30 s (many panels over the means' range)
+@pytest.mark.parametrize("kinks,scale", [((), 0.5), ((), 3.0), ((0.0,), 0.5),
+                                         pytest.param((0.0,), 3.0, marks=pytest.mark.slow)])
+def test_power_expectations_match_30_digit_closed_forms_for_cosine_products(r, kinks, scale):
+    """phi = cos(1.3 z + 0.3): every product of powers summing to 4 on r correlated inputs
+    against the closed form at 30 digits, within 1e-12 relative to the largest (variances
+    ~0.2 to 5: up to several oscillations across the density)."""
+    import itertools
+
+    cov = _random_cov(np.random.default_rng(r), r, scale)
+    powers = [p for p in itertools.product(range(1, 3), repeat=r) if sum(p) == 4]
+    phi = lambda z: np.cos(1.3 * z + 0.3)  # noqa: E731
+    got = gaussian_moments.power_expectations(phi, cov, powers, kinks)
+    ref = np.array([_cos_power_reference(cov, p, mp.mpf("1.3"), mp.mpf("0.3")) for p in powers])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(3, 4), st.floats(0.2, 5.0), st.integers(0, 10_000))
+def test_power_expectations_of_a_linear_map_are_wick_sums(r, scale, seed):
+    """phi(z) = z: E[z_a z_b z_c z_d] is the sum over the three pairings (Isserlis), with repeated
+    indices for the powers, on any covariance; relative 1e-12."""
+    import itertools
+
+    cov = _random_cov(np.random.default_rng(seed), r, scale)
+    powers = [p for p in itertools.product(range(1, 3), repeat=r) if sum(p) == 4]
+    got = gaussian_moments.power_expectations(lambda z: z, cov, powers, ())
+    for val, p in zip(got, powers):
+        a, b, c, d = [i for i in range(r) for _ in range(p[i])]
+        ref = cov[a, b] * cov[c, d] + cov[a, c] * cov[b, d] + cov[a, d] * cov[b, c]
+        assert val == pytest.approx(ref, rel=1e-12, abs=1e-13 * scale ** 2)
+
+
+def test_power_expectations_of_relu_agree_with_the_full_nested_rule():
+    """Kinked (cut) path: ReLU products on three inputs against product_expectation, whose pieces
+    between the cuts are polynomials times the density (an independent code path), within 1e-11."""
+    act = A.get("relu")
+    cov = np.array([[1.3, 0.6, -0.3], [0.6, 0.8, 0.2], [-0.3, 0.2, 1.1]])
+    powers = [(2, 1, 1), (1, 2, 1), (1, 1, 2)]
+    got = gaussian_moments.power_expectations(act.__call__, cov, powers, act.kinks)
+    for val, p in zip(got, powers):
+        ref = gaussian_moments.product_expectation([(lambda k: (lambda z: act(z) ** k))(k) for k in p], cov,
+                                                   [act.kinks] * 3)
+        assert val == pytest.approx(ref, rel=1e-11)
+
+
+def test_fused_block_recursion_restricted_to_a_pair_equals_the_two_input_run():
+    """K1 and the two-input blocks of V close under the recursion: on 40 inputs (fused series and
+    block pass, finite_width's N > MAX_FULL_INPUTS path) their (a, b) entries equal those of the
+    two-input run on X[[a, b]] (the full-V path: pair_series, einsums), to 1e-12."""
+    from limitlab.theory.kernels import MLP, finite_width
+
+    X = np.random.default_rng(5).standard_normal((40, 6))
+    net = MLP(4, "tanh", weight_var=1.5, bias_var=0.1, parametrization="standard")
+    many = finite_width(net, X, four_point=False)
+    for a, b in [(0, 1), (3, 17), (39, 22)]:
+        two = finite_width(net, X[[a, b]])
+        np.testing.assert_allclose(many.nngp_correction[np.ix_([a, b], [a, b])], two.nngp_correction,
+                                   rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(many.four_point_pairs[:, :, a, b], two.four_point_pairs[:, :, 0, 1],
+                                   rtol=1e-12, atol=1e-14)

@@ -59,10 +59,10 @@ from limitlab.theory.kernels.mlp import MLP, _check_inputs
 __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recursion", "single_input_closed_form",
            "MAX_FULL_INPUTS", "MAX_NTK_PAIR_INPUTS"]
 
-# the full four-point vertex takes one r-dimensional quadrature per set of r distinct inputs,
-# r <= 4 (its cost grows steeply with r: docs/finite_width.md has the figures): by default it is
-# computed for up to three inputs, beyond that only K1 and the two-input blocks of V
-MAX_FULL_INPUTS = 3
+# the full four-point vertex takes one (r-1)-level quadrature per set of r distinct inputs, r <= 4
+# (C(N, 4) sets of four: docs/finite_width.md has the figures): by default it is computed for up
+# to four inputs, beyond that only K1 and the two-input blocks of V
+MAX_FULL_INPUTS = 4
 # inputs whose correlation at some layer is within this of +-1 have no finite score weights
 # (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
 RHO_MAX = 1.0 - 1e-6
