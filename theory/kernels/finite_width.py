@@ -35,8 +35,10 @@ total covariance on the conditional NTK Ghat + (C_W/n) tr M) are in docs/finite_
 Numerics (:mod:`limitlab.numerics.gaussian_moments`): one and two inputs by Mehler series of
 the engine's Hermite coefficients (:func:`limitlab.numerics.gaussian.hermite_coefficients`,
 interpolated in log q), whose covariance derivatives are shifted series of the same tables;
-pairs too close to parallel for the series, and three or four inputs, by nested quadrature
-with score-function derivatives (no derivatives of phi, so kinks are exact). The output's connected four-point function
+pairs too close to parallel for the series by nested quadrature with score-function
+derivatives (no derivatives of phi, so kinks are exact); three or four inputs by nested
+quadrature whose innermost level is a fitted Gaussian smoothing of phi
+(``gaussian_moments.power_expectations``). The output's connected four-point function
 is exact in the readout: z | Ghat ~ N(0, Ghat), so
 E[z_a z_b z_c z_d]_conn = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n + O(1/n^2).
 """
