@@ -3,8 +3,8 @@
 Power measured on the shared 2-core machine (docs/finite_width.md, "Verify"): the four-point
 check rejects a vertex off by 10% at its quick sizes and 40k networks, by 2% with 200k networks
 (slow test); the mean check, whose one-network spread grows like sqrt(n V), rejects a doubled K1.
-The NTK's variance check rejects A + 2B off by 10% at its quick sizes, by 2% at its full ones
-(slow); the NTK's mean check rejects Theta1 off by 20% (0.8x) at its quick sizes, by 10% at its
+The NTK's variance and pair-covariance checks reject a theory off by 10% at their quick sizes,
+by 2% at their full ones (slow); the NTK's mean check rejects Theta1 off by 20% (0.8x) at its quick sizes, by 10% at its
 full ones (slow).
 """
 from functools import lru_cache
@@ -176,13 +176,15 @@ def test_ntk_variance_check_quick_relu_rejects_10_percent(seed):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_ntk_variance_check_full_rejects_2_percent(activation):
-    """The full sizes (32, 128, 512; 200k networks, 2.5-3.5 min): A + 2B accepted, 0.98x and 1.02x
-    rejected (seed 0; the allowance leaves 3/4 of a wrong factor at sizes 4x apart)."""
+def test_ntk_variance_and_covariance_checks_full_reject_2_percent(activation):
+    """The full sizes (32, 128, 512; 200k networks, 2.5-3.5 min): A + 2B and the pair covariances
+    accepted, 0.98x and 1.02x rejected (seed 0; the allowance leaves 3/4 of a wrong factor at sizes
+    4x apart)."""
     args = (activation, fwc.NTK_VAR_SIZES, fwc.NTK_VAR_SAMPLES, 0)
-    assert _ntk_verdict("variance", *args).passed
-    for f in (0.98, 1.02):
-        assert not _ntk_verdict("variance", *args, factor=f).passed, f
+    for kind in ("variance", "covariance"):
+        assert _ntk_verdict(kind, *args).passed, kind
+        for f in (0.98, 1.02):
+            assert not _ntk_verdict(kind, *args, factor=f).passed, (kind, f)
 
 
 def test_ntk_mean_check_quick_accepts_Theta1_and_rejects_20_percent():
