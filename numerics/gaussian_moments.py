@@ -35,7 +35,8 @@ from typing import Callable, Sequence
 import numba as nb
 import numpy as np
 
-__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives", "one_input_derivatives_many",
+__all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives",
+           "one_input_derivatives_many",
            "pair_tables", "pair_series", "power_expectations", "product_tables",
            "product_series", "Z_MAX"]
 
