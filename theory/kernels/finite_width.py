@@ -62,9 +62,10 @@ __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recu
            "MAX_FULL_INPUTS", "MAX_NTK_PAIR_INPUTS"]
 
 # the full four-point vertex takes one (r-1)-level quadrature per set of r distinct inputs, r <= 4
-# (C(N, 4) sets of four: docs/finite_width.md has the figures): by default it is computed for up
-# to four inputs, beyond that only K1 and the two-input blocks of V
-MAX_FULL_INPUTS = 4
+# (C(N, 4) sets of four; a set of four costs seconds for kinked activations: docs/finite_width.md
+# has the figures): by default it is computed for up to three inputs, beyond that only K1 and the
+# two-input blocks of V (four_point=True computes it for any N)
+MAX_FULL_INPUTS = 3
 # inputs whose correlation at some layer is within this of +-1 have no finite score weights
 # (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
 RHO_MAX = 1.0 - 1e-6
