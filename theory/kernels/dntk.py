@@ -35,8 +35,8 @@ alpha = phi phi' + Theta phi'' phi', p = <phi'^2>, e = <z phi phi'> / K, e' = <z
     U2' = C_W^2 [ Theta <alpha^2> + F e'^2 + 2 P p e' + U2 p^2 ],
     U3' = C_W^2 [ <phi''^2 phi'^2> Theta^3 + U3 p^2 ],
 
-with Theta, B, F the NTK's limit and fluctuation tensors (docs/finite_width.md, "The NTK"), carried
-here by their own leading-order recursion. The dNTK's phi'' moments are taken in the
+with Theta, B, F the NTK's limit and fluctuation tensors (docs/finite_width.md, "The NTK"), which
+``finite_width``'s NTK recursion supplies (it runs :func:`dntk_layer_step` in its layer loop). The dNTK's phi'' moments are taken in the
 integrated-by-parts (Stein) form, E[h'(z) s(z)] = E[z h s] / K - E[h s'], so only phi and phi'
 are evaluated (exact for smooth phi; for ReLU-like activations they vanish, the delta of phi''
 sitting where z = phi = 0); phi''' enters only as <phi''' phi'^3> = <z phi'' phi'^3> / K
@@ -58,9 +58,9 @@ from limitlab.numerics import gaussian_moments
 from limitlab.numerics import validation as validate
 from limitlab.theory.kernels.mlp import MLP, _check_inputs
 
-__all__ = ["dntk_single_input", "dntk_layer_step", "DNTK"]
+__all__ = ["dntk_single_input", "dntk_layer_step", "DNTK", "COEFFICIENTS"]
 
-_STATE = ("P", "Q", "R", "U1", "U2", "U3")
+COEFFICIENTS = ("P", "Q", "R", "U1", "U2", "U3")
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,10 @@ class DNTK:
         n = _width(width)
         return self.ddI_output / n, self.ddII_output / n
 
-    def ntk_velocity(self, width, learning_rate=1.0) -> np.ndarray:
+    def ntk_velocity(self, width, lr=1.0) -> np.ndarray:
         """E[dThetahat/dt] at initialization under gradient flow on (f(x) - y)^2 / 2 with the one
         input x (any target y: E[dH] = 0): -2 eta (2 P + Q) / n to leading order."""
-        eta = validate.real(learning_rate, "learning_rate", at_least=0)
+        eta = validate.real(lr, "lr", at_least=0)
         return -2 * eta * self.expected_dntk_output(width)
 
 
@@ -150,11 +150,11 @@ def dntk_layer_step(activation, weight_var, K, Theta, B, F, state: dict) -> dict
 
     act = activations.get(activation)
     K, Theta, B, F = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (K, Theta, B, F))
-    unknown = set(state) - set(_STATE)
+    unknown = set(state) - set(COEFFICIENTS)
     if unknown:
-        raise ValueError(f"state: unknown keys {sorted(unknown)}; allowed: {', '.join(_STATE)}")
-    st = [np.broadcast_to(np.asarray(state.get(k, 0.0), dtype=float), K.shape) for k in _STATE]
-    return dict(zip(_STATE, _step(float(weight_var), K, Theta, B, F, st, _moments(act, K))))
+        raise ValueError(f"state: unknown keys {sorted(unknown)}; allowed: {', '.join(COEFFICIENTS)}")
+    st = [np.broadcast_to(np.asarray(state.get(k, 0.0), dtype=float), K.shape) for k in COEFFICIENTS]
+    return dict(zip(COEFFICIENTS, _step(float(weight_var), K, Theta, B, F, st, _moments(act, K))))
 
 
 def _step(w, K, Th, B, F, st, m):
@@ -180,8 +180,9 @@ def _step(w, K, Th, B, F, st, m):
 
 def dntk_single_input(net: MLP, X) -> DNTK:
     """P, Q, R, U1, U2, U3 (and Theta, B, F) for layers l = 1..depth + 1, each row of X taken on
-    its own (module docstring); ``net`` in the NTK parametrization."""
-    from limitlab.theory import activations
+    its own (module docstring); ``net`` in the NTK parametrization. The same numbers as
+    ``finite_width(net, X).dntk``, whose NTK recursion supplies Theta, B and F."""
+    from limitlab.theory.kernels.finite_width import finite_width
 
     if not isinstance(net, MLP):
         raise TypeError(f"net: expected a limitlab.theory.kernels.MLP, got {type(net).__name__}")
@@ -189,23 +190,9 @@ def dntk_single_input(net: MLP, X) -> DNTK:
         raise ValueError(f"net: the dNTK's 1/n statistics are computed for parametrization='ntk', "
                          f"got {net.parametrization!r}")
     X = np.asarray(_check_inputs(X, "X"), dtype=float)
-    N, d = X.shape
-    act = activations.get(net.activation)
-    w, b = net._w, net._b
-    K = w[0] * np.einsum("ad,ad->a", X, X) / d + b[0]
-    # layer 1 is linear in its parameters: dH^1 = ddI^1 = ddII^1 = 0, Thetahat^1 = Ghat^1 = K^1 exactly
-    Th, B, F = K.copy(), np.zeros(N), np.zeros(N)
-    st = list(np.zeros((len(_STATE), N)))
-    rows = [(Th, B, F, *st)]
-    for l in range(1, net.depth + 1):
-        m = _moments(act, K)
-        st = _step(float(w[l]), K, Th, B, F, st, m)
-        g, p, q4, c22, e = m[:5]
-        Ks = np.where(K > 0, K, 1.0)
-        # the NTK's leading recursion (docs/finite_width.md, "The NTK"), with the same moments
-        B, F = w[l] ** 2 * (q4 * Th ** 2 + p * p * B), w[l] ** 2 * (c22 * Th + (e / Ks) ** 2 * F)
-        K = w[l] * g + b[l]
-        Th = K + w[l] * p * Th
-        rows.append((Th, B, F, *st))
-    Th, B, F, P, Q, R, U1, U2, U3 = (np.array(r) for r in zip(*rows))
-    return DNTK(net.depth, P, Q, R, U1, U2, U3, Th, {"B": B, "F": F})
+    # one input at a time: repeated rows are one input (finite_width takes distinct rows)
+    U, inv = np.unique(X, axis=0, return_inverse=True)
+    out = finite_width(net, U, four_point=False, ntk_pairs=False).dntk
+    inv = inv.ravel()
+    return DNTK(out.depth, *(getattr(out, k)[:, inv] for k in COEFFICIENTS), out.ntk[:, inv],
+                {k: v[:, inv] for k, v in out.ntk_fluctuations.items()})

@@ -56,6 +56,7 @@ import sympy as sp
 
 from limitlab.numerics import gaussian, gaussian_moments
 from limitlab.numerics import validation as validate
+from limitlab.theory.kernels.dntk import COEFFICIENTS as DNTK_STATE, DNTK, dntk_layer_step
 from limitlab.theory.kernels.mlp import MLP, _check_inputs
 
 __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recursion", "single_input_closed_form",
@@ -99,6 +100,9 @@ class FiniteWidthLayer:
     ntk_covariance_pairs: Optional[np.ndarray] = None
     # {"A", "D": (3, 3, N, N), "B": (4, 4, N, N), "F": (3, 2, 2, N, N)}: _ntk_pair_step's state per pair
     ntk_pair_tensors: Optional[dict] = None
+    # the dNTK's and ddNTKs' 1/n coefficients, one input at a time (NTK parametrization;
+    # limitlab.theory.kernels.dntk, docs/dntk.md): {"P", "Q", "R", "U1", "U2", "U3"}, (N,) each
+    dntk: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ class FiniteWidth:
     # standard parametrization: the hidden width n the NTK quantities were computed at (they depend
     # on it: docs/finite_width.md); None in the ntk parametrization
     width: Optional[float] = None
+    # the dNTK and ddNTKs per layer, one input at a time (``dntk.DNTK``; NTK parametrization only)
+    dntk: Optional[DNTK] = None
 
     def depth_to_width(self, width) -> float:
         """L / n, the ratio that controls the corrections (PDLT ch. 5)."""
@@ -728,9 +734,13 @@ def _layer_weights(net: MLP, X):
     return lam, mu, X @ X.T + beta[0], n
 
 
-def finite_width(net: MLP, X, *, four_point: Optional[bool] = None, ntk_pairs: Optional[bool] = None) -> FiniteWidth:
-    """K, K1 and V of an MLP on the rows of X, at the output and per layer (module docstring), and
-    the NTK's 1/n quantities (docs/finite_width.md, "The NTK").
+def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Optional[bool] = None) -> FiniteWidth:
+    """K, K1 and V of an MLP on the rows of X, at the output and per layer (module docstring), the
+    NTK's 1/n quantities (docs/finite_width.md, "The NTK") and, in the NTK parametrization, the
+    dNTK's and ddNTKs' (``.dntk``, one input at a time: docs/dntk.md).
+
+    ``net``: an :class:`MLP`, or a stax network that is one (``stax.as_mlp``: Dense and one
+    activation alternating, one hidden width; other architectures are refused with the layer named).
 
     ``four_point``: compute the full vertex V (N^4 entries); default: when N <= MAX_FULL_INPUTS.
     Without it, K1 is computed from the two-input blocks of V, which close under the
@@ -742,8 +752,13 @@ def finite_width(net: MLP, X, *, four_point: Optional[bool] = None, ntk_pairs: O
     parametrization the NTK quantities need the MLP's ``width`` (they depend on it) and are
     computed at that width.
     """
+    from limitlab.theory.kernels import stax
+
+    if isinstance(net, stax.Layer):
+        net = stax.as_mlp(net)  # a fully connected stax network; anything else: ValueError naming the layer
     if not isinstance(net, MLP):
-        raise TypeError(f"net: expected a limitlab.theory.kernels.MLP, got {type(net).__name__}")
+        raise TypeError(f"net: expected a limitlab.theory.kernels.MLP or a fully connected stax network, got "
+                        f"{type(net).__name__}")
     X = np.asarray(_check_inputs(X, "X"), dtype=float)
     N, d = X.shape
     if len(np.unique(X, axis=0)) < N:
@@ -759,21 +774,32 @@ def finite_width(net: MLP, X, *, four_point: Optional[bool] = None, ntk_pairs: O
     ntk = lam is not None
     i = np.arange(N)
     I, J = np.triu_indices(N, 1)
-    state = pairs = None
+    state = pairs = dn = None
     if ntk:
         # the NTK of layer 1 is deterministic: Thetahat^1_ij = delta_ij Theta^1 (PDLT ch. 8)
         Th0 = K if Th0 is None else Th0
         state = (np.diagonal(Th0).copy(), *np.zeros((5, N)))
         if pairs_wanted:
             pairs = {(a, c): _pair_state((Th0[a, a], Th0[c, c], Th0[a, c])) for a, c in zip(I, J)}
-    layers = [_layer(1, K, K1, V, full, state, pairs)]
+    if ntk and net.parametrization == "ntk":
+        dn = dict.fromkeys(DNTK_STATE, np.zeros(N))  # layer 1 is linear in its parameters: all zero
+    layers = [_layer(1, K, K1, V, full, state, pairs, dn)]
     for l in range(net.depth):
         Kd, K1d, Vd = np.diagonal(K).copy(), np.diagonal(K1).copy(), (V[i, i, i, i] if full else V[0, 0, i, i])
+        zero = np.nonzero(~(Kd > 0))[0]
+        if zero.size:
+            # the covariance derivatives of <phi phi>_K (score weights ~ 1/K) have no limit there
+            raise ValueError(f"X: row {zero[0]} has zero variance at layer {l + 1} (a zero input without biases): "
+                             "its pre-activations are exactly 0 and the 1/n expansion is not defined there; "
+                             "use bias_var > 0 or drop the row")
         Ko, K1o, Vbo = K, K1, (_pair_block(V, N) if full and pairs else V)
         K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full)
         if ntk:
             wl, lm, ml = float(w[l + 1]), float(lam[l + 1]), float(mu[l + 1])
             m1 = _one_input_ntk_moments(act, Kd)
+            if dn is not None:
+                Th, _, _, B, _, F = state
+                dn = dntk_layer_step(act, wl, Kd, Th, B, F, dn)
             state = _ntk_step(m1, wl, float(b[l + 1]), Kd, K1d, Vd, state, lm, ml)
             if pairs:
                 Vbn = _pair_block(V, N) if full else V
@@ -782,23 +808,28 @@ def finite_width(net: MLP, X, *, four_point: Optional[bool] = None, ntk_pairs: O
                     e3 = ([a, c, a], [a, c, c])
                     pairs[a, c] = _ntk_pair_step(m, wl, lm, ml, K1o[e3], Vbo[:, :, a, c], K[e3], K1[e3],
                                                  Vbn[:, :, a, c], pairs[a, c])
-        layers.append(_layer(l + 2, K, K1, V, full, state, pairs))
+        layers.append(_layer(l + 2, K, K1, V, full, state, pairs, dn))
     top = layers[-1]
+    dntk = None
+    if dn is not None:
+        per = {k: np.array([lay.dntk[k] for lay in layers]) for k in DNTK_STATE}
+        fluct = {k: np.array([lay.ntk_tensors[k] for lay in layers]) for k in ("B", "F")}
+        dntk = DNTK(net.depth, *(per[k] for k in DNTK_STATE), np.array([lay.ntk_diag for lay in layers]), fluct)
     return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V,
                        top.ntk_diag, top.ntk_correction_diag, top.ntk_variance_diag, top.ntk, top.ntk_correction,
-                       top.ntk_covariance_pairs, width)
+                       top.ntk_covariance_pairs, width, dntk)
 
 
-def _layer(l, K, K1, V, full, state, pairs):
+def _layer(l, K, K1, V, full, state, pairs, dn=None):
     if state is None:
         return FiniteWidthLayer(l, K, K1, V if full else None)
     Th, Th1, A, B, D, F = state
     single = (Th, Th1, A + 2 * B, dict(A=A, B=B, D=D, F=F))
-    if pairs is None:
-        return FiniteWidthLayer(l, K, K1, V if full else None, *single)
-    f = _ntk_pair_fields(state, pairs, K.shape[0])
-    return FiniteWidthLayer(l, K, K1, V if full else None, *single, f["ntk"], f["ntk_correction"], f["cov"],
-                            {k: f[k] for k in ("A", "B", "D", "F")})
+    pair = (None,) * 4
+    if pairs is not None:
+        f = _ntk_pair_fields(state, pairs, K.shape[0])
+        pair = (f["ntk"], f["ntk_correction"], f["cov"], {k: f[k] for k in ("A", "B", "D", "F")})
+    return FiniteWidthLayer(l, K, K1, V if full else None, *single, *pair, dn)
 
 
 # --------------------------------------------------------------------------------------

@@ -1428,17 +1428,14 @@ def as_mlp(net, name: str = "net"):
                         f"got {type(net).__name__}")
     items = _serial_items(net)
     shape = "serial(Dense, activation, ..., Dense, activation, Dense)"
+    for i, (layer, where) in enumerate(items):
+        dense = i % 2 == 0
+        if (type(layer) is not Dense) if dense else not isinstance(layer, Activation):
+            raise ValueError(f"{name}: expected {'Dense' if dense else 'an activation'}{where}, got {layer!r}; "
+                             f"finite-width corrections are computed for fully connected networks {shape}")
     if len(items) < 3 or len(items) % 2 == 0:
         raise ValueError(f"{name}: expected a fully connected network {shape}; got {len(items)} layers")
     dense, acts = items[0::2], items[1::2]
-    for layer, where in dense:
-        if type(layer) is not Dense:
-            raise ValueError(f"{name}: expected Dense{where}, got {layer!r}; finite-width corrections are computed "
-                             f"for fully connected networks {shape}")
-    for layer, where in acts:
-        if not isinstance(layer, Activation):
-            raise ValueError(f"{name}: expected an activation{where}, got {layer!r}; finite-width corrections are "
-                             f"computed for fully connected networks {shape}")
     first = acts[0][0].activation
     for layer, where in acts[1:]:
         if layer.activation.name != first.name or sp.simplify(layer.activation.expr - first.expr) != 0:

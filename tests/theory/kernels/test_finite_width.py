@@ -878,3 +878,47 @@ def test_ntk_pairs_match_simulation_and_reject_wrong_coefficients(parametrizatio
     if parametrization == "standard":
         kw["bias_var"] = 0.1
     _check_pair_simulation(lambda n: MLP(**kw, width=n), (64, 128), 200_000, 11, reject=True)
+
+
+@pytest.mark.parametrize("X", [np.zeros((1, 3)), np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])])
+def test_zero_variance_input_is_refused_not_nan(X):
+    """A zero input without biases has K = 0 at every layer, where the 1/n expansion's covariance
+    derivatives are undefined: a ValueError naming the row and layer, never a NaN."""
+    with pytest.raises(ValueError, match="row 0 has zero variance at layer 1"):
+        finite_width(MLP(3, "tanh", weight_var=1.5, bias_var=0.0), X)
+
+
+def test_dntk_is_carried_in_the_same_layer_loop():
+    """finite_width(...).dntk and its per-layer dicts are dntk.dntk_layer_step run on finite_width's
+    own (K, Theta, B, F) of each layer; None in the standard parametrization."""
+    from limitlab.theory.kernels import dntk
+
+    net = MLP(3, "gelu", weight_var=1.3, bias_var=0.1)
+    X = np.array([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]])
+    fw = finite_width(net, X)
+    state = dict.fromkeys(dntk.COEFFICIENTS, 0.0)
+    for l, (lay, nxt) in enumerate(zip(fw.layers[:-1], fw.layers[1:])):
+        T = lay.ntk_tensors
+        state = dntk.dntk_layer_step("gelu", net._w[l + 1], np.diagonal(lay.nngp), lay.ntk_diag, T["B"], T["F"], state)
+        for k in dntk.COEFFICIENTS:
+            np.testing.assert_array_equal(nxt.dntk[k], state[k])
+            np.testing.assert_array_equal(getattr(fw.dntk, k)[l + 1], state[k])
+    assert fw.dntk.output.shape == (2,) and np.all(fw.dntk.P[0] == 0)
+    sp_net = MLP(3, "gelu", weight_var=1.3, bias_var=0.1, parametrization="standard", width=64)
+    assert finite_width(sp_net, X).dntk is None
+
+
+def test_a_fully_connected_stax_network_is_its_mlp():
+    """finite_width accepts serial(Dense, act, ..., Dense) and gives the numbers of the same MLP;
+    a conv network is refused with the layer named."""
+    from limitlab.theory.kernels import stax
+
+    X = np.array([[1.0, -0.5, 2.0], [0.3, 0.2, -1.0]])
+    net = stax.serial(stax.Dense(64, 1.5, 0.1), stax.Tanh(), stax.Dense(64, 1.5, 0.1), stax.Tanh(),
+                      stax.Dense(1, 1.5, 0.1))
+    a, b = finite_width(net, X), finite_width(MLP(2, "tanh", weight_var=1.5, bias_var=0.1), X)
+    for f in ("nngp", "nngp_correction", "four_point", "ntk", "ntk_correction", "ntk_covariance_pairs"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    conv = stax.serial(stax.Conv(4, (2,)), stax.Relu(), stax.Flatten(), stax.Dense(1))
+    with pytest.raises(ValueError, match=r"expected Dense at serial\[0\]"):
+        finite_width(conv, np.ones((2, 3, 1)))
