@@ -28,13 +28,15 @@ three inputs:
   m_q) with m = Theta + Theta1/n on every entry (``FiniteWidth.ntk`` and ``ntk_correction``);
   theory ``FiniteWidth.ntk_covariance_pairs`` (one output neuron's n Cov), the 15 entries on at
   most two distinct inputs (its (aa)(aa) entries are the variance check's A + 2B).
-* ``kernels.finite-width.ntk-mean.<act>``: per network, n (Thetahat_aa - Theta_a) - beta_a
-  n (Ghat_aa - K_a - K1_a/n); theory Theta1_a (E[Thetahat] = Theta + Theta1/n + O(1/n^2)). The
-  second term has mean O(1/n) (the NNGP's own 1/n theory, checked by nngp-mean), so it leaves the
-  limit Theta1 unchanged; it is a control variate: with beta = D/V (n Cov[Thetahat_aa, Ghat_aa]
-  -> D, n Var[Ghat_aa] -> V) it removes the part of the NTK's fluctuation carried by the NNGP's,
-  asymptotically a fraction D^2 / (V (A + 2B)) of the variance (0.73 for the GELU network;
-  measured at n = 16-64: 2.5-3.3x fewer networks for the same SE). Bias O(1/n) (bias_rate 1).
+* ``kernels.finite-width.ntk-mean.<act>``: per network and entry p = (a, b) of the upper
+  triangle, n (Thetahat_p - Theta_p) - beta_p n (Ghat_p - K_p - K1_p/n); theory Theta1_p
+  (E[Thetahat] = Theta + Theta1/n + O(1/n^2), ``FiniteWidth.ntk_correction``). The second term has
+  mean O(1/n) (the NNGP's own 1/n theory, checked by nngp-mean), so it leaves the limit Theta1
+  unchanged; it is a control variate: with beta_p = D_pp / V_pp (n Cov[Thetahat_p, Ghat_p] -> D,
+  n Var[Ghat_p] -> V; ``ntk_pair_tensors``, ``four_point_pairs``) it removes the part of the NTK's
+  fluctuation carried by the NNGP's, on one input asymptotically a fraction D^2 / (V (A + 2B)) of
+  the variance (0.73 for the GELU network; measured at n = 16-64: 2.5-3.3x fewer networks for the
+  same SE on the diagonal, 3.4-6x off it at n = 16). Bias O(1/n) (bias_rate 1).
   No rate test: one network's value spreads like sqrt(n) only asymptotically; at these widths
   n^2 Var[Thetahat] = n (A + 2B) + O(1) with the O(1) part as large as the first (n Var is twice
   A + 2B at n = 16), and the RMS error's fitted slope was 0.25, not 0.5 (widths 16-64).
@@ -119,18 +121,20 @@ def theory(activation: str):
 
 @lru_cache(maxsize=None)
 def ntk_theory(activation: str) -> dict:
-    """The single-input NTK theory of the check's network on each input of ``checks.INPUTS``, (N,)
-    arrays: Theta, Theta1, A + 2B ("variance"), and beta = D / V, the control variate's
-    coefficient, with the NNGP's K and K1 it uses (diagonals)."""
+    """The NTK theory of the check's network on ``checks.INPUTS``: single input, (N,) arrays, Theta
+    ("theta"), Theta1 ("theta1"), A + 2B ("variance"); on pairs, (N, N): Theta ("ntk"), Theta1
+    ("ntk_correction"), the NNGP's K and K1, and the control variate's coefficient beta_ab =
+    D_(ab)(ab) / V_(ab)(ab) (n Cov[Thetahat_ab, Ghat_ab] / n Var[Ghat_ab], ``ntk_pair_tensors``)."""
     from limitlab.theory.kernels import finite_width
     from limitlab.verify.kernels.checks import INPUTS
 
-    fw = finite_width(spec(activation), INPUTS, four_point=False, ntk_pairs=False)
+    fw = finite_width(spec(activation), INPUTS, four_point=False, ntk_pairs=True)
     N = INPUTS.shape[0]
-    V = np.array([fw.four_point_pairs[0, 0, a, a] for a in range(N)])
-    return dict(theta=fw.ntk_diag, theta1=fw.ntk_correction_diag, variance=fw.ntk_variance_diag,
-                beta=fw.layers[-1].ntk_tensors["D"] / V, K=np.diag(fw.nngp).copy(),
-                K1=np.diag(fw.nngp_correction).copy())
+    D, V = fw.layers[-1].ntk_pair_tensors["D"], fw.four_point_pairs
+    beta = np.array([[D[0 if a == b else 2, 0 if a == b else 2, a, b] / V[0 if a == b else 2, 0 if a == b else 2, a, b]
+                      for b in range(N)] for a in range(N)])
+    return dict(theta=fw.ntk_diag, theta1=fw.ntk_correction_diag, variance=fw.ntk_variance_diag, ntk=fw.ntk,
+                ntk_correction=fw.ntk_correction, nngp=fw.nngp, nngp_correction=fw.nngp_correction, beta=beta)
 
 
 @lru_cache(maxsize=None)
@@ -193,7 +197,7 @@ def measure_four_point(ctx: Context, activation: str, theory_fn=None) -> list:
 
 
 def ntk_samples(ctx: Context, activation: str):
-    """Per network: the empirical NTK (S, N, N) and the NNGP's diagonal Ghat_aa (S, N)."""
+    """Per network: the empirical NTK and NNGP, (S, N, N) each."""
     from limitlab.verify.kernels.checks import INPUTS
     from limitlab.verify.montecarlo import sample_kernels
 
@@ -203,7 +207,7 @@ def ntk_samples(ctx: Context, activation: str):
     method = "weights" if activation == "relu" and ctx.size <= 32 else "auto"
     ks = sample_kernels(spec(activation), INPUTS, width=ctx.size, n_networks=ctx.samples, seed=ctx.rng,
                         backend=ctx.backend, method=method)
-    return ks.ntk, np.diagonal(ks.nngp, axis1=1, axis2=2)
+    return ks.ntk, ks.nngp
 
 
 def measure_ntk_variance(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
@@ -231,14 +235,14 @@ def measure_ntk_covariance(ctx: Context, activation: str, theory_fn=None, sample
 
 
 def measure_ntk_mean(ctx: Context, activation: str, theory_fn=None, samples=None) -> list:
-    """n (Thetahat_aa - Theta_a) - beta_a n (Ghat_aa - K_a - K1_a/n) per network against Theta1_a
-    (module docstring); ``theory_fn`` and ``samples`` as for :func:`measure_ntk_variance`."""
+    """n (Thetahat_ab - Theta_ab) - beta_ab n (Ghat_ab - K_ab - K1_ab/n) per network against Theta1_ab,
+    every entry of the upper triangle (module docstring); ``theory_fn`` and ``samples`` as for
+    :func:`measure_ntk_variance`."""
     th = theory_fn() if theory_fn is not None else ntk_theory(activation)
     ntk, G = samples if samples is not None else ntk_samples(ctx, activation)
-    T = np.diagonal(ntk, axis1=1, axis2=2)
     n = ctx.size
-    y = n * (T - th["theta"]) - th["beta"] * n * (G - th["K"] - th["K1"] / n)
-    return [Measurement(f"n(ntk-Theta)[{a},{a}]", th["theta1"][a], y[:, a]) for a in range(T.shape[1])]
+    y = n * (ntk - th["ntk"]) - th["beta"] * n * (G - th["nngp"] - th["nngp_correction"] / n)
+    return [Measurement(f"n(ntk-Theta)[{a},{b}]", th["ntk_correction"][a, b], y[:, a, b]) for a, b in pairs()]
 
 
 def _register_ntk(kind: str, activation: str):
