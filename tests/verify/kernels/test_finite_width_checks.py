@@ -111,7 +111,8 @@ def test_ntk_checks_are_registered_with_their_rules():
     checks = all_checks()
     names = sorted(n for n, c in checks.items() if "ntk" in c.tags and "finite-width" in c.tags)
     assert names == ["kernels.finite-width.ntk-covariance.relu", "kernels.finite-width.ntk-covariance.tanh",
-                     "kernels.finite-width.ntk-mean.gelu", "kernels.finite-width.ntk-variance.relu",
+                     "kernels.finite-width.ntk-mean.gelu", "kernels.finite-width.ntk-mean.relu",
+                     "kernels.finite-width.ntk-variance.relu",
                      "kernels.finite-width.ntk-variance.tanh"]
     for n in names:
         c = checks[n]
@@ -196,6 +197,17 @@ def test_ntk_mean_check_quick_accepts_Theta1_and_rejects_20_percent():
     assert v.passed, v.reason
     assert len(v.quantities) == 6
     for f in (0.0, 0.5, 0.8, 1.5, 2.0):
+        assert not _ntk_verdict("mean", *args, factor=f).passed, f
+
+
+def test_ntk_mean_check_quick_relu_tests_Theta1_on_the_pairs():
+    """ReLU (Theta1_aa = 0, Theta1_ab not) at the quick sizes: accepted; 0, 0.5x, 1.5x, 2x and 1.3x
+    of the pairs' Theta1 rejected (seeds 0, 1 measured), e.g. (02): -2.02 +- 0.09 at n = 64 against
+    -2.09 (seed 0)."""
+    args = ("relu", fwc.NTK_MEAN_QUICK_SIZES, fwc.NTK_MEAN_QUICK_SAMPLES, 0)
+    v = _ntk_verdict("mean", *args)
+    assert v.passed, v.reason
+    for f in (0.0, 0.5, 1.5, 2.0):
         assert not _ntk_verdict("mean", *args, factor=f).passed, f
 
 
