@@ -28,10 +28,14 @@ def rel(a, b):
 
 @pytest.mark.parametrize("method", ["cg", "cholesky"])
 def test_solve_matches_cho_solve_on_a_kernel_in_memory(method):
-    """(K + reg I) X = B for a ReLU NTK, 40-row tiles (the last one 30): = scipy's cho_solve to 1e-8."""
-    r = blocked.solve(K, B, reg=REG, method=method, block=40, tol=1e-13)
+    """(K + reg I) X = B for a ReLU NTK, 40-row tiles (the last one 30): = scipy's cho_solve to 1e-8.
+
+    The matrix's condition number is 1.9e3, so float64 guarantees relative residuals down to
+    eps cond ~ 4e-13 only (a tol of 1e-13 converged or not with the machine's BLAS); at 1e-12 the
+    solution's error is bounded by cond x 1e-12 = 2e-9, inside the 1e-8 compared."""
+    r = blocked.solve(K, B, reg=REG, method=method, block=40, tol=1e-12)
     assert r.converged and r.value.shape == B.shape
-    assert np.all(r.residual <= 1e-13)
+    assert np.all(r.residual <= 1e-12)
     assert rel(r.value, REF) < 1e-8
 
 
