@@ -690,12 +690,14 @@ def test_ntk_pair_moment_series_match_nested_quadrature(activation):
                                        err_msg=f"{activation} pair {p} {name}")
 
 
-def test_relu_pair_ntk_moments_in_closed_form():
+@pytest.mark.parametrize("rhos", [(-0.9, 0.3, 0.95), pytest.param((0.999,), marks=pytest.mark.slow)])
+def test_relu_pair_ntk_moments_in_closed_form(rhos):
     """ReLU's pairs that the series cannot reach use closed forms: equal to the nested quadrature at
     correlations -0.9, 0.3, 0.95 (within 3e-12 of each quantity's scale), and at 0.999, where the
-    quadrature loses digits (P off by 3e-7), <1_a 1_b> and <1_a 1_b z_a^2> match 20-digit mpmath."""
+    quadrature loses digits (P off by 3e-7), <1_a 1_b> and <1_a 1_b z_a^2> match 20-digit mpmath
+    (slow: the mpmath step integrals)."""
     act = A.get("relu")
-    for rho in (-0.9, 0.3, 0.95, 0.999):
+    for rho in rhos:
         c = rho * np.sqrt(1.3 * 0.8)
         K = np.array([[1.3, c], [c, 0.8]])
         m1 = fwmod._one_input_ntk_moments(act, np.diagonal(K))

@@ -200,6 +200,7 @@ def test_ntk_mean_check_quick_accepts_Theta1_and_rejects_20_percent():
         assert not _ntk_verdict("mean", *args, factor=f).passed, f
 
 
+@pytest.mark.slow  # 9 s; the GELU mean check above runs the same machinery in the default suite
 def test_ntk_mean_check_quick_relu_tests_Theta1_on_the_pairs():
     """ReLU (Theta1_aa = 0, Theta1_ab not) at the quick sizes: accepted; 0, 0.5x, 1.5x, 2x and 1.3x
     of the pairs' Theta1 rejected (seeds 0, 1 measured), e.g. (02): -2.02 +- 0.09 at n = 64 against
