@@ -452,39 +452,14 @@ def pair_tables(phi, q, kinks=(0.0,), K: int = 256):
 
     The coefficients are interpolated in log q by :func:`limitlab.numerics.gaussian.interpolated`.
     """
-    from limitlab.numerics import gaussian
-
     q = np.ascontiguousarray(q, dtype=float)
-    fs = (phi, lambda t: phi(t) ** 2, lambda t: phi(t) ** 3)
-
-    def fn(qs):
-        cols = []
-        for f in fs:
-            alpha, m2, _ = gaussian.hermite_coefficients(f, qs, K, kinks, df=f)
-            cols += [alpha, m2[:, None]]
-        return np.concatenate(cols, axis=1)
-
-    def scale(V):  # each function's coefficients against the root of its second moment (Parseval)
-        out = []
-        for s in range(3):
-            m = V[:, s * (K + 1) + K:s * (K + 1) + K + 1]
-            out += [np.repeat(np.sqrt(np.abs(m)), K, axis=1), np.abs(m)]
-        return np.concatenate(out, axis=1) + 1e-300
-
-    V, _ = gaussian.interpolated(fn, q, scale=scale)
+    T, R, M = _tables((phi, lambda t: phi(t) ** 2, lambda t: phi(t) ** 3), q, kinks, K)
     A = np.zeros((5, q.size, K))
-    for s in range(3):
-        A[s] = V[:, s * (K + 1):s * (K + 1) + K]
+    A[:3] = T
     k = np.arange(K, dtype=float)
     A[3, :, :K - 2] = 0.5 * np.sqrt((k[:-2] + 1) * (k[:-2] + 2)) * A[0, :, 2:]
     A[4, :, :K - 4] = 0.25 * np.sqrt((k[:-4] + 1) * (k[:-4] + 2) * (k[:-4] + 3) * (k[:-4] + 4)) * A[0, :, 4:]
-    m4 = V[:, 2 * (K + 1) - 1]  # E[(phi^2)^2]
-    # relative Parseval tails: 1 - sum_{m<k} a_m^2 / E[f^2], plus a rounding allowance
-    R = np.zeros((q.size, K))
-    for s in range(3):
-        m = np.abs(V[:, s * (K + 1) + K])[:, None] + 1e-300
-        part = np.concatenate([np.zeros((q.size, 1)), np.cumsum(A[s] ** 2, axis=1)[:, :-1]], axis=1)
-        R = np.maximum(R, np.maximum(1.0 - part / m, 0.0) + 1e-14)
+    m4 = M[1]  # E[(phi^2)^2]
     # one input: E[phi^2] = a_0(phi^2); d/dq and d2/dq2 by the heat-equation shift (module note)
     diag = (A[1, :, 0].copy(), math.sqrt(2.0) / 2 * A[1, :, 2] / q, math.sqrt(24.0) / 4 * A[1, :, 4] / q ** 2, m4)
     return A, np.log(k + 4.0) + 0.5 * np.log(R), diag
@@ -595,9 +570,16 @@ def product_tables(fs: Sequence[Callable], q, kinks=(0.0,), K: int = 256):
     normalized coefficients a_k = E[f(sqrt(q) z) h_k(z)] (interpolated in log q by
     :func:`limitlab.numerics.gaussian.interpolated`) and R (N, K) >= sum_{m >= k} a_m^2 / E[f^2],
     the relative Parseval tails, the largest over the functions (plus a rounding allowance)."""
+    A, R, _ = _tables(fs, np.ascontiguousarray(q, dtype=float), kinks, K)
+    return A, R
+
+
+def _tables(fs, q, kinks, K):
+    """(A, R, M): the Hermite coefficients (len(fs), N, K) interpolated in log q, the relative
+    Parseval tails (N, K) (the largest over the functions, plus a rounding allowance) and the
+    second moments E[f^2] (len(fs), N); shared by :func:`pair_tables` and :func:`product_tables`."""
     from limitlab.numerics import gaussian
 
-    q = np.ascontiguousarray(q, dtype=float)
     F = len(fs)
 
     def fn(qs):
@@ -616,12 +598,14 @@ def product_tables(fs: Sequence[Callable], q, kinks=(0.0,), K: int = 256):
 
     V, _ = gaussian.interpolated(fn, q, scale=scale)
     A = np.stack([V[:, s * (K + 1):s * (K + 1) + K] for s in range(F)])
+    M = np.stack([V[:, s * (K + 1) + K] for s in range(F)])
+    # relative Parseval tails: 1 - sum_{m<k} a_m^2 / E[f^2], plus a rounding allowance
     R = np.zeros((q.size, K))
     for s in range(F):
-        m = np.abs(V[:, s * (K + 1) + K])[:, None] + 1e-300
+        m = np.abs(M[s])[:, None] + 1e-300
         part = np.concatenate([np.zeros((q.size, 1)), np.cumsum(A[s] ** 2, axis=1)[:, :-1]], axis=1)
         R = np.maximum(R, np.maximum(1.0 - part / m, 0.0) + 1e-14)
-    return A, R
+    return A, R, M
 
 
 def product_series(A, R, q, I, J, C, products, first=(), second=(), tol: float = 1e-13):

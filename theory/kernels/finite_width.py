@@ -465,6 +465,18 @@ _E3_OF = {(0, 0): 0, (1, 1): 1, (0, 1): 2, (1, 0): 2}  # an ordered pair's symme
 _COUNT_A = (2, 0, 1, 1)  # powers of input a in the O4 entries
 
 
+def _one_input_entries(ma, mb):
+    """<phi phi> and <phi' phi'> on the pair's (aa), (bb) entries with their covariance derivatives,
+    from the one-input moments of inputs a and b (:func:`_one_input_ntk_moments`); the (ab) slots
+    are left to the caller: (Gp (3,), dGp (3, 3), Pp (3,), dP (3, 3), d2P (3, 3, 3))."""
+    Gp, dGp = np.zeros(3), np.zeros((3, 3))
+    Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
+    for e, one in enumerate((ma, mb)):
+        Gp[e], dGp[e, e] = one[0, 0], one[0, 1]
+        Pp[e], dP[e, e], d2P[e, e, e] = one[1]
+    return Gp, dGp, Pp, dP, d2P
+
+
 def _pair_ntk_moments(act, K, m1, a, b):
     """The two-input moments of the NTK pair recursion at covariance K (N, N) for inputs a != b; the
     one-input ones (m1: :func:`_one_input_ntk_moments`) where a quantity depends on one input only,
@@ -478,11 +490,7 @@ def _pair_ntk_moments(act, K, m1, a, b):
     ma, mb = m1[a], m1[b]
     one = (ma, mb)
     # <phi phi> on E3 and its first derivatives in (K_aa, K_bb, K_ab)
-    Gp, dGp = np.zeros(3), np.zeros((3, 3))
-    Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
-    for e in range(2):
-        Gp[e], dGp[e, e] = one[e][0, 0], one[e][0, 1]
-        Pp[e], dP[e, e], d2P[e, e, e] = one[e][1]
+    Gp, dGp, Pp, dP, d2P = _one_input_entries(ma, mb)
     F = ph[0] * ph[1] * wts
     g, _ = gaussian_moments.score_derivatives(cov, xi, F, _DIRECTIONS)
     Gp[2], dGp[2] = F.sum(), g
@@ -550,11 +558,7 @@ def _relu_pair_ntk_moments(K, m1, a, b):
     both[1, 1] = x[1] * (math.pi - t + rho * math.sin(t)) / (2 * math.pi)
     ma, mb = m1[a], m1[b]
     one = (ma, mb)
-    Gp, dGp = np.zeros(3), np.zeros((3, 3))
-    Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
-    for e in range(2):
-        Gp[e], dGp[e, e] = one[e][0, 0], one[e][0, 1]
-        Pp[e], dP[e, e], d2P[e, e, e] = one[e][1]
+    Gp, dGp, Pp, dP, d2P = _one_input_entries(ma, mb)
     Gp[2], Pp[2] = g, p
     dGp[2] = [float(f(*x)) for f in dG]
     dP[2] = [float(f(*x)) for f in dP1]
@@ -593,11 +597,7 @@ def _pair_ntk_moments_all(act, K, m1, I, J):
         v = vals[p]
         ma, mb = m1[a], m1[b]
         one = (ma, mb)
-        Gp, dGp = np.zeros(3), np.zeros((3, 3))
-        Pp, dP, d2P = np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3, 3))
-        for e in range(2):
-            Gp[e], dGp[e, e] = one[e][0, 0], one[e][0, 1]
-            Pp[e], dP[e, e], d2P[e, e, e] = one[e][1]
+        Gp, dGp, Pp, dP, d2P = _one_input_entries(ma, mb)
         Gp[2], Pp[2] = v[0], v[1]
         dGp[2], dP[2], d2P[2] = d1[p, 0], d1[p, 1], d2[p, 0]
         Mdp = np.empty((3, 3))
