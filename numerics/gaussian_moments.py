@@ -28,6 +28,7 @@ mpmath references for tests: :func:`limitlab.numerics.gaussian.mp_expect` and ``
 """
 from __future__ import annotations
 
+import itertools
 import math
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -669,3 +670,348 @@ def product_series(A, R, q, I, J, C, products, first=(), second=(), tol: float =
         h[:, 1, 2] = h[:, 2, 1] = np.einsum("pk,pk,pk->p", ai, bj2, pw1) / (q2 * s12)
         h[:, 2, 2] = np.einsum("pk,pk,pk->p", ai, bj, pw2) / (q1 * q2)
     return vals, d1, d2, bad
+
+
+# ---------------------------------------------------------------------------------
+# Three and four inputs at once: two-block Hermite series
+# ---------------------------------------------------------------------------------
+#
+# E[F(x) G(y)] for x, y standard normal in R^2 with E[x y^T] = R (2 x 2) is
+# sum_n <A^(n), S^(n)(R) B^(n)>, where A^(n), B^(n) are the degree-n normalized Hermite
+# coefficients of F and G (n + 1 each) and S^(n)(R) = E[h_alpha(x) h_beta(y)] is R's action on
+# the n-th Wiener chaos: S_ij = sqrt(i!(n-i)!/(j!(n-j)!)) [u1^i u2^(n-i)] (r11 u1 + r21 u2)^j
+# (r12 u1 + r22 u2)^(n-j) (Wick's theorem; Slepian 1972). With F = phi_a phi_b in the Cholesky
+# coordinates of (z_a, z_b) and G = phi_c phi_d in those of (z_c, z_d), one table of coefficients
+# per pair of inputs serves every set of four: a set costs one 2 x 2 R and the series, no
+# quadrature. |<A^(n), S^(n) B^(n)>| <= s^n |A^(n)| |B^(n)| with s = |R|_2 (the largest canonical
+# correlation between the pairs), so the remainder after degree n is bounded by Cauchy-Schwarz
+# with the Parseval tails of F and G: s^(n+1) sqrt(tail_F tail_G). Of a set's three pairings the
+# one with the smallest s is summed; a set whose bound does not reach ``tol`` by degree ``kmax``
+# (pairs near parallel) is reported, and the caller integrates it by quadrature. Sets of three
+# (phi_a^2 phi_b phi_c, ...) are the same series with G of one variable.
+
+_SERIES_KMAX = 64
+_GH_PER_VAR, _GH_MAX = 100.0, 512.0
+
+
+@lru_cache(maxsize=16)
+def _gh_hermite(m: int, kmax: int):
+    """Gauss-Hermite rule of m nodes (weights summing to 1) and w_j h_k(x_j), k <= kmax."""
+    from limitlab.numerics.gaussian import _hermite_matrix
+
+    from scipy.special import roots_hermitenorm  # NumPy's hermegauss overflows past m ~ 300
+
+    x, w = roots_hermitenorm(m)
+    w = w / w.sum()
+    Hw = _hermite_matrix(x, kmax + 1) * w[:, None]
+    for a in (x, w, Hw):
+        a.flags.writeable = False
+    return x, w, Hw
+
+
+def _gh_size(q: float, kmax: int) -> int:
+    """Gauss-Hermite nodes a coordinate for the tables at variance q: more than kmax, and enough
+    that aliasing keeps the coefficients used to ~1e-13. For phi analytic in the strip
+    |Im z| < tau the rule's error falls like exp(-2 tau sqrt(2 m) / sqrt(q)), so m grows like q:
+    measured against power_expectations for tanh, m = 80 suffices at q = 0.5 and ~100 q above
+    (q = 3: m = 190 is off by 1e-10, 250 by 4e-15). A multiple of 16 (few distinct rules)."""
+    return int(16 * math.ceil(max(80.0, kmax + 16.0, min(_GH_MAX, _GH_PER_VAR * q)) / 16))
+
+
+def _block_tables(phi, K, kmax, pairs=None):
+    """Hermite tables of the two-block series. Per pair a < b (all, or the rows of ``pairs``, an
+    (P, 2) array; ``row[a, b]`` the table row of (a, b), -1 where none):
+    coefficients of phi_a phi_b in the pair's Cholesky coordinates,
+    flat over (n, i) (offset n(n+1)/2 + i, i the power of the first coordinate), scaled two ways
+    (times and over sqrt(i!(n-i)!), the forms the series use), and their Parseval tails per
+    degree; per input: the same for phi and phi^2 of one variable. Tensor Gauss-Hermite rule
+    (:func:`_gh_size` nodes a coordinate); the pairs are shared among threads (NumPy and BLAS
+    release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from limitlab.numerics.arrays import single_threaded_blas
+
+    N = K.shape[0]
+    q = np.diagonal(K).copy()
+    K1 = kmax + 1
+    nf = K1 * (K1 + 1) // 2
+    deg = np.concatenate([np.full(n + 1, n) for n in range(K1)])
+    first = np.concatenate([np.arange(n + 1) for n in range(K1)])
+    starts = np.array([n * (n + 1) // 2 for n in range(K1)])
+    lf = np.array([math.lgamma(k + 1.0) for k in range(K1)])
+    up = np.exp(0.5 * (lf[first] + lf[deg - first]))  # sqrt(i! (n - i)!)
+    keep = (first, deg - first)  # the (i, n - i) entries of a K1 x K1 coefficient matrix
+
+    def tails(C, E2):  # (..., nf) coefficients, (...) second moments -> (..., K1 + 1) tails from degree n on
+        per = norms ** 2
+        done = np.concatenate([np.zeros(C.shape[:-1] + (1,)), np.cumsum(per, axis=-1)], axis=-1)
+        return np.maximum(E2[..., None] - done, 0.0) + 1e-15 * E2[..., None]
+
+    one = np.zeros((N, 2, K1))
+    E1 = np.zeros((N, 2))
+    sizes = [_gh_size(qi, kmax) for qi in q]
+    for i in range(N):
+        x, w, Hw = _gh_hermite(sizes[i], kmax)
+        v = phi(math.sqrt(q[i]) * x)
+        one[i, 0], one[i, 1] = v @ Hw, (v * v) @ Hw
+        E1[i] = (v * v) @ w, v ** 4 @ w
+    t = np.linspace(0.05, 12.0, 240)
+    v, u = phi(t), phi(-t)
+    parity = 1 if np.array_equal(u, v) else (-1 if np.array_equal(u, -v) else 0)
+    I, J = np.triu_indices(N, 1) if pairs is None else (pairs[:, 0], pairs[:, 1])
+    row = np.full((N, N), -1, dtype=np.int64)
+    row[I, J] = np.arange(I.size)
+    two = np.zeros((I.size, nf))
+    E2 = np.zeros(I.size)
+    m_pair = np.maximum(np.array(sizes)[I], np.array(sizes)[J])
+
+    def work(ps):  # pairs sharing one rule
+        x, w, Hw = _gh_hermite(int(m_pair[ps[0]]), kmax)
+        m = x.size
+        a, b = I[ps], J[ps]
+        rho = K[a, b] / np.sqrt(q[a] * q[b])
+        sa = phi(np.sqrt(q[a])[:, None] * x[None, :])  # (P, m)
+        h = m // 2 if parity else m  # the nodes are symmetric: an odd or even phi needs half the grid
+        sb = np.empty((ps.size, m, m))
+        sb[:, :h] = phi(np.sqrt(q[b])[:, None, None] * (rho[:, None, None] * x[None, :h, None]
+                        + np.sqrt(np.maximum(1.0 - rho * rho, 0.0))[:, None, None] * x[None, None, :]))
+        if parity:
+            sb[:, h:] = parity * sb[:, h - 1::-1, ::-1]
+        # the second coordinate integrated first: Y[p, j, l] = E[phi_b h_l(x2) | x1 = x_j], one GEMM
+        Y = (sb.reshape(-1, m) @ Hw).reshape(ps.size, m, K1)
+        C = np.matmul((Hw[None] * sa[:, :, None]).transpose(0, 2, 1), Y)
+        two[ps] = C[:, keep[0], keep[1]]
+        E2[ps] = np.einsum("pj,pj->p", w * sa * sa, (sb * sb) @ w)
+
+    threads = max(1, min(nb.get_num_threads(), I.size // 8))
+    jobs = []
+    for mv in np.unique(m_pair):
+        ps = np.nonzero(m_pair == mv)[0]
+        jobs += np.array_split(ps, max(1, -(-ps.size * mv * mv // (1 << 18))))  # ~2 MB of phi_b a job
+    with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, jobs))
+    one_t = np.zeros((N, 2, K1 + 1))
+    for f in range(2):
+        done = np.concatenate([np.zeros((N, 1)), np.cumsum(one[:, f] ** 2, axis=1)], axis=1)
+        one_t[:, f] = np.maximum(E1[:, f][:, None] - done, 0.0) + 1e-15 * E1[:, f][:, None]
+    norms = np.sqrt(np.add.reduceat(two * two, starts, axis=-1))
+    return dict(one=one, one_tails=one_t, two_up=two * up, two_down=two / up, two_norms=norms,
+                two_tails=tails(two, E2), lf=lf, row=row)
+
+
+@nb.njit(cache=True)
+def _whitened_cross(K, i, j, k, l):
+    """R = E[x y^T] for x, y the Cholesky coordinates of (z_i, z_j) and (z_k, z_l); all NaN where
+    a pair is parallel to rounding (no second coordinate)."""
+    a11 = math.sqrt(K[i, i])
+    a21 = K[i, j] / a11
+    a22 = math.sqrt(max(K[j, j] - a21 * a21, 0.0))
+    b11 = math.sqrt(K[k, k])
+    b21 = K[k, l] / b11
+    b22 = math.sqrt(max(K[l, l] - b21 * b21, 0.0))
+    if a22 <= 1e-7 * a11 or b22 <= 1e-7 * b11:
+        return np.nan, np.nan, np.nan, np.nan
+    m11 = K[i, k] / a11
+    m12 = K[i, l] / a11
+    m21 = (K[j, k] - a21 * m11) / a22
+    m22 = (K[j, l] - a21 * m12) / a22
+    r11 = m11 / b11
+    r21 = m21 / b11
+    return r11, (m12 - b21 * r11) / b22, r21, (m22 - b21 * r21) / b22
+
+
+@nb.njit(cache=True)
+def _top_singular(r11, r12, r21, r22):
+    f = r11 * r11 + r12 * r12 + r21 * r21 + r22 * r22
+    d = r11 * r22 - r12 * r21
+    return math.sqrt(0.5 * (f + math.sqrt(max(f * f - 4.0 * d * d, 0.0))))
+
+
+@nb.njit(cache=True)
+def _block_series(Au, An, At, Bd, Bn, Bt, r11, r12, r21, r22, s, kmax, tol, T, U, Pw):
+    """sum_n <A^(n), S^(n)(R) B^(n)> (module note): for each degree, Q = sum_j b_j c1^j c2^(n-j)
+    by Horner in c1 (c1 = r11 u1 + r21 u2, c2 = r12 u1 + r22 u2, the powers of c2 kept in Pw),
+    then <a, Q>. Au: A times sqrt(i!(n-i)!), Bd: B over it; An, Bn: the norms |A^(n)|, |B^(n)|;
+    At, Bt: the Parseval tails. The sum stops at the first degree n whose remainder bound
+    sum_{n' = n..kmax} s^n' |A^(n')| |B^(n')| + s^(kmax + 1) sqrt(tail_A tail_B) is below
+    tol sqrt(E[F^2] E[G^2]). Returns (value, converged)."""
+    scale = math.sqrt(At[0] * Bt[0])
+    U[0] = 1.0  # U: the powers s^n until the sum starts
+    for n in range(1, kmax + 2):
+        U[n] = U[n - 1] * s
+    rem = U[kmax + 1] * math.sqrt(At[kmax + 1] * Bt[kmax + 1])
+    stop = kmax + 1
+    if rem > tol * scale:
+        return np.nan, False
+    for n in range(kmax, 0, -1):
+        rem += U[n] * An[n] * Bn[n]
+        if rem > tol * scale:
+            break
+        stop = n
+    val = Au[0] * Bd[0]
+    Pw[0, 0] = 1.0
+    T[0] = 0.0
+    U[0] = 0.0
+    for n in range(1, stop):
+        # Pw[n] = c2^n: coefficients of u1^i u2^(n-i), i = 0..n
+        Pw[n, 0] = r22 * Pw[n - 1, 0]
+        for i in range(1, n):
+            Pw[n, i] = r12 * Pw[n - 1, i - 1] + r22 * Pw[n - 1, i]
+        Pw[n, n] = r12 * Pw[n - 1, n - 1]
+        o = n * (n + 1) // 2
+        # the form of degree d sits at T[1 .. d + 1]; T[0] = U[0] = 0 pad the shift
+        T[1] = Bd[o + n]
+        for d in range(0, n):
+            bk = Bd[o + n - 1 - d]
+            T[d + 2] = 0.0
+            pw = Pw[d + 1]
+            for i in range(d + 2):
+                U[i + 1] = r11 * T[i] + r21 * T[i + 1] + bk * pw[i]
+            T, U = U, T
+        tot = 0.0
+        for i in range(n + 1):
+            tot += Au[o + i] * T[i + 1]
+        val += tot
+    return val, True
+
+
+@nb.njit(parallel=True, cache=True)
+def _four_input_series(K, sets, row, up, down, norms, tails, kmax, tol, chunks, out, ok):
+    for ch in nb.prange(chunks):
+        T = np.empty(kmax + 3)
+        U = np.empty(kmax + 3)
+        Pw = np.empty((kmax + 1, kmax + 1))  # row n: c2^n, entries 0..n
+        for t in range(ch, sets.shape[0], chunks):
+            a, b, c, d = sets[t, 0], sets[t, 1], sets[t, 2], sets[t, 3]
+            best, u0 = np.inf, 0
+            for u in range(3):
+                j, k, l = (b, c, d) if u == 0 else ((c, b, d) if u == 1 else (d, b, c))
+                r11, r12, r21, r22 = _whitened_cross(K, a, j, k, l)
+                s = _top_singular(r11, r12, r21, r22)
+                if s < best:  # NaN (a parallel pair) never wins
+                    best, u0 = s, u
+            if not best < 1.0:
+                out[t] = np.nan
+                ok[t] = False
+                continue
+            j, k, l = (b, c, d) if u0 == 0 else ((c, b, d) if u0 == 1 else (d, b, c))
+            r11, r12, r21, r22 = _whitened_cross(K, a, j, k, l)
+            p, p2 = row[a, j], row[k, l]
+            out[t], ok[t] = _block_series(up[p], norms[p], tails[p], down[p2], norms[p2], tails[p2],
+                                          r11, r12, r21, r22, best, kmax, tol, T, U, Pw)
+
+
+@nb.njit(cache=True)
+def _pair_single_series(Ad, At, g, gt, n_max, r1, r2, s, sqf, tol):
+    """E[F(x) g(y)] for x the Cholesky coordinates of a pair, y one standardized input with
+    E[x y] = (r1, r2): sum_n g_n sum_i A_ni sqrt(n!/(i!(n-i)!)) r1^i r2^(n-i). Ad: A over
+    sqrt(i!(n-i)!), sqf[n] = sqrt(n!). Returns (value, converged)."""
+    val = Ad[0] * g[0]
+    scale = math.sqrt(At[0] * gt[0])
+    sn = 1.0
+    for n in range(1, n_max + 1):
+        sn *= s
+        if sn * math.sqrt(At[n] * gt[n]) <= tol * scale:
+            return val, True
+        o = n * (n + 1) // 2
+        # sum_i Ad_i r1^i r2^(n-i) by Horner in u1 on the form's coefficients (no division by r2)
+        acc = Ad[o + n]
+        p2 = 1.0
+        for i in range(n - 1, -1, -1):
+            p2 *= r2
+            acc = acc * r1 + Ad[o + i] * p2
+        val += g[n] * sqf[n] * acc
+    return val, sn * s * math.sqrt(At[n_max + 1] * gt[n_max + 1]) <= tol * scale
+
+
+@nb.njit(cache=True)
+def _pair_single_cross(K, i, j, c):
+    a11 = math.sqrt(K[i, i])
+    a21 = K[i, j] / a11
+    a22 = math.sqrt(max(K[j, j] - a21 * a21, 0.0))
+    if a22 <= 1e-7 * a11:
+        return np.nan, np.nan
+    sc = math.sqrt(K[c, c])
+    r1 = K[i, c] / a11
+    return r1 / sc, (K[j, c] - a21 * r1) / a22 / sc
+
+
+@nb.njit(parallel=True, cache=True)
+def _three_input_series(K, sets, row, down, tails, one, one_tails, kmax, sqf, tol, out, ok):
+    """sets (T, 4): sorted index multisets with one index i twice (i, i, j, k), ...:
+    E[(phi_j phi_k) phi_i^2], the pair (j, k) against phi_i^2 of one variable."""
+    for t in nb.prange(sets.shape[0]):
+        m = sets[t]
+        if m[0] == m[1]:
+            i, j, k = m[0], m[2], m[3]
+        elif m[1] == m[2]:
+            i, j, k = m[1], m[0], m[3]
+        else:
+            i, j, k = m[2], m[0], m[1]
+        r1, r2 = _pair_single_cross(K, j, k, i)
+        s = math.sqrt(r1 * r1 + r2 * r2)
+        if not s < 1.0:  # NaN: (j, k) parallel to rounding
+            out[t] = np.nan
+            ok[t] = False
+            continue
+        p = row[j, k]
+        out[t], ok[t] = _pair_single_series(down[p], tails[p], one[i, 1], one_tails[i, 1], kmax, r1, r2, s, sqf, tol)
+
+
+@lru_cache(maxsize=4)
+def _multisets(N: int):
+    """Sorted index multisets with three distinct inputs (one twice) and with four."""
+    three = [m for a, b, c in itertools.combinations(range(N), 3) for m in ((a, a, b, c), (a, b, b, c), (a, b, c, c))]
+    out = (np.array(three, dtype=np.int64).reshape(-1, 4),
+           np.array(list(itertools.combinations(range(N), 4)), dtype=np.int64).reshape(-1, 4))
+    for o in out:
+        o.flags.writeable = False
+    return out
+
+
+def _series_pass(phi, K, three, four, tol, kmax, pairs=None):
+    tab = _block_tables(phi, K, kmax, pairs)
+    v3, ok3 = np.empty(len(three)), np.empty(len(three), dtype=np.bool_)
+    v4, ok4 = np.empty(len(four)), np.empty(len(four), dtype=np.bool_)
+    if len(three):
+        # O(n) a degree, so summed tighter (no cost): their errors stay well below the sets of four's
+        _three_input_series(K, three, tab["row"], tab["two_down"], tab["two_tails"], tab["one"], tab["one_tails"],
+                            kmax, np.exp(0.5 * tab["lf"]), 0.1 * tol, v3, ok3)
+    if len(four):
+        _four_input_series(K, four, tab["row"], tab["two_up"], tab["two_down"], tab["two_norms"], tab["two_tails"],
+                           kmax, tol, 8 * nb.get_num_threads(), v4, ok4)
+    return np.concatenate([v3, v4]), np.concatenate([ok3, ok4])
+
+
+def _pairs_of(three, four):
+    """The pairs the series may use: (j, k) of each (i, i, j, k)-type multiset, all three pairings'
+    of each set of four."""
+    out = []
+    for m in three:
+        i = m[1] if m[0] == m[1] or m[1] == m[2] else m[2]
+        out.append(sorted(set(m.tolist()) - {i}))
+    for a, b, c, d in four:
+        out += [(a, b), (c, d), (a, c), (b, d), (a, d), (b, c)]
+    return np.unique(np.array(out, dtype=np.int64).reshape(-1, 2), axis=0)
+
+
+def series_four_point(phi: Callable, K, tol: float = 1e-11, kmax: int = _SERIES_KMAX):
+    """E[phi_a phi_b phi_c phi_d] under N(0, K) for every multiset of indices with three or four
+    distinct inputs, by the two-block Hermite series (section note above); phi smooth (for kinks
+    the coefficients decay too slowly). Returns (sets (T, 4) sorted multisets, values (T,), ok (T,)):
+    each value is within ``tol`` sqrt(E[F^2] E[G^2]) (F, G the series' two factors) plus the
+    tables' quadrature error (~1e-13) of the expectation; where ok is False the series did not
+    reach that by degree ``kmax``, nor by 2 kmax on a second pass over the pairs of the sets left
+    (large variances, near-parallel inputs), and the value is not to be used."""
+    K = np.ascontiguousarray(K, dtype=float)
+    three, four = _multisets(K.shape[0])
+    sets = np.concatenate([three, four])
+    v, ok = _series_pass(phi, K, three, four, tol, kmax)
+    bad = np.nonzero(~ok)[0]
+    if bad.size:
+        rep = bad < len(three)
+        b3, b4 = sets[bad[rep]], sets[bad[~rep]]
+        v2, ok2 = _series_pass(phi, K, b3, b4, tol, 2 * kmax, _pairs_of(b3, b4))
+        order = np.concatenate([bad[rep], bad[~rep]])
+        v[order], ok[order] = v2, ok2
+    return sets, v, ok

@@ -358,28 +358,46 @@ def _pair_moments(act, K, a, b):
 def _four_moments(act, K, N, P4):
     """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric): on one or
     two distinct inputs from the two-input moments P4 (so that the full V and its two-input blocks
-    agree to rounding), on three or four by ``gaussian_moments.power_expectations``, one call per
-    set of distinct inputs (the three multisets on a set of three share its quadrature)."""
+    agree to rounding); on three or four, for a smooth activation, by the two-block Hermite series
+    (``gaussian_moments.series_four_point``: one table per pair of inputs, no quadrature per set),
+    and otherwise, or for a set the series cannot sum (near-parallel inputs), by
+    ``gaussian_moments.power_expectations``, one call per set of distinct inputs (the three
+    multisets on a set of three share its quadrature)."""
     M4 = np.empty((N,) * 4)
-    sets = {}
-    for ms in itertools.combinations_with_replacement(range(N), 4):
-        idx = tuple(sorted(set(ms)))
-        powers = [ms.count(i) for i in idx]
-        if len(idx) == 1:
-            v = P4[0, idx[0], idx[0]]
-        elif len(idx) == 2:
-            v = P4[{(2, 2): 0, (3, 1): 1, (1, 3): 2}[tuple(powers)], idx[0], idx[1]]
-        else:
-            sets.setdefault(idx, []).append((ms, powers))
-            continue
-        for perm in set(itertools.permutations(ms)):
-            M4[perm] = v
-    for idx, items in sets.items():
-        vals = gaussian_moments.power_expectations(act.__call__, K[np.ix_(idx, idx)], [p for _, p in items], act.kinks)
-        for (ms, _), v in zip(items, vals):
-            for perm in set(itertools.permutations(ms)):
-                M4[perm] = v
+    two = [(a, a, a, a) for a in range(N)] + [m for a, b in itertools.combinations(range(N), 2)
+                                              for m in ((a, a, b, b), (a, a, a, b), (a, b, b, b))]
+    vals = [P4[0, a, a] for a in range(N)] + [P4[k, a, b] for a, b in itertools.combinations(range(N), 2)
+                                              for k in range(3)]
+    _scatter_symmetric(M4, np.array(two, dtype=np.int64), np.array(vals))
+    if N < 3:
+        return M4
+    if act.kinks:
+        sets = np.array([m for m in itertools.combinations_with_replacement(range(N), 4) if len(set(m)) > 2],
+                        dtype=np.int64)
+        v, ok = np.zeros(len(sets)), np.zeros(len(sets), dtype=bool)
+    else:
+        sets, v, ok = gaussian_moments.series_four_point(act.__call__, K)
+    todo = {}
+    for t in np.nonzero(~ok)[0]:
+        ms = tuple(sets[t])
+        todo.setdefault(tuple(sorted(set(ms))), []).append(t)
+    for idx, ts in todo.items():
+        powers = [[list(sets[t]).count(i) for i in idx] for t in ts]
+        v[ts] = gaussian_moments.power_expectations(act.__call__, K[np.ix_(idx, idx)], powers, act.kinks)
+    _scatter_symmetric(M4, sets, v)
     return M4
+
+
+_PERMUTATIONS = np.array(list(itertools.permutations(range(4))), dtype=np.int64)
+
+
+@nb.njit(parallel=True, cache=True)
+def _scatter_symmetric(M4, sets, vals):
+    """M4[any permutation of sets[t]] = vals[t] (distinct multisets: no two write one entry)."""
+    for t in nb.prange(sets.shape[0]):
+        for p in range(24):
+            M4[sets[t, _PERMUTATIONS[p, 0]], sets[t, _PERMUTATIONS[p, 1]], sets[t, _PERMUTATIONS[p, 2]],
+               sets[t, _PERMUTATIONS[p, 3]]] = vals[t]
 
 
 def _layer_step(act, w, b, K, K1, V, full):
@@ -409,12 +427,32 @@ def _layer_step(act, w, b, K, K1, V, full):
     K1n = w * (D[0] * np.diagonal(K1)[:, None] + D[1] * np.diagonal(K1)[None, :] + D[2] * K1
                + 0.5 * np.einsum("egab,egab->ab", H, Vb))
     M4 = _four_moments(act, K, N, P4)
-    U = (np.einsum("cd,xyc->xycd", D[0], np.einsum("xycc->xyc", V))
-         + np.einsum("cd,xyd->xycd", D[1], np.einsum("xycc->xyc", V)) + D[2][None, None] * V)
-    Uaa = np.einsum("aacd->acd", U)
-    T = D[0][:, :, None, None] * Uaa[:, None] + D[1][:, :, None, None] * Uaa[None, :] + D[2][:, :, None, None] * U
-    Vn = w * w * (M4 - M2[:, :, None, None] * M2[None, None]) + w * w * T
+    Vn = np.empty((N,) * 4)
+    _full_vertex_step(D, V, M4, M2, float(w), np.empty((N,) * 4), Vn)
     return Kn, K1n, Vn
+
+
+@nb.njit(parallel=True, cache=True)
+def _full_vertex_step(D, V, M4, M2, w, U, Vn):
+    """Vn = w^2 (M4 - M2 (x) M2) + w^2 T, T the vertex V carried through the covariance
+    derivatives D of <phi phi> on both pairs (module docstring):
+    U[x, y, c, d] = D0[c, d] V[x, y, c, c] + D1[c, d] V[x, y, d, d] + D2[c, d] V[x, y, c, d],
+    T[a, b, c, d] = D0[a, b] U[a, a, c, d] + D1[a, b] U[b, b, c, d] + D2[a, b] U[a, b, c, d]."""
+    N = V.shape[0]
+    for x in nb.prange(N):
+        for y in range(N):
+            for c in range(N):
+                vc = V[x, y, c, c]
+                for d in range(N):
+                    U[x, y, c, d] = D[0, c, d] * vc + D[1, c, d] * V[x, y, d, d] + D[2, c, d] * V[x, y, c, d]
+    w2 = w * w
+    for a in nb.prange(N):
+        for b in range(N):
+            d0, d1, d2, m = D[0, a, b], D[1, a, b], D[2, a, b], M2[a, b]
+            for c in range(N):
+                for d in range(N):
+                    Vn[a, b, c, d] = w2 * (M4[a, b, c, d] - m * M2[c, d]
+                                           + d0 * U[a, a, c, d] + d1 * U[b, b, c, d] + d2 * U[a, b, c, d])
 
 
 def _one_input_ntk_moments(act, K):
