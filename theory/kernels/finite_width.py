@@ -60,13 +60,16 @@ from limitlab.theory.kernels.dntk import COEFFICIENTS as DNTK_STATE, DNTK, dntk_
 from limitlab.theory.kernels.mlp import MLP, _check_inputs
 
 __all__ = ["finite_width", "FiniteWidth", "FiniteWidthLayer", "single_input_recursion", "single_input_closed_form",
-           "MAX_FULL_INPUTS", "MAX_NTK_PAIR_INPUTS"]
+           "MAX_FULL_INPUTS", "MAX_FULL_SMOOTH_INPUTS", "MAX_NTK_PAIR_INPUTS"]
 
-# the full four-point vertex takes one (r-1)-level quadrature per set of r distinct inputs, r <= 4
-# (C(N, 4) sets of four; a set of four costs seconds for kinked activations: docs/finite_width.md
-# has the figures): by default it is computed for up to three inputs, beyond that only K1 and the
-# two-input blocks of V (four_point=True computes it for any N)
+# the full four-point vertex needs one Gaussian expectation per set of r = 3 or 4 distinct inputs
+# (C(N, 4) sets of four). For a smooth activation the two-block Hermite series sums them all from one
+# table per pair of inputs (N = 32, depth 10: ~2 s); a kinked one (ReLU, ...) takes a nested quadrature
+# per set (seconds each: docs/finite_width.md has the figures). By default V is computed for up to
+# MAX_FULL_SMOOTH_INPUTS inputs of a smooth activation and MAX_FULL_INPUTS of a kinked one; beyond,
+# only K1 and the two-input blocks of V (four_point=True computes it for any N)
 MAX_FULL_INPUTS = 3
+MAX_FULL_SMOOTH_INPUTS = 16
 # inputs whose correlation at some layer is within this of +-1 have no finite score weights
 # (the covariance derivatives of <phi_a phi_b> are singular there for kinked activations)
 RHO_MAX = 1.0 - 1e-6
@@ -195,8 +198,10 @@ class FiniteWidth:
 
     def _need_v(self):
         if self.four_point is None:
-            raise ValueError(f"four_point: not computed for {self.nngp.shape[0]} inputs (more than "
-                             f"MAX_FULL_INPUTS = {MAX_FULL_INPUTS}); pass four_point=True to compute it")
+            raise ValueError(f"four_point: not computed for {self.nngp.shape[0]} inputs (the default stops at "
+                             f"MAX_FULL_SMOOTH_INPUTS = {MAX_FULL_SMOOTH_INPUTS} for smooth activations, "
+                             f"MAX_FULL_INPUTS = {MAX_FULL_INPUTS} for kinked ones); pass four_point=True to "
+                             "compute it")
         return self.four_point
 
 
@@ -780,7 +785,8 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
     ``net``: an :class:`MLP`, or a stax network that is one (``stax.as_mlp``: Dense and one
     activation alternating, one hidden width; other architectures are refused with the layer named).
 
-    ``four_point``: compute the full vertex V (N^4 entries); default: when N <= MAX_FULL_INPUTS.
+    ``four_point``: compute the full vertex V (N^4 entries); default: when N <= MAX_FULL_SMOOTH_INPUTS
+    (16) for a smooth activation, N <= MAX_FULL_INPUTS (3) for one with kinks (ReLU, ...).
     Without it, K1 is computed from the two-input blocks of V, which close under the
     recursion (V^{l+1} on inputs {a, b} needs V^l on {a, b} only); ``four_point`` is then None
     and single entries come from ``finite_width(net, X[[a, b, c, d]])``.
@@ -801,9 +807,10 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
     N, d = X.shape
     if len(np.unique(X, axis=0)) < N:
         raise ValueError("X: repeated rows; the 1/n corrections are computed for distinct inputs (pass each once)")
-    full = N <= MAX_FULL_INPUTS if four_point is None else bool(four_point)
-    pairs_wanted = N <= MAX_NTK_PAIR_INPUTS if ntk_pairs is None else bool(ntk_pairs)
     act = net.activation
+    limit = MAX_FULL_INPUTS if act.kinks else MAX_FULL_SMOOTH_INPUTS
+    full = N <= limit if four_point is None else bool(four_point)
+    pairs_wanted = N <= MAX_NTK_PAIR_INPUTS if ntk_pairs is None else bool(ntk_pairs)
     w, b = net._w, net._b
     K = w[0] * (X @ X.T) / d + b[0]
     K1 = np.zeros((N, N))

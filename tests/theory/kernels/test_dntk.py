@@ -176,7 +176,9 @@ def test_layer_step_is_the_recursion_and_inputs_are_separate():
     X = np.array([[1.0, -0.5], [0.2, 0.9], [1.0, -0.5]])
     r = dntk_single_input(net, X)
     np.testing.assert_array_equal(_table(r, 0), _table(r, 2))
-    np.testing.assert_allclose(_table(r, 1), _table(dntk_single_input(net, X[1:2])), rtol=1e-14)
+    # one input alone against it among others: the moments of all inputs are interpolated in log q
+    # together (gaussian_moments.one_input_derivatives_many, checked to 2e-14 of scale)
+    np.testing.assert_allclose(_table(r, 1), _table(dntk_single_input(net, X[1:2])), rtol=1e-13)
     from limitlab.theory import activations
 
     act = activations.get("gelu")
