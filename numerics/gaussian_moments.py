@@ -39,7 +39,7 @@ import numpy as np
 __all__ = ["nested_nodes", "product_expectation", "score_derivatives", "one_input_derivatives",
            "one_input_derivatives_many",
            "pair_tables", "pair_series", "power_expectations", "product_tables",
-           "product_series", "Z_MAX"]
+           "product_series", "series_four_point", "series_products", "Z_MAX"]
 
 Z_MAX = 9.0
 
@@ -718,19 +718,28 @@ def _gh_size(q: float, kmax: int) -> int:
     return int(16 * math.ceil(max(80.0, kmax + 16.0, min(_GH_MAX, _GH_PER_VAR * q)) / 16))
 
 
-def _block_tables(phi, K, kmax, pairs=None):
-    """Hermite tables of the two-block series. Per pair a < b (all, or the rows of ``pairs``, an
-    (P, 2) array; ``row[a, b]`` the table row of (a, b), -1 where none):
-    coefficients of phi_a phi_b in the pair's Cholesky coordinates,
-    flat over (n, i) (offset n(n+1)/2 + i, i the power of the first coordinate), scaled two ways
-    (times and over sqrt(i!(n-i)!), the forms the series use), and their Parseval tails per
-    degree; per input: the same for phi and phi^2 of one variable. Tensor Gauss-Hermite rule
-    (:func:`_gh_size` nodes a coordinate); the pairs are shared among threads (NumPy and BLAS
-    release the GIL)."""
+def _parity(f) -> int:
+    """1 if f is even, -1 if odd (exactly, on sample points), else 0."""
+    t = np.linspace(0.05, 12.0, 240)
+    v, u = np.asarray(f(t), dtype=float), np.asarray(f(-t), dtype=float)
+    return 1 if np.array_equal(u, v) else (-1 if np.array_equal(u, -v) else 0)
+
+
+def _block_tables(fs, K, kmax, pairs=None):
+    """Hermite tables of the two-block series for the functions ``fs`` (F of them). Per pair a < b
+    (all, or the rows of ``pairs``, an (P, 2) array; ``row[a, b]`` the table row of (a, b), -1 where
+    none) and type t = F r + s: the coefficients of f_r(z_a) f_s(z_b) in the pair's Cholesky
+    coordinates, flat over (n, i) (offset n(n+1)/2 + i, i the power of the first coordinate),
+    scaled two ways (times and over sqrt(i!(n-i)!), the forms the series use), their norms and
+    Parseval tails per degree; per input and unordered (r, s): the same for f_r f_s of one variable
+    (type ``prod[r, s]``). Tensor Gauss-Hermite rule (:func:`_gh_size` nodes a coordinate), the
+    second coordinate integrated first, half the grid for an odd or even function (the nodes are
+    symmetric); the pairs are shared among threads (NumPy and BLAS release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from limitlab.numerics.arrays import single_threaded_blas
 
+    F = len(fs)
     N = K.shape[0]
     q = np.diagonal(K).copy()
     K1 = kmax + 1
@@ -742,27 +751,31 @@ def _block_tables(phi, K, kmax, pairs=None):
     up = np.exp(0.5 * (lf[first] + lf[deg - first]))  # sqrt(i! (n - i)!)
     keep = (first, deg - first)  # the (i, n - i) entries of a K1 x K1 coefficient matrix
 
-    def tails(C, E2):  # (..., nf) coefficients, (...) second moments -> (..., K1 + 1) tails from degree n on
-        per = norms ** 2
+    def tails(C, E2, per):  # -> (..., K1 + 1): E[f^2] minus the squares kept below degree n
         done = np.concatenate([np.zeros(C.shape[:-1] + (1,)), np.cumsum(per, axis=-1)], axis=-1)
         return np.maximum(E2[..., None] - done, 0.0) + 1e-15 * E2[..., None]
 
-    one = np.zeros((N, 2, K1))
-    E1 = np.zeros((N, 2))
+    prod = np.zeros((F, F), dtype=np.int64)
+    kinds = []
+    for r in range(F):
+        for t in range(r, F):
+            prod[r, t] = prod[t, r] = len(kinds)
+            kinds.append((r, t))
+    one = np.zeros((len(kinds), N, K1))
+    E1 = np.zeros((len(kinds), N))
     sizes = [_gh_size(qi, kmax) for qi in q]
     for i in range(N):
         x, w, Hw = _gh_hermite(sizes[i], kmax)
-        v = phi(math.sqrt(q[i]) * x)
-        one[i, 0], one[i, 1] = v @ Hw, (v * v) @ Hw
-        E1[i] = (v * v) @ w, v ** 4 @ w
-    t = np.linspace(0.05, 12.0, 240)
-    v, u = phi(t), phi(-t)
-    parity = 1 if np.array_equal(u, v) else (-1 if np.array_equal(u, -v) else 0)
+        v = [np.asarray(f(math.sqrt(q[i]) * x), dtype=float) for f in fs]
+        for u, (r, t) in enumerate(kinds):
+            g = v[r] * v[t]
+            one[u, i], E1[u, i] = g @ Hw, (g * g) @ w
+    parity = [_parity(f) for f in fs]
     I, J = np.triu_indices(N, 1) if pairs is None else (pairs[:, 0], pairs[:, 1])
     row = np.full((N, N), -1, dtype=np.int64)
     row[I, J] = np.arange(I.size)
-    two = np.zeros((I.size, nf))
-    E2 = np.zeros(I.size)
+    two = np.zeros((F * F, I.size, nf))
+    E2 = np.zeros((F * F, I.size))
     m_pair = np.maximum(np.array(sizes)[I], np.array(sizes)[J])
 
     def work(ps):  # pairs sharing one rule
@@ -770,33 +783,32 @@ def _block_tables(phi, K, kmax, pairs=None):
         m = x.size
         a, b = I[ps], J[ps]
         rho = K[a, b] / np.sqrt(q[a] * q[b])
-        sa = phi(np.sqrt(q[a])[:, None] * x[None, :])  # (P, m)
-        h = m // 2 if parity else m  # the nodes are symmetric: an odd or even phi needs half the grid
-        sb = np.empty((ps.size, m, m))
-        sb[:, :h] = phi(np.sqrt(q[b])[:, None, None] * (rho[:, None, None] * x[None, :h, None]
-                        + np.sqrt(np.maximum(1.0 - rho * rho, 0.0))[:, None, None] * x[None, None, :]))
-        if parity:
-            sb[:, h:] = parity * sb[:, h - 1::-1, ::-1]
-        # the second coordinate integrated first: Y[p, j, l] = E[phi_b h_l(x2) | x1 = x_j], one GEMM
-        Y = (sb.reshape(-1, m) @ Hw).reshape(ps.size, m, K1)
-        C = np.matmul((Hw[None] * sa[:, :, None]).transpose(0, 2, 1), Y)
-        two[ps] = C[:, keep[0], keep[1]]
-        E2[ps] = np.einsum("pj,pj->p", w * sa * sa, (sb * sb) @ w)
+        sa = [np.asarray(f(np.sqrt(q[a])[:, None] * x[None, :]), dtype=float) for f in fs]  # (P, m) each
+        for t, g in enumerate(fs):
+            h = m // 2 if parity[t] else m
+            sb = np.empty((ps.size, m, m))
+            sb[:, :h] = g(np.sqrt(q[b])[:, None, None] * (rho[:, None, None] * x[None, :h, None]
+                          + np.sqrt(np.maximum(1.0 - rho * rho, 0.0))[:, None, None] * x[None, None, :]))
+            if parity[t]:
+                sb[:, h:] = parity[t] * sb[:, h - 1::-1, ::-1]
+            # Y[p, j, l] = E[f_t(z_b) h_l(x2) | x1 = x_j], one GEMM; then one small product per f_r
+            Y = (sb.reshape(-1, m) @ Hw).reshape(ps.size, m, K1)
+            sb2 = (sb * sb) @ w
+            for r in range(F):
+                C = np.matmul((Hw[None] * sa[r][:, :, None]).transpose(0, 2, 1), Y)
+                two[F * r + t, ps] = C[:, keep[0], keep[1]]
+                E2[F * r + t, ps] = np.einsum("pj,pj->p", w * sa[r] * sa[r], sb2)
 
     threads = max(1, min(nb.get_num_threads(), I.size // 8))
     jobs = []
     for mv in np.unique(m_pair):
         ps = np.nonzero(m_pair == mv)[0]
-        jobs += np.array_split(ps, max(1, -(-ps.size * mv * mv // (1 << 18))))  # ~2 MB of phi_b a job
+        jobs += np.array_split(ps, max(1, -(-ps.size * mv * mv // (1 << 18))))  # ~2 MB of f(z_b) a job
     with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, jobs))
-    one_t = np.zeros((N, 2, K1 + 1))
-    for f in range(2):
-        done = np.concatenate([np.zeros((N, 1)), np.cumsum(one[:, f] ** 2, axis=1)], axis=1)
-        one_t[:, f] = np.maximum(E1[:, f][:, None] - done, 0.0) + 1e-15 * E1[:, f][:, None]
     norms = np.sqrt(np.add.reduceat(two * two, starts, axis=-1))
-    return dict(one=one, one_tails=one_t, two_up=two * up, two_down=two / up, two_norms=norms,
-                two_tails=tails(two, E2), lf=lf, row=row)
+    return dict(one=one, one_tails=tails(one, E1, one * one), prod=prod, two_up=two * up, two_down=two / up,
+                two_norms=norms, two_tails=tails(two, E2, norms ** 2), lf=lf, row=row)
 
 
 @nb.njit(cache=True)
@@ -876,17 +888,17 @@ def _block_series(Au, An, At, Bd, Bn, Bt, r11, r12, r21, r22, s, kmax, tol, T, U
 
 
 @nb.njit(parallel=True, cache=True)
-def _four_input_series(K, sets, row, up, down, norms, tails, kmax, tol, chunks, out, ok):
+def _four_input_series(K, sets, roles, F, row, up, down, norms, tails, kmax, tol, chunks, out, ok):
+    """Sets of four distinct sorted inputs; roles[t, i]: the function (of F) at sets[t, i]."""
     for ch in nb.prange(chunks):
         T = np.empty(kmax + 3)
         U = np.empty(kmax + 3)
         Pw = np.empty((kmax + 1, kmax + 1))  # row n: c2^n, entries 0..n
         for t in range(ch, sets.shape[0], chunks):
-            a, b, c, d = sets[t, 0], sets[t, 1], sets[t, 2], sets[t, 3]
             best, u0 = np.inf, 0
             for u in range(3):
-                j, k, l = (b, c, d) if u == 0 else ((c, b, d) if u == 1 else (d, b, c))
-                r11, r12, r21, r22 = _whitened_cross(K, a, j, k, l)
+                j, k, l = (1, 2, 3) if u == 0 else ((2, 1, 3) if u == 1 else (3, 1, 2))
+                r11, r12, r21, r22 = _whitened_cross(K, sets[t, 0], sets[t, j], sets[t, k], sets[t, l])
                 s = _top_singular(r11, r12, r21, r22)
                 if s < best:  # NaN (a parallel pair) never wins
                     best, u0 = s, u
@@ -894,11 +906,13 @@ def _four_input_series(K, sets, row, up, down, norms, tails, kmax, tol, chunks, 
                 out[t] = np.nan
                 ok[t] = False
                 continue
-            j, k, l = (b, c, d) if u0 == 0 else ((c, b, d) if u0 == 1 else (d, b, c))
-            r11, r12, r21, r22 = _whitened_cross(K, a, j, k, l)
-            p, p2 = row[a, j], row[k, l]
-            out[t], ok[t] = _block_series(up[p], norms[p], tails[p], down[p2], norms[p2], tails[p2],
-                                          r11, r12, r21, r22, best, kmax, tol, T, U, Pw)
+            j, k, l = (1, 2, 3) if u0 == 0 else ((2, 1, 3) if u0 == 1 else (3, 1, 2))
+            a, b, c, d = sets[t, 0], sets[t, j], sets[t, k], sets[t, l]
+            r11, r12, r21, r22 = _whitened_cross(K, a, b, c, d)
+            p, p2 = row[a, b], row[c, d]
+            ta, tb = F * roles[t, 0] + roles[t, j], F * roles[t, k] + roles[t, l]
+            out[t], ok[t] = _block_series(up[ta, p], norms[ta, p], tails[ta, p], down[tb, p2], norms[tb, p2],
+                                          tails[tb, p2], r11, r12, r21, r22, best, kmax, tol, T, U, Pw)
 
 
 @nb.njit(cache=True)
@@ -937,25 +951,27 @@ def _pair_single_cross(K, i, j, c):
 
 
 @nb.njit(parallel=True, cache=True)
-def _three_input_series(K, sets, row, down, tails, one, one_tails, kmax, sqf, tol, out, ok):
-    """sets (T, 4): sorted index multisets with one index i twice (i, i, j, k), ...:
-    E[(phi_j phi_k) phi_i^2], the pair (j, k) against phi_i^2 of one variable."""
+def _three_input_series(K, sets, roles, F, prod, row, down, tails, one, one_tails, kmax, sqf, tol, out, ok):
+    """sets (T, 4): sorted index multisets with one index i twice, (i, i, j, k), ...; roles as for
+    the sets of four: E[(f_j f_k)(z_j, z_k) (f f')(z_i)], the pair (j, k) against the product of
+    the doubled input's two functions, of one variable."""
     for t in nb.prange(sets.shape[0]):
         m = sets[t]
         if m[0] == m[1]:
-            i, j, k = m[0], m[2], m[3]
+            i, j, k, ri, pj, pk = m[0], m[2], m[3], prod[roles[t, 0], roles[t, 1]], 2, 3
         elif m[1] == m[2]:
-            i, j, k = m[1], m[0], m[3]
+            i, j, k, ri, pj, pk = m[1], m[0], m[3], prod[roles[t, 1], roles[t, 2]], 0, 3
         else:
-            i, j, k = m[2], m[0], m[1]
+            i, j, k, ri, pj, pk = m[2], m[0], m[1], prod[roles[t, 2], roles[t, 3]], 0, 1
         r1, r2 = _pair_single_cross(K, j, k, i)
         s = math.sqrt(r1 * r1 + r2 * r2)
         if not s < 1.0:  # NaN: (j, k) parallel to rounding
             out[t] = np.nan
             ok[t] = False
             continue
-        p = row[j, k]
-        out[t], ok[t] = _pair_single_series(down[p], tails[p], one[i, 1], one_tails[i, 1], kmax, r1, r2, s, sqf, tol)
+        p, tp = row[j, k], F * roles[t, pj] + roles[t, pk]
+        out[t], ok[t] = _pair_single_series(down[tp, p], tails[tp, p], one[ri, i], one_tails[ri, i], kmax, r1, r2,
+                                            s, sqf, tol)
 
 
 @lru_cache(maxsize=4)
@@ -969,17 +985,18 @@ def _multisets(N: int):
     return out
 
 
-def _series_pass(phi, K, three, four, tol, kmax, pairs=None):
-    tab = _block_tables(phi, K, kmax, pairs)
+def _series_pass(fs, K, three, r3, four, r4, tol, kmax, pairs=None):
+    tab = _block_tables(fs, K, kmax, pairs)
+    F = len(fs)
     v3, ok3 = np.empty(len(three)), np.empty(len(three), dtype=np.bool_)
     v4, ok4 = np.empty(len(four)), np.empty(len(four), dtype=np.bool_)
     if len(three):
         # O(n) a degree, so summed tighter (no cost): their errors stay well below the sets of four's
-        _three_input_series(K, three, tab["row"], tab["two_down"], tab["two_tails"], tab["one"], tab["one_tails"],
-                            kmax, np.exp(0.5 * tab["lf"]), 0.1 * tol, v3, ok3)
+        _three_input_series(K, three, r3, F, tab["prod"], tab["row"], tab["two_down"], tab["two_tails"], tab["one"],
+                            tab["one_tails"], kmax, np.exp(0.5 * tab["lf"]), 0.1 * tol, v3, ok3)
     if len(four):
-        _four_input_series(K, four, tab["row"], tab["two_up"], tab["two_down"], tab["two_norms"], tab["two_tails"],
-                           kmax, tol, 8 * nb.get_num_threads(), v4, ok4)
+        _four_input_series(K, four, r4, F, tab["row"], tab["two_up"], tab["two_down"], tab["two_norms"],
+                           tab["two_tails"], kmax, tol, 8 * nb.get_num_threads(), v4, ok4)
     return np.concatenate([v3, v4]), np.concatenate([ok3, ok4])
 
 
@@ -995,6 +1012,28 @@ def _pairs_of(three, four):
     return np.unique(np.array(out, dtype=np.int64).reshape(-1, 2), axis=0)
 
 
+def series_products(fs: Sequence[Callable], K, sets, roles, tol: float = 1e-11, kmax: int = _SERIES_KMAX):
+    """E[prod_t fs[roles[t]](z_sets[t])] under N(0, K) for sorted index multisets ``sets`` (T, 4)
+    with three or four distinct inputs, ``roles`` (T, 4) the function at each position; by the
+    two-block Hermite series (section note above); smooth functions. Returns (values, ok), with
+    the accuracy and the meaning of ok of :func:`series_four_point`."""
+    K = np.ascontiguousarray(K, dtype=float)
+    sets = np.ascontiguousarray(sets, dtype=np.int64).reshape(-1, 4)
+    roles = np.ascontiguousarray(roles, dtype=np.int64).reshape(-1, 4)
+    rep = (np.diff(sets, axis=1) == 0).any(axis=1)
+    v, ok = np.empty(len(sets)), np.empty(len(sets), dtype=bool)
+    order = np.concatenate([np.nonzero(rep)[0], np.nonzero(~rep)[0]])
+    v[order], ok[order] = _series_pass(fs, K, sets[rep], roles[rep], sets[~rep], roles[~rep], tol, kmax)
+    bad = np.nonzero(~ok)[0]
+    if bad.size:
+        br = rep[bad]
+        b3, b4 = sets[bad[br]], sets[bad[~br]]
+        v2, ok2 = _series_pass(fs, K, b3, roles[bad[br]], b4, roles[bad[~br]], tol, 2 * kmax, _pairs_of(b3, b4))
+        order = np.concatenate([bad[br], bad[~br]])
+        v[order], ok[order] = v2, ok2
+    return v, ok
+
+
 def series_four_point(phi: Callable, K, tol: float = 1e-11, kmax: int = _SERIES_KMAX):
     """E[phi_a phi_b phi_c phi_d] under N(0, K) for every multiset of indices with three or four
     distinct inputs, by the two-block Hermite series (section note above); phi smooth (for kinks
@@ -1003,15 +1042,7 @@ def series_four_point(phi: Callable, K, tol: float = 1e-11, kmax: int = _SERIES_
     tables' quadrature error (~1e-13) of the expectation; where ok is False the series did not
     reach that by degree ``kmax``, nor by 2 kmax on a second pass over the pairs of the sets left
     (large variances, near-parallel inputs), and the value is not to be used."""
-    K = np.ascontiguousarray(K, dtype=float)
-    three, four = _multisets(K.shape[0])
+    three, four = _multisets(np.asarray(K).shape[0])
     sets = np.concatenate([three, four])
-    v, ok = _series_pass(phi, K, three, four, tol, kmax)
-    bad = np.nonzero(~ok)[0]
-    if bad.size:
-        rep = bad < len(three)
-        b3, b4 = sets[bad[rep]], sets[bad[~rep]]
-        v2, ok2 = _series_pass(phi, K, b3, b4, tol, 2 * kmax, _pairs_of(b3, b4))
-        order = np.concatenate([bad[rep], bad[~rep]])
-        v[order], ok[order] = v2, ok2
+    v, ok = series_products((phi,), K, sets, np.zeros(sets.shape, dtype=np.int64), tol, kmax)
     return sets, v, ok

@@ -1,5 +1,7 @@
 """gaussian_moments: the multi-input Gaussian expectations and their covariance derivatives
 against 30-digit mpmath (the finite-width recursions built on them: test_finite_width.py)."""
+import math
+
 import mpmath as mp
 import numpy as np
 import pytest
@@ -204,3 +206,41 @@ def test_series_four_point_flags_what_it_cannot_sum():
         idx, p = _multiset_powers(m)
         assert v == pytest.approx(_cos_power_reference(cov[np.ix_(idx, idx)], p, mp.mpf("1.3"), mp.mpf("0.3")),
                                   abs=1e-11)
+
+
+def _cos_product_reference(cov, idx, omega, theta):
+    """E[prod_t cos(omega_t z_idx[t] + theta_t)], z ~ N(0, cov): cos A cos B = (cos(A+B) + cos(A-B)) / 2
+    repeatedly, and E[cos(v.z + c)] = cos(c) exp(-v^T cov v / 2)."""
+    import itertools
+
+    total = 0.0
+    for signs in itertools.product((1.0, -1.0), repeat=len(idx) - 1):
+        sg = (1.0,) + signs
+        v = np.zeros(cov.shape[0])
+        for s, i, o in zip(sg, idx, omega):
+            v[i] += s * o
+        total += math.cos(sum(s * t for s, t in zip(sg, theta))) * math.exp(-0.5 * v @ cov @ v)
+    return total / 2 ** (len(idx) - 1)
+
+
+def test_series_products_of_two_functions_match_closed_forms():
+    """Mixed products (f_0 = cos(1.3 z + 0.3), f_1 = sin(0.9 z): odd, the half grid) on six inputs,
+    every multiset with three or four distinct inputs under several role patterns, against the
+    closed form of products of cosines, within the bound 1e-11 (E[f^4] <= 1)."""
+    import itertools
+
+    cov = _random_cov(np.random.default_rng(12), 6, 1.5)
+    fs = (lambda z: np.cos(1.3 * z + 0.3), lambda z: np.sin(0.9 * z))
+    om, th = (1.3, 0.9), (0.3, -math.pi / 2)
+    sets, roles = [], []
+    rng = np.random.default_rng(0)
+    for m in itertools.combinations_with_replacement(range(6), 4):
+        if len(set(m)) >= 3:
+            for _ in range(2):
+                sets.append(m)
+                roles.append(rng.integers(0, 2, 4))
+    got, ok = gaussian_moments.series_products(fs, cov, np.array(sets), np.array(roles))
+    assert ok.all()
+    ref = [_cos_product_reference(cov, m, [om[r] for r in rs], [th[r] for r in rs]) for m, rs in zip(sets, roles)]
+    err = np.abs(got - np.array(ref))
+    assert err.max() <= 1e-11 and np.median(err) <= 1e-13
