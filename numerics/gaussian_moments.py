@@ -1024,11 +1024,13 @@ def series_products(fs: Sequence[Callable], K, sets, roles, tol: float = 1e-11, 
     v, ok = np.empty(len(sets)), np.empty(len(sets), dtype=bool)
     order = np.concatenate([np.nonzero(rep)[0], np.nonzero(~rep)[0]])
     v[order], ok[order] = _series_pass(fs, K, sets[rep], roles[rep], sets[~rep], roles[~rep], tol, kmax)
-    bad = np.nonzero(~ok)[0]
-    if bad.size:
+    for k in (2 * kmax, 4 * kmax):  # what is left, on tables of just the pairs it uses
+        bad = np.nonzero(~ok)[0]
+        if not bad.size:
+            break
         br = rep[bad]
         b3, b4 = sets[bad[br]], sets[bad[~br]]
-        v2, ok2 = _series_pass(fs, K, b3, roles[bad[br]], b4, roles[bad[~br]], tol, 2 * kmax, _pairs_of(b3, b4))
+        v2, ok2 = _series_pass(fs, K, b3, roles[bad[br]], b4, roles[bad[~br]], tol, k, _pairs_of(b3, b4))
         order = np.concatenate([bad[br], bad[~br]])
         v[order], ok[order] = v2, ok2
     return v, ok
@@ -1040,7 +1042,7 @@ def series_four_point(phi: Callable, K, tol: float = 1e-11, kmax: int = _SERIES_
     the coefficients decay too slowly). Returns (sets (T, 4) sorted multisets, values (T,), ok (T,)):
     each value is within ``tol`` sqrt(E[F^2] E[G^2]) (F, G the series' two factors) plus the
     tables' quadrature error (~1e-13) of the expectation; where ok is False the series did not
-    reach that by degree ``kmax``, nor by 2 kmax on a second pass over the pairs of the sets left
+    reach that by degree ``kmax``, nor by 2 and 4 kmax on passes over the pairs of the sets left
     (large variances, near-parallel inputs), and the value is not to be used."""
     three, four = _multisets(np.asarray(K).shape[0])
     sets = np.concatenate([three, four])

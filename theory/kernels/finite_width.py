@@ -106,6 +106,11 @@ class FiniteWidthLayer:
     # the dNTK's and ddNTKs' 1/n coefficients, one input at a time (NTK parametrization;
     # limitlab.theory.kernels.dntk, docs/dntk.md): {"P", "Q", "R", "U1", "U2", "U3"}, (N,) each
     dntk: Optional[dict] = None
+    # the NTK's fluctuations on every index quadruple (with the full V; smooth activations):
+    # ntk_four_point[a, b, c, d] = n Cov[Thetahat_{ii;ab}, Thetahat_{ii;cd}] of one neuron, and PDLT
+    # ch. 8's A, D, B (N, N, N, N) in index form (docs/finite_width.md, "The NTK on every quadruple")
+    ntk_four_point: Optional[np.ndarray] = None
+    ntk_four_point_tensors: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class FiniteWidth:
     width: Optional[float] = None
     # the dNTK and ddNTKs per layer, one input at a time (``dntk.DNTK``; NTK parametrization only)
     dntk: Optional[DNTK] = None
+    # n Cov[Thetahat_{ii;ab}, Thetahat_{ii;cd}] on every index quadruple at the output (FiniteWidthLayer)
+    ntk_four_point: Optional[np.ndarray] = None
 
     def depth_to_width(self, width) -> float:
         """L / n, the ratio that controls the corrections (PDLT ch. 5)."""
@@ -828,7 +835,11 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
             pairs = {(a, c): _pair_state((Th0[a, a], Th0[c, c], Th0[a, c])) for a, c in zip(I, J)}
     if ntk and net.parametrization == "ntk":
         dn = dict.fromkeys(DNTK_STATE, np.zeros(N))  # layer 1 is linear in its parameters: all zero
-    layers = [_layer(1, K, K1, V, full, state, pairs, dn)]
+    nt4 = None
+    if pairs is not None and full and not act.kinks:
+        # the NTK's fluctuations on every index quadruple: layer 1 is deterministic
+        nt4 = {k: np.zeros((N,) * 4) for k in ("A", "D", "B")}
+    layers = [_layer(1, K, K1, V, full, state, pairs, dn, nt4)]
     for l in range(net.depth):
         Kd, K1d, Vd = np.diagonal(K).copy(), np.diagonal(K1).copy(), (V[i, i, i, i] if full else V[0, 0, i, i])
         zero = np.nonzero(~(Kd > 0))[0]
@@ -837,7 +848,7 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
             raise ValueError(f"X: row {zero[0]} has zero variance at layer {l + 1} (a zero input without biases): "
                              "its pre-activations are exactly 0 and the 1/n expansion is not defined there; "
                              "use bias_var > 0 or drop the row")
-        Ko, K1o, Vbo = K, K1, (_pair_block(V, N) if full and pairs else V)
+        Ko, K1o, Vo, Vbo = K, K1, V, (_pair_block(V, N) if full and pairs else V)
         K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full)
         if ntk:
             wl, lm, ml = float(w[l + 1]), float(lam[l + 1]), float(mu[l + 1])
@@ -853,7 +864,9 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
                     e3 = ([a, c, a], [a, c, c])
                     pairs[a, c] = _ntk_pair_step(m, wl, lm, ml, K1o[e3], Vbo[:, :, a, c], K[e3], K1[e3],
                                                  Vbn[:, :, a, c], pairs[a, c])
-        layers.append(_layer(l + 2, K, K1, V, full, state, pairs, dn))
+                if nt4 is not None:
+                    nt4 = _ntk_four_point_step(act, Ko, m1, moments, I, J, layers[-1].ntk, Vo, V, nt4, wl, lm)
+        layers.append(_layer(l + 2, K, K1, V, full, state, pairs, dn, nt4))
     top = layers[-1]
     dntk = None
     if dn is not None:
@@ -862,10 +875,103 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
         dntk = DNTK(net.depth, *(per[k] for k in DNTK_STATE), np.array([lay.ntk_diag for lay in layers]), fluct)
     return FiniteWidth(net.depth, K, K1, V if full else None, tuple(layers), _pair_block(V, N) if full else V,
                        top.ntk_diag, top.ntk_correction_diag, top.ntk_variance_diag, top.ntk, top.ntk_correction,
-                       top.ntk_covariance_pairs, width, dntk)
+                       top.ntk_covariance_pairs, width, dntk, top.ntk_four_point)
 
 
-def _layer(l, K, K1, V, full, state, pairs, dn=None):
+def _left(Dr, T):
+    """sum_f Dr[f, a, b] T[f, (c, d)] over f in ((aa), (bb), (ab)) of the first index pair: the first
+    order response of a function of K on (a, b) (derivatives Dr in the slots K_aa, K_bb, K_ab, the
+    last moving K_ab = K_ba together; one input: slot 0 only) contracted with a tensor T (N^4)."""
+    i = np.arange(T.shape[0])
+    Taa = T[i, i]  # T[a, a, c, d]
+    return Dr[0][:, :, None, None] * Taa[:, None] + Dr[1][:, :, None, None] * Taa[None, :] + Dr[2][:, :, None, None] * T
+
+
+def _right(Dr, T):
+    """:func:`_left` on the second index pair."""
+    return _left(Dr, T.transpose(2, 3, 0, 1)).transpose(2, 3, 0, 1)
+
+
+def _ntk_four_moments(act, K, m1, moments, I, J):
+    """Mdp[a, b, c, d] = <phi'_a phi'_b phi_c phi_d> and Q[a, b, c, d] = <phi'_a phi'_b phi'_c phi'_d>
+    at K on every index quadruple: on one or two inputs from the one-input and pair moments of the
+    NTK recursion (so that the pair blocks agree to rounding), on three or four by the two-block
+    series (``gaussian_moments.series_products``, ``series_four_point`` of phi'). Returns
+    (Mdp, Q, ok)."""
+    N = K.shape[0]
+    Mdp, Q = np.empty((N,) * 4), np.empty((N,) * 4)
+    i = np.arange(N)
+    Mdp[i, i, i, i], Q[i, i, i, i] = m1[:, 4, 0], m1[:, 3, 0]
+    for (a, c), m in zip(zip(I, J), moments):
+        for t in itertools.product((a, c), repeat=4):
+            if len(set(t)) < 2:
+                continue
+            e = 0 if t[0] == t[1] == a else (1 if t[0] == t[1] == c else 2)
+            g = 0 if t[2] == t[3] == a else (1 if t[2] == t[3] == c else 2)
+            Mdp[t], Q[t] = m["Mdp"][e, g], m["Q"][t.count(a)]
+    if N < 3:
+        return Mdp, Q, True
+    # every (e1 <= e2, g1 <= g2) on three or four inputs: phi' at e1, e2 (role 1), phi at g1, g2 (role 0);
+    # for Q all four carry phi'. A multiset with roles is coded as the sorted 2 index + role.
+    i1, i2 = np.triu_indices(N)
+    e1, g1 = np.repeat(i1, i1.size), np.tile(i1, i1.size)
+    e2, g2 = np.repeat(i2, i1.size), np.tile(i2, i1.size)
+    idx = np.stack([e1, e2, g1, g2], axis=1)
+    srt = np.sort(idx, axis=1)
+    many = (np.diff(srt, axis=1) > 0).sum(axis=1) >= 2
+    idx = idx[many]
+    code_m = np.sort(2 * idx + np.array([1, 1, 0, 0]), axis=1)
+    code_q = np.sort(2 * idx + 1, axis=1)
+    base = (2 * N) ** np.arange(3, -1, -1)
+    keys = np.concatenate([code_m @ base, code_q @ base])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    codes = (uniq[:, None] // base[None, :]) % (2 * N)
+    vals, ok = gaussian_moments.series_products((act.__call__, act.derivative), K, codes // 2, codes % 2)
+    v = vals[inv.ravel()]
+    vm, vq = v[:idx.shape[0]], v[idx.shape[0]:]
+    a_, b_, c_, d_ = idx.T
+    for x, y in ((a_, b_), (b_, a_)):
+        for z, u in ((c_, d_), (d_, c_)):
+            Mdp[x, y, z, u] = vm
+    _scatter_symmetric(Q, idx, vq)
+    return Mdp, Q, bool(ok.all())
+
+
+def _ntk_four_point_step(act, K, m1, moments, I, J, Th, V, Vn, st, w, lam):
+    """One layer of the NTK's fluctuation tensors on every index quadruple (docs/finite_width.md,
+    "The NTK on every quadruple"): the pair recursion of :func:`_ntk_pair_step` with e = (a, b),
+    g = (c, d) any index pairs. K, m1, moments (the pairs' NTK moments), Th (Theta^l, N x N), V: layer
+    l; Vn: V^{l+1}; st: {"A", "D", "B"} at layer l. Returns them at layer l + 1, or None (with a
+    warning) where the series cannot sum a set (inputs nearly parallel)."""
+    import warnings
+
+    N = K.shape[0]
+    i = np.arange(N)
+    P, dP = np.empty((N, N)), np.zeros((3, N, N))
+    P[i, i], dP[0, i, i] = m1[:, 1, 0], m1[:, 1, 1]
+    for (a, c), m in zip(zip(I, J), moments):
+        P[a, c] = P[c, a] = m["P"][2]
+        dP[:, a, c], dP[:, c, a] = m["dP"][2], m["dP"][2][[1, 0, 2]]
+    G, dG, _, _, _ = _two_input_moments(act, K)
+    Mdp, Q, ok = _ntk_four_moments(act, K, m1, moments, I, J)
+    if not ok:
+        warnings.warn("finite_width: the NTK's four-point tensors (ntk_four_point) were not computed: the two-block "
+                      "series cannot sum some sets of inputs (nearly parallel at some layer)", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    A, D, B = st["A"], st["D"], st["B"]
+    w2 = w * w
+    ThE, ThG = Th[:, :, None, None], Th[None, None]
+    PE, PG = P[:, :, None, None], P[None, None]
+    LV = _left(dP, V)  # sum_f dP_e,f V_f,g
+    X = w2 * (ThE * (Mdp - PE * G[None, None]) + _right(dG, ThE * LV) + _right(dG, PE * D))
+    Y = w2 * (ThE * ThG * (Q - PE * PG) + ThE * ThG * _right(dP, LV) + ThE * PG * _left(dP, D.transpose(2, 3, 0, 1))
+              + ThG * PE * _right(dP, D) + PE * PG * A)
+    return dict(A=lam * lam * Vn + lam * (X + X.transpose(2, 3, 0, 1)) + Y, D=lam * Vn + X,
+                B=w2 * (ThE * ThG * Q + P[:, None, :, None] * P[None, :, None, :] * B))
+
+
+def _layer(l, K, K1, V, full, state, pairs, dn=None, nt4=None):
     if state is None:
         return FiniteWidthLayer(l, K, K1, V if full else None)
     Th, Th1, A, B, D, F = state
@@ -874,7 +980,8 @@ def _layer(l, K, K1, V, full, state, pairs, dn=None):
     if pairs is not None:
         f = _ntk_pair_fields(state, pairs, K.shape[0])
         pair = (f["ntk"], f["ntk_correction"], f["cov"], {k: f[k] for k in ("A", "B", "D", "F")})
-    return FiniteWidthLayer(l, K, K1, V if full else None, *single, *pair, dn)
+    cov4 = None if nt4 is None else nt4["A"] + nt4["B"] + nt4["B"].transpose(0, 1, 3, 2)
+    return FiniteWidthLayer(l, K, K1, V if full else None, *single, *pair, dn, cov4, nt4)
 
 
 # --------------------------------------------------------------------------------------
