@@ -27,18 +27,21 @@ sums over the independent entries e in {(aa), (bb), (ab)}, g in {(cc), (dd), (cd
 K1^1 = 0 and V^1 = 0. The same forward pass serves both parametrizations, so these NNGP
 quantities are the same for ``parametrization="ntk"`` and ``"standard"``.
 
-The NTK (``parametrization="ntk"``, one input; PDLT ch. 8): per layer Theta (the limit),
-Theta1 with E[Thetahat_ii] = Theta + Theta1 / n, and the fluctuation tensors A, B, D, F
-(n Var[Thetahat_ii] -> A + 2 B), by :func:`_ntk_step`; the recursion and its derivation (law of
-total covariance on the conditional NTK Ghat + (C_W/n) tr M) are in docs/finite_width.md.
+The NTK (PDLT ch. 8; both parametrizations): per layer Theta (the limit), Theta1 with
+E[Thetahat_ii] = Theta + Theta1 / n, and the fluctuation tensors A, B, D, F (n Var[Thetahat_ii]
+-> A + 2 B): per input (:func:`_ntk_step`), per pair of inputs (:func:`_ntk_pair_step`), and
+A, D, B on every index quadruple (:func:`_ntk_four_point_step`, ``ntk_four_point``); the
+recursion and its derivation (law of total covariance on the conditional NTK Ghat + (C_W/n) tr M)
+are in docs/finite_width.md. The dNTK and ddNTKs per input: :mod:`.dntk`.
 
 Numerics (:mod:`limitlab.numerics.gaussian_moments`): one and two inputs by Mehler series of
 the engine's Hermite coefficients (:func:`limitlab.numerics.gaussian.hermite_coefficients`,
 interpolated in log q), whose covariance derivatives are shifted series of the same tables;
 pairs too close to parallel for the series by nested quadrature with score-function
-derivatives (no derivatives of phi, so kinks are exact); three or four inputs by nested
-quadrature whose innermost level is a fitted Gaussian smoothing of phi
-(``gaussian_moments.power_expectations``). The output's connected four-point function
+derivatives (no derivatives of phi, so kinks are exact); three or four inputs, for smooth
+activations, by the two-block Hermite series (``gaussian_moments.series_products``: one table per
+pair of inputs, a short series per set), and otherwise by nested quadrature whose innermost level
+is a fitted Gaussian smoothing of phi (``gaussian_moments.power_expectations``). The output's connected four-point function
 is exact in the readout: z | Ghat ~ N(0, Ghat), so
 E[z_a z_b z_c z_d]_conn = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc)) / n + O(1/n^2).
 """
