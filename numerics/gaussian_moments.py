@@ -1012,6 +1012,41 @@ def _pairs_of(three, four):
     return np.unique(np.array(out, dtype=np.int64).reshape(-1, 2), axis=0)
 
 
+# sets whose best canonical correlation exceeds this (near-parallel or linearly dependent inputs)
+# would need thousands of degrees: no second pass, they go to the caller's quadrature at once
+_RETRY_MAX_S = 1 - 1e-6
+
+
+@nb.njit(cache=True)
+def _canonical_correlation(K, sets, rep):
+    """Per sorted multiset: the s its series would be summed at (the smallest over the pairings of a
+    set of four; the pair against the doubled input for a set of three); 2 where undefined."""
+    out = np.empty(sets.shape[0])
+    for t in range(sets.shape[0]):
+        m = sets[t]
+        best = 2.0
+        if rep[t]:
+            if m[0] == m[1]:
+                i, j, k = m[0], m[2], m[3]
+            elif m[1] == m[2]:
+                i, j, k = m[1], m[0], m[3]
+            else:
+                i, j, k = m[2], m[0], m[1]
+            r1, r2 = _pair_single_cross(K, j, k, i)
+            v = math.sqrt(r1 * r1 + r2 * r2)
+            if v < best:
+                best = v
+        else:
+            for u in range(3):
+                j, k, l = (1, 2, 3) if u == 0 else ((2, 1, 3) if u == 1 else (3, 1, 2))
+                r11, r12, r21, r22 = _whitened_cross(K, m[0], m[j], m[k], m[l])
+                v = _top_singular(r11, r12, r21, r22)
+                if v < best:
+                    best = v
+        out[t] = best
+    return out
+
+
 def series_products(fs: Sequence[Callable], K, sets, roles, tol: float = 1e-11, kmax: int = _SERIES_KMAX):
     """E[prod_t fs[roles[t]](z_sets[t])] under N(0, K) for sorted index multisets ``sets`` (T, 4)
     with three or four distinct inputs, ``roles`` (T, 4) the function at each position; by the
@@ -1024,8 +1059,9 @@ def series_products(fs: Sequence[Callable], K, sets, roles, tol: float = 1e-11, 
     v, ok = np.empty(len(sets)), np.empty(len(sets), dtype=bool)
     order = np.concatenate([np.nonzero(rep)[0], np.nonzero(~rep)[0]])
     v[order], ok[order] = _series_pass(fs, K, sets[rep], roles[rep], sets[~rep], roles[~rep], tol, kmax)
+    hopeless = _canonical_correlation(K, sets, rep) > _RETRY_MAX_S
     for k in (2 * kmax, 4 * kmax):  # what is left, on tables of just the pairs it uses
-        bad = np.nonzero(~ok)[0]
+        bad = np.nonzero(~ok & ~hopeless)[0]
         if not bad.size:
             break
         br = rep[bad]
@@ -1043,7 +1079,8 @@ def series_four_point(phi: Callable, K, tol: float = 1e-11, kmax: int = _SERIES_
     each value is within ``tol`` sqrt(E[F^2] E[G^2]) (F, G the series' two factors) plus the
     tables' quadrature error (~1e-13) of the expectation; where ok is False the series did not
     reach that by degree ``kmax``, nor by 2 and 4 kmax on passes over the pairs of the sets left
-    (large variances, near-parallel inputs), and the value is not to be used."""
+    (large variances; sets at a canonical correlation above 1 - 1e-6, near-parallel or linearly
+    dependent inputs, get no second pass), and the value is not to be used."""
     three, four = _multisets(np.asarray(K).shape[0])
     sets = np.concatenate([three, four])
     v, ok = series_products((phi,), K, sets, np.zeros(sets.shape, dtype=np.int64), tol, kmax)

@@ -370,7 +370,7 @@ def _pair_moments(act, K, a, b):
             float((F * F) @ w), float((pa ** 3 * pb) @ w), float((pa * pb ** 3) @ w))
 
 
-def _four_moments(act, K, N, P4):
+def _four_moments(act, K, N, P4, max_quadrature=None):
     """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric): on one or
     two distinct inputs from the two-input moments P4 (so that the full V and its two-input blocks
     agree to rounding); on three or four, for a smooth activation, by the two-block Hermite series
@@ -396,6 +396,8 @@ def _four_moments(act, K, N, P4):
     for t in np.nonzero(~ok)[0]:
         ms = tuple(sets[t])
         todo.setdefault(tuple(sorted(set(ms))), []).append(t)
+    if max_quadrature is not None and len(todo) > max_quadrature:
+        raise _QuadratureTooLong(len(todo))
     for idx, ts in todo.items():
         powers = [[list(sets[t]).count(i) for i in idx] for t in ts]
         v[ts] = gaussian_moments.power_expectations(act.__call__, K[np.ix_(idx, idx)], powers, act.kinks)
@@ -404,6 +406,14 @@ def _four_moments(act, K, N, P4):
 
 
 _PERMUTATIONS = np.array(list(itertools.permutations(range(4))), dtype=np.int64)
+# the default full V gives way to the two-input blocks (with a warning) when a layer would need more
+# sets of inputs than this by nested quadrature (0.1-1 s each): inputs in d <= 2 (every set of four is
+# linearly dependent at layer 1), near-duplicates, kinked activations
+_MAX_DEFAULT_QUADRATURE = 8
+
+
+class _QuadratureTooLong(Exception):
+    pass
 
 
 @nb.njit(parallel=True, cache=True)
@@ -415,7 +425,7 @@ def _scatter_symmetric(M4, sets, vals):
                sets[t, _PERMUTATIONS[p, 3]]] = vals[t]
 
 
-def _layer_step(act, w, b, K, K1, V, full):
+def _layer_step(act, w, b, K, K1, V, full, max_quadrature=None):
     """(K, K1, V) of layer l -> layer l + 1 (module docstring). ``full``: V as (N,)*4 (einsum over
     arrays, small N); else V holds the two-input blocks (3, 3, N, N) of _pair_block, updated by the
     fused pass _block_step (the two are checked against each other in the tests)."""
@@ -441,7 +451,7 @@ def _layer_step(act, w, b, K, K1, V, full):
     Vb = _pair_block(V, N)
     K1n = w * (D[0] * np.diagonal(K1)[:, None] + D[1] * np.diagonal(K1)[None, :] + D[2] * K1
                + 0.5 * np.einsum("egab,egab->ab", H, Vb))
-    M4 = _four_moments(act, K, N, P4)
+    M4 = _four_moments(act, K, N, P4, max_quadrature)
     Vn = np.empty((N,) * 4)
     _full_vertex_step(D, V, M4, M2, float(w), np.empty((N,) * 4), Vn)
     return Kn, K1n, Vn
@@ -852,7 +862,19 @@ def finite_width(net, X, *, four_point: Optional[bool] = None, ntk_pairs: Option
                              "its pre-activations are exactly 0 and the 1/n expansion is not defined there; "
                              "use bias_var > 0 or drop the row")
         Ko, K1o, Vo, Vbo = K, K1, V, (_pair_block(V, N) if full and pairs else V)
-        K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full)
+        try:
+            K, K1, V = _layer_step(act, w[l + 1], b[l + 1], K, K1, V, full,
+                                   _MAX_DEFAULT_QUADRATURE if four_point is None else None)
+        except _QuadratureTooLong as err:
+            import warnings
+
+            warnings.warn(f"finite_width: the full V (four_point) was not computed: layer {l + 2} would need "
+                          f"{err.args[0]} sets of inputs by nested quadrature (seconds each; inputs nearly "
+                          "linearly dependent, e.g. in d <= 2); K1 and the two-input blocks of V are; pass "
+                          "four_point=True to compute it anyway", RuntimeWarning, stacklevel=2)
+            full, nt4 = False, None
+            Vo = _pair_block(Vo, N)
+            K, K1, V = _layer_step(act, w[l + 1], b[l + 1], Ko, K1o, Vo, full)
         if ntk:
             wl, lm, ml = float(w[l + 1]), float(lam[l + 1]), float(mu[l + 1])
             m1 = _one_input_ntk_moments(act, Kd)

@@ -1042,3 +1042,18 @@ def test_a_fully_connected_stax_network_is_its_mlp():
     conv = stax.serial(stax.Conv(4, (2,)), stax.Relu(), stax.Flatten(), stax.Dense(1))
     with pytest.raises(ValueError, match=r"expected Dense at serial\[0\]"):
         finite_width(conv, np.ones((2, 3, 1)))
+
+
+def test_default_full_vertex_gives_way_to_the_blocks_on_linearly_dependent_inputs():
+    """Ten inputs in d = 2 (every set of four is linearly dependent at layer 1, so the series cannot
+    sum it and each would take a nested quadrature): by default the full V is dropped with a warning
+    and K1, the V blocks and the NTK's pair quantities are exactly those of four_point=False."""
+    X = np.random.default_rng(0).standard_normal((10, 2))
+    net = MLP(3, "tanh", weight_var=1.5, bias_var=0.1)
+    with pytest.warns(RuntimeWarning, match="full V .* was not computed"):
+        fw = finite_width(net, X)
+    ref = finite_width(net, X, four_point=False)
+    assert fw.four_point is None and fw.ntk_four_point is None and fw.layers[0].four_point is not None
+    np.testing.assert_array_equal(fw.nngp_correction, ref.nngp_correction)
+    np.testing.assert_array_equal(fw.four_point_pairs, ref.four_point_pairs)
+    np.testing.assert_array_equal(fw.ntk_covariance_pairs, ref.ntk_covariance_pairs)
