@@ -71,12 +71,17 @@ def _pieces_nodes(cuts: np.ndarray, panels: int, order: int):
     return x, w
 
 
-def _rule(kinked: bool, r: int):
-    """(panels per piece, Gauss-Legendre order) per level. Panels of width h = 0.5 resolve tanh's
-    poles at distance pi/(2 sqrt(q)) for q <= 10: two inputs to 6e-11 relative or better against
-    30-digit mpmath (tests/theory/kernels/test_finite_width.py); three inputs (h = 1.0) to ~1e-9
-    against a finer rule, at ~0.5 s an expectation; four inputs (h = 1.5) coarser still."""
+def _rule(kinked: bool, r: int, scale: float = 0.0):
+    """(panels per piece, Gauss-Legendre order) per level. Panels of width h = 0.5 in the whitened
+    coordinate; three inputs h = 1.0 (~1e-9 against a finer rule, ~0.5 s an expectation), four
+    h = 1.5. A smooth integrand's poles (tanh's at distance pi/2 in z) limit the rule in z, where
+    a panel is h * scale wide (scale: the largest |L_jk| moving with this coordinate), so for
+    kink-free levels h is also capped at 0.8 / scale: 8-point panels 0.8 wide in z converge like
+    8^-16 ~ 4e-15 there (with h = 0.5 alone, tanh two-input moments at variance 7.6 were off by
+    4e-11). Kinked activations are polynomial or exponential between their kinks: no cap."""
     h = {1: 0.5, 2: 0.5, 3: 1.0}.get(r, 1.5)
+    if not kinked and scale > 0:
+        h = min(h, _PANEL_Z / scale)
     panels = int(math.ceil(2 * Z_MAX / h))
     # a kinked level has two pieces (one kink) whose lengths add up to 2 Z
     return (max(2, int(math.ceil(0.75 * panels))) if kinked else panels), 8
@@ -107,7 +112,8 @@ def _extend_levels(cov, L, kinks, rule, z, xi, w, k0, k1):
             # no conditional spread: z_k is its conditional mean (a repeated or parallel input)
             z[:, k] = mean
             continue
-        panels, order = _rule(bool(kinks[k]), r) if rule is None else (rule[k] if isinstance(rule, list) else rule)
+        panels, order = (_rule(bool(kinks[k]), r, float(np.abs(L[k:, k]).max())) if rule is None
+                         else (rule[k] if isinstance(rule, list) else rule))
         cuts = np.sort(np.stack([(kk - mean) / s for kk in kinks[k]], axis=1), axis=1) if kinks[k] \
             else np.zeros((mean.size, 0))
         x, wx = _pieces_nodes(cuts, panels, order)

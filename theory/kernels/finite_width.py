@@ -267,6 +267,8 @@ def _series(act, K):
     S, bad, diag = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks, _TERMS, _TOL)
     for p in np.nonzero(bad)[0]:
         v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
+        if _is_relu(act):
+            v, g, h = _relu_pair_nngp(K, I[p], J[p])
         S[p] = [v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]]
     return S, diag
 
@@ -442,6 +444,8 @@ def _layer_step(act, w, b, K, K1, V, full, max_quadrature=None):
                     K, K1, V, w, b, _TOL, _TERMS - 4, Kn, K1n, Vn, ok)
         for a, c in zip(*np.nonzero(~ok)):  # too close to parallel for the series: nested quadrature
             v, g, h, s22, s31, s13 = _pair_moments(act, K, a, c)
+            if _is_relu(act):
+                v, g, h = _relu_pair_nngp(K, a, c)
             s = np.array([v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]])
             _pair_update(s, a, c, m2, d1, m4, K1, V, w, b, Kn, K1n, Vn)
         return Kn, K1n, Vn
@@ -604,6 +608,27 @@ def _relu_pair_maps():
     f = lambda e: sp.lambdify(v, e, "numpy")  # noqa: E731
     return (f(G), [f(sp.diff(G, x)) for x in v], f(P), [f(sp.diff(P, x)) for x in v],
             [[f(sp.diff(P, x, y)) for y in v] for x in v])
+
+
+@functools.lru_cache(maxsize=None)
+def _relu_nngp_hessian():
+    """The second derivatives of ReLU's <phi_a phi_b> (arc-cosine) in (q1, q2, c), by sympy."""
+    q1, q2, c = sp.symbols("q1 q2 c", positive=True)
+    th = sp.acos(c / sp.sqrt(q1 * q2))
+    G = (sp.sqrt(q1 * q2 - c * c) + (sp.pi - th) * c) / (2 * sp.pi)
+    v = (q1, q2, c)
+    return [[sp.lambdify(v, sp.diff(G, x, y), "numpy") for y in v] for x in v]
+
+
+def _relu_pair_nngp(K, a, b):
+    """ReLU's <phi_a phi_b>, its first and second derivatives in (K_aa, K_bb, K_ab) in closed form, for
+    the pairs too close to parallel for the series: the nested quadrature's wedge there is thin (at
+    correlation -0.99986 it was off by 9e-9 of a value 2.5e-7; the closed form matches 40-digit
+    mpmath)."""
+    G, dG, _, _, _ = _relu_pair_maps()
+    x = (K[a, a], K[b, b], K[a, b])
+    return (float(G(*x)), np.array([float(f(*x)) for f in dG]),
+            np.array([[float(f(*x)) for f in row] for row in _relu_nngp_hessian()]))
 
 
 def _relu_pair_ntk_moments(K, m1, a, b):
