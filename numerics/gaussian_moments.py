@@ -818,16 +818,22 @@ def _block_tables(fs, K, kmax, pairs=None):
 
 
 @nb.njit(cache=True)
+def _pair_cholesky(K, i, j):
+    """The lower Cholesky factor (l11, l21, l22) of K on (i, j); l22 = 0 where the pair is parallel
+    to rounding (no second coordinate)."""
+    l11 = math.sqrt(K[i, i])
+    l21 = K[i, j] / l11
+    l22 = math.sqrt(max(K[j, j] - l21 * l21, 0.0))
+    return l11, l21, (l22 if l22 > 1e-7 * l11 else 0.0)
+
+
+@nb.njit(cache=True)
 def _whitened_cross(K, i, j, k, l):
     """R = E[x y^T] for x, y the Cholesky coordinates of (z_i, z_j) and (z_k, z_l); all NaN where
     a pair is parallel to rounding (no second coordinate)."""
-    a11 = math.sqrt(K[i, i])
-    a21 = K[i, j] / a11
-    a22 = math.sqrt(max(K[j, j] - a21 * a21, 0.0))
-    b11 = math.sqrt(K[k, k])
-    b21 = K[k, l] / b11
-    b22 = math.sqrt(max(K[l, l] - b21 * b21, 0.0))
-    if a22 <= 1e-7 * a11 or b22 <= 1e-7 * b11:
+    a11, a21, a22 = _pair_cholesky(K, i, j)
+    b11, b21, b22 = _pair_cholesky(K, k, l)
+    if a22 == 0.0 or b22 == 0.0:
         return np.nan, np.nan, np.nan, np.nan
     m11 = K[i, k] / a11
     m12 = K[i, l] / a11
@@ -893,26 +899,52 @@ def _block_series(Au, An, At, Bd, Bn, Bt, r11, r12, r21, r22, s, kmax, tol, T, U
     return val, True
 
 
+@nb.njit(cache=True)
+def _pairing(u):
+    """The positions (j, k, l) of pairing u of a sorted set of four: (0, j) against (k, l)."""
+    return (1, 2, 3) if u == 0 else ((2, 1, 3) if u == 1 else (3, 1, 2))
+
+
+@nb.njit(cache=True)
+def _best_pairing(K, m):
+    """(s, u): the pairing u of the sorted set of four m with the smallest top canonical correlation
+    s between its two pairs; s = inf where every pairing has a parallel pair (NaN never wins)."""
+    best, u0 = np.inf, 0
+    for u in range(3):
+        j, k, l = _pairing(u)
+        s = _top_singular(*_whitened_cross(K, m[0], m[j], m[k], m[l]))
+        if s < best:
+            best, u0 = s, u
+    return best, u0
+
+
+@nb.njit(cache=True)
+def _doubled_input(m):
+    """For a sorted multiset (i, i, j, k), (j, i, i, k) or (j, k, i, i): (i, j, k, p), p the position of
+    i's first occurrence."""
+    if m[0] == m[1]:
+        return m[0], m[2], m[3], 0
+    if m[1] == m[2]:
+        return m[1], m[0], m[3], 1
+    return m[2], m[0], m[1], 2
+
+
 @nb.njit(parallel=True, cache=True)
-def _four_input_series(K, sets, roles, F, row, up, down, norms, tails, kmax, tol, chunks, out, ok):
-    """Sets of four distinct sorted inputs; roles[t, i]: the function (of F) at sets[t, i]."""
+def _four_input_series(K, sets, roles, F, row, up, down, norms, tails, kmax, tol, chunks, out, ok, s_out):
+    """Sets of four distinct sorted inputs; roles[t, i]: the function (of F) at sets[t, i]; s_out:
+    the canonical correlation each was summed at."""
     for ch in nb.prange(chunks):
         T = np.empty(kmax + 3)
         U = np.empty(kmax + 3)
         Pw = np.empty((kmax + 1, kmax + 1))  # row n: c2^n, entries 0..n
         for t in range(ch, sets.shape[0], chunks):
-            best, u0 = np.inf, 0
-            for u in range(3):
-                j, k, l = (1, 2, 3) if u == 0 else ((2, 1, 3) if u == 1 else (3, 1, 2))
-                r11, r12, r21, r22 = _whitened_cross(K, sets[t, 0], sets[t, j], sets[t, k], sets[t, l])
-                s = _top_singular(r11, r12, r21, r22)
-                if s < best:  # NaN (a parallel pair) never wins
-                    best, u0 = s, u
+            best, u0 = _best_pairing(K, sets[t])
+            s_out[t] = best
             if not best < 1.0:
                 out[t] = np.nan
                 ok[t] = False
                 continue
-            j, k, l = (1, 2, 3) if u0 == 0 else ((2, 1, 3) if u0 == 1 else (3, 1, 2))
+            j, k, l = _pairing(u0)
             a, b, c, d = sets[t, 0], sets[t, j], sets[t, k], sets[t, l]
             r11, r12, r21, r22 = _whitened_cross(K, a, b, c, d)
             p, p2 = row[a, b], row[c, d]
@@ -946,10 +978,10 @@ def _pair_single_series(Ad, At, g, gt, n_max, r1, r2, s, sqf, tol):
 
 @nb.njit(cache=True)
 def _pair_single_cross(K, i, j, c):
-    a11 = math.sqrt(K[i, i])
-    a21 = K[i, j] / a11
-    a22 = math.sqrt(max(K[j, j] - a21 * a21, 0.0))
-    if a22 <= 1e-7 * a11:
+    """E[x y] for x the Cholesky coordinates of (z_i, z_j), y = z_c / sqrt(K_cc); NaN where the pair
+    is parallel to rounding."""
+    a11, a21, a22 = _pair_cholesky(K, i, j)
+    if a22 == 0.0:
         return np.nan, np.nan
     sc = math.sqrt(K[c, c])
     r1 = K[i, c] / a11
@@ -957,27 +989,24 @@ def _pair_single_cross(K, i, j, c):
 
 
 @nb.njit(parallel=True, cache=True)
-def _three_input_series(K, sets, roles, F, prod, row, down, tails, one, one_tails, kmax, sqf, tol, out, ok):
+def _three_input_series(K, sets, roles, F, prod, row, down, tails, one, one_tails, kmax, sqf, tol, out, ok, s_out):
     """sets (T, 4): sorted index multisets with one index i twice, (i, i, j, k), ...; roles as for
     the sets of four: E[(f_j f_k)(z_j, z_k) (f f')(z_i)], the pair (j, k) against the product of
     the doubled input's two functions, of one variable."""
     for t in nb.prange(sets.shape[0]):
-        m = sets[t]
-        if m[0] == m[1]:
-            i, j, k, ri, pj, pk = m[0], m[2], m[3], prod[roles[t, 0], roles[t, 1]], 2, 3
-        elif m[1] == m[2]:
-            i, j, k, ri, pj, pk = m[1], m[0], m[3], prod[roles[t, 1], roles[t, 2]], 0, 3
-        else:
-            i, j, k, ri, pj, pk = m[2], m[0], m[1], prod[roles[t, 2], roles[t, 3]], 0, 1
+        i, j, k, pi = _doubled_input(sets[t])
+        pj, pk = (2, 3) if pi == 0 else ((0, 3) if pi == 1 else (0, 1))
         r1, r2 = _pair_single_cross(K, j, k, i)
         s = math.sqrt(r1 * r1 + r2 * r2)
+        s_out[t] = s if s < 1.0 else np.inf
         if not s < 1.0:  # NaN: (j, k) parallel to rounding
             out[t] = np.nan
             ok[t] = False
             continue
         p, tp = row[j, k], F * roles[t, pj] + roles[t, pk]
-        out[t], ok[t] = _pair_single_series(down[tp, p], tails[tp, p], one[ri, i], one_tails[ri, i], kmax, r1, r2,
-                                            s, sqf, tol)
+        out[t], ok[t] = _pair_single_series(down[tp, p], tails[tp, p], one[prod[roles[t, pi], roles[t, pi + 1]], i],
+                                            one_tails[prod[roles[t, pi], roles[t, pi + 1]], i], kmax, r1, r2, s,
+                                            sqf, tol)
 
 
 @lru_cache(maxsize=4)
@@ -992,27 +1021,25 @@ def _multisets(N: int):
 
 
 def _series_pass(fs, K, three, r3, four, r4, tol, kmax, pairs=None):
+    """Values, ok and the canonical correlation s of the sets of three then of four."""
     tab = _block_tables(fs, K, kmax, pairs)
     F = len(fs)
-    v3, ok3 = np.empty(len(three)), np.empty(len(three), dtype=np.bool_)
-    v4, ok4 = np.empty(len(four)), np.empty(len(four), dtype=np.bool_)
-    if len(three):
+    n3, n4 = len(three), len(four)
+    v, ok, s = np.empty(n3 + n4), np.empty(n3 + n4, dtype=np.bool_), np.empty(n3 + n4)
+    if n3:
         # O(n) a degree, so summed tighter (no cost): their errors stay well below the sets of four's
         _three_input_series(K, three, r3, F, tab["prod"], tab["row"], tab["two_down"], tab["two_tails"], tab["one"],
-                            tab["one_tails"], kmax, np.exp(0.5 * tab["lf"]), 0.1 * tol, v3, ok3)
-    if len(four):
+                            tab["one_tails"], kmax, np.exp(0.5 * tab["lf"]), 0.1 * tol, v[:n3], ok[:n3], s[:n3])
+    if n4:
         _four_input_series(K, four, r4, F, tab["row"], tab["two_up"], tab["two_down"], tab["two_norms"],
-                           tab["two_tails"], kmax, tol, 8 * nb.get_num_threads(), v4, ok4)
-    return np.concatenate([v3, v4]), np.concatenate([ok3, ok4])
+                           tab["two_tails"], kmax, tol, 8 * nb.get_num_threads(), v[n3:], ok[n3:], s[n3:])
+    return v, ok, s
 
 
 def _pairs_of(three, four):
     """The pairs the series may use: (j, k) of each (i, i, j, k)-type multiset, all three pairings'
     of each set of four."""
-    out = []
-    for m in three:
-        i = m[1] if m[0] == m[1] or m[1] == m[2] else m[2]
-        out.append(sorted(set(m.tolist()) - {i}))
+    out = [_doubled_input(m)[1:3] for m in three]
     for a, b, c, d in four:
         out += [(a, b), (c, d), (a, c), (b, d), (a, d), (b, c)]
     return np.unique(np.array(out, dtype=np.int64).reshape(-1, 2), axis=0)
@@ -1021,36 +1048,6 @@ def _pairs_of(three, four):
 # sets whose best canonical correlation exceeds this (near-parallel or linearly dependent inputs)
 # would need thousands of degrees: no second pass, they go to the caller's quadrature at once
 _RETRY_MAX_S = 1 - 1e-6
-
-
-@nb.njit(cache=True)
-def _canonical_correlation(K, sets, rep):
-    """Per sorted multiset: the s its series would be summed at (the smallest over the pairings of a
-    set of four; the pair against the doubled input for a set of three); 2 where undefined."""
-    out = np.empty(sets.shape[0])
-    for t in range(sets.shape[0]):
-        m = sets[t]
-        best = 2.0
-        if rep[t]:
-            if m[0] == m[1]:
-                i, j, k = m[0], m[2], m[3]
-            elif m[1] == m[2]:
-                i, j, k = m[1], m[0], m[3]
-            else:
-                i, j, k = m[2], m[0], m[1]
-            r1, r2 = _pair_single_cross(K, j, k, i)
-            v = math.sqrt(r1 * r1 + r2 * r2)
-            if v < best:
-                best = v
-        else:
-            for u in range(3):
-                j, k, l = (1, 2, 3) if u == 0 else ((2, 1, 3) if u == 1 else (3, 1, 2))
-                r11, r12, r21, r22 = _whitened_cross(K, m[0], m[j], m[k], m[l])
-                v = _top_singular(r11, r12, r21, r22)
-                if v < best:
-                    best = v
-        out[t] = best
-    return out
 
 
 def series_products(fs: Sequence[Callable], K, sets, roles, tol: float = 1e-11, kmax: int = _SERIES_KMAX):
@@ -1064,15 +1061,16 @@ def series_products(fs: Sequence[Callable], K, sets, roles, tol: float = 1e-11, 
     rep = (np.diff(sets, axis=1) == 0).any(axis=1)
     v, ok = np.empty(len(sets)), np.empty(len(sets), dtype=bool)
     order = np.concatenate([np.nonzero(rep)[0], np.nonzero(~rep)[0]])
-    v[order], ok[order] = _series_pass(fs, K, sets[rep], roles[rep], sets[~rep], roles[~rep], tol, kmax)
-    hopeless = _canonical_correlation(K, sets, rep) > _RETRY_MAX_S
+    s = np.empty(len(sets))
+    v[order], ok[order], s[order] = _series_pass(fs, K, sets[rep], roles[rep], sets[~rep], roles[~rep], tol, kmax)
+    hopeless = s > _RETRY_MAX_S
     for k in (2 * kmax, 4 * kmax):  # what is left, on tables of just the pairs it uses
         bad = np.nonzero(~ok & ~hopeless)[0]
         if not bad.size:
             break
         br = rep[bad]
         b3, b4 = sets[bad[br]], sets[bad[~br]]
-        v2, ok2 = _series_pass(fs, K, b3, roles[bad[br]], b4, roles[bad[~br]], tol, k, _pairs_of(b3, b4))
+        v2, ok2, _ = _series_pass(fs, K, b3, roles[bad[br]], b4, roles[bad[~br]], tol, k, _pairs_of(b3, b4))
         order = np.concatenate([bad[br], bad[~br]])
         v[order], ok[order] = v2, ok2
     return v, ok

@@ -266,9 +266,7 @@ def _series(act, K):
     _check_corr(K)
     S, bad, diag = gaussian_moments.pair_series(act.__call__, q, I, J, K[I, J], act.kinks, _TERMS, _TOL)
     for p in np.nonzero(bad)[0]:
-        v, g, h, s22, s31, s13 = _pair_moments(act, K, I[p], J[p])
-        if _is_relu(act):
-            v, g, h = _relu_pair_nngp(K, I[p], J[p])
+        v, g, h, s22, s31, s13 = _flagged_pair_moments(act, K, I[p], J[p])
         S[p] = [v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]]
     return S, diag
 
@@ -372,6 +370,15 @@ def _pair_moments(act, K, a, b):
             float((F * F) @ w), float((pa ** 3 * pb) @ w), float((pa * pb ** 3) @ w))
 
 
+def _flagged_pair_moments(act, K, a, b):
+    """:func:`_pair_moments` for a pair the series flag (too close to parallel), ReLU's <phi phi> and
+    its derivatives from the closed form (:func:`_relu_pair_nngp`)."""
+    v, g, h, s22, s31, s13 = _pair_moments(act, K, a, b)
+    if _is_relu(act):
+        v, g, h = _relu_pair_nngp(K, a, b)
+    return v, g, h, s22, s31, s13
+
+
 def _four_moments(act, K, N, P4, max_quadrature=None):
     """M4[a, b, c, d] = <phi_a phi_b phi_c phi_d>_K for all index quadruples (symmetric): on one or
     two distinct inputs from the two-input moments P4 (so that the full V and its two-input blocks
@@ -443,9 +450,7 @@ def _layer_step(act, w, b, K, K1, V, full, max_quadrature=None):
         _block_step(A, G, q, m2, d1, d2, m4,
                     K, K1, V, w, b, _TOL, _TERMS - 4, Kn, K1n, Vn, ok)
         for a, c in zip(*np.nonzero(~ok)):  # too close to parallel for the series: nested quadrature
-            v, g, h, s22, s31, s13 = _pair_moments(act, K, a, c)
-            if _is_relu(act):
-                v, g, h = _relu_pair_nngp(K, a, c)
+            v, g, h, s22, s31, s13 = _flagged_pair_moments(act, K, a, c)
             s = np.array([v, s22, s31, s13, g[0], g[1], g[2], h[0, 0], h[1, 1], h[0, 1], h[0, 2], h[1, 2], h[2, 2]])
             _pair_update(s, a, c, m2, d1, m4, K1, V, w, b, Kn, K1n, Vn)
         return Kn, K1n, Vn
@@ -599,25 +604,16 @@ def _is_relu(act) -> bool:
 @functools.lru_cache(maxsize=None)
 def _relu_pair_maps():
     """ReLU's <phi_a phi_b> (arc-cosine, Cho & Saul 2009) and <phi'_a phi'_b> = (pi - theta) / 2pi as
-    functions of (q1, q2, c), with their first (both) and second (the latter) derivatives, by sympy."""
+    functions of (q1, q2, c), each with its first and second derivatives, by sympy:
+    (G, dG, d2G, P, dP, d2P)."""
     q1, q2, c = sp.symbols("q1 q2 c", positive=True)
     th = sp.acos(c / sp.sqrt(q1 * q2))
     G = (sp.sqrt(q1 * q2 - c * c) + (sp.pi - th) * c) / (2 * sp.pi)
     P = (sp.pi - th) / (2 * sp.pi)
     v = (q1, q2, c)
     f = lambda e: sp.lambdify(v, e, "numpy")  # noqa: E731
-    return (f(G), [f(sp.diff(G, x)) for x in v], f(P), [f(sp.diff(P, x)) for x in v],
-            [[f(sp.diff(P, x, y)) for y in v] for x in v])
-
-
-@functools.lru_cache(maxsize=None)
-def _relu_nngp_hessian():
-    """The second derivatives of ReLU's <phi_a phi_b> (arc-cosine) in (q1, q2, c), by sympy."""
-    q1, q2, c = sp.symbols("q1 q2 c", positive=True)
-    th = sp.acos(c / sp.sqrt(q1 * q2))
-    G = (sp.sqrt(q1 * q2 - c * c) + (sp.pi - th) * c) / (2 * sp.pi)
-    v = (q1, q2, c)
-    return [[sp.lambdify(v, sp.diff(G, x, y), "numpy") for y in v] for x in v]
+    return tuple(out for e in (G, P) for out in (f(e), [f(sp.diff(e, x)) for x in v],
+                                                  [[f(sp.diff(e, x, y)) for y in v] for x in v]))
 
 
 def _relu_pair_nngp(K, a, b):
@@ -625,10 +621,10 @@ def _relu_pair_nngp(K, a, b):
     the pairs too close to parallel for the series: the nested quadrature's wedge there is thin (at
     correlation -0.99986 it was off by 9e-9 of a value 2.5e-7; the closed form matches 40-digit
     mpmath)."""
-    G, dG, _, _, _ = _relu_pair_maps()
+    G, dG, d2G, *_ = _relu_pair_maps()
     x = (K[a, a], K[b, b], K[a, b])
     return (float(G(*x)), np.array([float(f(*x)) for f in dG]),
-            np.array([[float(f(*x)) for f in row] for row in _relu_nngp_hessian()]))
+            np.array([[float(f(*x)) for f in row] for row in d2G]))
 
 
 def _relu_pair_ntk_moments(K, m1, a, b):
@@ -636,7 +632,7 @@ def _relu_pair_ntk_moments(K, m1, a, b):
     slowly for the series): with theta the angle of (a, b), <1_a 1_b> = (pi - theta) / 2pi,
     <1_a 1_b z_a z_b> = <relu_a relu_b>, <1_a 1_b z_a^2> = q_a (pi - theta + sin theta cos theta) / 2pi
     (polar coordinates over the wedge z_a, z_b > 0), and powers of the step are the step."""
-    G, dG, P, dP1, d2P1 = _relu_pair_maps()
+    G, dG, _, P, dP1, d2P1 = _relu_pair_maps()
     x = (K[a, a], K[b, b], K[a, b])
     rho = x[2] / math.sqrt(x[0] * x[1])
     t = math.acos(rho)
